@@ -1,0 +1,444 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Labels and annotations that fast-sandbox puts on the objects it manages.
+const (
+	// LabelPoolName names the SandboxPool an agent Pod (or a sandbox container) belongs to.
+	LabelPoolName = "fast-sandbox.io/pool-name"
+	// LabelAgentName names the agent Pod a sandbox container runs in.
+	LabelAgentName = "fast-sandbox.io/agent-name"
+	// LabelSandboxName, LabelSandboxNamespace and LabelSandboxUID identify the
+	// Sandbox a container was created for.
+	LabelSandboxName      = "fast-sandbox.io/sandbox-name"
+	LabelSandboxNamespace = "fast-sandbox.io/sandbox-namespace"
+	LabelSandboxUID       = "fast-sandbox.io/sandbox-uid"
+
+	// FinalizerAgentCleanup keeps a Sandbox until its container is gone from the agent.
+	FinalizerAgentCleanup = "fast-sandbox.io/agent-cleanup"
+)
+
+// Defaults of the API, shared by the CRD markers and the components.
+const (
+	DefaultContainerdSocket    = "/run/containerd/containerd.sock"
+	DefaultContainerdNamespace = "k8s.io"
+	DefaultSchedulerName       = "fast-sandbox"
+	DefaultSlotsPerAgent       = 8
+	DefaultScaleDownDelay      = 300
+)
+
+// +genclient
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=sbx,categories=fast-sandbox
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Pool",type=string,JSONPath=`.spec.poolName`
+// +kubebuilder:printcolumn:name="Agent",type=string,JSONPath=`.status.agent`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.node`
+// +kubebuilder:printcolumn:name="Exit",type=integer,JSONPath=`.status.exitCode`,priority=1
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.reason`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+
+// Sandbox is one container that runs in a slot of an agent of a SandboxPool.
+// It is created, runs its command once, and finishes; it is never restarted.
+type Sandbox struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec SandboxSpec `json:"spec"`
+	// +optional
+	Status SandboxStatus `json:"status,omitempty"`
+}
+
+// SandboxNetworkMode says which network a sandbox container gets.
+// +kubebuilder:validation:Enum=None;Pod
+type SandboxNetworkMode string
+
+const (
+	// NetworkModeNone gives the sandbox its own network namespace with only loopback.
+	NetworkModeNone SandboxNetworkMode = "None"
+	// NetworkModePod joins the agent Pod's network namespace.
+	NetworkModePod SandboxNetworkMode = "Pod"
+)
+
+// SandboxSpec is what the user asks to run. Everything that shapes the
+// container is immutable; only the deadlines may change.
+// +kubebuilder:validation:XValidation:rule="!has(self.activeDeadlineSeconds) || !has(oldSelf.activeDeadlineSeconds) || self.activeDeadlineSeconds <= oldSelf.activeDeadlineSeconds",message="activeDeadlineSeconds may only be shortened"
+type SandboxSpec struct {
+	// PoolName is the SandboxPool (in the Sandbox's namespace) whose agents run this sandbox.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="poolName is immutable"
+	PoolName string `json:"poolName"`
+
+	// Image is the container image, e.g. "python:3.12" or a reference by digest.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:Pattern=`^[^\s]+$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="image is immutable"
+	Image string `json:"image"`
+
+	// Command replaces the image's entrypoint.
+	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="command is immutable"
+	Command []string `json:"command,omitempty"`
+
+	// Args replaces the image's cmd.
+	// +optional
+	// +kubebuilder:validation:MaxItems=1024
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="args is immutable"
+	Args []string `json:"args,omitempty"`
+
+	// Env is added to the image's environment.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="env is immutable"
+	Env []EnvVar `json:"env,omitempty"`
+
+	// WorkingDir is the working directory of the command; the image's by default.
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="workingDir is immutable"
+	WorkingDir string `json:"workingDir,omitempty"`
+
+	// Resources are the limits of the sandbox container; they are also what
+	// the sandbox takes from its agent's capacity.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="resources are immutable"
+	Resources SandboxResources `json:"resources,omitempty"`
+
+	// RuntimeHandler is the containerd runtime handler (e.g. "runc", "crun");
+	// the pool's by default.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="runtimeHandler is immutable"
+	RuntimeHandler string `json:"runtimeHandler,omitempty"`
+
+	// NetworkMode is None (own network namespace, loopback only; the default)
+	// or Pod (join the agent Pod's network).
+	// +optional
+	// +kubebuilder:default=None
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="networkMode is immutable"
+	NetworkMode SandboxNetworkMode `json:"networkMode,omitempty"`
+
+	// ActiveDeadlineSeconds bounds how long the sandbox may run once started;
+	// it is Failed with reason DeadlineExceeded after that.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	ActiveDeadlineSeconds *int64 `json:"activeDeadlineSeconds,omitempty"`
+
+	// TTLSecondsAfterFinished deletes the Sandbox that long after it finished.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	TTLSecondsAfterFinished *int32 `json:"ttlSecondsAfterFinished,omitempty"`
+}
+
+// EnvVar is one environment variable of a sandbox.
+type EnvVar struct {
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[^=\x00]+$`
+	Name string `json:"name"`
+	// +optional
+	// +kubebuilder:validation:MaxLength=32768
+	Value string `json:"value,omitempty"`
+}
+
+// SandboxResources are the CPU and memory limits of one sandbox.
+// +kubebuilder:validation:XValidation:rule="!has(self.cpu) || quantity(string(self.cpu)).isGreaterThan(quantity('0'))",message="cpu must be positive"
+// +kubebuilder:validation:XValidation:rule="!has(self.memory) || quantity(string(self.memory)).compareTo(quantity('4Mi')) >= 0",message="memory must be at least 4Mi"
+type SandboxResources struct {
+	// CPU is the CPU limit, e.g. "500m".
+	// +optional
+	CPU *resource.Quantity `json:"cpu,omitempty"`
+	// Memory is the memory limit, e.g. "256Mi".
+	// +optional
+	Memory *resource.Quantity `json:"memory,omitempty"`
+}
+
+// SandboxPhase is where a sandbox is in its life.
+// +kubebuilder:validation:Enum=Pending;Scheduled;Running;Succeeded;Failed
+type SandboxPhase string
+
+// The phases of a Sandbox.
+const (
+	SandboxPending   SandboxPhase = "Pending"
+	SandboxScheduled SandboxPhase = "Scheduled"
+	SandboxRunning   SandboxPhase = "Running"
+	SandboxSucceeded SandboxPhase = "Succeeded"
+	SandboxFailed    SandboxPhase = "Failed"
+)
+
+// Condition types of a Sandbox.
+const (
+	// SandboxConditionScheduled is True once the sandbox is bound to an agent.
+	SandboxConditionScheduled = "Scheduled"
+	// SandboxConditionReady is True while the container runs.
+	SandboxConditionReady = "Ready"
+)
+
+// Reasons that a Sandbox status carries.
+const (
+	ReasonUnschedulable    = "Unschedulable"
+	ReasonPoolNotFound     = "PoolNotFound"
+	ReasonImageNotPresent  = "ImageNotPresent"
+	ReasonOOMKilled        = "OOMKilled"
+	ReasonAgentLost        = "AgentLost"
+	ReasonDeadlineExceeded = "DeadlineExceeded"
+	ReasonError            = "Error"
+	ReasonCompleted        = "Completed"
+)
+
+// SandboxStatus is what the system observed of a sandbox. Times have
+// microsecond precision so that a start can be broken down by stage.
+type SandboxStatus struct {
+	// ObservedGeneration is the generation of the spec this status is about.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Phase is Pending, Scheduled, Running, Succeeded or Failed.
+	// +optional
+	Phase SandboxPhase `json:"phase,omitempty"`
+	// Reason is a CamelCase word for the phase (e.g. Unschedulable, OOMKilled, AgentLost).
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// Message says the same for humans.
+	// +optional
+	Message string `json:"message,omitempty"`
+	// Agent is the name of the agent Pod the sandbox is bound to.
+	// +optional
+	Agent string `json:"agent,omitempty"`
+	// AgentUID is the UID of that agent Pod.
+	// +optional
+	AgentUID string `json:"agentUID,omitempty"`
+	// Node is the node of that agent Pod.
+	// +optional
+	Node string `json:"node,omitempty"`
+	// ContainerID is the containerd container ID of the sandbox.
+	// +optional
+	ContainerID string `json:"containerID,omitempty"`
+	// ExitCode is the exit status of the command, once it finished.
+	// +optional
+	ExitCode *int32 `json:"exitCode,omitempty"`
+	// ScheduleTime is when the placement was recorded.
+	// +optional
+	ScheduleTime *metav1.MicroTime `json:"scheduleTime,omitempty"`
+	// AgentToldTime is when the agent was sent the sandbox.
+	// +optional
+	AgentToldTime *metav1.MicroTime `json:"agentToldTime,omitempty"`
+	// StartTime is when the container started, by the agent's clock.
+	// +optional
+	StartTime *metav1.MicroTime `json:"startTime,omitempty"`
+	// FinishTime is when the container exited, by the agent's clock.
+	// +optional
+	FinishTime *metav1.MicroTime `json:"finishTime,omitempty"`
+	// Conditions are Scheduled and Ready.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+// +kubebuilder:object:root=true
+
+// SandboxList is a list of Sandboxes.
+type SandboxList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Sandbox `json:"items"`
+}
+
+// +genclient
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=sbxpool;sbp,categories=fast-sandbox
+// +kubebuilder:printcolumn:name="Min",type=integer,JSONPath=`.spec.minAgents`
+// +kubebuilder:printcolumn:name="Max",type=integer,JSONPath=`.spec.maxAgents`
+// +kubebuilder:printcolumn:name="Agents",type=integer,JSONPath=`.status.agents`
+// +kubebuilder:printcolumn:name="Ready",type=integer,JSONPath=`.status.readyAgents`
+// +kubebuilder:printcolumn:name="Free",type=integer,JSONPath=`.status.freeSlots`
+// +kubebuilder:printcolumn:name="Used",type=integer,JSONPath=`.status.usedSlots`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+
+// SandboxPool keeps warm agent Pods whose slots run Sandboxes.
+type SandboxPool struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec SandboxPoolSpec `json:"spec"`
+	// +optional
+	Status SandboxPoolStatus `json:"status,omitempty"`
+}
+
+// ImagePullPolicy says whether an agent may pull an image that its node lacks.
+// +kubebuilder:validation:Enum=Never;IfNotPresent
+type ImagePullPolicy string
+
+// The image pull policies of a pool.
+const (
+	// PullNever fails a sandbox whose image is not on the node (ImageNotPresent).
+	PullNever ImagePullPolicy = "Never"
+	// PullIfNotPresent pulls a missing image on the sandbox's start path.
+	PullIfNotPresent ImagePullPolicy = "IfNotPresent"
+)
+
+// SandboxPoolSpec is the desired shape of a pool.
+// +kubebuilder:validation:XValidation:rule="self.minAgents <= self.maxAgents",message="minAgents must not exceed maxAgents"
+type SandboxPoolSpec struct {
+	// MinAgents is the fewest agent Pods the pool keeps, idle or not.
+	// +optional
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=10000
+	MinAgents int32 `json:"minAgents"`
+	// MaxAgents is the most agent Pods the pool may have.
+	// +optional
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000
+	MaxAgents int32 `json:"maxAgents"`
+	// SlotsPerAgent is how many sandboxes one agent runs at once.
+	// +optional
+	// +kubebuilder:default=8
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1024
+	SlotsPerAgent int32 `json:"slotsPerAgent"`
+	// BufferSlots is how many free slots the pool keeps ready for bursts; it
+	// grows when fewer are free.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	BufferSlots int32 `json:"bufferSlots,omitempty"`
+	// ScaleDownDelaySeconds is how long an agent stays idle before the pool
+	// may remove it.
+	// +optional
+	// +kubebuilder:default=300
+	// +kubebuilder:validation:Minimum=0
+	ScaleDownDelaySeconds int32 `json:"scaleDownDelaySeconds"`
+	// Agent shapes the agent Pods.
+	Agent AgentTemplate `json:"agent"`
+	// ImagePullPolicy says whether agents may pull images their node lacks.
+	// +optional
+	// +kubebuilder:default=Never
+	ImagePullPolicy ImagePullPolicy `json:"imagePullPolicy,omitempty"`
+	// WarmImages are images every agent makes sure are on its node (and
+	// protected from the kubelet's image garbage collection) before it is Ready.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MinLength=1
+	WarmImages []string `json:"warmImages,omitempty"`
+	// RuntimeHandler is the default containerd runtime handler of the pool's
+	// sandboxes ("runc" when empty; "crun" starts faster).
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	RuntimeHandler string `json:"runtimeHandler,omitempty"`
+	// Scheduling selects the scheduler profile of the pool's sandboxes.
+	// +optional
+	Scheduling PoolScheduling `json:"scheduling,omitempty"`
+}
+
+// AgentTemplate is what the agent Pods of a pool look like.
+type AgentTemplate struct {
+	// Image is the agent's container image.
+	// +kubebuilder:validation:MinLength=1
+	Image string `json:"image"`
+	// ImagePullPolicy of the agent container.
+	// +optional
+	// +kubebuilder:default=IfNotPresent
+	// +kubebuilder:validation:Enum=Always;Never;IfNotPresent
+	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
+	// Resources of one agent Pod; its sandboxes share them. Requests are set
+	// equal to the limits, so the Pod gets a guaranteed slice of the node.
+	// +kubebuilder:validation:XValidation:rule="has(self.cpu) && has(self.memory)",message="agent resources need both cpu and memory"
+	Resources SandboxResources `json:"resources"`
+	// NodeSelector constrains the nodes of agent Pods.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// Tolerations of the agent Pods.
+	// +optional
+	// +listType=atomic
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+	// ContainerdSocket is the path of the node's containerd socket.
+	// +optional
+	// +kubebuilder:default="/run/containerd/containerd.sock"
+	// +kubebuilder:validation:Pattern=`^/`
+	ContainerdSocket string `json:"containerdSocket,omitempty"`
+	// ContainerdNamespace is the containerd namespace whose images the agent
+	// uses; kubelet's is "k8s.io".
+	// +optional
+	// +kubebuilder:default="k8s.io"
+	// +kubebuilder:validation:MinLength=1
+	ContainerdNamespace string `json:"containerdNamespace,omitempty"`
+	// PriorityClassName of the agent Pods.
+	// +optional
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+}
+
+// PoolScheduling selects how the pool's sandboxes are placed.
+type PoolScheduling struct {
+	// SchedulerName is the profile of the fast-sandbox scheduler that places
+	// the pool's sandboxes.
+	// +optional
+	// +kubebuilder:default=fast-sandbox
+	// +kubebuilder:validation:MinLength=1
+	SchedulerName string `json:"schedulerName,omitempty"`
+	// ScoreWeights overrides the profile's score plugin weights for this pool,
+	// by plugin name.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=32
+	// +kubebuilder:validation:XValidation:rule="self.all(k, self[k] >= 0 && self[k] <= 100)",message="score weights must be between 0 and 100"
+	ScoreWeights map[string]int32 `json:"scoreWeights,omitempty"`
+}
+
+// Condition types of a SandboxPool.
+const (
+	// PoolConditionReady is True when at least minAgents agents are ready.
+	PoolConditionReady = "Ready"
+	// PoolConditionScalingLimited is True when the pool wants more agents than maxAgents allows.
+	PoolConditionScalingLimited = "ScalingLimited"
+)
+
+// SandboxPoolStatus is what the pool controller observed of a pool.
+type SandboxPoolStatus struct {
+	// ObservedGeneration is the generation of the spec this status is about.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Agents is the number of agent Pods that exist.
+	// +optional
+	Agents int32 `json:"agents"`
+	// ReadyAgents is the number of agent Pods that are Ready.
+	// +optional
+	ReadyAgents int32 `json:"readyAgents"`
+	// FreeSlots is the number of free slots on ready agents.
+	// +optional
+	FreeSlots int32 `json:"freeSlots"`
+	// UsedSlots is the number of slots held by sandboxes.
+	// +optional
+	UsedSlots int32 `json:"usedSlots"`
+	// Conditions are Ready and ScalingLimited.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+// +kubebuilder:object:root=true
+
+// SandboxPoolList is a list of SandboxPools.
+type SandboxPoolList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []SandboxPool `json:"items"`
+}
