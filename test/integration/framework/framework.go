@@ -39,14 +39,14 @@ type ControlPlane struct {
 func Start(t *testing.T) *ControlPlane {
 	t.Helper()
 	srv := apiserver.StartAPITestServer(t)
-	cfg, err := clientcmd.BuildConfigFromFlags("", srv.KubeconfigFile)
+	cfg, err := clientcmd.BuildConfigFromFlags("", srv.KubeConfigFile)
 	if err != nil {
 		t.Fatalf("loading kubeconfig of the test apiserver: %v", err)
 	}
 	cfg.QPS, cfg.Burst = 1000, 2000
 	cp := &ControlPlane{
 		Config:         cfg,
-		KubeconfigFile: srv.KubeconfigFile,
+		KubeconfigFile: srv.KubeConfigFile,
 		Kube:           srv.ClientSet,
 		Sandbox:        versioned.NewForConfigOrDie(cfg),
 	}

@@ -306,13 +306,13 @@ type SandboxPoolSpec struct {
 	// +kubebuilder:default=10
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=10000
-	MaxAgents int32 `json:"maxAgents"`
+	MaxAgents int32 `json:"maxAgents,omitempty"`
 	// SlotsPerAgent is how many sandboxes one agent runs at once.
 	// +optional
 	// +kubebuilder:default=8
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1024
-	SlotsPerAgent int32 `json:"slotsPerAgent"`
+	SlotsPerAgent int32 `json:"slotsPerAgent,omitempty"`
 	// BufferSlots is how many free slots the pool keeps ready for bursts; it
 	// grows when fewer are free.
 	// +optional
@@ -345,6 +345,7 @@ type SandboxPoolSpec struct {
 	RuntimeHandler string `json:"runtimeHandler,omitempty"`
 	// Scheduling selects the scheduler profile of the pool's sandboxes.
 	// +optional
+	// +kubebuilder:default={}
 	Scheduling PoolScheduling `json:"scheduling,omitempty"`
 }
 
