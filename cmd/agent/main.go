@@ -4,20 +4,126 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/spf13/pflag"
 
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
 	"github.com/fast-sandbox/fast-sandbox/pkg/cli"
+	"k8s.io/component-base/version"
 )
 
+type options struct {
+	listen              string
+	tokenFile           string
+	containerdSocket    string
+	containerdNamespace string
+	cgroupParent        string
+	stateDir            string
+	slots               int
+	cpuMillis           int64
+	memoryBytes         int64
+	podName, podNS      string
+	podUID, nodeName    string
+	pool                string
+	defaultHandler      string
+	handlers            map[string]string
+}
+
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func envInt(name string) int64 {
+	v, _ := strconv.ParseInt(os.Getenv(name), 10, 64)
+	return v
+}
+
 func main() {
+	o := &options{}
 	cli.Main(cli.Component{
 		Name:  "agent",
 		Short: "Runs sandbox containers of one agent Pod through the node's containerd.",
-		Run: func(ctx context.Context, logger logr.Logger) error {
-			logger.Info("agent started; waiting for shutdown")
-			<-ctx.Done()
-			return nil
+		AddFlags: func(fs *pflag.FlagSet) {
+			fs.StringVar(&o.listen, "listen", env("AGENT_LISTEN", ":8081"), "address of the agent API")
+			fs.StringVar(&o.tokenFile, "token-file", env("AGENT_TOKEN_FILE", "/var/run/fast-sandbox/agent-token/token"), "file holding the bearer token callers must present")
+			fs.StringVar(&o.containerdSocket, "containerd-socket", env("CONTAINERD_SOCKET", "/run/containerd/containerd.sock"), "containerd's socket")
+			fs.StringVar(&o.containerdNamespace, "containerd-namespace", env("CONTAINERD_NAMESPACE", "k8s.io"), "containerd namespace of the node's images (kubelet's is k8s.io)")
+			fs.StringVar(&o.cgroupParent, "cgroup-parent", os.Getenv("CGROUP_PARENT"), "cgroup for sandboxes; default: the agent Pod's, found through containerd")
+			fs.StringVar(&o.stateDir, "state-dir", env("AGENT_STATE_DIR", "/var/lib/fast-sandbox/agent"), "directory for sandbox logs; in a Pod, a hostPath mounted at the same path")
+			fs.IntVar(&o.slots, "slots", int(envInt("AGENT_SLOTS")), "sandboxes this agent runs at once (0: unbounded)")
+			fs.Int64Var(&o.cpuMillis, "cpu-millis", envInt("CPU_LIMIT_MILLIS"), "the agent Pod's CPU limit in millicores (downward API), 0: unbounded")
+			fs.Int64Var(&o.memoryBytes, "memory-bytes", envInt("MEMORY_LIMIT_BYTES"), "the agent Pod's memory limit in bytes (downward API), 0: unbounded")
+			fs.StringVar(&o.podName, "pod-name", os.Getenv("POD_NAME"), "the agent Pod's name (downward API)")
+			fs.StringVar(&o.podNS, "pod-namespace", os.Getenv("POD_NAMESPACE"), "the agent Pod's namespace (downward API)")
+			fs.StringVar(&o.podUID, "pod-uid", os.Getenv("POD_UID"), "the agent Pod's UID (downward API), to find its cgroup and network")
+			fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "the node's name (downward API)")
+			fs.StringVar(&o.pool, "pool", os.Getenv("POOL_NAME"), "the SandboxPool of this agent")
+			fs.StringVar(&o.defaultHandler, "default-runtime-handler", env("DEFAULT_RUNTIME_HANDLER", "runc"), "runtime handler of sandboxes that name none")
+			fs.StringToStringVar(&o.handlers, "runtime-handlers", map[string]string{"runc": "runc", "crun": "crun"}, "runtime handler name to OCI runtime binary")
 		},
+		Run: func(ctx context.Context, logger logr.Logger) error { return run(ctx, logger, o) },
 	})
+}
+
+func run(ctx context.Context, log logr.Logger, o *options) error {
+	token, err := os.ReadFile(o.tokenFile)
+	if err != nil {
+		return fmt.Errorf("reading the API token: %w", err)
+	}
+	tok := strings.TrimSpace(string(token))
+	if len(tok) < 16 {
+		return fmt.Errorf("the API token in %s is shorter than 16 characters", o.tokenFile)
+	}
+	name := o.podName
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	rt := containerd.New(containerd.Config{
+		Address: o.containerdSocket, Namespace: o.containerdNamespace, CgroupParent: o.cgroupParent,
+		PodUID: o.podUID, Agent: name, StateDir: o.stateDir,
+		DefaultRuntimeHandler: o.defaultHandler, RuntimeHandlers: o.handlers,
+	}, log.WithName("containerd"))
+	defer rt.Close()
+	a := agent.New(agent.Config{
+		Info: api.AgentInfo{PodName: name, Namespace: o.podNS, PodUID: o.podUID, NodeName: o.nodeName,
+			Pool: o.pool, Version: version.Get().GitVersion},
+		Capacity: api.Resources{Slots: o.slots, CPUMillis: o.cpuMillis, MemoryBytes: o.memoryBytes},
+	}, rt, log)
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", o.listen, err)
+	}
+	srv := &http.Server{Handler: a.Handler(tok), ReadHeaderTimeout: 10 * time.Second}
+	errCh := make(chan error, 1)
+	go func() { errCh <- srv.Serve(ln) }()
+	log.Info("agent API listening", "address", ln.Addr().String())
+	// Serve /healthz while starting; /readyz turns ready once sandboxes are adopted.
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-errCh:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving the agent API: %w", err)
+		}
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return srv.Shutdown(shutdownCtx)
 }

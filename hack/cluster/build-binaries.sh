@@ -27,6 +27,6 @@ CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
   k8s.io/kubernetes/cmd/kube-scheduler \
   k8s.io/kubernetes/cmd/kubelet \
   k8s.io/kubernetes/cmd/kubectl
-mv "$tmp/v3" "$tmp/etcd"
+mv "$tmp/server" "$tmp/etcd"
 rm -rf "$BIN_DIR" && mv "$tmp" "$BIN_DIR"
 "$BIN_DIR/kubectl" version --client >&2

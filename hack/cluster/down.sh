@@ -80,6 +80,8 @@ for ipt in iptables ip6tables; do
 done
 [ -f "$CLUSTER_DIR/ip_forward.orig" ] && cat "$CLUSTER_DIR/ip_forward.orig" > /proc/sys/net/ipv4/ip_forward
 
-# 7. The directories themselves.
+# 7. The directories themselves (and /run/containerd when up.sh found none).
+[ -f "$CLUSTER_DIR/remove-run-containerd" ] && rm -rf /run/containerd
 rm -rf "$CLUSTER_DIR" "$RUN_DIR"
+rmdir --ignore-fail-on-non-empty "$(dirname "$CLUSTER_DIR")" 2>/dev/null
 log "cluster removed"

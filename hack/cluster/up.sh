@@ -24,6 +24,8 @@ mkdir -p "$CLUSTER_DIR"/{pki,logs,etcd,kubelet,cni/net.d,containerd} "$RUN_DIR/c
 : > "$CLUSTER_DIR/pids"
 cat /proc/sys/net/ipv4/ip_forward > "$CLUSTER_DIR/ip_forward.orig"
 ls /var/run/netns 2>/dev/null > "$CLUSTER_DIR/netns.orig" || : > "$CLUSTER_DIR/netns.orig"
+# containerd 1.6 keeps shim sockets in /run/containerd/s whatever its config says.
+[ -e /run/containerd ] || touch "$CLUSTER_DIR/remove-run-containerd"
 
 # start NAME CMD... runs a process in the background, logging to
 # CLUSTER_DIR/logs/NAME.log, and records its PID for down.sh.
@@ -70,7 +72,7 @@ cert admin "/O=system:masters/CN=kubernetes-admin"
 cert controller-manager "/CN=system:kube-controller-manager"
 cert scheduler "/CN=system:kube-scheduler"
 cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME"
-cert kubelet-serving "/CN=$NODE_NAME" "DNS:$NODE_NAME,DNS:localhost,IP:127.0.0.1"
+cert kubelet-serving "/CN=$NODE_NAME" "DNS:$NODE_NAME,DNS:localhost,IP:127.0.0.1,IP:$NODE_IP"
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 
@@ -159,10 +161,13 @@ state = "$RUN_DIR/containerd/state"
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "$RUN_DIR/runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun.options]
         BinaryName = "$(command -v crun || echo /usr/bin/crun)"
+        Root = "$RUN_DIR/crun"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$CNI_BIN_DIR"
     conf_dir = "$CLUSTER_DIR/cni/net.d"
@@ -179,6 +184,14 @@ cat > "$CLUSTER_DIR/cni/net.d/10-fast-sandbox.conflist" <<EOF
   ]
 }
 EOF
+# The bridge exists before kubelet so that its gateway address can be the
+# node's address: kubelet refuses a loopback node IP, and the machine's own
+# interfaces are not for the cluster. The CNI bridge plugin reuses it.
+if ! ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then
+  ip link add "$CNI_BRIDGE" type bridge
+  ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$CNI_BRIDGE"
+  ip link set "$CNI_BRIDGE" up
+fi
 start containerd containerd --config "$CLUSTER_DIR/containerd/config.toml"
 wait_for containerd 30 ctr_ version
 
@@ -189,7 +202,7 @@ log "starting kubelet ($NODE_NAME)"
 cat > "$CLUSTER_DIR/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
+address: $NODE_IP
 healthzBindAddress: 127.0.0.1
 authentication:
   anonymous: {enabled: false}
@@ -213,7 +226,7 @@ maxPods: 110
 EOF
 start kubelet "$BIN_DIR/kubelet" --config "$CLUSTER_DIR/kubelet/config.yaml" \
   --kubeconfig "$CLUSTER_DIR/kubelet.kubeconfig" --root-dir "$CLUSTER_DIR/kubelet" \
-  --hostname-override "$NODE_NAME" --node-ip 127.0.0.1
+  --hostname-override "$NODE_NAME" --node-ip "$NODE_IP"
 
 node_ready() {
   [ "$(kubectl_ get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]

@@ -1,0 +1,175 @@
+// Package api is the wire format of the agent's HTTP API, version v1: what
+// the control plane sends to an agent (the desired set of sandboxes) and what
+// the agent answers (its status and each sandbox's outcome).
+//
+// The API is level-triggered. A sync carries the complete desired set; the
+// agent creates what is missing, removes what is not desired and leaves the
+// rest, so sending the same set twice changes nothing the second time. A
+// sandbox is identified by the UID of its Sandbox object, and its container ID
+// is derived from that UID, so a retried sync never creates a second
+// container for one sandbox.
+package api
+
+import "time"
+
+// Paths of the API.
+const (
+	PathStatus  = "/v1/status"
+	PathSync    = "/v1/sync"
+	PathLogs    = "/v1/sandboxes/{uid}/logs"
+	PathHealthz = "/healthz"
+	PathReadyz  = "/readyz"
+	PathMetrics = "/metrics"
+
+	// MaxRequestBytes bounds a request body.
+	MaxRequestBytes = 4 << 20
+	// MaxSandboxes bounds the sandboxes of one sync, whatever the capacity.
+	MaxSandboxes = 1024
+)
+
+// Network modes of a sandbox.
+const (
+	NetworkNone = "None"
+	NetworkPod  = "Pod"
+)
+
+// SandboxSpec is one sandbox the control plane wants to run.
+type SandboxSpec struct {
+	// UID is the UID of the Sandbox object; it identifies the sandbox.
+	UID       string `json:"uid"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Pool      string `json:"pool,omitempty"`
+
+	Image      string   `json:"image"`
+	Command    []string `json:"command,omitempty"`
+	Args       []string `json:"args,omitempty"`
+	Env        []EnvVar `json:"env,omitempty"`
+	WorkingDir string   `json:"workingDir,omitempty"`
+
+	// CPUMillis is the CPU limit in thousandths of a core; 0 means none of its own.
+	CPUMillis int64 `json:"cpuMillis,omitempty"`
+	// MemoryBytes is the memory limit; 0 means none of its own.
+	MemoryBytes int64 `json:"memoryBytes,omitempty"`
+
+	// RuntimeHandler is the containerd runtime ("runc", "crun", ...); the agent's default when empty.
+	RuntimeHandler string `json:"runtimeHandler,omitempty"`
+	// NetworkMode is None (own network namespace, loopback only) or Pod.
+	NetworkMode string `json:"networkMode,omitempty"`
+	// AllowPull lets the agent pull an image the node lacks.
+	AllowPull bool `json:"allowPull,omitempty"`
+}
+
+// EnvVar is one environment variable.
+type EnvVar struct {
+	Name  string `json:"name"`
+	Value string `json:"value,omitempty"`
+}
+
+// SyncRequest is the complete desired set of sandboxes of one agent.
+type SyncRequest struct {
+	// Epoch and Revision order syncs: an agent refuses a sync older than the
+	// newest it applied (409 Conflict), so a delayed request can never undo a
+	// newer one. Epoch identifies the sender's incarnation (e.g. its start
+	// time); Revision grows within an epoch.
+	Epoch    int64 `json:"epoch"`
+	Revision int64 `json:"revision"`
+	// Sandboxes is the desired set; any other sandbox of the agent is removed.
+	Sandboxes []SandboxSpec `json:"sandboxes"`
+}
+
+// SyncResponse is the state of every desired sandbox after the agent converged.
+type SyncResponse struct {
+	Sandboxes []SandboxStatus `json:"sandboxes"`
+}
+
+// SandboxState is where a sandbox container is.
+type SandboxState string
+
+// The states of a sandbox container.
+const (
+	// StateRunning: the container's process runs.
+	StateRunning SandboxState = "Running"
+	// StateExited: the process ended; ExitCode says how.
+	StateExited SandboxState = "Exited"
+	// StateFailed: the container could not be created or started; Reason says why.
+	StateFailed SandboxState = "Failed"
+)
+
+// Reasons an agent gives.
+const (
+	ReasonImageNotPresent = "ImageNotPresent"
+	ReasonOOMKilled       = "OOMKilled"
+	ReasonError           = "Error"
+	ReasonCompleted       = "Completed"
+	ReasonCreateFailed    = "CreateFailed"
+	ReasonNoCapacity      = "NoCapacity"
+	ReasonContainerLost   = "ContainerLost"
+)
+
+// SandboxStatus is what the agent knows of one sandbox.
+type SandboxStatus struct {
+	UID         string       `json:"uid"`
+	Namespace   string       `json:"namespace,omitempty"`
+	Name        string       `json:"name,omitempty"`
+	ContainerID string       `json:"containerID,omitempty"`
+	State       SandboxState `json:"state"`
+	ExitCode    *int32       `json:"exitCode,omitempty"`
+	Reason      string       `json:"reason,omitempty"`
+	Message     string       `json:"message,omitempty"`
+	CPUMillis   int64        `json:"cpuMillis,omitempty"`
+	MemoryBytes int64        `json:"memoryBytes,omitempty"`
+	CreatedAt   *time.Time   `json:"createdAt,omitempty"`
+	StartedAt   *time.Time   `json:"startedAt,omitempty"`
+	FinishedAt  *time.Time   `json:"finishedAt,omitempty"`
+}
+
+// Resources are an amount of slots, CPU and memory.
+type Resources struct {
+	Slots       int   `json:"slots"`
+	CPUMillis   int64 `json:"cpuMillis"`
+	MemoryBytes int64 `json:"memoryBytes"`
+}
+
+// Image is one image on the agent's node.
+type Image struct {
+	// Names are the references of the image (normalized, e.g. docker.io/library/busybox:latest).
+	Names  []string `json:"names"`
+	Digest string   `json:"digest"`
+	// Size is the size of the image's content (compressed layers, config and manifest).
+	Size int64 `json:"size"`
+}
+
+// AgentInfo says who the agent is.
+type AgentInfo struct {
+	PodName   string `json:"podName,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	PodUID    string `json:"podUID,omitempty"`
+	NodeName  string `json:"nodeName,omitempty"`
+	Pool      string `json:"pool,omitempty"`
+	Version   string `json:"version,omitempty"`
+	// Runtime names the container runtime and its version.
+	Runtime string `json:"runtime,omitempty"`
+	// CgroupParent is where sandbox containers are placed.
+	CgroupParent string `json:"cgroupParent,omitempty"`
+}
+
+// Status is the agent's answer to GET /v1/status.
+type Status struct {
+	Agent     AgentInfo       `json:"agent"`
+	Capacity  Resources       `json:"capacity"`
+	Allocated Resources       `json:"allocated"`
+	Sandboxes []SandboxStatus `json:"sandboxes"`
+	Images    []Image         `json:"images"`
+	Healthy   bool            `json:"healthy"`
+	// Epoch and Revision of the newest sync applied.
+	Epoch    int64     `json:"epoch"`
+	Revision int64     `json:"revision"`
+	Time     time.Time `json:"time"`
+}
+
+// Error is the body of every 4xx/5xx answer.
+type Error struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+}

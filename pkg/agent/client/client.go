@@ -1,0 +1,117 @@
+// Package client calls an agent's HTTP API from the control plane.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+)
+
+// Client talks to one agent.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// DefaultHTTPClient keeps connections to agents alive and bounds each call.
+var DefaultHTTPClient = &http.Client{
+	Timeout: 30 * time.Second,
+	Transport: &http.Transport{
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     90 * time.Second,
+	},
+}
+
+// New returns a client for the agent at baseURL (e.g. "http://10.244.0.7:8081").
+func New(baseURL, token string, hc *http.Client) *Client {
+	if hc == nil {
+		hc = DefaultHTTPClient
+	}
+	return &Client{base: strings.TrimSuffix(baseURL, "/"), token: token, http: hc}
+}
+
+// StatusError is an answer other than 2xx.
+type StatusError struct {
+	Code    int
+	Message string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("agent answered %d %s: %s", e.Code, http.StatusText(e.Code), e.Message)
+}
+
+// IsConflict says whether err is the agent refusing a stale sync.
+func IsConflict(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Code == http.StatusConflict
+}
+
+// Status asks the agent for its status.
+func (c *Client) Status(ctx context.Context) (*api.Status, error) {
+	out := &api.Status{}
+	return out, c.do(ctx, http.MethodGet, api.PathStatus, nil, out)
+}
+
+// Sync sends the complete desired set of sandboxes.
+func (c *Client) Sync(ctx context.Context, req *api.SyncRequest) (*api.SyncResponse, error) {
+	out := &api.SyncResponse{}
+	return out, c.do(ctx, http.MethodPut, api.PathSync, req, out)
+}
+
+// Logs returns a sandbox's output.
+func (c *Client) Logs(ctx context.Context, uid string) ([]byte, error) {
+	var out bytes.Buffer
+	if err := c.do(ctx, http.MethodGet, strings.Replace(api.PathLogs, "{uid}", uid, 1), nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		data, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encoding %s %s: %w", method, path, err)
+		}
+		body = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s%s: %w", method, c.base, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		e := api.Error{}
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if json.Unmarshal(data, &e) != nil || e.Message == "" {
+			e.Message = strings.TrimSpace(string(data))
+		}
+		return &StatusError{Code: resp.StatusCode, Message: e.Message}
+	}
+	if buf, ok := out.(*bytes.Buffer); ok {
+		_, err = io.Copy(buf, io.LimitReader(resp.Body, 64<<20))
+		return err
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decoding the answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}

@@ -1,0 +1,59 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+)
+
+// metrics are the agent's Prometheus metrics, in a registry of its own.
+type metrics struct {
+	registry       *prometheus.Registry
+	syncDuration   prometheus.Histogram
+	createDuration *prometheus.HistogramVec
+	sandboxes      *prometheus.GaugeVec
+	requests       *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "fast_sandbox_agent_sync_duration_seconds",
+			Help:    "Time to converge to a desired set of sandboxes.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		createDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "fast_sandbox_agent_sandbox_create_duration_seconds",
+			Help:    "Time to create and start one sandbox container, by outcome state.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}, []string{"state"}),
+		sandboxes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "fast_sandbox_agent_sandboxes",
+			Help: "Sandboxes on this agent, by state.",
+		}, []string{"state"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fast_sandbox_agent_http_requests_total",
+			Help: "API requests, by route and status code.",
+		}, []string{"route", "code"}),
+	}
+	m.registry.MustRegister(m.syncDuration, m.createDuration, m.sandboxes, m.requests,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) observeCreate(st api.SandboxStatus, d time.Duration) {
+	m.createDuration.WithLabelValues(string(st.State)).Observe(d.Seconds())
+}
+
+func (m *metrics) setSandboxes(all []api.SandboxStatus) {
+	counts := map[api.SandboxState]int{api.StateRunning: 0, api.StateExited: 0, api.StateFailed: 0}
+	for _, s := range all {
+		counts[s.State]++
+	}
+	for state, n := range counts {
+		m.sandboxes.WithLabelValues(string(state)).Set(float64(n))
+	}
+}

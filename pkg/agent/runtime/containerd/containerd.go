@@ -1,0 +1,592 @@
+// Package containerd runs sandboxes as containers of the node's containerd.
+//
+// Images: sandboxes use the images kubelet already pulled. They live in
+// containerd namespace "k8s.io", and sandbox containers are created in that
+// same namespace, so the image and its unpacked snapshots are used as they
+// are: no copy, no pull, no unpack on the start path. This is safe beside
+// kubelet's CRI plugin: the CRI only loads containers that carry its own
+// "io.cri-containerd.kind" label, so it neither lists nor garbage-collects
+// ours, and ours carry fast-sandbox labels and a "fsbx-" ID prefix that the
+// CRI never uses. Each creation holds a containerd lease, so containerd's
+// garbage collector cannot remove the image's content or snapshots while a
+// sandbox is being made; afterwards the container's snapshot keeps its
+// parents.
+//
+// Identity: a sandbox's container ID is derived from its UID ("fsbx-" + UID),
+// and its labels name the sandbox, its namespace, pool and agent. The labels
+// are the source of truth: a restarted agent lists containers by label and
+// finds every sandbox again.
+package containerd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/contrib/seccomp"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+	"github.com/go-logr/logr"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
+)
+
+// Labels on every sandbox container.
+const (
+	LabelManagedBy = "fast-sandbox.io/managed-by"
+	LabelUID       = "fast-sandbox.io/sandbox-uid"
+	LabelName      = "fast-sandbox.io/sandbox-name"
+	LabelNamespace = "fast-sandbox.io/sandbox-namespace"
+	LabelPool      = "fast-sandbox.io/pool-name"
+	LabelAgent     = "fast-sandbox.io/agent-name"
+	LabelCPU       = "fast-sandbox.io/cpu-millis"
+	LabelMemory    = "fast-sandbox.io/memory-bytes"
+	LabelCreated   = "fast-sandbox.io/created-at"
+
+	managedBy = "fast-sandbox-agent"
+	idPrefix  = "fsbx-"
+	// cpuPeriod is the CFS period of sandbox CPU limits, in microseconds.
+	cpuPeriod = 100000
+)
+
+// Config configures the containerd runtime.
+type Config struct {
+	// Address is containerd's socket.
+	Address string
+	// Namespace is the containerd namespace of images and sandboxes ("k8s.io").
+	Namespace string
+	// CgroupParent is the cgroup every sandbox is placed under. Empty means:
+	// find the agent Pod's cgroup from PodUID, or from /proc/self/cgroup.
+	CgroupParent string
+	// PodUID is the agent Pod's UID (downward API), used to find its cgroup
+	// and network namespace through the Pod's sandbox container.
+	PodUID string
+	// Agent is the agent's name, put on every container's labels.
+	Agent string
+	// StateDir holds the sandboxes' logs. Inside an agent Pod it must be a
+	// hostPath mounted at the same path, since containerd's shim writes there.
+	StateDir string
+	// DefaultRuntimeHandler is used when a sandbox names none ("runc").
+	DefaultRuntimeHandler string
+	// RuntimeHandlers maps handler names to the OCI runtime binary that the
+	// runc shim runs ("runc" -> "runc", "crun" -> "crun").
+	RuntimeHandlers map[string]string
+	// Snapshotter is containerd's snapshotter ("overlayfs").
+	Snapshotter string
+}
+
+// Runtime is the containerd runtime.
+type Runtime struct {
+	cfg    Config
+	log    logr.Logger
+	client *client.Client
+
+	cgroupParent string
+	systemd      bool   // cgroupParent is a systemd slice
+	podNetNS     string // the agent Pod's network namespace, for NetworkMode Pod
+
+	mu     sync.Mutex
+	exits  chan api.SandboxStatus
+	known  map[string]api.SandboxStatus // by UID: what was created or adopted
+	waited map[string]bool              // UIDs whose exit is being waited for
+	images imageCache
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+var _ runtime.Runtime = &Runtime{}
+
+// New returns a runtime; Initialize connects it.
+func New(cfg Config, log logr.Logger) *Runtime {
+	if cfg.Namespace == "" {
+		cfg.Namespace = "k8s.io"
+	}
+	if cfg.DefaultRuntimeHandler == "" {
+		cfg.DefaultRuntimeHandler = "runc"
+	}
+	if cfg.RuntimeHandlers == nil {
+		cfg.RuntimeHandlers = map[string]string{"runc": "runc", "crun": "crun"}
+	}
+	if cfg.Snapshotter == "" {
+		cfg.Snapshotter = "overlayfs"
+	}
+	return &Runtime{
+		cfg:    cfg,
+		log:    log,
+		exits:  make(chan api.SandboxStatus, 1024),
+		known:  map[string]api.SandboxStatus{},
+		waited: map[string]bool{},
+	}
+}
+
+// ContainerID is the container ID of a sandbox UID.
+func ContainerID(uid string) string { return idPrefix + uid }
+
+// Initialize connects to containerd, finds the cgroup parent and the Pod's
+// network namespace, and creates the state directory.
+func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
+	c, err := client.New(r.cfg.Address, client.WithDefaultNamespace(r.cfg.Namespace), client.WithTimeout(5*time.Second))
+	if err != nil {
+		return runtime.Info{}, fmt.Errorf("connecting to containerd at %s: %w", r.cfg.Address, err)
+	}
+	r.client = c
+	r.ctx, r.cancel = context.WithCancel(namespaces.WithNamespace(context.Background(), r.cfg.Namespace))
+	ctx = namespaces.WithNamespace(ctx, r.cfg.Namespace)
+	v, err := c.Version(ctx)
+	if err != nil {
+		return runtime.Info{}, fmt.Errorf("asking containerd at %s for its version: %w", r.cfg.Address, err)
+	}
+	if err := os.MkdirAll(filepath.Join(r.cfg.StateDir, "logs"), 0o700); err != nil {
+		return runtime.Info{}, fmt.Errorf("creating state directory: %w", err)
+	}
+	placement, err := findPodPlacement(ctx, c, r.cfg.PodUID, r.cfg.CgroupParent)
+	if err != nil {
+		return runtime.Info{}, err
+	}
+	r.cgroupParent, r.systemd, r.podNetNS = placement.cgroupParent, placement.systemd, placement.netNS
+	r.log.Info("containerd runtime ready", "address", r.cfg.Address, "version", v.Version,
+		"namespace", r.cfg.Namespace, "cgroupParent", r.cgroupParent, "systemdCgroup", r.systemd, "podNetNS", r.podNetNS)
+	return runtime.Info{Runtime: "containerd " + v.Version, CgroupParent: r.cgroupParent}, nil
+}
+
+// Close stops waiting for exits and closes the connection. Sandboxes keep running.
+func (r *Runtime) Close() error {
+	if r.cancel != nil {
+		r.cancel()
+	}
+	if r.client != nil {
+		return r.client.Close()
+	}
+	return nil
+}
+
+// Exits delivers the final status of sandboxes whose process ended.
+func (r *Runtime) Exits() <-chan api.SandboxStatus { return r.exits }
+
+func (r *Runtime) nsCtx(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, r.cfg.Namespace)
+}
+
+func (r *Runtime) logPath(uid string) string {
+	return filepath.Join(r.cfg.StateDir, "logs", uid+".log")
+}
+
+// cgroupPath is the OCI cgroupsPath of a sandbox container.
+func (r *Runtime) cgroupPath(id string) string {
+	if r.systemd {
+		// slice:prefix:name; runc makes <prefix>-<name>.scope in the slice.
+		return r.cgroupParent + ":fsbx:" + strings.TrimPrefix(id, idPrefix)
+	}
+	return filepath.Join(r.cgroupParent, id)
+}
+
+// CreateSandbox creates and starts a sandbox container.
+func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.SandboxStatus {
+	ctx = r.nsCtx(ctx)
+	id := ContainerID(spec.UID)
+	status := api.SandboxStatus{UID: spec.UID, Namespace: spec.Namespace, Name: spec.Name, ContainerID: id,
+		CPUMillis: spec.CPUMillis, MemoryBytes: spec.MemoryBytes}
+	fail := func(reason string, err error) api.SandboxStatus {
+		status.State, status.Reason, status.Message = api.StateFailed, reason, err.Error()
+		now := time.Now()
+		status.FinishedAt = &now
+		r.log.Info("sandbox failed to start", "sandbox", klogRef(spec), "reason", reason, "err", err)
+		return status
+	}
+
+	// Already there (a retried sync, or an adopted container): report it.
+	if c, err := r.client.LoadContainer(ctx, id); err == nil {
+		st, err := r.statusOf(ctx, c)
+		if err != nil {
+			return fail(api.ReasonCreateFailed, err)
+		}
+		if st.State == api.StateRunning {
+			r.watch(c, st)
+		}
+		return st
+	}
+
+	ref, err := reference.ParseDockerRef(spec.Image)
+	if err != nil {
+		return fail(api.ReasonCreateFailed, fmt.Errorf("invalid image %q: %w", spec.Image, err))
+	}
+	image, err := r.client.GetImage(ctx, ref.String())
+	if errdefs.IsNotFound(err) {
+		if !spec.AllowPull {
+			return fail(api.ReasonImageNotPresent, fmt.Errorf("image %s is not present on the node and the pool does not allow pulls", ref))
+		}
+		image, err = r.client.Pull(ctx, ref.String(), client.WithPullUnpack, client.WithPullSnapshotter(r.cfg.Snapshotter))
+		if err != nil {
+			return fail(api.ReasonImageNotPresent, fmt.Errorf("pulling %s: %w", ref, err))
+		}
+	} else if err != nil {
+		return fail(api.ReasonCreateFailed, fmt.Errorf("looking up image %s: %w", ref, err))
+	}
+
+	// A lease keeps containerd's GC away from what this creation uses until
+	// the container references it.
+	ctx, done, err := r.client.WithLease(ctx, leases.WithRandomID(), leases.WithExpiration(time.Minute))
+	if err != nil {
+		return fail(api.ReasonCreateFailed, fmt.Errorf("taking a containerd lease: %w", err))
+	}
+	defer done(context.WithoutCancel(ctx))
+
+	if unpacked, err := image.IsUnpacked(ctx, r.cfg.Snapshotter); err == nil && !unpacked {
+		if err := image.Unpack(ctx, r.cfg.Snapshotter); err != nil {
+			return fail(api.ReasonCreateFailed, fmt.Errorf("unpacking %s: %w", ref, err))
+		}
+	}
+
+	handler := spec.RuntimeHandler
+	if handler == "" {
+		handler = r.cfg.DefaultRuntimeHandler
+	}
+	binary, ok := r.cfg.RuntimeHandlers[handler]
+	if !ok {
+		return fail(api.ReasonCreateFailed, fmt.Errorf("unknown runtime handler %q (this agent has %s)", handler, strings.Join(sortedKeys(r.cfg.RuntimeHandlers), ", ")))
+	}
+
+	now := time.Now()
+	labels := map[string]string{
+		LabelManagedBy: managedBy, LabelUID: spec.UID, LabelName: spec.Name, LabelNamespace: spec.Namespace,
+		LabelPool: spec.Pool, LabelAgent: r.cfg.Agent, LabelCreated: now.UTC().Format(time.RFC3339Nano),
+		LabelCPU: fmt.Sprint(spec.CPUMillis), LabelMemory: fmt.Sprint(spec.MemoryBytes),
+	}
+	container, err := r.client.NewContainer(ctx, id,
+		client.WithContainerLabels(labels),
+		client.WithImageName(image.Name()),
+		client.WithSnapshotter(r.cfg.Snapshotter),
+		client.WithNewSnapshot(id, image),
+		client.WithRuntime("io.containerd.runc.v2", &runcoptions.Options{BinaryName: binary, SystemdCgroup: r.systemd}),
+		client.WithNewSpec(r.specOpts(spec, image, id)...),
+	)
+	if errdefs.IsAlreadyExists(err) {
+		// A concurrent create of the same sandbox won; report what it made.
+		c, lerr := r.client.LoadContainer(ctx, id)
+		if lerr != nil {
+			return fail(api.ReasonCreateFailed, lerr)
+		}
+		st, serr := r.statusOf(ctx, c)
+		if serr != nil {
+			return fail(api.ReasonCreateFailed, serr)
+		}
+		return st
+	}
+	if err != nil {
+		return fail(api.ReasonCreateFailed, fmt.Errorf("creating container: %w", err))
+	}
+	cleanup := func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := container.Delete(dctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+			r.log.Error(err, "removing a container that failed to start", "container", id)
+		}
+	}
+
+	task, err := container.NewTask(ctx, cio.LogFile(r.logPath(spec.UID)))
+	if err != nil {
+		cleanup()
+		return fail(api.ReasonCreateFailed, fmt.Errorf("creating task: %w", err))
+	}
+	exitCh, err := task.Wait(r.ctx)
+	if err != nil {
+		_, _ = task.Delete(ctx, client.WithProcessKill)
+		cleanup()
+		return fail(api.ReasonCreateFailed, fmt.Errorf("waiting on task: %w", err))
+	}
+	if err := task.Start(ctx); err != nil {
+		_, _ = task.Delete(ctx, client.WithProcessKill)
+		cleanup()
+		return fail(api.ReasonCreateFailed, fmt.Errorf("starting task: %w", err))
+	}
+	started := time.Now()
+	status.State, status.CreatedAt, status.StartedAt = api.StateRunning, &now, &started
+	r.remember(status, true)
+	go r.awaitExit(container, status, exitCh)
+	return status
+}
+
+// specOpts builds the hardened OCI spec of a sandbox.
+func (r *Runtime) specOpts(spec api.SandboxSpec, image client.Image, id string) []oci.SpecOpts {
+	opts := []oci.SpecOpts{
+		oci.WithDefaultSpec(),
+		oci.WithDefaultUnixDevices,
+		oci.WithImageConfig(image),
+		oci.WithHostname(hostname(spec)),
+		oci.WithNoNewPrivileges,
+		seccomp.WithDefaultProfile(),
+		// containerd's default set, less what a sandbox has no use for.
+		oci.WithDroppedCapabilities([]string{"CAP_NET_RAW", "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP", "CAP_SYS_CHROOT"}),
+		oci.WithCgroup(r.cgroupPath(id)),
+		oci.WithPidsLimit(4096),
+		oci.WithAnnotations(map[string]string{"io.kubernetes.cri.container-type": "fast-sandbox"}),
+	}
+	if len(spec.Command) > 0 || len(spec.Args) > 0 {
+		args := append(append([]string{}, spec.Command...), spec.Args...)
+		if len(spec.Command) == 0 {
+			opts = append(opts, oci.WithImageConfigArgs(image, spec.Args))
+		} else {
+			opts = append(opts, oci.WithProcessArgs(args...))
+		}
+	}
+	if len(spec.Env) > 0 {
+		env := make([]string, 0, len(spec.Env))
+		for _, e := range spec.Env {
+			env = append(env, e.Name+"="+e.Value)
+		}
+		opts = append(opts, oci.WithEnv(env))
+	}
+	if spec.WorkingDir != "" {
+		opts = append(opts, oci.WithProcessCwd(spec.WorkingDir))
+	}
+	if spec.CPUMillis > 0 {
+		opts = append(opts, oci.WithCPUCFS(spec.CPUMillis*cpuPeriod/1000, cpuPeriod))
+	}
+	if spec.MemoryBytes > 0 {
+		opts = append(opts, oci.WithMemoryLimit(uint64(spec.MemoryBytes)))
+	}
+	switch {
+	case spec.NetworkMode == api.NetworkPod && r.podNetNS != "":
+		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: r.podNetNS}),
+			oci.WithHostResolvconf, oci.WithHostHostsFile)
+	default:
+		// A network namespace of its own (runc and crun bring up loopback in it).
+		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace}))
+	}
+	return opts
+}
+
+func hostname(spec api.SandboxSpec) string {
+	h := spec.Name
+	if len(h) > 63 {
+		h = h[:63]
+	}
+	if h == "" {
+		h = "sandbox"
+	}
+	return h
+}
+
+// watch starts waiting for the exit of a running sandbox found in containerd
+// (after a restart, or a retried create), once per sandbox.
+func (r *Runtime) watch(c client.Container, st api.SandboxStatus) {
+	r.mu.Lock()
+	if r.waited[st.UID] {
+		r.mu.Unlock()
+		return
+	}
+	r.mu.Unlock()
+	task, err := c.Task(r.ctx, nil)
+	if err != nil {
+		r.log.Error(err, "attaching to a running sandbox", "container", c.ID())
+		return
+	}
+	exitCh, err := task.Wait(r.ctx)
+	if err != nil {
+		r.log.Error(err, "waiting on a running sandbox", "container", c.ID())
+		return
+	}
+	r.remember(st, true)
+	go r.awaitExit(c, st, exitCh)
+}
+
+func (r *Runtime) remember(st api.SandboxStatus, waiting bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.known[st.UID] = st
+	if waiting {
+		r.waited[st.UID] = true
+	}
+}
+
+// awaitExit turns a task's exit into the sandbox's final status. The task is
+// kept (stopped) so that its status survives an agent restart; it goes with
+// DeleteSandbox.
+func (r *Runtime) awaitExit(c client.Container, st api.SandboxStatus, exitCh <-chan client.ExitStatus) {
+	select {
+	case <-r.ctx.Done():
+		return
+	case es := <-exitCh:
+		if errors.Is(es.Error(), context.Canceled) {
+			return
+		}
+		final := r.finalStatus(r.ctx, c, st, es.ExitCode(), es.ExitTime())
+		r.mu.Lock()
+		_, stillKnown := r.known[st.UID]
+		if stillKnown {
+			r.known[st.UID] = final
+		}
+		delete(r.waited, st.UID)
+		r.mu.Unlock()
+		if stillKnown {
+			r.exits <- final
+		}
+	}
+}
+
+// finalStatus is the status of a sandbox whose process exited with code.
+func (r *Runtime) finalStatus(ctx context.Context, c client.Container, st api.SandboxStatus, code uint32, at time.Time) api.SandboxStatus {
+	exit := int32(code)
+	st.State, st.ExitCode = api.StateExited, &exit
+	if at.IsZero() || at.Year() < 2000 {
+		at = time.Now()
+	}
+	st.FinishedAt = &at
+	switch {
+	case code == 0:
+		st.Reason = api.ReasonCompleted
+	case r.oomKilled(c.ID()):
+		st.Reason, st.Message = api.ReasonOOMKilled, "the sandbox exceeded its memory limit and was killed"
+	default:
+		st.Reason = api.ReasonError
+		if code > 128 {
+			st.Message = fmt.Sprintf("killed by signal %d", code-128)
+		}
+	}
+	return st
+}
+
+// DeleteSandbox kills and removes a sandbox's container, snapshot and logs.
+func (r *Runtime) DeleteSandbox(ctx context.Context, uid string) error {
+	ctx = r.nsCtx(ctx)
+	id := ContainerID(uid)
+	r.mu.Lock()
+	delete(r.known, uid)
+	r.mu.Unlock()
+	c, err := r.client.LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		_ = os.Remove(r.logPath(uid))
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("loading container %s: %w", id, err)
+	}
+	if task, err := c.Task(ctx, nil); err == nil {
+		if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("killing task of %s: %w", id, err)
+		}
+	} else if !errdefs.IsNotFound(err) {
+		return fmt.Errorf("loading task of %s: %w", id, err)
+	}
+	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("deleting container %s: %w", id, err)
+	}
+	if err := os.Remove(r.logPath(uid)); err != nil && !os.IsNotExist(err) {
+		r.log.Error(err, "removing sandbox logs", "uid", uid)
+	}
+	return nil
+}
+
+// ListSandboxes lists the sandbox containers by label and reports each one's
+// state. Running ones are watched for their exit.
+func (r *Runtime) ListSandboxes(ctx context.Context) ([]api.SandboxStatus, error) {
+	ctx = r.nsCtx(ctx)
+	cs, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q==%q", LabelManagedBy, managedBy))
+	if err != nil {
+		return nil, fmt.Errorf("listing sandbox containers: %w", err)
+	}
+	out := make([]api.SandboxStatus, 0, len(cs))
+	for _, c := range cs {
+		st, err := r.statusOf(ctx, c)
+		if err != nil {
+			return nil, err
+		}
+		if st.State == api.StateRunning {
+			r.watch(c, st)
+		} else {
+			r.remember(st, false)
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// statusOf reads a sandbox's status from its container and task.
+func (r *Runtime) statusOf(ctx context.Context, c client.Container) (api.SandboxStatus, error) {
+	info, err := c.Info(ctx, client.WithoutRefreshedMetadata)
+	if err != nil {
+		return api.SandboxStatus{}, fmt.Errorf("reading container %s: %w", c.ID(), err)
+	}
+	l := info.Labels
+	st := api.SandboxStatus{UID: l[LabelUID], Namespace: l[LabelNamespace], Name: l[LabelName], ContainerID: c.ID()}
+	fmt.Sscan(l[LabelCPU], &st.CPUMillis)
+	fmt.Sscan(l[LabelMemory], &st.MemoryBytes)
+	if t, err := time.Parse(time.RFC3339Nano, l[LabelCreated]); err == nil {
+		st.CreatedAt = &t
+	}
+	r.mu.Lock()
+	known, ok := r.known[st.UID]
+	r.mu.Unlock()
+	if ok && known.State != api.StateRunning {
+		return known, nil // final status already computed
+	}
+	task, err := c.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		st.State, st.Reason = api.StateFailed, api.ReasonContainerLost
+		st.Message = "the container has no task: containerd or the node restarted while it ran"
+		return st, nil
+	}
+	if err != nil {
+		return api.SandboxStatus{}, fmt.Errorf("loading task of %s: %w", c.ID(), err)
+	}
+	ts, err := task.Status(ctx)
+	if err != nil {
+		return api.SandboxStatus{}, fmt.Errorf("reading task status of %s: %w", c.ID(), err)
+	}
+	if ok && known.StartedAt != nil {
+		st.StartedAt = known.StartedAt
+	} else {
+		st.StartedAt = st.CreatedAt
+	}
+	switch ts.Status {
+	case client.Running, client.Paused, client.Pausing:
+		st.State = api.StateRunning
+	case client.Stopped:
+		return r.finalStatus(ctx, c, st, ts.ExitStatus, ts.ExitTime), nil
+	default: // Created but never started: the agent died between create and start.
+		st.State, st.Reason = api.StateFailed, api.ReasonCreateFailed
+		st.Message = fmt.Sprintf("the container's task is %s: the agent stopped while creating it", ts.Status)
+	}
+	return st, nil
+}
+
+// Logs opens the sandbox's log file.
+func (r *Runtime) Logs(ctx context.Context, uid string) (io.ReadCloser, error) {
+	f, err := os.Open(r.logPath(uid))
+	if os.IsNotExist(err) {
+		return nil, fmt.Errorf("logs of sandbox %s: %w", uid, runtime.ErrNotFound)
+	}
+	return f, err
+}
+
+// ListImages lists the images of the namespace, one entry per content digest.
+func (r *Runtime) ListImages(ctx context.Context) ([]api.Image, error) {
+	ctx = r.nsCtx(ctx)
+	return r.images.list(ctx, r.client)
+}
+
+func klogRef(s api.SandboxSpec) string { return s.Namespace + "/" + s.Name }
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

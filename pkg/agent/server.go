@@ -1,0 +1,164 @@
+package agent
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+)
+
+const maxLogBytes = 4 << 20
+
+// Handler serves the agent's HTTP API. Every /v1 request must carry the
+// bearer token; /healthz, /readyz and /metrics are open for probes and
+// scrapes and reveal nothing about sandboxes.
+func (a *Agent) Handler(token string) http.Handler {
+	mux := http.NewServeMux()
+	route := func(pattern string, authenticated bool, h func(http.ResponseWriter, *http.Request) error) {
+		name := pattern[strings.Index(pattern, " ")+1:]
+		var handler http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+			if err := h(rec, r); err != nil {
+				writeError(rec, a.log, err)
+			}
+			a.metrics.requests.WithLabelValues(name, strconv.Itoa(rec.code)).Inc()
+		})
+		if authenticated {
+			handler = requireToken(token, handler, func(code int) {
+				a.metrics.requests.WithLabelValues(name, strconv.Itoa(code)).Inc()
+			})
+		}
+		mux.Handle(pattern, handler)
+	}
+	route("GET "+api.PathStatus, true, func(w http.ResponseWriter, r *http.Request) error {
+		return writeJSON(w, a.Status(r.Context()))
+	})
+	sync := func(w http.ResponseWriter, r *http.Request) error {
+		req := &api.SyncRequest{}
+		if err := decodeJSON(w, r, req); err != nil {
+			return err
+		}
+		resp, err := a.Sync(r.Context(), req)
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, resp)
+	}
+	route("PUT "+api.PathSync, true, sync)
+	route("POST "+api.PathSync, true, sync)
+	route("GET "+api.PathLogs, true, func(w http.ResponseWriter, r *http.Request) error {
+		logs, err := a.Logs(r.Context(), r.PathValue("uid"))
+		if err != nil {
+			return err
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, err = w.Write(logs)
+		return err
+	})
+	route("GET "+api.PathHealthz, false, func(w http.ResponseWriter, _ *http.Request) error {
+		_, err := io.WriteString(w, "ok")
+		return err
+	})
+	route("GET "+api.PathReadyz, false, func(w http.ResponseWriter, _ *http.Request) error {
+		if !a.Ready() {
+			return refuse(http.StatusServiceUnavailable, "the agent is starting")
+		}
+		_, err := io.WriteString(w, "ok")
+		return err
+	})
+	mux.Handle("GET "+api.PathMetrics, promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// requireToken answers 401 to a request without a bearer token and 403 to
+// one with the wrong token.
+func requireToken(token string, next http.Handler, count func(int)) http.Handler {
+	want := []byte(token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		got, ok := strings.CutPrefix(auth, "Bearer ")
+		if !ok || got == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="fast-sandbox-agent"`)
+			writeError(w, logr.Discard(), refuse(http.StatusUnauthorized, "a bearer token is required"))
+			count(http.StatusUnauthorized)
+			return
+		}
+		if len(want) == 0 || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			writeError(w, logr.Discard(), refuse(http.StatusForbidden, "the bearer token is not valid for this agent"))
+			count(http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// decodeJSON reads a JSON body strictly: the right content type, at most
+// MaxRequestBytes, no unknown fields, nothing after the object.
+func decodeJSON(w http.ResponseWriter, r *http.Request, into any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			return refuse(http.StatusUnsupportedMediaType, "Content-Type %q: must be application/json", ct)
+		}
+	}
+	body := http.MaxBytesReader(w, r.Body, api.MaxRequestBytes)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(into); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return refuse(http.StatusRequestEntityTooLarge, "the body is larger than %d bytes", api.MaxRequestBytes)
+		}
+		return refuse(http.StatusBadRequest, "malformed body: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return refuse(http.StatusBadRequest, "malformed body: data after the JSON object")
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(v); err != nil {
+		return fmt.Errorf("encoding the answer: %w", err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+func writeError(w http.ResponseWriter, log logr.Logger, err error) {
+	var re *RequestError
+	if !errors.As(err, &re) {
+		log.Error(err, "request failed")
+		re = &RequestError{Code: http.StatusInternalServerError, Message: err.Error()}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(re.Code)
+	_ = json.NewEncoder(w).Encode(api.Error{Code: re.Code, Message: re.Message})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func readLimited(r io.Reader, limit int64) ([]byte, error) {
+	return io.ReadAll(io.LimitReader(r, limit))
+}
+

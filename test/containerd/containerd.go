@@ -1,0 +1,182 @@
+// Package containerdtest starts a real containerd daemon for tests, with its
+// own root, state and socket in a temporary directory, and imports a small
+// busybox image built in-process from Debian's busybox-static.
+package containerdtest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/ociimage"
+)
+
+// TestImage is the reference of the busybox image every daemon gets.
+const TestImage = "docker.io/fast-sandbox/testbox:latest"
+
+// Namespace is the containerd namespace the image is imported into (kubelet's).
+const Namespace = "k8s.io"
+
+// Daemon is a running containerd.
+type Daemon struct {
+	Address string
+	Dir     string
+	Client  *client.Client
+}
+
+// Skip skips the test when a daemon cannot run here, saying why.
+func Skip(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("containerd needs root to create containers (mounts, cgroups, namespaces); run as root")
+	}
+	for _, b := range []string{"containerd", "containerd-shim-runc-v2", "runc"} {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Skipf("%s is not installed (apt-get install containerd runc)", b)
+		}
+	}
+	if _, err := os.Stat(busybox); err != nil {
+		t.Skipf("%s is missing (apt-get install busybox-static)", busybox)
+	}
+}
+
+const busybox = "/bin/busybox"
+
+// Start starts containerd and imports TestImage; everything stops and is
+// removed when the test ends.
+func Start(t testing.TB) *Daemon {
+	t.Helper()
+	Skip(t)
+	dir, err := os.MkdirTemp("", "fsbx-containerd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &Daemon{Address: filepath.Join(dir, "containerd.sock"), Dir: dir}
+	config := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.Address, d.Address+".ttrpc")
+	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logFile, err := os.Create(filepath.Join(dir, "containerd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("containerd", "--config", filepath.Join(dir, "config.toml"))
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting containerd: %v", err)
+	}
+	t.Cleanup(func() { d.stop(t, cmd, logFile) })
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := client.New(d.Address, client.WithDefaultNamespace(Namespace), client.WithTimeout(time.Second))
+		if err == nil {
+			if _, err = c.Version(context.Background()); err == nil {
+				d.Client = c
+				break
+			}
+			c.Close()
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(logFile.Name())
+			t.Fatalf("containerd did not come up: %v\n%s", err, log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.importTestImage(t)
+	return d
+}
+
+// Context is a context in the test namespace.
+func (d *Daemon) Context() context.Context {
+	return namespaces.WithNamespace(context.Background(), Namespace)
+}
+
+func (d *Daemon) importTestImage(t testing.TB) {
+	t.Helper()
+	files, err := ociimage.BusyboxFiles(busybox)
+	if err != nil {
+		t.Fatalf("listing busybox applets: %v", err)
+	}
+	var buf bytes.Buffer
+	if err := ociimage.Build(&buf, TestImage, ociimage.Config{Cmd: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}}, files); err != nil {
+		t.Fatalf("building the test image: %v", err)
+	}
+	ctx := d.Context()
+	imgs, err := d.Client.Import(ctx, &buf)
+	if err != nil {
+		t.Fatalf("importing the test image: %v", err)
+	}
+	for _, img := range imgs {
+		if err := client.NewImage(d.Client, img).Unpack(ctx, "overlayfs"); err != nil {
+			t.Fatalf("unpacking %s: %v", img.Name, err)
+		}
+	}
+}
+
+// stop kills every task, stops containerd and removes its directory.
+func (d *Daemon) stop(t testing.TB, cmd *exec.Cmd, logFile *os.File) {
+	if d.Client != nil {
+		ctx := d.Context()
+		if cs, err := d.Client.Containers(ctx); err == nil {
+			for _, c := range cs {
+				if task, err := c.Task(ctx, nil); err == nil {
+					_, _ = task.Delete(ctx, client.WithProcessKill)
+				}
+				_ = c.Delete(ctx, client.WithSnapshotCleanup)
+			}
+		}
+		d.Client.Close()
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+	logFile.Close()
+	mounts, _ := os.ReadFile("/proc/self/mounts")
+	var ours []string
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], d.Dir) {
+			ours = append(ours, f[1])
+		}
+	}
+	for i := len(ours) - 1; i >= 0; i-- {
+		_ = syscall.Unmount(ours[i], syscall.MNT_DETACH)
+	}
+	if t.Failed() {
+		log, _ := os.ReadFile(logFile.Name())
+		t.Logf("containerd log:\n%s", tail(string(log), 4000))
+	}
+	_ = os.RemoveAll(d.Dir)
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
