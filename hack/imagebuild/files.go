@@ -1,36 +1,16 @@
 package main
 
 import (
-	"bytes"
-	"debug/elf"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path"
-	"runtime"
 	"sort"
 	"strings"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/ociimage"
 )
-
-const (
-	passwd = "root:x:0:0:root:/root:/bin/sh\n" +
-		"nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n"
-	group = "root:x:0:\n" +
-		"nobody:x:65534:\n"
-)
-
-// defaultFiles are in every image unless the command line replaces them.
-func defaultFiles() []ociimage.File {
-	return []ociimage.File{
-		{Path: "/tmp", Mode: os.ModeDir | os.ModeSticky | 0o777},
-		{Path: "/etc/passwd", Mode: 0o644, Data: []byte(passwd)},
-		{Path: "/etc/group", Mode: 0o644, Data: []byte(group)},
-	}
-}
 
 // fileSet collects the files of an image by path.
 type fileSet map[string]ociimage.File
@@ -49,18 +29,17 @@ func (s fileSet) add(f ociimage.File, replace bool) error {
 // -symlink flags and the SRC:DST arguments, which replace the files before
 // them but not each other.
 func (o *options) files(stderr io.Writer) ([]ociimage.File, error) {
-	base := fileSet{}
-	for _, f := range defaultFiles() {
-		base.add(f, true)
-	}
+	defaults := ociimage.BaseFiles()
 	if o.busybox != "" {
-		bb, err := busyboxFiles(o.busybox)
+		bb, err := ociimage.BusyboxFiles(o.busybox) // includes BaseFiles
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("-busybox: %w", err)
 		}
-		for _, f := range bb {
-			base.add(f, true)
-		}
+		defaults = bb
+	}
+	base := fileSet{}
+	for _, f := range defaults {
+		base.add(f, true)
 	}
 
 	user := fileSet{}
@@ -115,121 +94,16 @@ func hostFile(spec string, stderr io.Writer) (ociimage.File, error) {
 	if !fi.Mode().IsRegular() {
 		return ociimage.File{}, fmt.Errorf("file argument %q: %s is not a regular file", spec, src)
 	}
-	bin, isELF, err := readELF(src)
-	if err != nil {
-		return ociimage.File{}, fmt.Errorf("file argument %q: %w", spec, err)
-	}
-	if isELF {
-		for _, problem := range bin.problems() {
+	var binErr *ociimage.BinaryError
+	switch err := ociimage.CheckStaticBinary(src); {
+	case err == nil, errors.Is(err, ociimage.ErrNotELF):
+	case errors.As(err, &binErr):
+		for _, problem := range binErr.Problems {
 			fmt.Fprintf(stderr, "imagebuild: warning: %s %s\n", src, problem)
 		}
+	default:
+		return ociimage.File{}, fmt.Errorf("file argument %q: %w", spec, err)
 	}
 	mode := fi.Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)
 	return ociimage.File{Path: dst, Mode: mode, SourcePath: src}, nil
-}
-
-// busyboxFiles returns /bin/busybox, copied from the static binary at src,
-// and a symlink to it in /bin for each applet that it lists.
-func busyboxFiles(src string) ([]ociimage.File, error) {
-	fi, err := os.Stat(src)
-	if err != nil {
-		return nil, fmt.Errorf("-busybox: %w", err)
-	}
-	bin, isELF, err := readELF(src)
-	if err != nil {
-		return nil, fmt.Errorf("-busybox: %w", err)
-	}
-	if !isELF {
-		return nil, fmt.Errorf("-busybox: %s is not an ELF binary", src)
-	}
-	if problems := bin.problems(); len(problems) > 0 {
-		return nil, fmt.Errorf("-busybox: %s %s (on Debian, the static binary is /bin/busybox of package busybox-static)", src, strings.Join(problems, "; "))
-	}
-
-	var stderr bytes.Buffer
-	cmd := exec.Command(src, "--list")
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("-busybox: listing applets with %s --list: %w: %s", src, err, bytes.TrimSpace(stderr.Bytes()))
-	}
-	files := []ociimage.File{{Path: "/bin/busybox", Mode: fi.Mode().Perm(), SourcePath: src}}
-	for _, applet := range strings.Fields(string(out)) {
-		if applet == "busybox" || strings.Contains(applet, "/") {
-			continue
-		}
-		files = append(files, ociimage.File{Path: "/bin/" + applet, Symlink: "busybox"})
-	}
-	if len(files) == 1 {
-		return nil, fmt.Errorf("-busybox: %s --list printed no applets", src)
-	}
-	return files, nil
-}
-
-// elfBinary is what imagebuild checks of an ELF file.
-type elfBinary struct {
-	interp  string // dynamic loader; empty for a static binary
-	machine elf.Machine
-}
-
-// hostMachines are the ELF machines of the architectures Go runs on, for
-// the image's architecture, runtime.GOARCH.
-var hostMachines = map[string]elf.Machine{
-	"386":     elf.EM_386,
-	"amd64":   elf.EM_X86_64,
-	"arm":     elf.EM_ARM,
-	"arm64":   elf.EM_AARCH64,
-	"loong64": elf.EM_LOONGARCH,
-	"ppc64le": elf.EM_PPC64,
-	"riscv64": elf.EM_RISCV,
-	"s390x":   elf.EM_S390,
-}
-
-// problems returns why the binary may not run in an image that has no
-// shared libraries and the host's architecture.
-func (b elfBinary) problems() []string {
-	var p []string
-	if b.interp != "" {
-		p = append(p, fmt.Sprintf("is dynamically linked (interpreter %s), but the image has no shared libraries", b.interp))
-	}
-	if want, known := hostMachines[runtime.GOARCH]; known && b.machine != want {
-		p = append(p, fmt.Sprintf("is for %v, but the image is for %s (%v)", b.machine, runtime.GOARCH, want))
-	}
-	return p
-}
-
-// readELF reports whether the file at path is an ELF file and, if so, its
-// properties.
-func readELF(path string) (bin elfBinary, isELF bool, err error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return bin, false, err
-	}
-	defer f.Close()
-	magic := make([]byte, len(elf.ELFMAG))
-	if _, err := io.ReadFull(f, magic); errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return bin, false, nil // shorter than the magic number
-	} else if err != nil {
-		return bin, false, fmt.Errorf("reading %s: %w", path, err)
-	}
-	if string(magic) != elf.ELFMAG {
-		return bin, false, nil
-	}
-	ef, err := elf.NewFile(f)
-	if err != nil {
-		return bin, true, fmt.Errorf("reading ELF file %s: %w", path, err)
-	}
-	bin.machine = ef.Machine
-	for _, prog := range ef.Progs {
-		if prog.Type != elf.PT_INTERP {
-			continue
-		}
-		interp, err := io.ReadAll(prog.Open())
-		if err != nil {
-			return bin, true, fmt.Errorf("reading ELF interpreter of %s: %w", path, err)
-		}
-		bin.interp = strings.TrimRight(string(interp), "\x00")
-		break
-	}
-	return bin, true, nil
 }
