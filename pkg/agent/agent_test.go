@@ -168,8 +168,8 @@ func TestRequestsRefused(t *testing.T) {
 	badUID := sbx("../etc")
 	cases := []struct {
 		name, method, path, token, contentType, body string
-		code                                          int
-		contains                                      string
+		code                                         int
+		contains                                     string
 	}{
 		{"no token", "GET", api.PathStatus, "", "", "", 401, "bearer token is required"},
 		{"wrong token", "GET", api.PathStatus, "nope-nope-nope-nope", "", "", 403, "not valid"},

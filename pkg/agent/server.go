@@ -161,4 +161,3 @@ func (s *statusRecorder) WriteHeader(code int) {
 func readLimited(r io.Reader, limit int64) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(r, limit))
 }
-
