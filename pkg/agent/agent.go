@@ -89,10 +89,10 @@ func (a *Agent) followExits(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case st := <-a.rt.Exits():
+			// The runtime reports exits only of sandboxes it has not been
+			// asked to delete; one may exit before its creation returned.
 			a.mu.Lock()
-			if _, ok := a.sandboxes[st.UID]; ok {
-				a.sandboxes[st.UID] = st
-			}
+			a.sandboxes[st.UID] = st
 			a.mu.Unlock()
 			a.log.V(2).Info("sandbox exited", "uid", st.UID, "name", st.Name, "exitCode", st.ExitCode, "reason", st.Reason)
 		}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
@@ -179,4 +180,35 @@ func tail(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
+}
+
+// WithNamespace is a context in a containerd namespace.
+func WithNamespace(ns string) context.Context {
+	return namespaces.WithNamespace(context.Background(), ns)
+}
+
+// CgroupParent returns a fresh cgroup path for a test's sandboxes, standing
+// in for an agent Pod's cgroup, and removes it when the test ends.
+func CgroupParent(t testing.TB, name string) string {
+	parent := fmt.Sprintf("/fast-sandbox-test-%s-%d", name, time.Now().UnixNano())
+	t.Cleanup(func() { RemoveCgroup(parent) })
+	return parent
+}
+
+// RemoveCgroup removes a cgroup and its (empty) children in every hierarchy.
+func RemoveCgroup(parent string) {
+	roots := []string{"/sys/fs/cgroup"}
+	if cgroups.Mode() != cgroups.Unified {
+		roots, _ = filepath.Glob("/sys/fs/cgroup/*")
+	}
+	for _, root := range roots {
+		dir := filepath.Join(root, parent)
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if e.IsDir() {
+				_ = os.Remove(filepath.Join(dir, e.Name()))
+			}
+		}
+		_ = os.Remove(dir)
+	}
 }

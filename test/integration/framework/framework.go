@@ -115,5 +115,10 @@ func (cp *ControlPlane) CreateNamespace(t *testing.T, prefix string) string {
 	if err != nil {
 		t.Fatalf("creating namespace: %v", err)
 	}
+	// No controller-manager runs: make the default ServiceAccount that Pod admission looks for.
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
+	if _, err := cp.Kube.CoreV1().ServiceAccounts(ns.Name).Create(context.Background(), sa, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating the default ServiceAccount: %v", err)
+	}
 	return ns.Name
 }

@@ -29,9 +29,7 @@ type env struct {
 func setup(t *testing.T) *env {
 	t.Helper()
 	d := containerdtest.Start(t)
-	parent := fmt.Sprintf("/fast-sandbox-test-%d", time.Now().UnixNano())
-	t.Cleanup(func() { removeCgroup(parent) })
-	return &env{d: d, parent: parent, state: t.TempDir()}
+	return &env{d: d, parent: containerdtest.CgroupParent(t, "runtime"), state: t.TempDir()}
 }
 
 func (e *env) runtime(t *testing.T) *containerd.Runtime {
@@ -286,23 +284,5 @@ func expectFile(t *testing.T, path, want string) {
 	}
 	if got := strings.TrimSpace(string(data)); got != want {
 		t.Errorf("%s = %q, want %q", path, got, want)
-	}
-}
-
-// removeCgroup removes a test cgroup parent in every hierarchy.
-func removeCgroup(parent string) {
-	roots := []string{"/sys/fs/cgroup"}
-	if cgroups.Mode() != cgroups.Unified {
-		roots, _ = filepath.Glob("/sys/fs/cgroup/*")
-	}
-	for _, root := range roots {
-		dir := filepath.Join(root, parent)
-		entries, _ := os.ReadDir(dir)
-		for _, e := range entries {
-			if e.IsDir() {
-				_ = os.Remove(filepath.Join(dir, e.Name()))
-			}
-		}
-		_ = os.Remove(dir)
 	}
 }

@@ -1,0 +1,276 @@
+package scheduler
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/klog/v2"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned/scheme"
+	"github.com/fast-sandbox/fast-sandbox/plugins/sandboxbinder"
+)
+
+var _ sandboxbinder.Binder = &Scheduler{}
+
+func schemeWithSandboxes() *runtime.Scheme { return scheme.Scheme }
+
+// Assume takes the slot in the pool's cache, so the next cycle sees it taken.
+func (s *Scheduler) Assume(ctx context.Context, pod *v1.Pod, agent string) error {
+	assumed := pod.DeepCopy()
+	assumed.Spec.NodeName = agent
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ps := s.ensurePoolLocked(ctx, pod.Namespace+"/"+pod.Labels[v1alpha1.LabelPoolName])
+	return ps.cache.AssumePod(klog.FromContext(ctx), assumed)
+}
+
+// Forget gives the slot back.
+func (s *Scheduler) Forget(ctx context.Context, pod *v1.Pod, agent string) {
+	assumed := pod.DeepCopy()
+	assumed.Spec.NodeName = agent
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m := s.inflight[pod.Namespace+"/"+agent]; m != nil {
+		delete(m, string(pod.UID))
+	}
+	ps := s.ensurePoolLocked(ctx, pod.Namespace+"/"+pod.Labels[v1alpha1.LabelPoolName])
+	if err := ps.cache.ForgetPod(klog.FromContext(ctx), assumed); err != nil {
+		klog.FromContext(ctx).V(4).Info("forgetting an assumed sandbox", "err", err)
+	}
+}
+
+// Bind makes the placement durable on the Sandbox (finalizer, then status:
+// agent, node, Scheduled), and only then tells the agent; it records what
+// the agent answered (Running with the agent's start time, or Failed with
+// its reason). A crash anywhere leaves either an unbound Sandbox (placed
+// again) or a bound one that the next sync converges: never an orphan
+// container, never a second one.
+func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, agentName string) error {
+	logger := klog.FromContext(ctx)
+	s.mu.Lock()
+	agent := s.agents[pod.Namespace+"/"+agentName]
+	s.mu.Unlock()
+	if agent == nil {
+		return fmt.Errorf("agent %s is gone", agentName)
+	}
+	sbx, err := s.sandboxes.Sandboxes(pod.Namespace).Get(pod.Name)
+	if err != nil {
+		return err
+	}
+	if sbx.UID != pod.UID {
+		return fmt.Errorf("sandbox %s/%s was replaced", pod.Namespace, pod.Name)
+	}
+	sbx = sbx.DeepCopy()
+	for attempt := 0; !hasFinalizer(sbx); attempt++ {
+		sbx.Finalizers = append(sbx.Finalizers, v1alpha1.FinalizerAgentCleanup)
+		updated, err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).Update(ctx, sbx, metav1.UpdateOptions{})
+		if err == nil {
+			sbx = updated
+			break
+		}
+		if !apierrors.IsConflict(err) || attempt == 2 {
+			return fmt.Errorf("adding the finalizer: %w", err)
+		}
+		// The lister lagged behind a status write: take the object as it is.
+		if sbx, err = s.client.SandboxV1alpha1().Sandboxes(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{}); err != nil {
+			return err
+		}
+		if sbx.UID != pod.UID || sbx.Status.Agent != "" || sbx.DeletionTimestamp != nil {
+			return fmt.Errorf("sandbox %s/%s changed while being bound", pod.Namespace, pod.Name)
+		}
+	}
+	now := metav1.NowMicro()
+	sbx.Status.Phase = v1alpha1.SandboxScheduled
+	sbx.Status.Agent, sbx.Status.AgentUID, sbx.Status.Node = agentName, string(agent.uid), agent.nodeName
+	sbx.Status.ScheduleTime = &now
+	sbx.Status.ObservedGeneration = sbx.Generation
+	sbx.Status.Reason, sbx.Status.Message = "", ""
+	meta.SetStatusCondition(&sbx.Status.Conditions, metav1.Condition{
+		Type: v1alpha1.SandboxConditionScheduled, Status: metav1.ConditionTrue, Reason: "Bound",
+		Message: fmt.Sprintf("bound to agent %s on node %s", agentName, agent.nodeName), ObservedGeneration: sbx.Generation,
+	})
+	s.mu.Lock()
+	key := pod.Namespace + "/" + agentName
+	if s.inflight[key] == nil {
+		s.inflight[key] = map[string]*v1alpha1.Sandbox{}
+	}
+	s.inflight[key][string(sbx.UID)] = sbx
+	s.mu.Unlock()
+	bound, err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).UpdateStatus(ctx, sbx, metav1.UpdateOptions{})
+	if err != nil {
+		return fmt.Errorf("recording the placement: %w", err)
+	}
+	s.mu.Lock()
+	s.inflight[key][string(sbx.UID)] = bound
+	s.mu.Unlock()
+
+	told := metav1.NowMicro()
+	res := <-agent.syncer.request(string(sbx.UID))
+	if res.err != nil {
+		// The placement is durable: the next sync (poll-driven or another
+		// bind) converges the agent, and status follows from its reports.
+		logger.Error(res.err, "telling the agent; the next sync retries", "sandbox", klog.KObj(sbx), "agent", agentName)
+		return nil
+	}
+	s.recordOutcome(ctx, bound, res.status, &told)
+	return nil
+}
+
+func hasFinalizer(s *v1alpha1.Sandbox) bool {
+	for _, f := range s.Finalizers {
+		if f == v1alpha1.FinalizerAgentCleanup {
+			return true
+		}
+	}
+	return false
+}
+
+// recordOutcome writes what an agent reported of a sandbox on the Sandbox,
+// if it changes anything. told is when the agent was sent it, if known.
+func (s *Scheduler) recordOutcome(ctx context.Context, sbx *v1alpha1.Sandbox, st api.SandboxStatus, told *metav1.MicroTime) {
+	updated := sbx.DeepCopy()
+	if told != nil && updated.Status.AgentToldTime == nil {
+		updated.Status.AgentToldTime = told
+	}
+	if !applyAgentStatus(updated, st) && told == nil {
+		return
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		_, err := s.client.SandboxV1alpha1().Sandboxes(updated.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{})
+		if err == nil {
+			if updated.Status.Phase != sbx.Status.Phase {
+				s.eventForPhase(updated)
+			}
+			return
+		}
+		if !apierrors.IsConflict(err) {
+			klog.FromContext(ctx).Error(err, "recording sandbox status", "sandbox", klog.KObj(sbx))
+			return
+		}
+		fresh, gerr := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).Get(ctx, sbx.Name, metav1.GetOptions{})
+		if gerr != nil || fresh.UID != sbx.UID {
+			return
+		}
+		updated = fresh.DeepCopy()
+		if told != nil && updated.Status.AgentToldTime == nil {
+			updated.Status.AgentToldTime = told
+		}
+		if !applyAgentStatus(updated, st) && told == nil {
+			return
+		}
+	}
+}
+
+// applyAgentStatus maps an agent's report onto a Sandbox status; it reports
+// whether anything changed. Final phases never change again.
+func applyAgentStatus(sbx *v1alpha1.Sandbox, st api.SandboxStatus) bool {
+	if finished(sbx) {
+		return false
+	}
+	before := sbx.Status.DeepCopy()
+	if sbx.Status.ContainerID == "" && st.ContainerID != "" {
+		sbx.Status.ContainerID = st.ContainerID
+	}
+	if st.StartedAt != nil && sbx.Status.StartTime == nil {
+		t := metav1.NewMicroTime(*st.StartedAt)
+		sbx.Status.StartTime = &t
+	}
+	switch st.State {
+	case api.StateRunning:
+		sbx.Status.Phase = v1alpha1.SandboxRunning
+		setReady(sbx, metav1.ConditionTrue, "Started", "the sandbox's container runs")
+	case api.StateExited:
+		sbx.Status.ExitCode = st.ExitCode
+		sbx.Status.Phase = v1alpha1.SandboxFailed
+		if st.ExitCode != nil && *st.ExitCode == 0 {
+			sbx.Status.Phase = v1alpha1.SandboxSucceeded
+		}
+		sbx.Status.Reason, sbx.Status.Message = st.Reason, st.Message
+		finishAt(sbx, st.FinishedAt)
+		setReady(sbx, metav1.ConditionFalse, st.Reason, "the sandbox's command exited")
+	case api.StateFailed:
+		sbx.Status.Phase = v1alpha1.SandboxFailed
+		sbx.Status.Reason, sbx.Status.Message = st.Reason, st.Message
+		finishAt(sbx, st.FinishedAt)
+		setReady(sbx, metav1.ConditionFalse, st.Reason, st.Message)
+	}
+	return !equalStatus(before, &sbx.Status)
+}
+
+func finishAt(sbx *v1alpha1.Sandbox, at *time.Time) {
+	if sbx.Status.FinishTime != nil {
+		return
+	}
+	t := metav1.NowMicro()
+	if at != nil {
+		t = metav1.NewMicroTime(*at)
+	}
+	sbx.Status.FinishTime = &t
+}
+
+func setReady(sbx *v1alpha1.Sandbox, status metav1.ConditionStatus, reason, message string) {
+	if reason == "" {
+		reason = "Unknown"
+	}
+	meta.SetStatusCondition(&sbx.Status.Conditions, metav1.Condition{
+		Type: v1alpha1.SandboxConditionReady, Status: status, Reason: reason, Message: message,
+		ObservedGeneration: sbx.Generation,
+	})
+}
+
+func equalStatus(a, b *v1alpha1.SandboxStatus) bool {
+	if a.Phase != b.Phase || a.Reason != b.Reason || a.Message != b.Message || a.ContainerID != b.ContainerID {
+		return false
+	}
+	if (a.ExitCode == nil) != (b.ExitCode == nil) || (a.ExitCode != nil && *a.ExitCode != *b.ExitCode) {
+		return false
+	}
+	if (a.StartTime == nil) != (b.StartTime == nil) || (a.FinishTime == nil) != (b.FinishTime == nil) {
+		return false
+	}
+	return len(a.Conditions) == len(b.Conditions)
+}
+
+func (s *Scheduler) eventForPhase(sbx *v1alpha1.Sandbox) {
+	switch sbx.Status.Phase {
+	case v1alpha1.SandboxRunning:
+		s.recorder.Eventf(sbx, nil, v1.EventTypeNormal, "Started", "Start", "container %s started on agent %s", sbx.Status.ContainerID, sbx.Status.Agent)
+	case v1alpha1.SandboxSucceeded:
+		s.recorder.Eventf(sbx, nil, v1.EventTypeNormal, "Succeeded", "Finish", "the command exited with 0")
+	case v1alpha1.SandboxFailed:
+		s.recorder.Eventf(sbx, nil, v1.EventTypeWarning, sbx.Status.Reason, "Finish", "%s", sbx.Status.Message)
+	}
+}
+
+// markUnschedulable records why a sandbox cannot be placed (once per
+// distinct message), emits an event, and parks it until an agent gains room.
+func (s *Scheduler) markUnschedulable(ctx context.Context, sbx *v1alpha1.Sandbox, reason, message string) {
+	key := sbx.Namespace + "/" + sbx.Name
+	s.mu.Lock()
+	s.unschedulable[key] = true
+	s.mu.Unlock()
+	cond := meta.FindStatusCondition(sbx.Status.Conditions, v1alpha1.SandboxConditionScheduled)
+	if cond != nil && cond.Status == metav1.ConditionFalse && cond.Reason == reason && cond.Message == message {
+		return
+	}
+	updated := sbx.DeepCopy()
+	updated.Status.Phase = v1alpha1.SandboxPending
+	updated.Status.Reason, updated.Status.Message = reason, message
+	updated.Status.ObservedGeneration = sbx.Generation
+	meta.SetStatusCondition(&updated.Status.Conditions, metav1.Condition{
+		Type: v1alpha1.SandboxConditionScheduled, Status: metav1.ConditionFalse, Reason: reason, Message: message,
+		ObservedGeneration: sbx.Generation,
+	})
+	if _, err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{}); err != nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+		klog.FromContext(ctx).Error(err, "recording that a sandbox is unschedulable", "sandbox", klog.KObj(sbx))
+	}
+	s.recorder.Eventf(sbx, nil, v1.EventTypeWarning, "FailedScheduling", "Schedule", "%s", message)
+}

@@ -1,0 +1,501 @@
+// Package scheduler places Sandboxes on agent slots by running the
+// kube-scheduler framework over agents instead of nodes: every ready agent
+// of a pool is a NodeInfo (allocatable = its slots, CPU and memory; image
+// states = the images it reported), every Sandbox a pod-shaped request. It
+// binds a sandbox by recording the placement on the Sandbox before the agent
+// is told, pushes each agent's desired set of sandboxes, and turns what the
+// agents report into Sandbox status.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/apis/config"
+	schedcache "k8s.io/kubernetes/pkg/scheduler/backend/cache"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework/plugins"
+	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+	"k8s.io/kubernetes/pkg/scheduler/metrics"
+
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
+	sbxinformers "github.com/fast-sandbox/fast-sandbox/pkg/generated/informers/externalversions"
+	sbxlisters "github.com/fast-sandbox/fast-sandbox/pkg/generated/listers/sandbox/v1alpha1"
+	"github.com/fast-sandbox/fast-sandbox/plugins/agentfit"
+	"github.com/fast-sandbox/fast-sandbox/plugins/imageaffinity"
+	"github.com/fast-sandbox/fast-sandbox/plugins/sandboxbinder"
+)
+
+var (
+	errNoEndpoint = errors.New("the agent has no address yet")
+	errNotDesired = errors.New("the sandbox is no longer desired on the agent")
+)
+
+// Options tune the scheduler.
+type Options struct {
+	// StatusPeriod is how often agents are asked for their status.
+	StatusPeriod time.Duration
+	// AgentLostTimeout is how long an agent may fail to answer (or be not
+	// Ready) before its sandboxes fail with AgentLost.
+	AgentLostTimeout time.Duration
+	// Parallelism of the Filter and Score runs.
+	Parallelism int
+	// TokenSecret returns the name of the Secret (key "token") holding a
+	// pool's agent API token.
+	TokenSecret func(pool string) string
+}
+
+func (o *Options) setDefaults() {
+	if o.StatusPeriod == 0 {
+		o.StatusPeriod = time.Second
+	}
+	if o.AgentLostTimeout == 0 {
+		o.AgentLostTimeout = 20 * time.Second
+	}
+	if o.Parallelism == 0 {
+		o.Parallelism = 4
+	}
+	if o.TokenSecret == nil {
+		o.TokenSecret = func(pool string) string { return pool + "-agent-token" }
+	}
+}
+
+// Scheduler places Sandboxes on agents and keeps agents told.
+type Scheduler struct {
+	opts     Options
+	kube     kubernetes.Interface
+	client   versioned.Interface
+	cfg      *config.KubeSchedulerConfiguration
+	registry frameworkruntime.Registry
+	recorder events.EventRecorder
+	epoch    int64
+
+	kubeInformers informers.SharedInformerFactory
+	sbxInformers  sbxinformers.SharedInformerFactory
+	sandboxes     sbxlisters.SandboxLister
+	pools         sbxlisters.SandboxPoolLister
+	nodes         corelisters.NodeLister
+	secrets       corelisters.SecretLister
+
+	queue workqueue.TypedRateLimitingInterface[string]
+
+	mu            sync.Mutex
+	ctx           context.Context
+	poolStates    map[string]*poolState   // by pool namespace/name
+	agents        map[string]*agentState  // by agent Pod namespace/name
+	inflight      map[string]map[string]*v1alpha1.Sandbox // agent key -> UID -> sandbox being bound
+	unschedulable map[string]bool         // sandbox keys waiting for room
+}
+
+// poolState is one pool's agents as the framework sees them.
+type poolState struct {
+	cache    schedcache.Cache
+	snapshot *schedcache.Snapshot
+	fw       framework.Framework
+	fwKey    string
+	profile  string
+}
+
+// New builds a scheduler from a configuration; every profile's framework is
+// built once here so that a bad configuration fails at start.
+func New(ctx context.Context, kube kubernetes.Interface, client versioned.Interface, cfg *config.KubeSchedulerConfiguration, opts Options) (*Scheduler, error) {
+	opts.setDefaults()
+	metrics.Register()
+	s := &Scheduler{
+		opts: opts, kube: kube, client: client, cfg: cfg, epoch: time.Now().UnixNano(),
+		kubeInformers: informers.NewSharedInformerFactory(kube, 0),
+		sbxInformers:  sbxinformers.NewSharedInformerFactory(client, 0),
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](50*time.Millisecond, 10*time.Second),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "sandboxes"}),
+		poolStates: map[string]*poolState{}, agents: map[string]*agentState{},
+		inflight: map[string]map[string]*v1alpha1.Sandbox{}, unschedulable: map[string]bool{},
+	}
+	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: kube.EventsV1()})
+	broadcaster.StartRecordingToSink(ctx.Done())
+	s.recorder = broadcaster.NewRecorder(schemeWithSandboxes(), "fast-sandbox-scheduler")
+
+	s.registry = plugins.NewInTreeRegistry()
+	for name, f := range map[string]frameworkruntime.PluginFactory{
+		imageaffinity.Name: imageaffinity.New,
+		agentfit.Name:      agentfit.New,
+		sandboxbinder.Name: sandboxbinder.NewFactory(s),
+	} {
+		if err := s.registry.Register(name, f); err != nil {
+			return nil, err
+		}
+	}
+	for i := range cfg.Profiles {
+		if _, err := s.newFramework(ctx, &cfg.Profiles[i], schedcache.NewEmptySnapshot()); err != nil {
+			return nil, fmt.Errorf("profile %q: %w", cfg.Profiles[i].SchedulerName, err)
+		}
+	}
+
+	s.sandboxes = s.sbxInformers.Sandbox().V1alpha1().Sandboxes().Lister()
+	s.pools = s.sbxInformers.Sandbox().V1alpha1().SandboxPools().Lister()
+	s.nodes = s.kubeInformers.Core().V1().Nodes().Lister()
+	s.secrets = s.kubeInformers.Core().V1().Secrets().Lister()
+	return s, nil
+}
+
+func (s *Scheduler) newFramework(ctx context.Context, profile *config.KubeSchedulerProfile, snapshot *schedcache.Snapshot) (framework.Framework, error) {
+	return frameworkruntime.NewFramework(ctx, s.registry, profile,
+		frameworkruntime.WithSnapshotSharedLister(snapshot),
+		frameworkruntime.WithClientSet(s.kube),
+		frameworkruntime.WithInformerFactory(s.kubeInformers),
+		frameworkruntime.WithParallelism(s.opts.Parallelism),
+		frameworkruntime.WithWaitingPods(frameworkruntime.NewWaitingPodsMap()),
+		frameworkruntime.WithPodsInPreBind(frameworkruntime.NewPodsInPreBindMap()),
+		frameworkruntime.WithLogger(klog.FromContext(ctx)),
+	)
+}
+
+// Run starts the informers, learns what agents run, then schedules until
+// ctx ends.
+func (s *Scheduler) Run(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	s.mu.Lock()
+	s.ctx = ctx
+	s.mu.Unlock()
+	agentPods := informers.NewSharedInformerFactoryWithOptions(s.kube, 0,
+		informers.WithTweakListOptions(func(o *metav1ListOptions) { o.LabelSelector = v1alpha1.LabelPoolName }))
+	podInformer := agentPods.Core().V1().Pods().Informer()
+	sbxInformer := s.sbxInformers.Sandbox().V1alpha1().Sandboxes().Informer()
+	poolInformer := s.sbxInformers.Sandbox().V1alpha1().SandboxPools().Informer()
+	s.kubeInformers.Core().V1().Nodes().Informer()
+	s.kubeInformers.Core().V1().Secrets().Informer()
+
+	agentPods.Start(ctx.Done())
+	s.kubeInformers.Start(ctx.Done())
+	s.sbxInformers.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), podInformer.HasSynced, sbxInformer.HasSynced, poolInformer.HasSynced) {
+		return fmt.Errorf("informers did not sync")
+	}
+	s.kubeInformers.WaitForCacheSync(ctx.Done())
+
+	// Learn first: every agent Pod, every bound sandbox, every agent's status,
+	// before anything is placed.
+	for _, obj := range podInformer.GetStore().List() {
+		s.upsertAgent(ctx, obj.(*v1.Pod))
+	}
+	for _, obj := range sbxInformer.GetStore().List() {
+		s.sandboxChanged(obj.(*v1alpha1.Sandbox))
+	}
+	s.pollAgents(ctx)
+	logger.Info("scheduler learned the cluster", "agents", len(s.agents), "sandboxes", len(sbxInformer.GetStore().List()))
+
+	_, _ = podInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.upsertAgent(ctx, obj.(*v1.Pod)) },
+		UpdateFunc: func(_, obj any) { s.upsertAgent(ctx, obj.(*v1.Pod)) },
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			if pod, ok := obj.(*v1.Pod); ok {
+				s.removeAgent(ctx, pod.Namespace+"/"+pod.Name, "the agent Pod was deleted")
+			}
+		},
+	})
+	_, _ = sbxInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.sandboxChanged(obj.(*v1alpha1.Sandbox)) },
+		UpdateFunc: func(_, obj any) { s.sandboxChanged(obj.(*v1alpha1.Sandbox)) },
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			if sbx, ok := obj.(*v1alpha1.Sandbox); ok {
+				s.sandboxDeleted(sbx)
+			}
+		},
+	})
+	_, _ = poolInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.poolChanged(obj.(*v1alpha1.SandboxPool)) },
+		UpdateFunc: func(_, obj any) { s.poolChanged(obj.(*v1alpha1.SandboxPool)) },
+	})
+
+	go wait.UntilWithContext(ctx, s.pollAgents, s.opts.StatusPeriod)
+	go wait.UntilWithContext(ctx, s.enforceLifetimes, time.Second)
+	go func() {
+		<-ctx.Done()
+		s.queue.ShutDown()
+	}()
+	for s.processNext(ctx) {
+	}
+	return nil
+}
+
+func (s *Scheduler) processNext(ctx context.Context) bool {
+	key, quit := s.queue.Get()
+	if quit {
+		return false
+	}
+	defer s.queue.Done(key)
+	requeue, err := s.scheduleOne(ctx, key)
+	switch {
+	case err != nil:
+		utilruntime.HandleErrorWithContext(ctx, err, "scheduling sandbox", "sandbox", key)
+		s.queue.AddRateLimited(key)
+	case requeue:
+		s.queue.AddRateLimited(key)
+	default:
+		s.queue.Forget(key)
+	}
+	return true
+}
+
+// scheduleOne runs one scheduling cycle for a sandbox and starts its binding
+// cycle. It reports whether the sandbox must be retried later.
+func (s *Scheduler) scheduleOne(ctx context.Context, key string) (bool, error) {
+	logger := klog.FromContext(ctx)
+	ns, name, _ := cache.SplitMetaNamespaceKey(key)
+	sbx, err := s.sandboxes.Sandboxes(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if sbx.Status.Agent != "" || finished(sbx) || sbx.DeletionTimestamp != nil || s.isInflight(sbx) {
+		return false, nil
+	}
+	pool, err := s.pools.SandboxPools(ns).Get(sbx.Spec.PoolName)
+	if apierrors.IsNotFound(err) {
+		s.markUnschedulable(ctx, sbx, v1alpha1.ReasonPoolNotFound,
+			fmt.Sprintf("SandboxPool %q does not exist in namespace %s", sbx.Spec.PoolName, ns))
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	ps, err := s.poolState(ctx, pool)
+	if err != nil {
+		return false, err
+	}
+	if err := ps.cache.UpdateSnapshot(logger, ps.snapshot); err != nil {
+		return false, fmt.Errorf("updating the snapshot of pool %s: %w", pool.Name, err)
+	}
+	nodes, err := ps.snapshot.NodeInfos().List()
+	if err != nil {
+		return false, err
+	}
+	pod := sandboxPod(sbx, ps.profile)
+	if len(nodes) == 0 {
+		s.markUnschedulable(ctx, sbx, v1alpha1.ReasonUnschedulable, "0/0 agents available: the pool has no agents yet")
+		return false, nil
+	}
+
+	start := time.Now()
+	state := framework.NewCycleState()
+	if _, st, _ := ps.fw.RunPreFilterPlugins(ctx, state, pod); !st.IsSuccess() {
+		s.markUnschedulable(ctx, sbx, v1alpha1.ReasonUnschedulable, st.Message())
+		return false, nil
+	}
+	statuses := make([]*fwk.Status, len(nodes))
+	ps.fw.Parallelizer().Until(ctx, len(nodes), func(i int) {
+		statuses[i] = ps.fw.RunFilterPlugins(ctx, state, pod, nodes[i])
+	}, "Filter")
+	var feasible []fwk.NodeInfo
+	reasons := map[string]int{}
+	for i, st := range statuses {
+		if st.IsSuccess() {
+			feasible = append(feasible, nodes[i])
+			continue
+		}
+		for _, r := range st.Reasons() {
+			reasons[r]++
+		}
+	}
+	if len(feasible) == 0 {
+		s.markUnschedulable(ctx, sbx, v1alpha1.ReasonUnschedulable, fitMessage(len(nodes), reasons))
+		return false, nil
+	}
+	agent := feasible[0].Node().Name
+	if len(feasible) > 1 {
+		if st := ps.fw.RunPreScorePlugins(ctx, state, pod, feasible); !st.IsSuccess() {
+			return false, st.AsError()
+		}
+		scores, st := ps.fw.RunScorePlugins(ctx, state, pod, feasible)
+		if !st.IsSuccess() {
+			return false, st.AsError()
+		}
+		agent = pickBest(scores)
+	}
+	if st := ps.fw.RunReservePluginsReserve(ctx, state, pod, agent); !st.IsSuccess() {
+		ps.fw.RunReservePluginsUnreserve(ctx, state, pod, agent)
+		return true, st.AsError()
+	}
+	_, st := ps.fw.RunPermitPlugins(ctx, state, pod, agent)
+	if !st.IsWait() && !st.IsSuccess() {
+		ps.fw.RunReservePluginsUnreserve(ctx, state, pod, agent)
+		return true, st.AsError()
+	}
+	logger.V(2).Info("sandbox placed", "sandbox", key, "agent", agent, "feasible", len(feasible), "of", len(nodes), "cycle", time.Since(start))
+	go s.bindingCycle(ctx, ps.fw, state, pod, agent, key)
+	return false, nil
+}
+
+// bindingCycle runs Permit's wait, PreBind, Bind and PostBind; on failure it
+// undoes the reservation and retries the sandbox.
+func (s *Scheduler) bindingCycle(ctx context.Context, fw framework.Framework, state fwk.CycleState, pod *v1.Pod, agent, key string) {
+	fail := func(st *fwk.Status) {
+		fw.RunReservePluginsUnreserve(ctx, state, pod, agent)
+		klog.FromContext(ctx).Error(st.AsError(), "binding failed; will retry", "sandbox", key, "agent", agent)
+		s.queue.AddRateLimited(key)
+	}
+	if st := fw.WaitOnPermit(ctx, pod); !st.IsSuccess() {
+		fail(st)
+		return
+	}
+	if st := fw.RunPreBindPlugins(ctx, state, pod, agent); !st.IsSuccess() {
+		fail(st)
+		return
+	}
+	if st := fw.RunBindPlugins(ctx, state, pod, agent); !st.IsSuccess() {
+		fail(st)
+		return
+	}
+	fw.RunPostBindPlugins(ctx, state, pod, agent)
+}
+
+// pickBest returns the agent with the highest total score; ties are broken
+// at random so that equal agents share the load.
+func pickBest(scores []fwk.NodePluginScores) string {
+	best, count := 0, 0
+	for i := range scores {
+		switch {
+		case i == 0 || scores[i].TotalScore > scores[best].TotalScore:
+			best, count = i, 1
+		case scores[i].TotalScore == scores[best].TotalScore:
+			count++
+			if rand.IntN(count) == 0 {
+				best = i
+			}
+		}
+	}
+	return scores[best].Name
+}
+
+// fitMessage counts why agents did not fit, kube-scheduler style.
+func fitMessage(total int, reasons map[string]int) string {
+	parts := make([]string, 0, len(reasons))
+	for r, n := range reasons {
+		parts = append(parts, fmt.Sprintf("%d %s", n, r))
+	}
+	sort.Strings(parts)
+	return fmt.Sprintf("0/%d agents available: %s", total, strings.Join(parts, ", "))
+}
+
+// poolState returns the pool's cache and framework, building or rebuilding
+// the framework when the pool's profile or weights change.
+func (s *Scheduler) poolState(ctx context.Context, pool *v1alpha1.SandboxPool) (*poolState, error) {
+	key := pool.Namespace + "/" + pool.Name
+	profileName := pool.Spec.Scheduling.SchedulerName
+	if profileName == "" {
+		profileName = v1alpha1.DefaultSchedulerName
+	}
+	fwKey := fmt.Sprint(profileName, pool.Spec.Scheduling.ScoreWeights)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ps := s.ensurePoolLocked(ctx, key)
+	if ps.fw != nil && ps.fwKey == fwKey {
+		return ps, nil
+	}
+	var profile *config.KubeSchedulerProfile
+	for i := range s.cfg.Profiles {
+		if s.cfg.Profiles[i].SchedulerName == profileName {
+			profile = &s.cfg.Profiles[i]
+		}
+	}
+	if profile == nil {
+		return nil, fmt.Errorf("pool %s asks for scheduler profile %q, which the configuration does not have", key, profileName)
+	}
+	fw, err := s.newFramework(ctx, withWeights(profile, pool.Spec.Scheduling.ScoreWeights), ps.snapshot)
+	if err != nil {
+		return nil, fmt.Errorf("building profile %q for pool %s: %w", profileName, key, err)
+	}
+	ps.fw, ps.fwKey, ps.profile = fw, fwKey, profileName
+	return ps, nil
+}
+
+func (s *Scheduler) ensurePoolLocked(ctx context.Context, key string) *poolState {
+	ps, ok := s.poolStates[key]
+	if !ok {
+		ps = &poolState{cache: schedcache.New(ctx, nil, false, false), snapshot: schedcache.NewEmptySnapshot()}
+		s.poolStates[key] = ps
+	}
+	return ps
+}
+
+func (s *Scheduler) poolChanged(pool *v1alpha1.SandboxPool) {
+	s.reactivate(pool.Namespace, pool.Name)
+}
+
+// reactivate requeues the unschedulable sandboxes of a pool (all pools when
+// name is empty): an agent gained room, or a new one appeared.
+func (s *Scheduler) reactivate(namespace, pool string) {
+	s.mu.Lock()
+	keys := make([]string, 0, len(s.unschedulable))
+	for k := range s.unschedulable {
+		keys = append(keys, k)
+	}
+	s.mu.Unlock()
+	for _, k := range keys {
+		ns, name, _ := cache.SplitMetaNamespaceKey(k)
+		if namespace != "" && ns != namespace {
+			continue
+		}
+		if pool != "" {
+			if sbx, err := s.sandboxes.Sandboxes(ns).Get(name); err == nil && sbx.Spec.PoolName != pool {
+				continue
+			}
+		}
+		s.mu.Lock()
+		delete(s.unschedulable, k)
+		s.mu.Unlock()
+		s.queue.Forget(k)
+		s.queue.Add(k)
+	}
+}
+
+func (s *Scheduler) isInflight(sbx *v1alpha1.Sandbox) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.inflight {
+		if _, ok := m[string(sbx.UID)]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// agentsOfPool lists the agents of a pool (under s.mu).
+func (s *Scheduler) agentsOfPoolLocked(namespace, pool string) []*agentState {
+	var out []*agentState
+	for _, a := range s.agents {
+		if a.namespace == namespace && a.pool == pool {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+

@@ -1,0 +1,129 @@
+// Package agentfit is the AgentFit scheduler plugin: it lets a sandbox onto
+// an agent only if the agent is healthy and not draining, has a free slot,
+// and has the CPU and memory the sandbox asks for left.
+package agentfit
+
+import (
+	"context"
+	"fmt"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	fwk "k8s.io/kube-scheduler/framework"
+	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+)
+
+// Name is the plugin's name in a KubeSchedulerConfiguration.
+const Name = "AgentFit"
+
+// Reasons an agent does not fit; the scheduler counts them in its message
+// ("0/12 agents available: 7 no free slot, 5 insufficient memory").
+const (
+	ReasonNotReady           = "agent not ready"
+	ReasonDraining           = "agent draining"
+	ReasonNoFreeSlot         = "no free slot"
+	ReasonInsufficientCPU    = "insufficient cpu"
+	ReasonInsufficientMemory = "insufficient memory"
+)
+
+// AgentFitArgs are the plugin's arguments.
+type AgentFitArgs struct {
+	metav1.TypeMeta `json:",inline"`
+	// IgnoreResources makes the fit count slots only, for pools whose
+	// sandboxes share the agent's CPU and memory without limits of their own.
+	IgnoreResources bool `json:"ignoreResources,omitempty"`
+}
+
+// AgentFit filters agents.
+type AgentFit struct {
+	args AgentFitArgs
+}
+
+var (
+	_ fwk.PreFilterPlugin = &AgentFit{}
+	_ fwk.FilterPlugin    = &AgentFit{}
+)
+
+// New builds the plugin from its arguments.
+func New(_ context.Context, obj runtime.Object, _ fwk.Handle) (fwk.Plugin, error) {
+	args := AgentFitArgs{}
+	if err := frameworkruntime.DecodeInto(obj, &args); err != nil {
+		return nil, fmt.Errorf("decoding %sArgs: %w", Name, err)
+	}
+	return &AgentFit{args: args}, nil
+}
+
+// Name returns the plugin's name.
+func (pl *AgentFit) Name() string { return Name }
+
+const stateKey fwk.StateKey = Name
+
+type request struct{ milliCPU, memory int64 }
+
+func (r *request) Clone() fwk.StateData { return r }
+
+// PreFilter sums the sandbox's requests once per cycle.
+func (pl *AgentFit) PreFilter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, _ []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
+	cs.Write(stateKey, requestOf(pod))
+	return nil, nil
+}
+
+func requestOf(pod *v1.Pod) *request {
+	r := &request{}
+	for _, c := range pod.Spec.Containers {
+		r.milliCPU += c.Resources.Requests.Cpu().MilliValue()
+		r.memory += c.Resources.Requests.Memory().Value()
+	}
+	return r
+}
+
+// PreFilterExtensions is not used.
+func (pl *AgentFit) PreFilterExtensions() fwk.PreFilterExtensions { return nil }
+
+// Filter checks health, draining, slots and resources, in that order.
+func (pl *AgentFit) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, nodeInfo fwk.NodeInfo) *fwk.Status {
+	node := nodeInfo.Node()
+	if node == nil {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, ReasonNotReady)
+	}
+	if !ready(node) {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, ReasonNotReady)
+	}
+	if node.Spec.Unschedulable {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, ReasonDraining)
+	}
+	alloc := nodeInfo.GetAllocatable()
+	if len(nodeInfo.GetPods())+1 > int(alloc.GetAllowedPodNumber()) {
+		return fwk.NewStatus(fwk.Unschedulable, ReasonNoFreeSlot)
+	}
+	if pl.args.IgnoreResources {
+		return nil
+	}
+	r, err := cs.Read(stateKey)
+	req, ok := r.(*request)
+	if err != nil || !ok {
+		req = requestOf(pod)
+	}
+	used := nodeInfo.GetRequested()
+	var reasons []string
+	if alloc.GetMilliCPU() > 0 && used.GetMilliCPU()+req.milliCPU > alloc.GetMilliCPU() {
+		reasons = append(reasons, ReasonInsufficientCPU)
+	}
+	if alloc.GetMemory() > 0 && used.GetMemory()+req.memory > alloc.GetMemory() {
+		reasons = append(reasons, ReasonInsufficientMemory)
+	}
+	if len(reasons) > 0 {
+		return fwk.NewStatus(fwk.Unschedulable, reasons...)
+	}
+	return nil
+}
+
+func ready(node *v1.Node) bool {
+	for _, c := range node.Status.Conditions {
+		if c.Type == v1.NodeReady {
+			return c.Status == v1.ConditionTrue
+		}
+	}
+	return false
+}

@@ -1,0 +1,179 @@
+// Package imageaffinity is the ImageAffinity scheduler plugin: it places a
+// sandbox on an agent whose node already holds the sandbox's image, so no
+// pull sits on the start path. Unlike kube-scheduler's ImageLocality, which
+// sees the 50 images kubelet reports, it reads every image the agents report,
+// and it spreads sandboxes over the agents that hold the image instead of
+// piling them on one.
+package imageaffinity
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/distribution/reference"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	fwk "k8s.io/kube-scheduler/framework"
+	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+)
+
+// Name is the plugin's name in a KubeSchedulerConfiguration.
+const Name = "ImageAffinity"
+
+// ErrReasonImageNotPresent is the Filter's reason for an agent without the image.
+const ErrReasonImageNotPresent = "image not present"
+
+const (
+	mb           int64 = 1024 * 1024
+	minThreshold int64 = 23 * mb
+	maxThreshold int64 = 1000 * mb
+)
+
+// ImageAffinityArgs are the plugin's arguments.
+type ImageAffinityArgs struct {
+	metav1.TypeMeta `json:",inline"`
+	// RequireImage makes Filter refuse agents whose node lacks the image,
+	// for pools that never pull. Default false: Score prefers the image, and
+	// an agent without it fails the sandbox with ImageNotPresent.
+	RequireImage bool `json:"requireImage,omitempty"`
+	// SpreadFactor in [0, 1] lowers the score of busy agents among those
+	// holding the image: score × (1 − SpreadFactor × used/slots). 0 packs,
+	// 1 spreads as much as it can. Default 0.5.
+	SpreadFactor *float64 `json:"spreadFactor,omitempty"`
+}
+
+// SetDefaults fills what is unset.
+func (a *ImageAffinityArgs) SetDefaults() {
+	if a.SpreadFactor == nil {
+		f := 0.5
+		a.SpreadFactor = &f
+	}
+}
+
+// Validate checks the arguments.
+func (a *ImageAffinityArgs) Validate() error {
+	if a.SpreadFactor != nil && (*a.SpreadFactor < 0 || *a.SpreadFactor > 1) {
+		return fmt.Errorf("%s: spreadFactor %v must be between 0 and 1", Name, *a.SpreadFactor)
+	}
+	return nil
+}
+
+// ImageAffinity scores agents by the image of the sandbox.
+type ImageAffinity struct {
+	args ImageAffinityArgs
+}
+
+var (
+	_ fwk.FilterPlugin    = &ImageAffinity{}
+	_ fwk.ScorePlugin     = &ImageAffinity{}
+	_ fwk.PreScorePlugin  = &ImageAffinity{}
+	_ fwk.PreFilterPlugin = &ImageAffinity{}
+)
+
+// New builds the plugin from its arguments.
+func New(_ context.Context, obj runtime.Object, _ fwk.Handle) (fwk.Plugin, error) {
+	args := ImageAffinityArgs{}
+	if err := frameworkruntime.DecodeInto(obj, &args); err != nil {
+		return nil, fmt.Errorf("decoding %sArgs: %w", Name, err)
+	}
+	args.SetDefaults()
+	if err := args.Validate(); err != nil {
+		return nil, err
+	}
+	return &ImageAffinity{args: args}, nil
+}
+
+// Name returns the plugin's name.
+func (pl *ImageAffinity) Name() string { return Name }
+
+// Normalize turns an image reference into its canonical form:
+// "python:3.9" becomes "docker.io/library/python:3.9", "busybox" becomes
+// "docker.io/library/busybox:latest"; references by digest keep the digest.
+func Normalize(image string) (string, error) {
+	named, err := reference.ParseDockerRef(image)
+	if err != nil {
+		return "", err
+	}
+	return named.String(), nil
+}
+
+const stateKey fwk.StateKey = Name
+
+type state struct{ image string }
+
+func (s *state) Clone() fwk.StateData { return s }
+
+// PreFilter normalizes the sandbox's image once per cycle.
+func (pl *ImageAffinity) PreFilter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, _ []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
+	if len(pod.Spec.Containers) == 0 {
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "sandbox has no container")
+	}
+	img, err := Normalize(pod.Spec.Containers[0].Image)
+	if err != nil {
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, fmt.Sprintf("invalid image %q: %v", pod.Spec.Containers[0].Image, err))
+	}
+	cs.Write(stateKey, &state{image: img})
+	return nil, nil
+}
+
+// PreFilterExtensions is not used.
+func (pl *ImageAffinity) PreFilterExtensions() fwk.PreFilterExtensions { return nil }
+
+func imageOf(cs fwk.CycleState, pod *v1.Pod) string {
+	if s, err := cs.Read(stateKey); err == nil {
+		return s.(*state).image
+	}
+	img, _ := Normalize(pod.Spec.Containers[0].Image)
+	return img
+}
+
+// Filter refuses agents without the image when RequireImage is set.
+func (pl *ImageAffinity) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, nodeInfo fwk.NodeInfo) *fwk.Status {
+	if !pl.args.RequireImage {
+		return nil
+	}
+	if _, ok := nodeInfo.GetImageStates()[imageOf(cs, pod)]; !ok {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, ErrReasonImageNotPresent)
+	}
+	return nil
+}
+
+// PreScore does nothing but makes the plugin's cycle state available to Score.
+func (pl *ImageAffinity) PreScore(_ context.Context, cs fwk.CycleState, pod *v1.Pod, _ []fwk.NodeInfo) *fwk.Status {
+	if _, err := cs.Read(stateKey); err != nil {
+		img, err := Normalize(pod.Spec.Containers[0].Image)
+		if err != nil {
+			return fwk.AsStatus(err)
+		}
+		cs.Write(stateKey, &state{image: img})
+	}
+	return nil
+}
+
+// Score is 0 for an agent without the image; with it, the image's size
+// (clamped like ImageLocality: bigger images matter more) scaled to
+// [0, MaxNodeScore], lowered by how busy the agent is.
+func (pl *ImageAffinity) Score(_ context.Context, cs fwk.CycleState, pod *v1.Pod, nodeInfo fwk.NodeInfo) (int64, *fwk.Status) {
+	summary, ok := nodeInfo.GetImageStates()[imageOf(cs, pod)]
+	if !ok {
+		return 0, nil
+	}
+	size := summary.Size
+	if size < minThreshold {
+		size = minThreshold
+	}
+	if size > maxThreshold {
+		size = maxThreshold
+	}
+	// Presence is worth at least half the score; size the rest.
+	score := float64(fwk.MaxNodeScore)/2 + float64(fwk.MaxNodeScore)/2*float64(size-minThreshold)/float64(maxThreshold-minThreshold)
+	if slots := nodeInfo.GetAllocatable().GetAllowedPodNumber(); slots > 0 {
+		used := float64(len(nodeInfo.GetPods())) / float64(slots)
+		score *= 1 - *pl.args.SpreadFactor*used
+	}
+	return int64(score), nil
+}
+
+// ScoreExtensions is not used: scores are already in [0, MaxNodeScore].
+func (pl *ImageAffinity) ScoreExtensions() fwk.ScoreExtensions { return nil }

@@ -1,0 +1,144 @@
+package imageaffinity
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+)
+
+func TestNormalize(t *testing.T) {
+	cases := []struct{ in, want string }{
+		{"python:3.9", "docker.io/library/python:3.9"},
+		{"busybox", "docker.io/library/busybox:latest"},
+		{"docker.io/library/python:3.9", "docker.io/library/python:3.9"},
+		{"ghcr.io/org/app:v1", "ghcr.io/org/app:v1"},
+		{"localhost:5000/app", "localhost:5000/app:latest"},
+		{"busybox@sha256:" + strings.Repeat("a", 64), "docker.io/library/busybox@sha256:" + strings.Repeat("a", 64)},
+	}
+	for _, tc := range cases {
+		got, err := Normalize(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("Normalize(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+	if _, err := Normalize("not a reference!"); err == nil {
+		t.Error("an invalid reference must be refused")
+	}
+}
+
+func agent(name string, slots int64, used int, images ...v1.ContainerImage) fwk.NodeInfo {
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Status: v1.NodeStatus{
+		Allocatable: v1.ResourceList{v1.ResourcePods: *resource.NewQuantity(slots, resource.DecimalSI)},
+		Images:      images,
+	}}
+	var pods []*v1.Pod
+	for i := 0; i < used; i++ {
+		pods = append(pods, &v1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name + string(rune('a'+i)), UID: types.UID("u" + name + string(rune('a'+i)))}})
+	}
+	ni := framework.NewNodeInfo(pods...)
+	ni.SetNode(node)
+	// Image states are filled by the scheduler cache; set them as it would.
+	states := map[string]*fwk.ImageStateSummary{}
+	for _, img := range images {
+		for _, n := range img.Names {
+			states[n] = &fwk.ImageStateSummary{Size: img.SizeBytes, NumNodes: 1}
+		}
+	}
+	ni.ImageStates = states
+	return ni
+}
+
+func sandbox(image string) *v1.Pod {
+	return &v1.Pod{Spec: v1.PodSpec{Containers: []v1.Container{{Image: image}}}}
+}
+
+func newPlugin(t *testing.T, raw string) *ImageAffinity {
+	t.Helper()
+	var obj runtime.Object
+	if raw != "" {
+		obj = &runtime.Unknown{Raw: []byte(raw), ContentType: runtime.ContentTypeJSON}
+	}
+	p, err := New(context.Background(), obj, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.(*ImageAffinity)
+}
+
+func TestScore(t *testing.T) {
+	py := v1.ContainerImage{Names: []string{"docker.io/library/python:3.9"}, SizeBytes: 500 * mb}
+	small := v1.ContainerImage{Names: []string{"docker.io/library/busybox:latest"}, SizeBytes: 1 * mb}
+	cases := []struct {
+		name   string
+		args   string
+		image  string
+		agents []fwk.NodeInfo
+		want   []int64
+	}{
+		{"image present beats absent", "", "python:3.9", []fwk.NodeInfo{agent("a", 8, 0, py), agent("b", 8, 0)}, []int64{74, 0}},
+		{"small images still count as present", "", "busybox", []fwk.NodeInfo{agent("a", 8, 0, small)}, []int64{50}},
+		{"a busier agent scores lower", "", "python:3.9", []fwk.NodeInfo{agent("a", 4, 0, py), agent("b", 4, 2, py)}, []int64{74, 55}},
+		{"spreadFactor 0 packs", `{"spreadFactor":0}`, "python:3.9", []fwk.NodeInfo{agent("a", 4, 0, py), agent("b", 4, 2, py)}, []int64{74, 74}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPlugin(t, tc.args)
+			state := framework.NewCycleState()
+			pod := sandbox(tc.image)
+			if _, st := p.PreFilter(context.Background(), state, pod, tc.agents); !st.IsSuccess() {
+				t.Fatal(st.AsError())
+			}
+			for i, a := range tc.agents {
+				got, st := p.Score(context.Background(), state, pod, a)
+				if !st.IsSuccess() || got != tc.want[i] {
+					t.Errorf("agent %s: score %d (%v), want %d", a.Node().Name, got, st, tc.want[i])
+				}
+			}
+		})
+	}
+}
+
+func TestFilter(t *testing.T) {
+	py := v1.ContainerImage{Names: []string{"docker.io/library/python:3.9"}, SizeBytes: 100 * mb}
+	cases := []struct {
+		name, args string
+		agent      fwk.NodeInfo
+		wantCode   fwk.Code
+	}{
+		{"off by default", "", agent("a", 8, 0), fwk.Success},
+		{"required and present", `{"requireImage":true}`, agent("a", 8, 0, py), fwk.Success},
+		{"required and absent", `{"requireImage":true}`, agent("a", 8, 0), fwk.UnschedulableAndUnresolvable},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPlugin(t, tc.args)
+			state := framework.NewCycleState()
+			pod := sandbox("python:3.9")
+			p.PreFilter(context.Background(), state, pod, nil)
+			st := p.Filter(context.Background(), state, pod, tc.agent)
+			if st.Code() != tc.wantCode {
+				t.Errorf("code %v (%v), want %v", st.Code(), st.Reasons(), tc.wantCode)
+			}
+		})
+	}
+}
+
+func TestArgs(t *testing.T) {
+	for _, raw := range []string{`{"spreadFactor":1.5}`, `{"spreadFactor":-1}`} {
+		if _, err := New(context.Background(), &runtime.Unknown{Raw: []byte(raw), ContentType: runtime.ContentTypeJSON}, nil); err == nil {
+			t.Errorf("args %s accepted", raw)
+		}
+	}
+	p := newPlugin(t, "")
+	if *p.args.SpreadFactor != 0.5 || p.args.RequireImage {
+		t.Errorf("defaults %+v", p.args)
+	}
+}

@@ -1,0 +1,318 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+	"github.com/fast-sandbox/fast-sandbox/pkg/scheduler"
+	containerdtest "github.com/fast-sandbox/fast-sandbox/test/containerd"
+	"github.com/fast-sandbox/fast-sandbox/test/integration/framework"
+)
+
+const agentToken = "integration-test-token-0123456789"
+
+// schedEnv is a real kube-apiserver, a real containerd, real agents serving
+// their API on loopback, and the scheduler.
+type schedEnv struct {
+	t      *testing.T
+	cp     *framework.ControlPlane
+	d      *containerdtest.Daemon
+	ns     string
+	cancel context.CancelFunc // stops the scheduler
+}
+
+func newSchedEnv(t *testing.T) *schedEnv {
+	containerdtest.Skip(t)
+	e := &schedEnv{t: t, cp: framework.Start(t), d: containerdtest.Start(t)}
+	e.ns = e.cp.CreateNamespace(t, "sched")
+	_, err := e.cp.Kube.CoreV1().Secrets(e.ns).Create(context.Background(), &v1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "pool-agent-token"}, Data: map[string][]byte{"token": []byte(agentToken)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *schedEnv) createPool(name string, slots int32) {
+	e.t.Helper()
+	p := validPool(name)
+	p.Spec.SlotsPerAgent = slots
+	if _, err := e.cp.Sandbox.SandboxV1alpha1().SandboxPools(e.ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// startAgent runs an agent in the test process over the shared containerd,
+// in its own containerd namespace (which decides the images it has), and
+// creates the agent Pod object a kubelet would have made Ready.
+func (e *schedEnv) startAgent(name, pool, ctrNamespace string, slots int) {
+	t := e.t
+	t.Helper()
+	parent := containerdtest.CgroupParent(t, name)
+	rt := containerd.New(containerd.Config{Address: e.d.Address, Namespace: ctrNamespace, CgroupParent: parent,
+		Agent: name, StateDir: t.TempDir()}, testr.New(t).WithName(name))
+	a := agent.New(agent.Config{Info: api.AgentInfo{PodName: name, Pool: pool},
+		Capacity: api.Resources{Slots: slots, CPUMillis: 4000, MemoryBytes: 4 << 30}}, rt, testr.New(t).WithName(name))
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: a.Handler(agentToken)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close(); cancel(); rt.Close() })
+
+	port := ln.Addr().(*net.TCPAddr).Port
+	pod := &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{v1alpha1.LabelPoolName: pool}},
+		Spec: v1.PodSpec{Containers: []v1.Container{{Name: "agent", Image: "fast-sandbox/agent:test",
+			Ports: []v1.ContainerPort{{Name: scheduler.AgentPortName, ContainerPort: int32(port)}}}}},
+	}
+	pod, err = e.cp.Kube.CoreV1().Pods(e.ns).Create(context.Background(), pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Status = v1.PodStatus{Phase: v1.PodRunning, PodIP: "127.0.0.1",
+		Conditions: []v1.PodCondition{{Type: v1.PodReady, Status: v1.ConditionTrue}}}
+	if _, err := e.cp.Kube.CoreV1().Pods(e.ns).UpdateStatus(context.Background(), pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *schedEnv) startScheduler() {
+	e.t.Helper()
+	cfg, err := scheduler.LoadConfig("")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), testr.New(e.t).WithName("scheduler")))
+	s, err := scheduler.New(ctx, e.cp.Kube, e.cp.Sandbox, cfg, scheduler.Options{
+		StatusPeriod: 200 * time.Millisecond, AgentLostTimeout: 2 * time.Second,
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Run(ctx) }()
+	e.cancel = func() { cancel(); <-done }
+	e.t.Cleanup(e.cancel)
+}
+
+func (e *schedEnv) sandbox(name, pool string, cmd ...string) *v1alpha1.Sandbox {
+	e.t.Helper()
+	s := &v1alpha1.Sandbox{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: v1alpha1.SandboxSpec{PoolName: pool, Image: containerdtest.TestImage, Command: cmd,
+			Resources: v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("100m")), Memory: ptr.To(resource.MustParse("32Mi"))}},
+	}
+	s, err := e.cp.Sandbox.SandboxV1alpha1().Sandboxes(e.ns).Create(context.Background(), s, metav1.CreateOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return s
+}
+
+func (e *schedEnv) waitFor(name string, what string, cond func(*v1alpha1.Sandbox) bool) *v1alpha1.Sandbox {
+	e.t.Helper()
+	var last *v1alpha1.Sandbox
+	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		s, err := e.cp.Sandbox.SandboxV1alpha1().Sandboxes(e.ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		last = s
+		return cond(s), nil
+	})
+	if err != nil {
+		e.t.Fatalf("sandbox %s never became %s; last status %+v", name, what, last.Status)
+	}
+	return last
+}
+
+func phaseIs(p v1alpha1.SandboxPhase) func(*v1alpha1.Sandbox) bool {
+	return func(s *v1alpha1.Sandbox) bool { return s.Status.Phase == p }
+}
+
+// containersOf counts the containers of a sandbox UID in a containerd namespace.
+func (e *schedEnv) containersOf(ctrNamespace, uid string) int {
+	e.t.Helper()
+	ctx := containerdtest.WithNamespace(ctrNamespace)
+	cs, err := e.d.Client.Containers(ctx, fmt.Sprintf(`labels.%q==%q`, containerd.LabelUID, uid))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return len(cs)
+}
+
+func TestSchedulerRunsSandboxes(t *testing.T) {
+	e := newSchedEnv(t)
+	e.createPool("pool", 2)
+	e.startAgent("agent-a", "pool", containerdtest.Namespace, 2)
+	e.startAgent("agent-b", "pool", containerdtest.Namespace, 2)
+	e.startScheduler()
+	ctx := context.Background()
+
+	t.Run("a sandbox runs, succeeds and records every stage", func(t *testing.T) {
+		e.sandbox("hello", "pool", "sh", "-c", "echo hello; sleep 1")
+		running := e.waitFor("hello", "Running", phaseIs(v1alpha1.SandboxRunning))
+		st := running.Status
+		if st.Agent == "" || st.ContainerID == "" || st.ScheduleTime == nil || st.AgentToldTime == nil || st.StartTime == nil {
+			t.Errorf("running status lacks a stage: %+v", st)
+		}
+		if c := meta.FindStatusCondition(st.Conditions, v1alpha1.SandboxConditionScheduled); c == nil || c.Status != metav1.ConditionTrue {
+			t.Errorf("Scheduled condition: %+v", c)
+		}
+		if !hasString(running.Finalizers, v1alpha1.FinalizerAgentCleanup) {
+			t.Errorf("finalizers %v lack %s", running.Finalizers, v1alpha1.FinalizerAgentCleanup)
+		}
+		done := e.waitFor("hello", "Succeeded", phaseIs(v1alpha1.SandboxSucceeded))
+		if done.Status.ExitCode == nil || *done.Status.ExitCode != 0 || done.Status.FinishTime == nil {
+			t.Errorf("final status %+v", done.Status)
+		}
+	})
+
+	t.Run("a failing command fails with its exit code", func(t *testing.T) {
+		e.sandbox("fails", "pool", "sh", "-c", "exit 3")
+		done := e.waitFor("fails", "Failed", phaseIs(v1alpha1.SandboxFailed))
+		if done.Status.ExitCode == nil || *done.Status.ExitCode != 3 || done.Status.Reason != v1alpha1.ReasonError {
+			t.Errorf("final status %+v", done.Status)
+		}
+	})
+
+	t.Run("a missing image fails with ImageNotPresent", func(t *testing.T) {
+		s := &v1alpha1.Sandbox{ObjectMeta: metav1.ObjectMeta{Name: "noimage"},
+			Spec: v1alpha1.SandboxSpec{PoolName: "pool", Image: "docker.io/library/not-here:1"}}
+		if _, err := e.cp.Sandbox.SandboxV1alpha1().Sandboxes(e.ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		done := e.waitFor("noimage", "Failed", phaseIs(v1alpha1.SandboxFailed))
+		if done.Status.Reason != v1alpha1.ReasonImageNotPresent {
+			t.Errorf("reason %q message %q, want ImageNotPresent", done.Status.Reason, done.Status.Message)
+		}
+	})
+
+	t.Run("a pool that does not exist is reported", func(t *testing.T) {
+		e.sandbox("orphan", "no-such-pool", "true")
+		s := e.waitFor("orphan", "PoolNotFound", func(s *v1alpha1.Sandbox) bool { return s.Status.Reason == v1alpha1.ReasonPoolNotFound })
+		if c := meta.FindStatusCondition(s.Status.Conditions, v1alpha1.SandboxConditionScheduled); c == nil || c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, "no-such-pool") {
+			t.Errorf("Scheduled condition %+v", c)
+		}
+	})
+
+	t.Run("full agents make a sandbox wait with a counted reason, a freed slot places it", func(t *testing.T) {
+		for i := 0; i < 4; i++ {
+			e.sandbox(fmt.Sprintf("long-%d", i), "pool", "sleep", "300")
+		}
+		for i := 0; i < 4; i++ {
+			e.waitFor(fmt.Sprintf("long-%d", i), "Running", phaseIs(v1alpha1.SandboxRunning))
+		}
+		e.sandbox("waiting", "pool", "sleep", "300")
+		s := e.waitFor("waiting", "unschedulable", func(s *v1alpha1.Sandbox) bool { return s.Status.Reason == v1alpha1.ReasonUnschedulable })
+		if want := "0/2 agents available: 2 no free slot"; s.Status.Message != want {
+			t.Errorf("message %q, want %q", s.Status.Message, want)
+		}
+		// Delete a running sandbox: its container goes, the finalizer goes, the waiting one runs.
+		victim, _ := e.cp.Sandbox.SandboxV1alpha1().Sandboxes(e.ns).Get(ctx, "long-0", metav1.GetOptions{})
+		if err := e.cp.Sandbox.SandboxV1alpha1().Sandboxes(e.ns).Delete(ctx, "long-0", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			_, err := e.cp.Sandbox.SandboxV1alpha1().Sandboxes(e.ns).Get(ctx, "long-0", metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		})
+		if err != nil {
+			t.Fatalf("the deleted sandbox never went away: %v", err)
+		}
+		if n := e.containersOf(containerdtest.Namespace, string(victim.UID)); n != 0 {
+			t.Errorf("%d containers left for a deleted sandbox", n)
+		}
+		e.waitFor("waiting", "Running", phaseIs(v1alpha1.SandboxRunning))
+	})
+}
+
+func TestSchedulerImageAffinity(t *testing.T) {
+	e := newSchedEnv(t)
+	e.createPool("pool", 4)
+	// agent-empty's containerd namespace has no images; agent-warm's has the test image.
+	e.startAgent("agent-empty", "pool", "empty", 4)
+	e.startAgent("agent-warm", "pool", containerdtest.Namespace, 4)
+	e.startScheduler()
+	for i := 0; i < 3; i++ {
+		e.sandbox(fmt.Sprintf("img-%d", i), "pool", "sleep", "60")
+	}
+	for i := 0; i < 3; i++ {
+		s := e.waitFor(fmt.Sprintf("img-%d", i), "Running", phaseIs(v1alpha1.SandboxRunning))
+		if s.Status.Agent != "agent-warm" {
+			t.Errorf("sandbox img-%d went to %s, want agent-warm, the agent whose node has the image", i, s.Status.Agent)
+		}
+	}
+}
+
+func TestSchedulerRestartAndAgentLoss(t *testing.T) {
+	e := newSchedEnv(t)
+	e.createPool("pool", 8)
+	e.startAgent("agent-a", "pool", containerdtest.Namespace, 8)
+	e.startScheduler()
+	ctx := context.Background()
+
+	// A burst, with the scheduler restarted in the middle of it.
+	var uids []string
+	for i := 0; i < 6; i++ {
+		uids = append(uids, string(e.sandbox(fmt.Sprintf("burst-%d", i), "pool", "sleep", "300").UID))
+		if i == 2 {
+			e.cancel()
+			e.startScheduler()
+		}
+	}
+	for i := 0; i < 6; i++ {
+		e.waitFor(fmt.Sprintf("burst-%d", i), "Running", phaseIs(v1alpha1.SandboxRunning))
+	}
+	for i, uid := range uids {
+		if n := e.containersOf(containerdtest.Namespace, uid); n != 1 {
+			t.Errorf("burst-%d has %d containers, want exactly 1", i, n)
+		}
+	}
+
+	// The agent Pod goes away: its sandboxes fail with AgentLost.
+	if err := e.cp.Kube.CoreV1().Pods(e.ns).Delete(ctx, "agent-a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 6; i++ {
+		s := e.waitFor(fmt.Sprintf("burst-%d", i), "Failed", phaseIs(v1alpha1.SandboxFailed))
+		if s.Status.Reason != v1alpha1.ReasonAgentLost {
+			t.Errorf("burst-%d reason %q, want AgentLost", i, s.Status.Reason)
+		}
+	}
+}
+
+func hasString(ss []string, s string) bool {
+	for _, v := range ss {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
