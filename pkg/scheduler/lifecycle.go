@@ -426,7 +426,7 @@ func (s *Scheduler) enforceLifetimes(ctx context.Context) {
 		case !finished(sbx) && sbx.Spec.ActiveDeadlineSeconds != nil && sbx.Status.StartTime != nil &&
 			now.After(sbx.Status.StartTime.Add(time.Duration(*sbx.Spec.ActiveDeadlineSeconds)*time.Second)):
 			s.recordOutcome(ctx, sbx, api.SandboxStatus{UID: string(sbx.UID), State: api.StateFailed,
-				Reason: v1alpha1.ReasonDeadlineExceeded,
+				Reason:  v1alpha1.ReasonDeadlineExceeded,
 				Message: fmt.Sprintf("the sandbox ran longer than its activeDeadlineSeconds (%d)", *sbx.Spec.ActiveDeadlineSeconds)}, nil)
 			s.mu.Lock()
 			agent := s.agents[sbx.Namespace+"/"+sbx.Status.Agent]

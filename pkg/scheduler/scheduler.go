@@ -100,10 +100,10 @@ type Scheduler struct {
 
 	mu            sync.Mutex
 	ctx           context.Context
-	poolStates    map[string]*poolState   // by pool namespace/name
-	agents        map[string]*agentState  // by agent Pod namespace/name
+	poolStates    map[string]*poolState                   // by pool namespace/name
+	agents        map[string]*agentState                  // by agent Pod namespace/name
 	inflight      map[string]map[string]*v1alpha1.Sandbox // agent key -> UID -> sandbox being bound
-	unschedulable map[string]bool         // sandbox keys waiting for room
+	unschedulable map[string]bool                         // sandbox keys waiting for room
 }
 
 // poolState is one pool's agents as the framework sees them.
@@ -497,5 +497,3 @@ func (s *Scheduler) agentsOfPoolLocked(namespace, pool string) []*agentState {
 	}
 	return out
 }
-
-
