@@ -11,7 +11,7 @@ BIN := $(OUTPUT)/bin
 GOTEST_FLAGS ?=
 
 .PHONY: all build generate verify test test-unit test-integration test-e2e \
-	cluster-binaries cluster-up cluster-down images clean
+	cluster-binaries cluster-up cluster-down images up down bench-e2e clean
 
 all: build
 
@@ -46,6 +46,15 @@ cluster-down: ## Stop the local cluster and remove every trace of it.
 
 images: ## Build the OCI images (test image, pause) and import them into the cluster's containerd.
 	hack/images.sh
+
+up: ## Local cluster + fast-sandbox + a sample sandbox run to Succeeded.
+	hack/up.sh
+
+down: cluster-down ## Remove everything make up made.
+
+bench-e2e: up ## Start latency: Pods vs Sandboxes on the local cluster (see docs/benchmarks.md).
+	mkdir -p $(OUTPUT)
+	$(GO) run ./hack/bench-e2e --kubeconfig $$(source hack/cluster/lib.sh && echo $$KUBECONFIG_FILE) | tee $(OUTPUT)/bench-e2e.md
 
 clean:
 	rm -rf $(OUTPUT)

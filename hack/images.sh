@@ -4,6 +4,7 @@
 # namespace k8s.io, where kubelet and the agents find them:
 #   registry.k8s.io/pause:3.10              the Pods' sandbox container (hack/pause)
 #   docker.io/fast-sandbox/testbox:latest   Debian's busybox-static: sh, sleep, echo, cat, ...
+#   docker.io/fast-sandbox/{agent,scheduler,pool-controller}:$VERSION   the components
 #
 #   hack/images.sh [--pause-only] [--no-import]
 set -euo pipefail
@@ -33,6 +34,12 @@ if [ "$pause_only" = false ]; then
   [ -x "$busybox" ] || die "$busybox is missing: apt-get install busybox-static"
   "$tools/imagebuild" -ref "$TEST_IMAGE" -o "$out/testbox.tar" -busybox "$busybox" -cmd /bin/sh >&2
   images+=("$out/testbox.tar")
+  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$VERSION -X k8s.io/component-base/version.gitMajor=0 -X k8s.io/component-base/version.gitMinor=1"
+  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tools/components/" ./cmd/agent ./cmd/scheduler ./cmd/pool-controller
+  for c in agent scheduler pool-controller; do
+    "$tools/imagebuild" -ref "docker.io/fast-sandbox/$c:$VERSION" -o "$out/$c.tar" -entrypoint "/$c" "$tools/components/$c:/$c" >&2
+    images+=("$out/$c.tar")
+  done
 fi
 
 if [ "$import" = true ]; then

@@ -21,7 +21,7 @@ mkdir -p "$bin"
   k8s.io/code-generator/cmd/informer-gen \
   sigs.k8s.io/controller-tools/cmd/controller-gen)
 
-rm -rf "$out" "$apis/zz_generated.deepcopy.go" manifests/crds
+rm -rf "$out" "$apis/zz_generated.deepcopy.go" manifests/crds/fast-sandbox.io_*.yaml
 
 "$bin/deepcopy-gen" --go-header-file "$header" --output-file zz_generated.deepcopy.go "./$apis"
 

@@ -49,7 +49,7 @@ func main() {
 			fs.IntVar(&o.burst, "kube-api-burst", 400, "burst to the API server")
 			fs.DurationVar(&o.statusPeriod, "agent-status-period", time.Second, "how often agents are asked for their status")
 			fs.DurationVar(&o.agentLostTimeout, "agent-lost-timeout", 20*time.Second, "how long an agent may stay silent before its sandboxes fail with AgentLost")
-			fs.StringVar(&o.metricsAddr, "metrics-addr", ":10259", "address of /metrics and /healthz")
+			fs.StringVar(&o.metricsAddr, "metrics-addr", ":10351", "address of /metrics and /healthz")
 			fs.BoolVar(&o.leaderElect, "leader-elect", true, "run only while holding the leader lease")
 			fs.StringVar(&o.leaseNamespace, "leader-elect-namespace", "fast-sandbox-system", "namespace of the leader lease")
 		},

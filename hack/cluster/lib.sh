@@ -24,6 +24,8 @@ CNI_BRIDGE=fsbx0
 CNI_BIN_DIR=${CNI_BIN_DIR:-/usr/lib/cni}
 PAUSE_IMAGE=registry.k8s.io/pause:3.10
 TEST_IMAGE=docker.io/fast-sandbox/testbox:latest
+# VERSION tags the component images; manifests/ name the same tag.
+VERSION=${VERSION:-v0.1.0}
 
 log() { printf '%s [cluster] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

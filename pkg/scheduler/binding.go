@@ -98,6 +98,14 @@ func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, agentName string) err
 		Message: fmt.Sprintf("bound to agent %s on node %s", agentName, agent.nodeName), ObservedGeneration: sbx.Generation,
 	})
 	s.mu.Lock()
+	s.binding[string(sbx.UID)] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.binding, string(pod.UID))
+		s.mu.Unlock()
+	}()
+	s.mu.Lock()
 	key := pod.Namespace + "/" + agentName
 	if s.inflight[key] == nil {
 		s.inflight[key] = map[string]*v1alpha1.Sandbox{}

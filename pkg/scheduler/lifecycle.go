@@ -314,6 +314,12 @@ func (s *Scheduler) observe(ctx context.Context, a *agentState, reports []api.Sa
 		if st.Namespace == "" || st.Name == "" {
 			continue
 		}
+		s.mu.Lock()
+		beingBound := s.binding[st.UID]
+		s.mu.Unlock()
+		if beingBound {
+			continue // its Bind records the outcome, with the time the agent was told
+		}
 		sbx, err := s.sandboxes.Sandboxes(st.Namespace).Get(st.Name)
 		if err != nil || string(sbx.UID) != st.UID || sbx.Status.Agent != a.name || finished(sbx) {
 			continue

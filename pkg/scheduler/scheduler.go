@@ -104,6 +104,7 @@ type Scheduler struct {
 	agents        map[string]*agentState                  // by agent Pod namespace/name
 	inflight      map[string]map[string]*v1alpha1.Sandbox // agent key -> UID -> sandbox being bound
 	unschedulable map[string]bool                         // sandbox keys waiting for room
+	binding       map[string]bool                         // UIDs whose Bind runs: it records their outcome
 }
 
 // poolState is one pool's agents as the framework sees them.
@@ -128,7 +129,7 @@ func New(ctx context.Context, kube kubernetes.Interface, client versioned.Interf
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](50*time.Millisecond, 10*time.Second),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "sandboxes"}),
 		poolStates: map[string]*poolState{}, agents: map[string]*agentState{},
-		inflight: map[string]map[string]*v1alpha1.Sandbox{}, unschedulable: map[string]bool{},
+		inflight: map[string]map[string]*v1alpha1.Sandbox{}, unschedulable: map[string]bool{}, binding: map[string]bool{},
 	}
 	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: kube.EventsV1()})
 	broadcaster.StartRecordingToSink(ctx.Done())

@@ -70,7 +70,7 @@ func InstallCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
 	if err != nil {
 		return err
 	}
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	files, err := filepath.Glob(filepath.Join(dir, "fast-sandbox.io_*.yaml"))
 	if err != nil {
 		return err
 	}

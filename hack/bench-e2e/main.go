@@ -1,0 +1,260 @@
+// Command bench-e2e measures start latency on a running fast-sandbox cluster
+// (make up): plain Pods with the test image (imagePullPolicy Never) against
+// Sandboxes with the same image, created one at a time and in bursts,
+// measured by a watcher from the create call to the object's Running state,
+// plus the share of each Sandbox stage from the objects' own timestamps.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
+)
+
+var (
+	kubeconfig = flag.String("kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the cluster")
+	image      = flag.String("image", "docker.io/fast-sandbox/testbox:latest", "image present on the node")
+	agentImage = flag.String("agent-image", "docker.io/fast-sandbox/agent:v0.1.0", "agent image of the bench pools")
+	socket     = flag.String("containerd-socket", "/run/fast-sandbox/containerd/containerd.sock", "the node's containerd socket")
+	sequential = flag.Int("n", 100, "objects created one at a time")
+	burst      = flag.Int("burst", 20, "objects per burst")
+	bursts     = flag.Int("bursts", 3, "number of bursts")
+	handlers   = flag.String("runtime-handlers", "runc,crun", "runtime handlers to measure Sandboxes with")
+	ns         = flag.String("namespace", "default", "namespace of the objects")
+)
+
+// sample is one start: its latency seen by the watcher, and for sandboxes
+// the time of each stage relative to the create call.
+type sample struct {
+	total                           time.Duration
+	scheduled, told, started, shown time.Duration
+}
+
+func main() {
+	flag.Parse()
+	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	must(err)
+	cfg.QPS, cfg.Burst = 500, 1000
+	kube := kubernetes.NewForConfigOrDie(cfg)
+	sbx := versioned.NewForConfigOrDie(cfg)
+	ctx := context.Background()
+
+	fmt.Printf("# start latency, create → Running, watcher-observed; %d one at a time, %d bursts of %d\n\n", *sequential, *bursts, *burst)
+	results := map[string][2][]sample{}
+	order := []string{"Pod"}
+	results["Pod"] = [2][]sample{oneAtATime(*sequential, podStarter(ctx, kube)), inBursts(*burst, *bursts, podStarter(ctx, kube))}
+	for _, h := range strings.Split(*handlers, ",") {
+		pool := "bench-" + h
+		ensurePool(ctx, sbx, pool, h)
+		name := "Sandbox (" + h + ")"
+		order = append(order, name)
+		results[name] = [2][]sample{oneAtATime(*sequential, sandboxStarter(ctx, sbx, pool)), inBursts(*burst, *bursts, sandboxStarter(ctx, sbx, pool))}
+		_ = sbx.SandboxV1alpha1().SandboxPools(*ns).Delete(ctx, pool, metav1.DeleteOptions{})
+	}
+
+	podP50 := [2]time.Duration{pct(results["Pod"][0], 50), pct(results["Pod"][1], 50)}
+	fmt.Println("| what | pattern | n | p50 | p90 | p99 | p50 vs Pod |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for _, name := range order {
+		for i, pattern := range []string{"one at a time", fmt.Sprintf("bursts of %d", *burst)} {
+			s := results[name][i]
+			ratio := float64(podP50[i]) / float64(pct(s, 50))
+			fmt.Printf("| %s | %s | %d | %s | %s | %s | %.1f× faster |\n", name, pattern, len(s), ms(pct(s, 50)), ms(pct(s, 90)), ms(pct(s, 99)), ratio)
+		}
+	}
+	fmt.Println("\n# Sandbox stages (p50 of each stage's duration, one at a time)")
+	fmt.Println("| what | created → scheduled | scheduled → agent told | agent told → container running | running → status seen | total |")
+	fmt.Println("|---|---|---|---|---|---|")
+	for _, name := range order[1:] {
+		s := results[name][0]
+		stage := func(f func(sample) time.Duration) string {
+			var d []time.Duration
+			for _, x := range s {
+				d = append(d, f(x))
+			}
+			return ms(pctD(d, 50))
+		}
+		fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", name,
+			stage(func(x sample) time.Duration { return x.scheduled }),
+			stage(func(x sample) time.Duration { return x.told - x.scheduled }),
+			stage(func(x sample) time.Duration { return x.started - x.told }),
+			stage(func(x sample) time.Duration { return x.shown - x.started }),
+			stage(func(x sample) time.Duration { return x.total }))
+	}
+}
+
+// oneAtATime runs n starts, each after the previous one.
+func oneAtATime(n int, start func(i int) sample) []sample {
+	out := make([]sample, 0, n)
+	for i := 0; i < n; i++ {
+		out = append(out, start(i))
+	}
+	return out
+}
+
+// inBursts runs rounds of n concurrent starts.
+func inBursts(n, rounds int, start func(i int) sample) []sample {
+	var (
+		out []sample
+		mu  sync.Mutex
+	)
+	for r := 0; r < rounds; r++ {
+		var wg sync.WaitGroup
+		for j := 0; j < n; j++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				s := start(i)
+				mu.Lock()
+				out = append(out, s)
+				mu.Unlock()
+			}(100000 + r*n + j)
+		}
+		wg.Wait()
+	}
+	return out
+}
+
+var run = time.Now().Unix()
+
+func podStarter(ctx context.Context, kube kubernetes.Interface) func(int) sample {
+	return func(i int) sample {
+		name := fmt.Sprintf("bench-pod-%d-%d", run, i)
+		w, err := kube.CoreV1().Pods(*ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
+		must(err)
+		defer w.Stop()
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, TerminationGracePeriodSeconds: ptr.To[int64](0),
+				Containers: []corev1.Container{{Name: "main", Image: *image, ImagePullPolicy: corev1.PullNever, Command: []string{"sleep", "3600"}}}},
+		}
+		t0 := time.Now()
+		_, err = kube.CoreV1().Pods(*ns).Create(ctx, pod, metav1.CreateOptions{})
+		must(err)
+		waitEvent(w, func(obj any) bool {
+			p := obj.(*corev1.Pod)
+			for _, c := range p.Status.Conditions {
+				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+					return true
+				}
+			}
+			return false
+		})
+		total := time.Since(t0)
+		_ = kube.CoreV1().Pods(*ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+		return sample{total: total}
+	}
+}
+
+func sandboxStarter(ctx context.Context, c versioned.Interface, pool string) func(int) sample {
+	return func(i int) sample {
+		name := fmt.Sprintf("bench-%s-%d-%d", pool, run, i)
+		w, err := c.SandboxV1alpha1().Sandboxes(*ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
+		must(err)
+		defer w.Stop()
+		s := &v1alpha1.Sandbox{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: v1alpha1.SandboxSpec{PoolName: pool, Image: *image, Command: []string{"sleep", "3600"},
+				Resources: v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("10m")), Memory: ptr.To(resource.MustParse("16Mi"))}}}
+		t0 := time.Now()
+		_, err = c.SandboxV1alpha1().Sandboxes(*ns).Create(ctx, s, metav1.CreateOptions{})
+		must(err)
+		var last *v1alpha1.Sandbox
+		waitEvent(w, func(obj any) bool {
+			last = obj.(*v1alpha1.Sandbox)
+			if last.Status.Phase == v1alpha1.SandboxFailed {
+				fmt.Fprintf(os.Stderr, "sandbox %s failed: %s %s\n", name, last.Status.Reason, last.Status.Message)
+				os.Exit(1)
+			}
+			return last.Status.Phase == v1alpha1.SandboxRunning
+		})
+		out := sample{total: time.Since(t0), shown: time.Since(t0)}
+		st := last.Status
+		if st.ScheduleTime != nil && st.AgentToldTime != nil && st.StartTime != nil {
+			out.scheduled, out.told, out.started = st.ScheduleTime.Sub(t0), st.AgentToldTime.Sub(t0), st.StartTime.Sub(t0)
+		}
+		_ = c.SandboxV1alpha1().Sandboxes(*ns).Delete(ctx, name, metav1.DeleteOptions{})
+		return out
+	}
+}
+
+func waitEvent(w watch.Interface, done func(any) bool) {
+	timeout := time.After(2 * time.Minute)
+	for {
+		select {
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				fmt.Fprintln(os.Stderr, "watch closed")
+				os.Exit(1)
+			}
+			if (ev.Type == watch.Added || ev.Type == watch.Modified) && done(ev.Object) {
+				return
+			}
+		case <-timeout:
+			fmt.Fprintln(os.Stderr, "timed out waiting for Running")
+			os.Exit(1)
+		}
+	}
+}
+
+func ensurePool(ctx context.Context, c versioned.Interface, name, handler string) {
+	pool := &v1alpha1.SandboxPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1alpha1.SandboxPoolSpec{
+		MinAgents: 1, MaxAgents: 1, SlotsPerAgent: int32(*burst) + 4, RuntimeHandler: handler, ImagePullPolicy: v1alpha1.PullNever,
+		ScaleDownDelaySeconds: 600,
+		Agent: v1alpha1.AgentTemplate{Image: *agentImage, ImagePullPolicy: corev1.PullNever, ContainerdSocket: *socket,
+			Resources: v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("500m")), Memory: ptr.To(resource.MustParse("1Gi"))}},
+	}}
+	_, err := c.SandboxV1alpha1().SandboxPools(*ns).Create(ctx, pool, metav1.CreateOptions{})
+	must(err)
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := c.SandboxV1alpha1().SandboxPools(*ns).Get(ctx, name, metav1.GetOptions{})
+		return err == nil && p.Status.ReadyAgents >= 1, nil
+	})
+	must(err)
+	time.Sleep(2 * time.Second) // let the scheduler see the agent's first status
+}
+
+func pct(s []sample, p int) time.Duration {
+	d := make([]time.Duration, len(s))
+	for i, x := range s {
+		d[i] = x.total
+	}
+	return pctD(d, p)
+}
+
+func pctD(d []time.Duration, p int) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	i := (len(d)*p + 99) / 100
+	if i < 1 {
+		i = 1
+	}
+	return d[i-1]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func must(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}

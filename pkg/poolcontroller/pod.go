@@ -1,0 +1,207 @@
+package poolcontroller
+
+import (
+	"maps"
+	"path"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+)
+
+// What an agent Pod looks like from the outside; the agent's flags and
+// environment (cmd/agent) are the other half of this contract.
+const (
+	// ContainerName is the name of the agent container.
+	ContainerName = "agent"
+	// APIPort is the port of the agent API, named APIPortName.
+	APIPort     = 8081
+	APIPortName = "agent-api"
+	// StateDir is the agent's --state-dir. It is a hostPath mounted at the
+	// same path inside the Pod: containerd's shim, which runs on the host,
+	// writes sandbox logs there, so the path must mean the same on both sides.
+	StateDir = "/var/lib/fast-sandbox/agent"
+	// TokenDir is where the agent API token Secret is mounted; the agent reads
+	// TokenDir/TokenKey.
+	TokenDir = "/var/run/fast-sandbox/agent-token"
+	// TokenKey is the key of the token in the token Secret.
+	TokenKey = "token"
+	// HostnameLabel is the node label the agent Pods' node affinity selects on.
+	HostnameLabel = corev1.LabelHostname
+
+	volumeContainerdSocket = "containerd-socket"
+	volumeState            = "state"
+	volumeToken            = "agent-token"
+)
+
+// Annotations the controller keeps on agent Pods.
+const (
+	// AnnotationIdleSince is present on an agent Pod while no Sandbox is bound
+	// to it; its value is the RFC 3339 time the controller first saw the agent
+	// idle (its creation time for a new agent). The controller removes it when
+	// it sees a Sandbox bound to the agent.
+	AnnotationIdleSince = "fast-sandbox.io/idle-since"
+	// AnnotationDraining marks an agent Pod the controller is about to delete.
+	// Its value is the RFC 3339 time the mark was set; a value that does not
+	// parse counts as set long ago. The scheduler must not bind a Sandbox to
+	// an agent Pod that carries this annotation, whatever its value. The
+	// controller deletes a draining agent no sooner than DrainGrace after the
+	// mark and only if it then sees no Sandbox bound to it; otherwise it
+	// removes the mark.
+	AnnotationDraining = "fast-sandbox.io/draining"
+)
+
+// TokenSecretName is the name of the Secret holding a pool's agent API token.
+func TokenSecretName(pool *v1alpha1.SandboxPool) string {
+	return pool.Name + "-agent-token"
+}
+
+// poolGVK is the kind of the owner of agent Pods and token Secrets.
+var poolGVK = v1alpha1.SchemeGroupVersion.WithKind("SandboxPool")
+
+// TokenSecret is the Secret holding a pool's agent API token, owned by the pool.
+func TokenSecret(pool *v1alpha1.SandboxPool, token string) *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            TokenSecretName(pool),
+			Namespace:       pool.Namespace,
+			Labels:          map[string]string{v1alpha1.LabelPoolName: pool.Name},
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(pool, poolGVK)},
+		},
+		Type: corev1.SecretTypeOpaque,
+		Data: map[string][]byte{TokenKey: []byte(token)},
+	}
+}
+
+// AgentPod builds an agent Pod of pool. secretName is the pool's token
+// Secret. When hostname is not empty the Pod gets a required node affinity to
+// the node whose kubernetes.io/hostname label has that value; kube-scheduler
+// still places it, so it is still checked for fit. The Pod is owned by the
+// pool (controller reference), so deleting the pool garbage-collects it.
+func AgentPod(pool *v1alpha1.SandboxPool, secretName, hostname string) *corev1.Pod {
+	spec := pool.Spec.Agent
+	socket := spec.ContainerdSocket
+	if socket == "" {
+		socket = v1alpha1.DefaultContainerdSocket
+	}
+	ctrdNamespace := spec.ContainerdNamespace
+	if ctrdNamespace == "" {
+		ctrdNamespace = v1alpha1.DefaultContainerdNamespace
+	}
+	pullPolicy := spec.ImagePullPolicy
+	if pullPolicy == "" {
+		pullPolicy = corev1.PullIfNotPresent
+	}
+	resources := corev1.ResourceList{}
+	if spec.Resources.CPU != nil {
+		resources[corev1.ResourceCPU] = spec.Resources.CPU.DeepCopy()
+	}
+	if spec.Resources.Memory != nil {
+		resources[corev1.ResourceMemory] = spec.Resources.Memory.DeepCopy()
+	}
+
+	env := []corev1.EnvVar{
+		fieldEnv("POD_NAME", "metadata.name"),
+		fieldEnv("POD_NAMESPACE", "metadata.namespace"),
+		fieldEnv("POD_UID", "metadata.uid"),
+		fieldEnv("NODE_NAME", "spec.nodeName"),
+		resourceEnv("CPU_LIMIT_MILLIS", "limits.cpu", resource.MustParse("1m")),
+		resourceEnv("MEMORY_LIMIT_BYTES", "limits.memory", resource.MustParse("1")),
+		{Name: "POOL_NAME", Value: pool.Name},
+		{Name: "AGENT_SLOTS", Value: strconv.FormatInt(int64(pool.Spec.SlotsPerAgent), 10)},
+		{Name: "CONTAINERD_SOCKET", Value: socket},
+		{Name: "CONTAINERD_NAMESPACE", Value: ctrdNamespace},
+		{Name: "AGENT_STATE_DIR", Value: StateDir},
+		{Name: "AGENT_TOKEN_FILE", Value: path.Join(TokenDir, TokenKey)},
+	}
+	if pool.Spec.RuntimeHandler != "" {
+		env = append(env, corev1.EnvVar{Name: "DEFAULT_RUNTIME_HANDLER", Value: pool.Spec.RuntimeHandler})
+	}
+
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			GenerateName:    pool.Name + "-agent-",
+			Namespace:       pool.Namespace,
+			Labels:          map[string]string{v1alpha1.LabelPoolName: pool.Name},
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(pool, poolGVK)},
+		},
+		Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{
+				Name:            ContainerName,
+				Image:           spec.Image,
+				ImagePullPolicy: pullPolicy,
+				Env:             env,
+				Ports: []corev1.ContainerPort{{
+					Name: APIPortName, ContainerPort: APIPort, Protocol: corev1.ProtocolTCP,
+				}},
+				Resources: corev1.ResourceRequirements{Requests: resources, Limits: resources.DeepCopy()},
+				ReadinessProbe: &corev1.Probe{
+					ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+						Path: "/readyz", Port: intstr.FromInt32(APIPort),
+					}},
+					PeriodSeconds: 1, FailureThreshold: 3, TimeoutSeconds: 1,
+				},
+				LivenessProbe: &corev1.Probe{
+					ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+						Path: "/healthz", Port: intstr.FromInt32(APIPort),
+					}},
+					PeriodSeconds: 10, FailureThreshold: 6, TimeoutSeconds: 2,
+				},
+				SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
+				VolumeMounts: []corev1.VolumeMount{
+					{Name: volumeContainerdSocket, MountPath: socket},
+					{Name: volumeState, MountPath: StateDir},
+					{Name: volumeToken, MountPath: TokenDir, ReadOnly: true},
+				},
+				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+			}},
+			Volumes: []corev1.Volume{
+				{Name: volumeContainerdSocket, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+					Path: socket, Type: ptr.To(corev1.HostPathSocket),
+				}}},
+				{Name: volumeState, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+					Path: StateDir, Type: ptr.To(corev1.HostPathDirectoryOrCreate),
+				}}},
+				{Name: volumeToken, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+					SecretName: secretName, DefaultMode: ptr.To[int32](0o400),
+				}}},
+			},
+			RestartPolicy:                 corev1.RestartPolicyAlways,
+			TerminationGracePeriodSeconds: ptr.To[int64](5),
+			EnableServiceLinks:            ptr.To(false),
+			AutomountServiceAccountToken:  ptr.To(false),
+			NodeSelector:                  maps.Clone(spec.NodeSelector),
+			Tolerations:                   append([]corev1.Toleration(nil), spec.Tolerations...),
+			PriorityClassName:             spec.PriorityClassName,
+		},
+	}
+	if hostname != "" {
+		pod.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+			RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+				NodeSelectorTerms: []corev1.NodeSelectorTerm{{
+					MatchExpressions: []corev1.NodeSelectorRequirement{{
+						Key: HostnameLabel, Operator: corev1.NodeSelectorOpIn, Values: []string{hostname},
+					}},
+				}},
+			},
+		}}
+	}
+	return pod
+}
+
+func fieldEnv(name, fieldPath string) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
+		FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: fieldPath},
+	}}
+}
+
+func resourceEnv(name, res string, divisor resource.Quantity) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
+		ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: ContainerName, Resource: res, Divisor: divisor},
+	}}
+}
