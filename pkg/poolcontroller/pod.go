@@ -37,6 +37,11 @@ const (
 	volumeContainerdSocket = "containerd-socket"
 	volumeState            = "state"
 	volumeToken            = "agent-token"
+	// volumeCgroup is the node's cgroup filesystem: the agent reads its
+	// sandboxes' cgroups (OOM kills, usage) by their host paths, which a
+	// container's own cgroup view hides.
+	volumeCgroup = "cgroup"
+	cgroupRoot   = "/sys/fs/cgroup"
 )
 
 // Annotations the controller keeps on agent Pods.
@@ -157,6 +162,7 @@ func AgentPod(pool *v1alpha1.SandboxPool, secretName, hostname string) *corev1.P
 					{Name: volumeContainerdSocket, MountPath: socket},
 					{Name: volumeState, MountPath: StateDir},
 					{Name: volumeToken, MountPath: TokenDir, ReadOnly: true},
+					{Name: volumeCgroup, MountPath: cgroupRoot, ReadOnly: true},
 				},
 				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 			}},
@@ -169,6 +175,9 @@ func AgentPod(pool *v1alpha1.SandboxPool, secretName, hostname string) *corev1.P
 				}}},
 				{Name: volumeToken, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 					SecretName: secretName, DefaultMode: ptr.To[int32](0o400),
+				}}},
+				{Name: volumeCgroup, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+					Path: cgroupRoot, Type: ptr.To(corev1.HostPathDirectory),
 				}}},
 			},
 			RestartPolicy:                 corev1.RestartPolicyAlways,

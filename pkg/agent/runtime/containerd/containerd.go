@@ -26,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -33,6 +34,7 @@ import (
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/contrib/seccomp"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -40,6 +42,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	"github.com/go-logr/logr"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
@@ -252,6 +255,15 @@ func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.S
 		}
 	}
 
+	imageConfig, err := image.Spec(ctx)
+	if err != nil {
+		return fail(api.ReasonCreateFailed, fmt.Errorf("reading the config of image %s: %w", ref, err))
+	}
+	user, err := numericUser(imageConfig.Config.User)
+	if err != nil {
+		return fail(api.ReasonCreateFailed, fmt.Errorf("image %s: %w", ref, err))
+	}
+
 	handler := spec.RuntimeHandler
 	if handler == "" {
 		handler = r.cfg.DefaultRuntimeHandler
@@ -273,7 +285,7 @@ func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.S
 		client.WithSnapshotter(r.cfg.Snapshotter),
 		client.WithNewSnapshot(id, image),
 		client.WithRuntime("io.containerd.runc.v2", &runcoptions.Options{BinaryName: binary, SystemdCgroup: r.systemd}),
-		client.WithNewSpec(r.specOpts(spec, image, id)...),
+		client.WithNewSpec(r.specOpts(spec, imageConfig.Config, user, id)...),
 	)
 	if errdefs.IsAlreadyExists(err) {
 		// A concurrent create of the same sandbox won; report what it made.
@@ -321,12 +333,37 @@ func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.S
 	return status
 }
 
-// specOpts builds the hardened OCI spec of a sandbox.
-func (r *Runtime) specOpts(spec api.SandboxSpec, image client.Image, id string) []oci.SpecOpts {
+// specOpts builds the hardened OCI spec of a sandbox. The image's config is
+// applied here rather than with oci.WithImageConfig, which mounts the image's
+// root filesystem in the caller to read /etc/group: the agent runs in a Pod
+// that cannot see containerd's snapshots, and the mount would cost time on
+// every start.
+func (r *Runtime) specOpts(spec api.SandboxSpec, img ocispec.ImageConfig, user specs.User, id string) []oci.SpecOpts {
+	args := append(append([]string{}, img.Entrypoint...), img.Cmd...)
+	switch {
+	case len(spec.Command) > 0:
+		args = append(append([]string{}, spec.Command...), spec.Args...)
+	case len(spec.Args) > 0:
+		args = append(append([]string{}, img.Entrypoint...), spec.Args...)
+	}
+	cwd := img.WorkingDir
+	if spec.WorkingDir != "" {
+		cwd = spec.WorkingDir
+	}
+	if cwd == "" {
+		cwd = "/"
+	}
+	env := append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, img.Env...)
+	for _, e := range spec.Env {
+		env = append(env, e.Name+"="+e.Value)
+	}
 	opts := []oci.SpecOpts{
 		oci.WithDefaultSpec(),
 		oci.WithDefaultUnixDevices,
-		oci.WithImageConfig(image),
+		oci.WithEnv(env),
+		oci.WithProcessArgs(args...),
+		oci.WithProcessCwd(cwd),
+		withUser(user),
 		oci.WithHostname(hostname(spec)),
 		oci.WithNoNewPrivileges,
 		seccomp.WithDefaultProfile(),
@@ -335,24 +372,6 @@ func (r *Runtime) specOpts(spec api.SandboxSpec, image client.Image, id string) 
 		oci.WithCgroup(r.cgroupPath(id)),
 		oci.WithPidsLimit(4096),
 		oci.WithAnnotations(map[string]string{"io.kubernetes.cri.container-type": "fast-sandbox"}),
-	}
-	if len(spec.Command) > 0 || len(spec.Args) > 0 {
-		args := append(append([]string{}, spec.Command...), spec.Args...)
-		if len(spec.Command) == 0 {
-			opts = append(opts, oci.WithImageConfigArgs(image, spec.Args))
-		} else {
-			opts = append(opts, oci.WithProcessArgs(args...))
-		}
-	}
-	if len(spec.Env) > 0 {
-		env := make([]string, 0, len(spec.Env))
-		for _, e := range spec.Env {
-			env = append(env, e.Name+"="+e.Value)
-		}
-		opts = append(opts, oci.WithEnv(env))
-	}
-	if spec.WorkingDir != "" {
-		opts = append(opts, oci.WithProcessCwd(spec.WorkingDir))
 	}
 	if spec.CPUMillis > 0 {
 		opts = append(opts, oci.WithCPUCFS(spec.CPUMillis*cpuPeriod/1000, cpuPeriod))
@@ -369,6 +388,37 @@ func (r *Runtime) specOpts(spec api.SandboxSpec, image client.Image, id string) 
 		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace}))
 	}
 	return opts
+}
+
+// numericUser parses an image's USER ("", "uid" or "uid:gid"). Names would
+// need the image's /etc/passwd, which the agent does not mount; such images
+// are refused with a clear message.
+func numericUser(u string) (specs.User, error) {
+	if u == "" {
+		return specs.User{}, nil
+	}
+	uidStr, gidStr, _ := strings.Cut(u, ":")
+	uid, err := strconv.ParseUint(uidStr, 10, 32)
+	if err != nil {
+		return specs.User{}, fmt.Errorf("USER %q is not numeric; sandboxes support only numeric users (uid or uid:gid)", u)
+	}
+	gid := uid
+	if gidStr != "" {
+		if gid, err = strconv.ParseUint(gidStr, 10, 32); err != nil {
+			return specs.User{}, fmt.Errorf("USER %q has a non-numeric group", u)
+		}
+	}
+	return specs.User{UID: uint32(uid), GID: uint32(gid)}, nil
+}
+
+func withUser(u specs.User) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Process == nil {
+			s.Process = &specs.Process{}
+		}
+		s.Process.User = u
+		return nil
+	}
 }
 
 func hostname(spec api.SandboxSpec) string {
