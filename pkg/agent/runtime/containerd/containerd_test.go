@@ -214,6 +214,21 @@ func TestRuntime(t *testing.T) {
 		_ = rt.DeleteSandbox(ctx, "hardened")
 	})
 
+	t.Run("env, working directory and command override the image's", func(t *testing.T) {
+		s := spec("override", "sh", "-c", "echo $GREETING $PWD; echo path $PATH")
+		s.Env = []api.EnvVar{{Name: "GREETING", Value: "hi"}}
+		s.WorkingDir = "/tmp"
+		rt.CreateSandbox(ctx, s)
+		waitExit(t, rt, "override")
+		out := logs(t, rt, "override")
+		for _, want := range []string{"hi /tmp\n", "path /bin"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output %q lacks %q", out, want)
+			}
+		}
+		_ = rt.DeleteSandbox(ctx, "override")
+	})
+
 	t.Run("images of the node are listed", func(t *testing.T) {
 		imgs, err := rt.ListImages(ctx)
 		if err != nil {
