@@ -3,11 +3,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -16,13 +13,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/cli"
@@ -67,18 +60,10 @@ func run(ctx context.Context, logger logr.Logger, o *options) error {
 	if o.workers < 1 {
 		return fmt.Errorf("--workers=%d: must be at least 1", o.workers)
 	}
-	var cfg *rest.Config
-	var err error
-	if o.kubeconfig == "" {
-		cfg, err = rest.InClusterConfig()
-	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig)
-	}
+	cfg, err := cli.ClientConfig(o.kubeconfig, o.qps, o.burst, leaseName)
 	if err != nil {
-		return fmt.Errorf("loading the client configuration: %w", err)
+		return err
 	}
-	cfg.QPS, cfg.Burst = o.qps, o.burst
-	cfg = rest.AddUserAgent(cfg, leaseName)
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("making the Kubernetes client: %w", err)
@@ -93,7 +78,10 @@ func run(ctx context.Context, logger logr.Logger, o *options) error {
 	metrics := poolcontroller.NewMetrics(reg)
 	leaderHealth := leaderelection.NewLeaderHealthzAdaptor(20 * time.Second)
 	if o.metricsAddr != "" {
-		if err := serveMetrics(ctx, logger, o.metricsAddr, reg, leaderHealth); err != nil {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.Handle("/healthz", cli.HealthzHandler(leaderHealth))
+		if err := cli.Serve(ctx, logger, o.metricsAddr, mux); err != nil {
 			return err
 		}
 	}
@@ -121,83 +109,7 @@ func run(ctx context.Context, logger logr.Logger, o *options) error {
 		}()
 		return c.Run(ctx, o.workers)
 	}
-	if !o.leaderElect {
-		return runController(ctx)
-	}
-
-	host, err := os.Hostname()
-	if err != nil {
-		return fmt.Errorf("getting the hostname for the leader election identity: %w", err)
-	}
-	id := host + "_" + string(uuid.NewUUID())
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Namespace: o.leaderElectNamespace, Name: leaseName},
-		Client:     kube.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
-	}
-	leCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan error, 1)
-	leaderelection.RunOrDie(leCtx, leaderelection.LeaderElectionConfig{
-		Lock:            lock,
-		Name:            leaseName,
-		LeaseDuration:   15 * time.Second,
-		RenewDeadline:   10 * time.Second,
-		RetryPeriod:     2 * time.Second,
-		ReleaseOnCancel: true,
-		WatchDog:        leaderHealth,
-		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(ctx context.Context) {
-				logger.Info("Became the leader", "identity", id)
-				done <- runController(ctx)
-				cancel()
-			},
-			OnStoppedLeading: func() { logger.Info("No longer the leader", "identity", id) },
-			OnNewLeader: func(identity string) {
-				if identity != id {
-					logger.Info("Another instance leads", "leader", identity)
-				}
-			},
-		},
-	})
-	select {
-	case err := <-done:
-		return err
-	default:
-	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	return errors.New("lost the leader election Lease")
-}
-
-// serveMetrics serves /metrics and /healthz until ctx ends.
-func serveMetrics(ctx context.Context, logger logr.Logger, addr string, reg *prometheus.Registry, leader *leaderelection.HealthzAdaptor) error {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if err := leader.Check(r); err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		_, _ = w.Write([]byte("ok"))
-	})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listening on %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			logger.Error(err, "Serving metrics failed")
-		}
-	}()
-	go func() {
-		<-ctx.Done()
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutdownCtx)
-	}()
-	logger.Info("Serving /metrics and /healthz", "address", ln.Addr().String())
-	return nil
+	return cli.RunAsLeader(ctx, logger, kube, cli.Leader{
+		Enabled: o.leaderElect, Namespace: o.leaderElectNamespace, Name: leaseName, Health: leaderHealth,
+	}, runController)
 }

@@ -4,19 +4,13 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/klog/v2"
 
@@ -24,6 +18,8 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
 	"github.com/fast-sandbox/fast-sandbox/pkg/scheduler"
 )
+
+const leaseName = "fast-sandbox-scheduler"
 
 type options struct {
 	kubeconfig       string
@@ -62,16 +58,10 @@ func run(ctx context.Context, logger logr.Logger, o *options) error {
 	if err != nil {
 		return err
 	}
-	var rc *rest.Config
-	if o.kubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig)
-	} else {
-		rc, err = rest.InClusterConfig()
-	}
+	rc, err := cli.ClientConfig(o.kubeconfig, o.qps, o.burst, leaseName)
 	if err != nil {
-		return fmt.Errorf("loading the client configuration: %w", err)
+		return err
 	}
-	rc.QPS, rc.Burst = o.qps, o.burst
 	kube, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return err
@@ -87,35 +77,16 @@ func run(ctx context.Context, logger logr.Logger, o *options) error {
 	if err != nil {
 		return err
 	}
+	leaderHealth := leaderelection.NewLeaderHealthzAdaptor(20 * time.Second)
 	if o.metricsAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", legacyregistry.Handler())
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
-		srv := &http.Server{Addr: o.metricsAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go func() {
-			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				logger.Error(err, "serving metrics")
-			}
-		}()
-		defer srv.Close()
+		mux.Handle("/healthz", cli.HealthzHandler(leaderHealth))
+		if err := cli.Serve(ctx, logger, o.metricsAddr, mux); err != nil {
+			return err
+		}
 	}
-	if !o.leaderElect {
-		return sched.Run(ctx)
-	}
-	id, _ := os.Hostname()
-	lock, err := resourcelock.New(resourcelock.LeasesResourceLock, o.leaseNamespace, "fast-sandbox-scheduler",
-		kube.CoreV1(), kube.CoordinationV1(), resourcelock.ResourceLockConfig{Identity: id})
-	if err != nil {
-		return err
-	}
-	var runErr error
-	leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
-		Lock: lock, ReleaseOnCancel: true,
-		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
-		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(ctx context.Context) { runErr = sched.Run(ctx) },
-			OnStoppedLeading: func() { logger.Info("stopped leading") },
-		},
-	})
-	return runErr
+	return cli.RunAsLeader(ctx, logger, kube, cli.Leader{
+		Enabled: o.leaderElect, Namespace: o.leaseNamespace, Name: leaseName, Health: leaderHealth,
+	}, sched.Run)
 }

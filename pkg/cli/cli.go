@@ -1,6 +1,7 @@
-// Package cli builds the command line of the fast-sandbox binaries: version
-// and logging flags through k8s.io/component-base, and a context that ends on
-// SIGINT or SIGTERM.
+// Package cli builds the command line of the fast-sandbox binaries (version
+// and logging flags through k8s.io/component-base, a context that ends on
+// SIGINT or SIGTERM) and the plumbing the control-plane binaries share: API
+// client configuration, leader election, the metrics and health server.
 package cli
 
 import (
