@@ -54,7 +54,7 @@ down: cluster-down ## Remove everything make up made.
 
 bench-e2e: up ## Start latency: Pods vs Sandboxes on the local cluster (see docs/benchmarks.md).
 	mkdir -p $(OUTPUT)
-	$(GO) run ./hack/bench-e2e --kubeconfig $$(source hack/cluster/lib.sh && echo $$KUBECONFIG_FILE) | tee $(OUTPUT)/bench-e2e.md
+	set -o pipefail; $(GO) run ./hack/bench-e2e --kubeconfig $$(source hack/cluster/lib.sh && echo $$KUBECONFIG_FILE) | tee $(OUTPUT)/bench-e2e.md
 
 clean:
 	rm -rf $(OUTPUT)

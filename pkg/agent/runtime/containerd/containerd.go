@@ -359,6 +359,7 @@ func (r *Runtime) specOpts(spec api.SandboxSpec, img ocispec.ImageConfig, user s
 	}
 	opts := []oci.SpecOpts{
 		oci.WithDefaultSpec(),
+		withSpecVersion(specVersion),
 		oci.WithDefaultUnixDevices,
 		oci.WithEnv(env),
 		oci.WithProcessArgs(args...),
@@ -409,6 +410,18 @@ func numericUser(u string) (specs.User, error) {
 		}
 	}
 	return specs.User{UID: uint32(uid), GID: uint32(gid)}, nil
+}
+
+// specVersion is the OCI runtime spec version sandboxes declare: every
+// feature they use is in 1.1, and older runtimes (Debian 12's crun 1.8)
+// refuse the newer versions the containerd client writes by default.
+const specVersion = "1.1.0"
+
+func withSpecVersion(v string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		s.Version = v
+		return nil
+	}
 }
 
 func withUser(u specs.User) oci.SpecOpts {
