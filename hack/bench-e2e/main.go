@@ -36,7 +36,7 @@ var (
 	sequential = flag.Int("n", 100, "objects created one at a time")
 	burst      = flag.Int("burst", 20, "objects per burst")
 	bursts     = flag.Int("bursts", 3, "number of bursts")
-	handlers   = flag.String("runtime-handlers", "runc,crun", "runtime handlers to measure Sandboxes with")
+	handlers   = flag.String("runtime-handlers", "runc", "runtime handlers to measure Sandboxes with, comma-separated (e.g. runc,crun where crun supports the node's cgroup layout)")
 	ns         = flag.String("namespace", "default", "namespace of the objects")
 )
 

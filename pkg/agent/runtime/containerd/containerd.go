@@ -185,6 +185,8 @@ func (r *Runtime) nsCtx(ctx context.Context) context.Context {
 	return namespaces.WithNamespace(ctx, r.cfg.Namespace)
 }
 
+// logPath is the sandbox's log file: stdout and stderr, written by the shim
+// itself, so output survives an agent restart.
 func (r *Runtime) logPath(uid string) string {
 	return filepath.Join(r.cfg.StateDir, "logs", uid+".log")
 }
@@ -321,6 +323,19 @@ func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.S
 		cleanup()
 		return fail(api.ReasonCreateFailed, fmt.Errorf("waiting on task: %w", err))
 	}
+	// The CPU limit is set once the task is created and before its process
+	// runs: the OCI runtime's own setup inside the container's cgroup would
+	// otherwise run under a small sandbox's quota (10m CPU makes runc's
+	// setup take seconds). The memory limit holds from the start.
+	if spec.CPUMillis > 0 {
+		quota := spec.CPUMillis * cpuPeriod / 1000
+		period := uint64(cpuPeriod)
+		if err := task.Update(ctx, client.WithResources(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &quota, Period: &period}})); err != nil {
+			_, _ = task.Delete(ctx, client.WithProcessKill)
+			cleanup()
+			return fail(api.ReasonCreateFailed, fmt.Errorf("setting the CPU limit: %w", err))
+		}
+	}
 	if err := task.Start(ctx); err != nil {
 		_, _ = task.Delete(ctx, client.WithProcessKill)
 		cleanup()
@@ -373,9 +388,6 @@ func (r *Runtime) specOpts(spec api.SandboxSpec, img ocispec.ImageConfig, user s
 		oci.WithCgroup(r.cgroupPath(id)),
 		oci.WithPidsLimit(4096),
 		oci.WithAnnotations(map[string]string{"io.kubernetes.cri.container-type": "fast-sandbox"}),
-	}
-	if spec.CPUMillis > 0 {
-		opts = append(opts, oci.WithCPUCFS(spec.CPUMillis*cpuPeriod/1000, cpuPeriod))
 	}
 	if spec.MemoryBytes > 0 {
 		opts = append(opts, oci.WithMemoryLimit(uint64(spec.MemoryBytes)))
@@ -533,7 +545,7 @@ func (r *Runtime) DeleteSandbox(ctx context.Context, uid string) error {
 	r.mu.Unlock()
 	c, err := r.client.LoadContainer(ctx, id)
 	if errdefs.IsNotFound(err) {
-		_ = os.Remove(r.logPath(uid))
+		r.removeLogs(uid)
 		return nil
 	}
 	if err != nil {
@@ -549,9 +561,7 @@ func (r *Runtime) DeleteSandbox(ctx context.Context, uid string) error {
 	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("deleting container %s: %w", id, err)
 	}
-	if err := os.Remove(r.logPath(uid)); err != nil && !os.IsNotExist(err) {
-		r.log.Error(err, "removing sandbox logs", "uid", uid)
-	}
+	r.removeLogs(uid)
 	return nil
 }
 
@@ -629,12 +639,18 @@ func (r *Runtime) statusOf(ctx context.Context, c client.Container) (api.Sandbox
 }
 
 // Logs opens the sandbox's log file.
-func (r *Runtime) Logs(ctx context.Context, uid string) (io.ReadCloser, error) {
+func (r *Runtime) Logs(_ context.Context, uid string) (io.ReadCloser, error) {
 	f, err := os.Open(r.logPath(uid))
 	if os.IsNotExist(err) {
 		return nil, fmt.Errorf("logs of sandbox %s: %w", uid, runtime.ErrNotFound)
 	}
 	return f, err
+}
+
+func (r *Runtime) removeLogs(uid string) {
+	if err := os.Remove(r.logPath(uid)); err != nil && !os.IsNotExist(err) {
+		r.log.Error(err, "removing sandbox logs", "uid", uid)
+	}
 }
 
 // ListImages lists the images of the namespace, one entry per content digest.
