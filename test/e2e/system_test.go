@@ -270,4 +270,21 @@ func TestSystem(t *testing.T) {
 		}
 		s.waitPool(func(p *v1alpha1.SandboxPool) bool { return p.Status.ReadyAgents == 2 }, "its lost agent replaced")
 	})
+
+	t.Run("the pool scales up and down with real Pods", func(t *testing.T) {
+		setSize := func(n int32) {
+			p, err := s.sbx.SandboxV1alpha1().SandboxPools(s.ns).Get(ctx, s.pool, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Spec.MinAgents, p.Spec.MaxAgents = n, n
+			if _, err := s.sbx.SandboxV1alpha1().SandboxPools(s.ns).Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		setSize(3)
+		s.waitPool(func(p *v1alpha1.SandboxPool) bool { return p.Status.ReadyAgents == 3 && p.Status.Agents == 3 }, "3 ready agents")
+		setSize(1)
+		s.waitPool(func(p *v1alpha1.SandboxPool) bool { return p.Status.Agents == 1 && p.Status.ReadyAgents == 1 }, "1 agent")
+	})
 }
