@@ -38,6 +38,7 @@ var (
 	bursts     = flag.Int("bursts", 3, "number of bursts")
 	handlers   = flag.String("runtime-handlers", "runc", "runtime handlers to measure Sandboxes with, comma-separated (e.g. runc,crun where crun supports the node's cgroup layout)")
 	ns         = flag.String("namespace", "default", "namespace of the objects")
+	agentCPU   = flag.String("agent-cpu", "500m", "CPU of the bench pools' agent Pods: sandbox starts run inside this quota")
 )
 
 // sample is one start: its latency seen by the watcher, and for sandboxes
@@ -56,7 +57,7 @@ func main() {
 	sbx := versioned.NewForConfigOrDie(cfg)
 	ctx := context.Background()
 
-	fmt.Printf("# start latency, create → Running, watcher-observed; %d one at a time, %d bursts of %d\n\n", *sequential, *bursts, *burst)
+	fmt.Printf("# start latency, create → Running, watcher-observed; %d one at a time, %d bursts of %d; agent Pod CPU %s\n\n", *sequential, *bursts, *burst, *agentCPU)
 	results := map[string][2][]sample{}
 	order := []string{"Pod"}
 	results["Pod"] = [2][]sample{oneAtATime(*sequential, podStarter(ctx, kube)), inBursts(*burst, *bursts, podStarter(ctx, kube))}
@@ -218,7 +219,7 @@ func ensurePool(ctx context.Context, c versioned.Interface, name, handler string
 		MinAgents: 1, MaxAgents: 1, SlotsPerAgent: int32(*burst) + 4, RuntimeHandler: handler, ImagePullPolicy: v1alpha1.PullNever,
 		ScaleDownDelaySeconds: 600,
 		Agent: v1alpha1.AgentTemplate{Image: *agentImage, ImagePullPolicy: corev1.PullNever, ContainerdSocket: *socket,
-			Resources: v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("500m")), Memory: ptr.To(resource.MustParse("1Gi"))}},
+			Resources: v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse(*agentCPU)), Memory: ptr.To(resource.MustParse("1Gi"))}},
 	}}
 	_, err := c.SandboxV1alpha1().SandboxPools(*ns).Create(ctx, pool, metav1.CreateOptions{})
 	must(err)
