@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -211,4 +212,41 @@ func RemoveCgroup(parent string) {
 		}
 		_ = os.Remove(dir)
 	}
+}
+
+var (
+	initOnce sync.Once
+	initPath string
+	initErr  error
+)
+
+// SandboxInit builds cmd/sandbox-init, the process of warm containers, once
+// per test binary, and returns its path.
+func SandboxInit(t testing.TB) string {
+	t.Helper()
+	initOnce.Do(func() {
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			initErr = err
+			return
+		}
+		dir := filepath.Join(cache, "fast-sandbox", "test")
+		if initErr = os.MkdirAll(dir, 0o755); initErr != nil {
+			return
+		}
+		// Test binaries run in parallel: build aside, then rename.
+		initPath = filepath.Join(dir, "sandbox-init")
+		tmp := fmt.Sprintf("%s.%d", initPath, os.Getpid())
+		cmd := exec.Command("go", "build", "-trimpath", "-o", tmp, "github.com/fast-sandbox/fast-sandbox/cmd/sandbox-init")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			initErr = fmt.Errorf("building sandbox-init: %v\n%s", err, out)
+			return
+		}
+		initErr = os.Rename(tmp, initPath)
+	})
+	if initErr != nil {
+		t.Fatal(initErr)
+	}
+	return initPath
 }

@@ -122,7 +122,17 @@ type SandboxStatus struct {
 	CreatedAt   *time.Time   `json:"createdAt,omitempty"`
 	StartedAt   *time.Time   `json:"startedAt,omitempty"`
 	FinishedAt  *time.Time   `json:"finishedAt,omitempty"`
+	// Start says how the container was started: StartWarm or StartCold.
+	Start string `json:"start,omitempty"`
 }
+
+// How a sandbox's container was started.
+const (
+	// StartWarm: in a container created ahead of time (see the runtime's warm containers).
+	StartWarm = "Warm"
+	// StartCold: in a container created for it.
+	StartCold = "Cold"
+)
 
 // Resources are an amount of slots, CPU and memory.
 type Resources struct {

@@ -91,6 +91,16 @@ type Config struct {
 	RuntimeHandlers map[string]string
 	// Snapshotter is containerd's snapshotter ("overlayfs").
 	Snapshotter string
+	// InitBinary is the sandbox init (cmd/sandbox-init) that warm containers
+	// run until they are given a sandbox. Empty disables warm containers.
+	InitBinary string
+	// WarmPerImage is how many warm containers to keep for each image (with
+	// its runtime handler and network mode) in recent use; 0 disables them.
+	WarmPerImage int
+	// WarmImagesMax bounds the images kept warm at once (default 4).
+	WarmImagesMax int
+	// WarmImages are kept warm from the start.
+	WarmImages []string
 }
 
 // Runtime is the containerd runtime.
@@ -107,6 +117,8 @@ type Runtime struct {
 	exits  chan api.SandboxStatus
 	known  map[string]api.SandboxStatus // by UID: what was created or adopted
 	waited map[string]bool              // UIDs whose exit is being waited for
+	ids    map[string]string            // by UID: container IDs that are not ContainerID(UID)
+	warm   warmPool
 	images imageCache
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -134,6 +146,7 @@ func New(cfg Config, log logr.Logger) *Runtime {
 		exits:  make(chan api.SandboxStatus, 1024),
 		known:  map[string]api.SandboxStatus{},
 		waited: map[string]bool{},
+		ids:    map[string]string{},
 	}
 }
 
@@ -162,13 +175,21 @@ func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
 		return runtime.Info{}, err
 	}
 	r.cgroupParent, r.systemd, r.podNetNS = placement.cgroupParent, placement.systemd, placement.netNS
+	if err := r.initWarm(ctx); err != nil {
+		return runtime.Info{}, err
+	}
 	r.log.Info("containerd runtime ready", "address", r.cfg.Address, "version", v.Version,
-		"namespace", r.cfg.Namespace, "cgroupParent", r.cgroupParent, "systemdCgroup", r.systemd, "podNetNS", r.podNetNS)
+		"namespace", r.cfg.Namespace, "cgroupParent", r.cgroupParent, "systemdCgroup", r.systemd, "podNetNS", r.podNetNS,
+		"warmPerImage", r.warm.perKey, "warmContainers", r.warm.enabled)
 	return runtime.Info{Runtime: "containerd " + v.Version, CgroupParent: r.cgroupParent}, nil
 }
 
-// Close stops waiting for exits and closes the connection. Sandboxes keep running.
+// Close removes the free warm containers, stops waiting for exits and
+// closes the connection. Sandboxes keep running.
 func (r *Runtime) Close() error {
+	if r.client != nil && r.warm.enabled {
+		r.discardAllWarm()
+	}
 	if r.cancel != nil {
 		r.cancel()
 	}
@@ -185,10 +206,10 @@ func (r *Runtime) nsCtx(ctx context.Context) context.Context {
 	return namespaces.WithNamespace(ctx, r.cfg.Namespace)
 }
 
-// logPath is the sandbox's log file: stdout and stderr, written by the shim
+// logPath is a container's log file: stdout and stderr, written by the shim
 // itself, so output survives an agent restart.
-func (r *Runtime) logPath(uid string) string {
-	return filepath.Join(r.cfg.StateDir, "logs", uid+".log")
+func (r *Runtime) logPath(containerID string) string {
+	return filepath.Join(r.cfg.StateDir, "logs", containerID+".log")
 }
 
 // cgroupPath is the OCI cgroupsPath of a sandbox container.
@@ -200,31 +221,113 @@ func (r *Runtime) cgroupPath(id string) string {
 	return filepath.Join(r.cgroupParent, id)
 }
 
-// CreateSandbox creates and starts a sandbox container.
+// CreateSandbox starts a sandbox: in a warm container when one is at hand,
+// otherwise in a container created for it.
 func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.SandboxStatus {
 	ctx = r.nsCtx(ctx)
-	id := ContainerID(spec.UID)
-	status := api.SandboxStatus{UID: spec.UID, Namespace: spec.Namespace, Name: spec.Name, ContainerID: id,
-		CPUMillis: spec.CPUMillis, MemoryBytes: spec.MemoryBytes}
-	fail := func(reason string, err error) api.SandboxStatus {
-		status.State, status.Reason, status.Message = api.StateFailed, reason, err.Error()
-		now := time.Now()
-		status.FinishedAt = &now
-		r.log.Info("sandbox failed to start", "sandbox", klogRef(spec), "reason", reason, "err", err)
-		return status
-	}
-
 	// Already there (a retried sync, or an adopted container): report it.
-	if c, err := r.client.LoadContainer(ctx, id); err == nil {
+	if c, err := r.findContainer(ctx, spec.UID); err == nil {
 		st, err := r.statusOf(ctx, c)
 		if err != nil {
-			return fail(api.ReasonCreateFailed, err)
+			return r.failed(spec, ContainerID(spec.UID), api.ReasonCreateFailed, err)
 		}
 		if st.State == api.StateRunning {
 			r.watch(c, st)
 		}
 		return st
 	}
+	key, err := r.keyOf(spec)
+	if err != nil {
+		return r.failed(spec, ContainerID(spec.UID), api.ReasonCreateFailed, fmt.Errorf("invalid image %q: %w", spec.Image, err))
+	}
+	if c := r.takeWarm(key); c != nil {
+		if st, ok := r.startWarm(ctx, c, spec); ok {
+			r.noteKey(key)
+			return st
+		}
+	}
+	st := r.createCold(ctx, spec)
+	if st.State == api.StateRunning && r.warm.enabled {
+		r.noteKey(key)
+	}
+	return st
+}
+
+// failed is the status of a sandbox that could not be started.
+func (r *Runtime) failed(spec api.SandboxSpec, id, reason string, err error) api.SandboxStatus {
+	now := time.Now()
+	r.log.Info("sandbox failed to start", "sandbox", klogRef(spec), "reason", reason, "err", err)
+	return api.SandboxStatus{UID: spec.UID, Namespace: spec.Namespace, Name: spec.Name, ContainerID: id,
+		CPUMillis: spec.CPUMillis, MemoryBytes: spec.MemoryBytes,
+		State: api.StateFailed, Reason: reason, Message: err.Error(), FinishedAt: &now}
+}
+
+// findContainer finds a sandbox's container: by its derived ID, or (a warm
+// container it was given) by the ID recorded or its labels.
+func (r *Runtime) findContainer(ctx context.Context, uid string) (client.Container, error) {
+	r.mu.Lock()
+	id, ok := r.ids[uid]
+	r.mu.Unlock()
+	if !ok {
+		id = ContainerID(uid)
+	}
+	c, err := r.client.LoadContainer(ctx, id)
+	if err == nil || !errdefs.IsNotFound(err) {
+		return c, err
+	}
+	cs, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q==%q,labels.%q==%q", LabelManagedBy, managedBy, LabelUID, uid))
+	if err != nil {
+		return nil, err
+	}
+	if len(cs) == 0 {
+		return nil, fmt.Errorf("sandbox %s: %w", uid, errdefs.ErrNotFound)
+	}
+	r.mu.Lock()
+	r.ids[uid] = cs[0].ID()
+	r.mu.Unlock()
+	return cs[0], nil
+}
+
+func (r *Runtime) forgetID(uid string) {
+	r.mu.Lock()
+	delete(r.ids, uid)
+	r.mu.Unlock()
+}
+
+// sandboxLabels are the labels of a sandbox's container.
+func (r *Runtime) sandboxLabels(spec api.SandboxSpec, created time.Time) map[string]string {
+	return map[string]string{
+		LabelManagedBy: managedBy, LabelUID: spec.UID, LabelName: spec.Name, LabelNamespace: spec.Namespace,
+		LabelPool: spec.Pool, LabelAgent: r.cfg.Agent, LabelCreated: created.UTC().Format(time.RFC3339Nano),
+		LabelCPU: fmt.Sprint(spec.CPUMillis), LabelMemory: fmt.Sprint(spec.MemoryBytes),
+	}
+}
+
+// withLease keeps containerd's GC away from what a creation uses until the
+// container references it.
+func (r *Runtime) withLease(ctx context.Context) (context.Context, func(context.Context) error, error) {
+	ctx, done, err := r.client.WithLease(ctx, leases.WithRandomID(), leases.WithExpiration(time.Minute))
+	if err != nil {
+		return ctx, nil, fmt.Errorf("taking a containerd lease: %w", err)
+	}
+	return ctx, done, nil
+}
+
+// runtimeOpt selects the OCI runtime of a runtime handler.
+func (r *Runtime) runtimeOpt(handler string) (client.NewContainerOpts, error) {
+	binary, ok := r.cfg.RuntimeHandlers[handler]
+	if !ok {
+		return nil, fmt.Errorf("unknown runtime handler %q (this agent has %s)", handler, strings.Join(sortedKeys(r.cfg.RuntimeHandlers), ", "))
+	}
+	return client.WithRuntime("io.containerd.runc.v2", &runcoptions.Options{BinaryName: binary, SystemdCgroup: r.systemd}), nil
+}
+
+// createCold creates and starts a container for a sandbox.
+func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.SandboxStatus {
+	id := ContainerID(spec.UID)
+	status := api.SandboxStatus{UID: spec.UID, Namespace: spec.Namespace, Name: spec.Name, ContainerID: id,
+		CPUMillis: spec.CPUMillis, MemoryBytes: spec.MemoryBytes, Start: api.StartCold}
+	fail := func(reason string, err error) api.SandboxStatus { return r.failed(spec, id, reason, err) }
 
 	ref, err := reference.ParseDockerRef(spec.Image)
 	if err != nil {
@@ -243,11 +346,9 @@ func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.S
 		return fail(api.ReasonCreateFailed, fmt.Errorf("looking up image %s: %w", ref, err))
 	}
 
-	// A lease keeps containerd's GC away from what this creation uses until
-	// the container references it.
-	ctx, done, err := r.client.WithLease(ctx, leases.WithRandomID(), leases.WithExpiration(time.Minute))
+	ctx, done, err := r.withLease(ctx)
 	if err != nil {
-		return fail(api.ReasonCreateFailed, fmt.Errorf("taking a containerd lease: %w", err))
+		return fail(api.ReasonCreateFailed, err)
 	}
 	defer done(context.WithoutCancel(ctx))
 
@@ -270,23 +371,18 @@ func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.S
 	if handler == "" {
 		handler = r.cfg.DefaultRuntimeHandler
 	}
-	binary, ok := r.cfg.RuntimeHandlers[handler]
-	if !ok {
-		return fail(api.ReasonCreateFailed, fmt.Errorf("unknown runtime handler %q (this agent has %s)", handler, strings.Join(sortedKeys(r.cfg.RuntimeHandlers), ", ")))
+	runtimeOpt, err := r.runtimeOpt(handler)
+	if err != nil {
+		return fail(api.ReasonCreateFailed, err)
 	}
 
 	now := time.Now()
-	labels := map[string]string{
-		LabelManagedBy: managedBy, LabelUID: spec.UID, LabelName: spec.Name, LabelNamespace: spec.Namespace,
-		LabelPool: spec.Pool, LabelAgent: r.cfg.Agent, LabelCreated: now.UTC().Format(time.RFC3339Nano),
-		LabelCPU: fmt.Sprint(spec.CPUMillis), LabelMemory: fmt.Sprint(spec.MemoryBytes),
-	}
 	container, err := r.client.NewContainer(ctx, id,
-		client.WithContainerLabels(labels),
+		client.WithContainerLabels(r.sandboxLabels(spec, now)),
 		client.WithImageName(image.Name()),
 		client.WithSnapshotter(r.cfg.Snapshotter),
 		client.WithNewSnapshot(id, image),
-		client.WithRuntime("io.containerd.runc.v2", &runcoptions.Options{BinaryName: binary, SystemdCgroup: r.systemd}),
+		runtimeOpt,
 		client.WithNewSpec(r.specOpts(spec, imageConfig.Config, user, id)...),
 	)
 	if errdefs.IsAlreadyExists(err) {
@@ -307,19 +403,18 @@ func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.S
 	cleanup := func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		if err := container.Delete(dctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		if err := r.removeContainer(dctx, container); err != nil && !errdefs.IsNotFound(err) {
 			r.log.Error(err, "removing a container that failed to start", "container", id)
 		}
 	}
 
-	task, err := container.NewTask(ctx, cio.LogFile(r.logPath(spec.UID)))
+	task, err := container.NewTask(ctx, cio.LogFile(r.logPath(id)))
 	if err != nil {
 		cleanup()
 		return fail(api.ReasonCreateFailed, fmt.Errorf("creating task: %w", err))
 	}
 	exitCh, err := task.Wait(r.ctx)
 	if err != nil {
-		_, _ = task.Delete(ctx, client.WithProcessKill)
 		cleanup()
 		return fail(api.ReasonCreateFailed, fmt.Errorf("waiting on task: %w", err))
 	}
@@ -327,17 +422,11 @@ func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.S
 	// runs: the OCI runtime's own setup inside the container's cgroup would
 	// otherwise run under a small sandbox's quota (10m CPU makes runc's
 	// setup take seconds). The memory limit holds from the start.
-	if spec.CPUMillis > 0 {
-		quota := spec.CPUMillis * cpuPeriod / 1000
-		period := uint64(cpuPeriod)
-		if err := task.Update(ctx, client.WithResources(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &quota, Period: &period}})); err != nil {
-			_, _ = task.Delete(ctx, client.WithProcessKill)
-			cleanup()
-			return fail(api.ReasonCreateFailed, fmt.Errorf("setting the CPU limit: %w", err))
-		}
+	if err := r.setLimits(ctx, id, task, limitsOf(spec.CPUMillis, 0)); err != nil {
+		cleanup()
+		return fail(api.ReasonCreateFailed, fmt.Errorf("setting the CPU limit: %w", err))
 	}
 	if err := task.Start(ctx); err != nil {
-		_, _ = task.Delete(ctx, client.WithProcessKill)
 		cleanup()
 		return fail(api.ReasonCreateFailed, fmt.Errorf("starting task: %w", err))
 	}
@@ -354,24 +443,7 @@ func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.S
 // that cannot see containerd's snapshots, and the mount would cost time on
 // every start.
 func (r *Runtime) specOpts(spec api.SandboxSpec, img ocispec.ImageConfig, user specs.User, id string) []oci.SpecOpts {
-	args := append(append([]string{}, img.Entrypoint...), img.Cmd...)
-	switch {
-	case len(spec.Command) > 0:
-		args = append(append([]string{}, spec.Command...), spec.Args...)
-	case len(spec.Args) > 0:
-		args = append(append([]string{}, img.Entrypoint...), spec.Args...)
-	}
-	cwd := img.WorkingDir
-	if spec.WorkingDir != "" {
-		cwd = spec.WorkingDir
-	}
-	if cwd == "" {
-		cwd = "/"
-	}
-	env := append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, img.Env...)
-	for _, e := range spec.Env {
-		env = append(env, e.Name+"="+e.Value)
-	}
+	args, env, cwd := processOf(spec, img)
 	opts := []oci.SpecOpts{
 		oci.WithDefaultSpec(),
 		withSpecVersion(specVersion),
@@ -401,6 +473,30 @@ func (r *Runtime) specOpts(spec api.SandboxSpec, img ocispec.ImageConfig, user s
 		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace}))
 	}
 	return opts
+}
+
+// processOf is a sandbox's command, environment and working directory: its
+// own where it says, the image's otherwise.
+func processOf(spec api.SandboxSpec, img ocispec.ImageConfig) (args, env []string, cwd string) {
+	args = append(append([]string{}, img.Entrypoint...), img.Cmd...)
+	switch {
+	case len(spec.Command) > 0:
+		args = append(append([]string{}, spec.Command...), spec.Args...)
+	case len(spec.Args) > 0:
+		args = append(append([]string{}, img.Entrypoint...), spec.Args...)
+	}
+	cwd = img.WorkingDir
+	if spec.WorkingDir != "" {
+		cwd = spec.WorkingDir
+	}
+	if cwd == "" {
+		cwd = "/"
+	}
+	env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, img.Env...)
+	for _, e := range spec.Env {
+		env = append(env, e.Name+"="+e.Value)
+	}
+	return args, env, cwd
 }
 
 // numericUser parses an image's USER ("", "uid" or "uid:gid"). Names would
@@ -495,22 +591,26 @@ func (r *Runtime) remember(st api.SandboxStatus, waiting bool) {
 func (r *Runtime) awaitExit(c client.Container, st api.SandboxStatus, exitCh <-chan client.ExitStatus) {
 	select {
 	case <-r.ctx.Done():
-		return
 	case es := <-exitCh:
-		if errors.Is(es.Error(), context.Canceled) {
-			return
-		}
-		final := r.finalStatus(r.ctx, c, st, es.ExitCode(), es.ExitTime())
-		r.mu.Lock()
-		_, stillKnown := r.known[st.UID]
-		if stillKnown {
-			r.known[st.UID] = final
-		}
-		delete(r.waited, st.UID)
-		r.mu.Unlock()
-		if stillKnown {
-			r.exits <- final
-		}
+		r.deliverExit(c, st, es)
+	}
+}
+
+// deliverExit reports the final status of a sandbox whose process exited.
+func (r *Runtime) deliverExit(c client.Container, st api.SandboxStatus, es client.ExitStatus) {
+	if errors.Is(es.Error(), context.Canceled) {
+		return
+	}
+	final := r.finalStatus(r.ctx, c, st, es.ExitCode(), es.ExitTime())
+	r.mu.Lock()
+	_, stillKnown := r.known[st.UID]
+	if stillKnown {
+		r.known[st.UID] = final
+	}
+	delete(r.waited, st.UID)
+	r.mu.Unlock()
+	if stillKnown {
+		r.exits <- final
 	}
 }
 
@@ -539,18 +639,29 @@ func (r *Runtime) finalStatus(ctx context.Context, c client.Container, st api.Sa
 // DeleteSandbox kills and removes a sandbox's container, snapshot and logs.
 func (r *Runtime) DeleteSandbox(ctx context.Context, uid string) error {
 	ctx = r.nsCtx(ctx)
-	id := ContainerID(uid)
 	r.mu.Lock()
 	delete(r.known, uid)
 	r.mu.Unlock()
-	c, err := r.client.LoadContainer(ctx, id)
+	c, err := r.findContainer(ctx, uid)
 	if errdefs.IsNotFound(err) {
-		r.removeLogs(uid)
+		r.removeFiles(ContainerID(uid))
+		r.forgetID(uid)
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("loading container %s: %w", id, err)
+		return fmt.Errorf("finding the container of sandbox %s: %w", uid, err)
 	}
+	if err := r.removeContainer(ctx, c); err != nil {
+		return err
+	}
+	r.forgetID(uid)
+	return nil
+}
+
+// removeContainer kills a container's task and removes the container, its
+// snapshot, logs and warm directory.
+func (r *Runtime) removeContainer(ctx context.Context, c client.Container) error {
+	id := c.ID()
 	if task, err := c.Task(ctx, nil); err == nil {
 		if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("killing task of %s: %w", id, err)
@@ -561,7 +672,7 @@ func (r *Runtime) DeleteSandbox(ctx context.Context, uid string) error {
 	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("deleting container %s: %w", id, err)
 	}
-	r.removeLogs(uid)
+	r.removeFiles(id)
 	return nil
 }
 
@@ -578,6 +689,9 @@ func (r *Runtime) ListSandboxes(ctx context.Context) ([]api.SandboxStatus, error
 		st, err := r.statusOf(ctx, c)
 		if err != nil {
 			return nil, err
+		}
+		if st.UID == "" {
+			continue // a warm container not given to a sandbox
 		}
 		if st.State == api.StateRunning {
 			r.watch(c, st)
@@ -597,6 +711,14 @@ func (r *Runtime) statusOf(ctx context.Context, c client.Container) (api.Sandbox
 	}
 	l := info.Labels
 	st := api.SandboxStatus{UID: l[LabelUID], Namespace: l[LabelNamespace], Name: l[LabelName], ContainerID: c.ID()}
+	if st.UID == "" {
+		return st, nil
+	}
+	if c.ID() != ContainerID(st.UID) {
+		r.mu.Lock()
+		r.ids[st.UID] = c.ID()
+		r.mu.Unlock()
+	}
 	fmt.Sscan(l[LabelCPU], &st.CPUMillis)
 	fmt.Sscan(l[LabelMemory], &st.MemoryBytes)
 	if t, err := time.Parse(time.RFC3339Nano, l[LabelCreated]); err == nil {
@@ -639,17 +761,30 @@ func (r *Runtime) statusOf(ctx context.Context, c client.Container) (api.Sandbox
 }
 
 // Logs opens the sandbox's log file.
-func (r *Runtime) Logs(_ context.Context, uid string) (io.ReadCloser, error) {
-	f, err := os.Open(r.logPath(uid))
+func (r *Runtime) Logs(ctx context.Context, uid string) (io.ReadCloser, error) {
+	c, err := r.findContainer(r.nsCtx(ctx), uid)
+	if errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("logs of sandbox %s: %w", uid, runtime.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("finding the container of sandbox %s: %w", uid, err)
+	}
+	f, err := os.Open(r.logPath(c.ID()))
 	if os.IsNotExist(err) {
 		return nil, fmt.Errorf("logs of sandbox %s: %w", uid, runtime.ErrNotFound)
 	}
 	return f, err
 }
 
-func (r *Runtime) removeLogs(uid string) {
-	if err := os.Remove(r.logPath(uid)); err != nil && !os.IsNotExist(err) {
-		r.log.Error(err, "removing sandbox logs", "uid", uid)
+// removeFiles removes a container's logs and warm directory.
+func (r *Runtime) removeFiles(id string) {
+	if err := os.Remove(r.logPath(id)); err != nil && !os.IsNotExist(err) {
+		r.log.Error(err, "removing sandbox logs", "container", id)
+	}
+	if strings.HasPrefix(id, warmIDPrefix) {
+		if err := os.RemoveAll(r.warmDir(id)); err != nil {
+			r.log.Error(err, "removing a warm container's directory", "container", id)
+		}
 	}
 }
 

@@ -27,18 +27,23 @@ type env struct {
 	state  string
 }
 
-func setup(t *testing.T) *env {
+func setup(t testing.TB) *env {
 	t.Helper()
 	d := containerdtest.Start(t)
 	return &env{d: d, parent: containerdtest.CgroupParent(t, "runtime"), state: t.TempDir()}
 }
 
-func (e *env) runtime(t *testing.T) *containerd.Runtime {
+// runtime starts a runtime; warm gives it warm containers.
+func (e *env) runtime(t testing.TB, warm bool) *containerd.Runtime {
 	t.Helper()
-	rt := containerd.New(containerd.Config{
+	cfg := containerd.Config{
 		Address: e.d.Address, Namespace: containerdtest.Namespace, CgroupParent: e.parent,
 		Agent: "agent-test", StateDir: e.state,
-	}, testr.New(t))
+	}
+	if warm {
+		cfg.InitBinary, cfg.WarmPerImage = containerdtest.SandboxInit(t), 2
+	}
+	rt := containerd.New(cfg, testr.NewWithInterface(t, testr.Options{}))
 	if _, err := rt.Initialize(context.Background()); err != nil {
 		t.Fatalf("Initialize: %v", err)
 	}
@@ -90,9 +95,55 @@ func logs(t *testing.T, rt *containerd.Runtime, uid string, want ...string) stri
 	}
 }
 
+// starter creates sandboxes: in warm mode it first waits for a warm
+// container and checks that the sandbox started in one.
+type starter struct {
+	rt   *containerd.Runtime
+	warm bool
+}
+
+func (s starter) create(t *testing.T, spec api.SandboxSpec) api.SandboxStatus {
+	t.Helper()
+	ctx := context.Background()
+	if s.warm {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := s.rt.WaitWarm(wctx, spec); err != nil {
+			t.Fatalf("waiting for a warm container: %v", err)
+		}
+	}
+	st := s.rt.CreateSandbox(ctx, spec)
+	want := api.StartCold
+	if s.warm {
+		want = api.StartWarm
+	}
+	if st.State == api.StateRunning && st.Start != want {
+		t.Errorf("sandbox %s started %q, want %q", spec.UID, st.Start, want)
+	}
+	return st
+}
+
+// TestRuntime runs every case with containers created for their sandbox
+// (cold) and with warm containers.
 func TestRuntime(t *testing.T) {
 	e := setup(t)
-	rt := e.runtime(t)
+	for _, mode := range []string{"cold", "warm"} {
+		t.Run(mode, func(t *testing.T) {
+			rt := e.runtime(t, mode == "warm")
+			testRuntime(t, e, starter{rt: rt, warm: mode == "warm"})
+			if mode == "warm" {
+				rt.Close()
+				// Closing removes the free warm containers; nothing is left.
+				if cs, err := e.d.Client.Containers(e.d.Context()); err != nil || len(cs) != 0 {
+					t.Errorf("containers left after Close: %d (%v)", len(cs), err)
+				}
+			}
+		})
+	}
+}
+
+func testRuntime(t *testing.T, e *env, s0 starter) {
+	rt := s0.rt
 	ctx := context.Background()
 
 	t.Run("exit codes, output and reasons", func(t *testing.T) {
@@ -115,7 +166,7 @@ func TestRuntime(t *testing.T) {
 				if tc.name == "success" {
 					s.Name = "sbx-ok"
 				}
-				st := rt.CreateSandbox(ctx, s)
+				st := s0.create(t, s)
 				if st.State != api.StateRunning || st.StartedAt == nil {
 					t.Fatalf("create: %+v", st)
 				}
@@ -145,9 +196,25 @@ func TestRuntime(t *testing.T) {
 		}
 	})
 
+	t.Run("a command that is not there fails with CreateFailed and leaves nothing", func(t *testing.T) {
+		st := s0.create(t, spec("nocmd", "no-such-command"))
+		if st.State != api.StateFailed || st.Reason != api.ReasonCreateFailed || !strings.Contains(st.Message, "no-such-command") {
+			t.Fatalf("status %+v, want Failed/CreateFailed naming the command", st)
+		}
+		all, err := rt.ListSandboxes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range all {
+			if s.UID == "nocmd" {
+				t.Errorf("a container was left behind: %+v", s)
+			}
+		}
+	})
+
 	t.Run("create is idempotent", func(t *testing.T) {
 		s := spec("idem", "sleep", "60")
-		first := rt.CreateSandbox(ctx, s)
+		first := s0.create(t, s)
 		second := rt.CreateSandbox(ctx, s)
 		if first.State != api.StateRunning || second.State != api.StateRunning || first.ContainerID != second.ContainerID {
 			t.Fatalf("first %+v second %+v", first, second)
@@ -179,11 +246,12 @@ func TestRuntime(t *testing.T) {
 	t.Run("cgroup placement and limits", func(t *testing.T) {
 		s := spec("limits", "sleep", "60")
 		s.CPUMillis, s.MemoryBytes = 250, 64<<20
-		if st := rt.CreateSandbox(ctx, s); st.State != api.StateRunning {
+		st := s0.create(t, s)
+		if st.State != api.StateRunning {
 			t.Fatalf("create: %+v", st)
 		}
 		defer rt.DeleteSandbox(ctx, "limits")
-		dir := containerd.ContainerID("limits")
+		dir := st.ContainerID
 		if cgroups.Mode() == cgroups.Unified {
 			expectFile(t, filepath.Join("/sys/fs/cgroup", e.parent, dir, "memory.max"), fmt.Sprint(64<<20))
 			expectFile(t, filepath.Join("/sys/fs/cgroup", e.parent, dir, "cpu.max"), "25000 100000")
@@ -196,7 +264,7 @@ func TestRuntime(t *testing.T) {
 	t.Run("OOM is reported as OOMKilled", func(t *testing.T) {
 		s := spec("oom", "sh", "-c", "tail /dev/zero")
 		s.MemoryBytes = 16 << 20
-		if st := rt.CreateSandbox(ctx, s); st.State != api.StateRunning {
+		if st := s0.create(t, s); st.State != api.StateRunning {
 			t.Fatalf("create: %+v", st)
 		}
 		final := waitExit(t, rt, "oom")
@@ -208,8 +276,8 @@ func TestRuntime(t *testing.T) {
 
 	t.Run("hardened by default", func(t *testing.T) {
 		s := spec("hardened", "sh", "-c",
-			"grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status; echo ifaces $(ls /sys/class/net); echo loflags $(cat /sys/class/net/lo/flags)")
-		rt.CreateSandbox(ctx, s)
+			"grep -E '^(NoNewPrivs|Seccomp|CapEff|CapBnd):' /proc/self/status; echo ifaces $(ls /sys/class/net); echo loflags $(cat /sys/class/net/lo/flags)")
+		s0.create(t, s)
 		waitExit(t, rt, "hardened")
 		out := logs(t, rt, "hardened", "loflags")
 		for _, want := range []string{"NoNewPrivs:\t1", "Seccomp:\t2", "ifaces lo\n", "loflags 0x9"} {
@@ -217,15 +285,23 @@ func TestRuntime(t *testing.T) {
 				t.Errorf("output %q lacks %q", out, want)
 			}
 		}
-		// CAP_NET_RAW is bit 13: it must be dropped.
+		// CAP_NET_RAW (bit 13) and CAP_SYS_ADMIN (bit 21, which the init
+		// of a warm container holds to set the hostname) must be gone.
+		seen := 0
 		for _, line := range strings.Split(out, "\n") {
-			if rest, ok := strings.CutPrefix(line, "CapEff:\t"); ok {
-				var caps uint64
-				fmt.Sscanf(rest, "%x", &caps)
-				if caps&(1<<13) != 0 {
-					t.Errorf("CAP_NET_RAW is effective: %s", rest)
+			for _, set := range []string{"CapEff:\t", "CapBnd:\t"} {
+				if rest, ok := strings.CutPrefix(line, set); ok {
+					seen++
+					var caps uint64
+					fmt.Sscanf(rest, "%x", &caps)
+					if caps&(1<<13) != 0 || caps&(1<<21) != 0 {
+						t.Errorf("%s%s has CAP_NET_RAW or CAP_SYS_ADMIN", set, rest)
+					}
 				}
 			}
+		}
+		if seen != 2 {
+			t.Errorf("output %q lacks CapEff and CapBnd", out)
 		}
 		_ = rt.DeleteSandbox(ctx, "hardened")
 	})
@@ -234,7 +310,7 @@ func TestRuntime(t *testing.T) {
 		s := spec("override", "sh", "-c", "echo $GREETING $PWD; echo path $PATH")
 		s.Env = []api.EnvVar{{Name: "GREETING", Value: "hi"}}
 		s.WorkingDir = "/tmp"
-		rt.CreateSandbox(ctx, s)
+		s0.create(t, s)
 		waitExit(t, rt, "override")
 		out := logs(t, rt, "override", "path")
 		for _, want := range []string{"hi /tmp\n", "path /bin"} {
@@ -254,7 +330,16 @@ func TestRuntime(t *testing.T) {
 			uid := "handler-" + h
 			s := spec(uid, "sh", "-c", "echo ran")
 			s.RuntimeHandler = h
-			st := rt.CreateSandbox(ctx, s)
+			if h == "crun" && s0.warm {
+				wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				err := rt.WaitWarm(wctx, s)
+				cancel()
+				if err != nil && strings.Contains(err.Error(), "hybrid mode not supported") {
+					t.Logf("skipping handler crun: %v", err)
+					continue
+				}
+			}
+			st := s0.create(t, s)
 			if h == "crun" && strings.Contains(st.Message, "hybrid mode not supported") {
 				// Debian 12's crun 1.8 refuses a cgroup v1/v2 hybrid layout (like this machine's).
 				t.Logf("skipping handler crun: %s", st.Message)
@@ -299,18 +384,25 @@ func TestRuntime(t *testing.T) {
 // containerd finds the running sandbox and the one that exited meanwhile.
 func TestRestartAdoption(t *testing.T) {
 	e := setup(t)
+	for _, mode := range []string{"cold", "warm"} {
+		t.Run(mode, func(t *testing.T) { testRestartAdoption(t, e, mode == "warm") })
+	}
+}
+
+func testRestartAdoption(t *testing.T, e *env, warm bool) {
 	ctx := context.Background()
-	first := e.runtime(t)
-	if st := first.CreateSandbox(ctx, spec("long", "sleep", "60")); st.State != api.StateRunning {
+	first := e.runtime(t, warm)
+	s := starter{rt: first, warm: warm}
+	if st := s.create(t, spec("long", "sleep", "60")); st.State != api.StateRunning {
 		t.Fatalf("create: %+v", st)
 	}
-	if st := first.CreateSandbox(ctx, spec("short", "sh", "-c", "exit 7")); st.State != api.StateRunning {
+	if st := s.create(t, spec("short", "sh", "-c", "exit 7")); st.State != api.StateRunning {
 		t.Fatalf("create: %+v", st)
 	}
 	first.Close() // the agent goes away; short exits while it is gone
 	time.Sleep(500 * time.Millisecond)
 
-	second := e.runtime(t)
+	second := e.runtime(t, warm)
 	all, err := second.ListSandboxes(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -334,6 +426,10 @@ func TestRestartAdoption(t *testing.T) {
 	}
 	if left, _ := second.ListSandboxes(ctx); len(left) != 0 {
 		t.Errorf("sandboxes left after delete: %+v", left)
+	}
+	second.Close()
+	if cs, err := e.d.Client.Containers(e.d.Context()); err != nil || len(cs) != 0 {
+		t.Errorf("containers left: %d (%v)", len(cs), err)
 	}
 }
 

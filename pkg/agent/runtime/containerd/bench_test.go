@@ -1,0 +1,96 @@
+package containerd_test
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	containerdtest "github.com/fast-sandbox/fast-sandbox/test/containerd"
+)
+
+// BenchmarkStart measures one sandbox start (create → process running) on a
+// real containerd, side by side with `ctr run -d` on the same daemon:
+//
+//	go test ./pkg/agent/runtime/containerd/ -run '^$' -bench Start -benchtime 30x
+//
+// "warm" starts each sandbox in a warm container made beforehand (outside
+// the timer); "cold" creates a container for it.
+func BenchmarkStart(b *testing.B) {
+	e := setup(b)
+	ctx := context.Background()
+	b.Run("ctr-run", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			id := fmt.Sprintf("ctr-%d", i)
+			cmd := exec.Command("ctr", "--address", e.d.Address, "-n", containerdtest.Namespace,
+				"run", "-d", "--cgroup", e.parent+"/"+id, containerdtest.TestImage, id, "sleep", "60")
+			start := time.Now()
+			out, err := cmd.CombinedOutput()
+			elapsed := time.Since(start)
+			if err != nil {
+				b.Fatalf("ctr run: %v\n%s", err, out)
+			}
+			b.ReportMetric(0, "ns/op")
+			report(b, i, elapsed)
+			b.StopTimer()
+			_ = exec.Command("ctr", "--address", e.d.Address, "-n", containerdtest.Namespace, "task", "kill", "-s", "KILL", id).Run()
+			time.Sleep(50 * time.Millisecond)
+			_ = exec.Command("ctr", "--address", e.d.Address, "-n", containerdtest.Namespace, "task", "rm", "-f", id).Run()
+			_ = exec.Command("ctr", "--address", e.d.Address, "-n", containerdtest.Namespace, "container", "rm", id).Run()
+			b.StartTimer()
+		}
+	})
+	for _, mode := range []string{"cold", "warm"} {
+		b.Run(mode, func(b *testing.B) {
+			rt := e.runtime(b, mode == "warm")
+			defer rt.Close()
+			for i := 0; i < b.N; i++ {
+				s := spec(fmt.Sprintf("bench-%s-%d", mode, i), "sleep", "60")
+				s.CPUMillis, s.MemoryBytes = 100, 64<<20
+				if mode == "warm" {
+					wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+					if err := rt.WaitWarm(wctx, s); err != nil {
+						b.Fatal(err)
+					}
+					cancel()
+				}
+				start := time.Now()
+				st := rt.CreateSandbox(ctx, s)
+				elapsed := time.Since(start)
+				if st.State != api.StateRunning {
+					b.Fatalf("create: %+v", st)
+				}
+				b.ReportMetric(0, "ns/op")
+				report(b, i, elapsed)
+				b.StopTimer()
+				_ = rt.DeleteSandbox(ctx, s.UID)
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+var samples = map[string][]time.Duration{}
+
+// report records one start and, at the last, reports p50 and p90.
+func report(b *testing.B, i int, d time.Duration) {
+	samples[b.Name()] = append(samples[b.Name()], d)
+	if i != b.N-1 {
+		return
+	}
+	ds := samples[b.Name()]
+	delete(samples, b.Name())
+	sortDurations(ds)
+	b.ReportMetric(float64(ds[len(ds)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(ds[len(ds)*9/10].Microseconds())/1000, "p90-ms")
+}
+
+func sortDurations(ds []time.Duration) {
+	for i := 1; i < len(ds); i++ {
+		for j := i; j > 0 && ds[j] < ds[j-1]; j-- {
+			ds[j], ds[j-1] = ds[j-1], ds[j]
+		}
+	}
+}

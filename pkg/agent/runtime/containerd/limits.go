@@ -1,0 +1,98 @@
+package containerd
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	"github.com/containerd/containerd/v2/client"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// limitsOf are a sandbox's CPU and memory limits as OCI resources; nil
+// when it has none of its own.
+func limitsOf(cpuMillis, memoryBytes int64) *specs.LinuxResources {
+	if cpuMillis <= 0 && memoryBytes <= 0 {
+		return nil
+	}
+	res := &specs.LinuxResources{}
+	if cpuMillis > 0 {
+		quota, period := cpuMillis*cpuPeriod/1000, uint64(cpuPeriod)
+		res.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
+	}
+	if memoryBytes > 0 {
+		res.Memory = &specs.LinuxMemory{Limit: &memoryBytes}
+	}
+	return res
+}
+
+// setLimits gives a running container new CPU and memory limits. It writes
+// the container's cgroup directly, which takes microseconds, and falls back
+// to the OCI runtime's update (a process spawn) where the cgroup filesystem
+// is not writable from here.
+func (r *Runtime) setLimits(ctx context.Context, id string, task client.Task, res *specs.LinuxResources) error {
+	if res == nil {
+		return nil
+	}
+	direct := r.writeCgroup(id, res)
+	if direct == nil {
+		return nil
+	}
+	if err := task.Update(ctx, client.WithResources(res)); err != nil {
+		return fmt.Errorf("setting limits (cgroup write: %v): %w", direct, err)
+	}
+	return nil
+}
+
+func (r *Runtime) writeCgroup(id string, res *specs.LinuxResources) error {
+	scope := "fsbx-" + strings.TrimPrefix(id, idPrefix) + ".scope"
+	if cgroups.Mode() == cgroups.Unified {
+		var (
+			m   *cgroup2.Manager
+			err error
+		)
+		if r.systemd {
+			m, err = cgroup2.LoadSystemd(r.cgroupParent, scope)
+		} else {
+			m, err = cgroup2.Load(r.cgroupPath(id))
+		}
+		if err != nil {
+			return err
+		}
+		v2 := &cgroup2.Resources{}
+		if res.CPU != nil {
+			v2.CPU = &cgroup2.CPU{Max: cgroup2.NewCPUMax(res.CPU.Quota, res.CPU.Period)}
+		}
+		if res.Memory != nil {
+			v2.Memory = &cgroup2.Memory{Max: res.Memory.Limit}
+		}
+		return m.Update(v2)
+	}
+	path := cgroup1.StaticPath(r.cgroupPath(id))
+	if r.systemd {
+		path = cgroup1.Slice(r.cgroupParent, scope)
+	}
+	for _, sub := range []struct {
+		name cgroup1.Name
+		set  bool
+		res  *specs.LinuxResources
+	}{
+		{cgroup1.Cpu, res.CPU != nil, &specs.LinuxResources{CPU: res.CPU}},
+		{cgroup1.Memory, res.Memory != nil, &specs.LinuxResources{Memory: res.Memory}},
+	} {
+		if !sub.set {
+			continue
+		}
+		cg, err := cgroup1.Load(path, cgroup1.WithHierarchy(cgroup1.SingleSubsystem(cgroup1.Default, sub.name)))
+		if err != nil {
+			return err
+		}
+		if err := cg.Update(sub.res); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,626 @@
+package containerd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/sandboxinit"
+)
+
+// Warm containers.
+//
+// Creating a container costs a shim, an OCI runtime's create and start and
+// a snapshot: a quarter of a second on a small node. The runtime therefore
+// keeps, per image, runtime handler and network mode in recent use, a few
+// containers created and started ahead of time with sandboxinit as their
+// process (see that package). Starting a sandbox in one is a label update,
+// a cgroup write and one message; the sandbox's command becomes the
+// container's process. A sandbox with no warm container at hand is created
+// the ordinary way, and the warm set is refilled in the background.
+//
+// A warm container carries LabelWarm and no sandbox labels until it is
+// claimed; then it gets the sandbox's labels, which stay the source of
+// truth. A restarted agent removes the unclaimed warm containers of its
+// predecessor, and also the claimed ones whose init still waits for its
+// command (the agent stopped between claiming and starting): their sandbox
+// never ran, and the next sync creates it again.
+
+// LabelWarm marks a container made warm ("true").
+const LabelWarm = "fast-sandbox.io/warm"
+
+const (
+	warmIDPrefix = idPrefix + "w-"
+	// initConnectTimeout bounds the wait for a new warm container's init.
+	initConnectTimeout = 10 * time.Second
+	// startTimeout bounds a warm start: the message and the exec.
+	startTimeout = 10 * time.Second
+	// probeWindow is how long a restarted agent waits for the init of a
+	// claimed container to call; the init retries every 20ms.
+	probeWindow = 300 * time.Millisecond
+)
+
+// warmKey is what a warm container is made for.
+type warmKey struct {
+	image   string // normalized reference
+	handler string
+	network string
+}
+
+type warmState int
+
+const (
+	warmFree     warmState = iota // waiting for a sandbox
+	warmClaiming                  // being given one
+	warmStarted                   // its sandbox runs
+	warmFailed                    // its sandbox could not start; removed
+	warmGone                      // its init exited before a claim; removed
+)
+
+type warmContainer struct {
+	id          string
+	key         warmKey
+	container   client.Container
+	task        client.Task
+	conn        net.Conn
+	exitCh      <-chan client.ExitStatus
+	imageConfig ocispec.ImageConfig
+	user        specs.User
+
+	// state and status are guarded by Runtime.mu until claimDone closes.
+	state     warmState
+	status    api.SandboxStatus
+	claimDone chan struct{}
+}
+
+// warmPool is the runtime's set of warm containers.
+type warmPool struct {
+	enabled  bool
+	perKey   int
+	maxKeys  int
+	initPath string // host path of the init binary, mounted into warm containers
+
+	// Guarded by Runtime.mu.
+	free     map[warmKey][]*warmContainer
+	keys     []warmKey // in recent use, oldest first
+	broken   map[warmKey]error
+	refillCh chan struct{}
+
+	// stop ends the refiller; done closes when it has.
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// warmDir is the per-container directory holding the init's socket.
+func (r *Runtime) warmDir(id string) string { return filepath.Join(r.cfg.StateDir, "warm", id) }
+
+// initWarm installs the init binary in the state directory (containerd's
+// runtime mounts it from there), removes what a previous agent left and
+// starts the refiller.
+func (r *Runtime) initWarm(ctx context.Context) error {
+	w := &r.warm
+	w.free, w.broken, w.refillCh = map[warmKey][]*warmContainer{}, map[warmKey]error{}, make(chan struct{}, 1)
+	w.perKey, w.maxKeys = r.cfg.WarmPerImage, r.cfg.WarmImagesMax
+	if w.maxKeys <= 0 {
+		w.maxKeys = 4
+	}
+	if err := r.cleanupWarm(ctx); err != nil {
+		return err
+	}
+	if r.cfg.InitBinary == "" || w.perKey <= 0 {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Join(r.cfg.StateDir, "warm"), 0o700); err != nil {
+		return fmt.Errorf("creating the warm containers' directory: %w", err)
+	}
+	dst := filepath.Join(r.cfg.StateDir, "bin", "sandbox-init")
+	if err := installFile(r.cfg.InitBinary, dst); err != nil {
+		return fmt.Errorf("installing the sandbox init: %w", err)
+	}
+	w.initPath, w.enabled = dst, true
+	for _, img := range r.cfg.WarmImages {
+		key, err := r.keyOf(api.SandboxSpec{Image: img})
+		if err != nil {
+			return fmt.Errorf("warm image %q: %w", img, err)
+		}
+		r.noteKey(key)
+	}
+	var rctx context.Context
+	rctx, w.stop = context.WithCancel(r.ctx)
+	w.done = make(chan struct{})
+	go r.refillLoop(rctx)
+	return nil
+}
+
+// installFile copies src to dst atomically, executable.
+func installFile(src, dst string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	tmp := dst + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o755); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
+
+// cleanupWarm removes the warm containers of a previous agent: the
+// unclaimed ones, and the claimed ones whose init still waits.
+func (r *Runtime) cleanupWarm(ctx context.Context) error {
+	cs, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q==%q,labels.%q==%q", LabelWarm, "true", LabelAgent, r.cfg.Agent))
+	if err != nil {
+		return fmt.Errorf("listing warm containers: %w", err)
+	}
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Add(1)
+		go func(c client.Container) {
+			defer wg.Done()
+			labels, err := c.Labels(ctx)
+			if err != nil {
+				r.log.Error(err, "reading a warm container's labels", "container", c.ID())
+				return
+			}
+			if uid := labels[LabelUID]; uid != "" && !r.initWaiting(c.ID()) {
+				return // its sandbox runs or ran: ListSandboxes adopts it
+			}
+			r.log.Info("removing a warm container of a previous agent", "container", c.ID(), "sandbox", labels[LabelUID])
+			if err := r.removeContainer(ctx, c); err != nil {
+				r.log.Error(err, "removing a warm container", "container", c.ID())
+			}
+		}(c)
+	}
+	wg.Wait()
+	return nil
+}
+
+// initWaiting says whether a claimed warm container's init still waits for
+// its command: it listens on the container's socket for a moment and sees
+// whether the init calls.
+func (r *Runtime) initWaiting(id string) bool {
+	dir := r.warmDir(id)
+	if _, err := os.Stat(dir); err != nil {
+		return false
+	}
+	sock := filepath.Join(dir, sandboxinit.SocketName)
+	_ = os.Remove(sock)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		return false
+	}
+	defer ln.Close()
+	_ = ln.SetDeadline(time.Now().Add(probeWindow))
+	conn, err := ln.Accept()
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
+}
+
+// keyOf is the warm key a sandbox needs.
+func (r *Runtime) keyOf(spec api.SandboxSpec) (warmKey, error) {
+	ref, err := reference.ParseDockerRef(spec.Image)
+	if err != nil {
+		return warmKey{}, err
+	}
+	k := warmKey{image: ref.String(), handler: spec.RuntimeHandler, network: api.NetworkNone}
+	if k.handler == "" {
+		k.handler = r.cfg.DefaultRuntimeHandler
+	}
+	if spec.NetworkMode == api.NetworkPod && r.podNetNS != "" {
+		k.network = api.NetworkPod
+	}
+	return k, nil
+}
+
+// noteKey records that key is in use: it becomes the most recent, the
+// oldest beyond the limit lose their warm containers, and the refiller runs.
+func (r *Runtime) noteKey(key warmKey) {
+	w := &r.warm
+	var evicted []*warmContainer
+	r.mu.Lock()
+	for i, k := range w.keys {
+		if k == key {
+			w.keys = append(w.keys[:i], w.keys[i+1:]...)
+			break
+		}
+	}
+	w.keys = append(w.keys, key)
+	delete(w.broken, key)
+	for len(w.keys) > w.maxKeys {
+		old := w.keys[0]
+		w.keys = w.keys[1:]
+		for _, c := range w.free[old] {
+			c.state = warmGone
+			evicted = append(evicted, c)
+		}
+		delete(w.free, old)
+	}
+	r.mu.Unlock()
+	for _, c := range evicted {
+		go r.discardWarm(c)
+	}
+	select {
+	case w.refillCh <- struct{}{}:
+	default:
+	}
+}
+
+// takeWarm hands out a free warm container for key, or nil.
+func (r *Runtime) takeWarm(key warmKey) *warmContainer {
+	if !r.warm.enabled {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	free := r.warm.free[key]
+	if len(free) == 0 {
+		return nil
+	}
+	c := free[len(free)-1]
+	r.warm.free[key] = free[:len(free)-1]
+	c.state = warmClaiming
+	return c
+}
+
+// refillLoop keeps perKey warm containers for every key in use, one at a
+// time so that it never competes with sandbox starts for more than a core.
+func (r *Runtime) refillLoop(ctx context.Context) {
+	defer close(r.warm.done)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.warm.refillCh:
+		}
+		for ctx.Err() == nil {
+			key, ok := r.nextWarmNeed()
+			if !ok {
+				break
+			}
+			c, err := r.makeWarm(ctx, key)
+			r.mu.Lock()
+			if ctx.Err() != nil {
+				r.mu.Unlock()
+				if c != nil {
+					r.discardWarm(c)
+				}
+				return
+			}
+			if err != nil {
+				r.warm.broken[key] = err
+				r.mu.Unlock()
+				r.log.Error(err, "making a warm container; sandboxes of this image start the ordinary way", "image", key.image, "runtimeHandler", key.handler)
+				continue
+			}
+			if r.keyInUse(key) {
+				r.warm.free[key] = append(r.warm.free[key], c)
+				c = nil
+			}
+			r.mu.Unlock()
+			if c != nil {
+				r.discardWarm(c)
+			}
+		}
+	}
+}
+
+// nextWarmNeed returns the most recent key short of warm containers.
+func (r *Runtime) nextWarmNeed() (warmKey, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := len(r.warm.keys) - 1; i >= 0; i-- {
+		k := r.warm.keys[i]
+		if r.warm.broken[k] == nil && len(r.warm.free[k]) < r.warm.perKey {
+			return k, true
+		}
+	}
+	return warmKey{}, false
+}
+
+func (r *Runtime) keyInUse(key warmKey) bool {
+	for _, k := range r.warm.keys {
+		if k == key {
+			return true
+		}
+	}
+	return false
+}
+
+// makeWarm creates and starts a warm container for key and waits until its
+// init calls.
+func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, error) {
+	image, err := r.client.GetImage(ctx, key.image)
+	if err != nil {
+		return nil, fmt.Errorf("looking up image %s: %w", key.image, err)
+	}
+	ctx, done, err := r.withLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done(context.WithoutCancel(ctx))
+	if unpacked, err := image.IsUnpacked(ctx, r.cfg.Snapshotter); err != nil || !unpacked {
+		return nil, fmt.Errorf("image %s is not unpacked for %s", key.image, r.cfg.Snapshotter)
+	}
+	imageConfig, err := image.Spec(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading the config of image %s: %w", key.image, err)
+	}
+	user, err := numericUser(imageConfig.Config.User)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", key.image, err)
+	}
+	runtimeOpt, err := r.runtimeOpt(key.handler)
+	if err != nil {
+		return nil, err
+	}
+
+	suffix := make([]byte, 8)
+	_, _ = rand.Read(suffix)
+	id := warmIDPrefix + hex.EncodeToString(suffix)
+	dir := r.warmDir(id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", dir, err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, sandboxinit.SocketName), Net: "unix"})
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("listening for the init: %w", err)
+	}
+	defer ln.Close() // also removes the socket: nothing in the container can call it later
+
+	placeholder := api.SandboxSpec{Name: "sandbox", NetworkMode: key.network}
+	opts := append(r.specOpts(placeholder, ocispec.ImageConfig{}, specs.User{}, id),
+		oci.WithProcessArgs(sandboxinit.Binary),
+		oci.WithEnv([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}),
+		oci.WithMounts([]specs.Mount{
+			{Destination: sandboxinit.Binary, Type: "bind", Source: r.warm.initPath, Options: []string{"rbind", "ro", "nosuid", "nodev"}},
+			{Destination: sandboxinit.SocketDir, Type: "bind", Source: dir, Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}},
+		}),
+		// The init sets the sandbox's hostname and then drops CAP_SYS_ADMIN
+		// from the bounding set before the exec. The seccomp profile was made
+		// for the sandbox's own capabilities; it gains sethostname only.
+		oci.WithAddedCapabilities([]string{"CAP_SYS_ADMIN"}),
+		withSeccompAllowed("sethostname"),
+	)
+	container, err := r.client.NewContainer(ctx, id,
+		client.WithContainerLabels(map[string]string{LabelManagedBy: managedBy, LabelAgent: r.cfg.Agent, LabelWarm: "true"}),
+		client.WithImageName(image.Name()),
+		client.WithSnapshotter(r.cfg.Snapshotter),
+		client.WithNewSnapshot(id, image),
+		runtimeOpt,
+		client.WithNewSpec(opts...),
+	)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("creating container: %w", err)
+	}
+	c := &warmContainer{id: id, key: key, container: container, imageConfig: imageConfig.Config, user: user, claimDone: make(chan struct{})}
+	fail := func(err error) (*warmContainer, error) {
+		c.state = warmGone
+		r.discardWarm(c)
+		return nil, err
+	}
+	task, err := container.NewTask(ctx, cio.LogFile(r.logPath(id)))
+	if err != nil {
+		return fail(fmt.Errorf("creating task: %w", err))
+	}
+	c.task = task
+	if c.exitCh, err = task.Wait(r.ctx); err != nil {
+		return fail(fmt.Errorf("waiting on task: %w", err))
+	}
+	if err := task.Start(ctx); err != nil {
+		return fail(fmt.Errorf("starting task: %w", err))
+	}
+	_ = ln.SetDeadline(time.Now().Add(initConnectTimeout))
+	if c.conn, err = ln.Accept(); err != nil {
+		return fail(fmt.Errorf("waiting for the init to call: %w", err))
+	}
+	go r.monitorWarm(c)
+	return c, nil
+}
+
+func withSeccompAllowed(names ...string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Linux == nil || s.Linux.Seccomp == nil {
+			return nil
+		}
+		s.Linux.Seccomp.Syscalls = append(s.Linux.Seccomp.Syscalls, specs.LinuxSyscall{Names: names, Action: specs.ActAllow})
+		return nil
+	}
+}
+
+// startWarm starts spec's sandbox in a claimed warm container. When ok is
+// false nothing of the sandbox ran and the container is gone: the caller
+// creates the sandbox the ordinary way.
+func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.SandboxSpec) (status api.SandboxStatus, ok bool) {
+	now := time.Now()
+	status = api.SandboxStatus{UID: spec.UID, Namespace: spec.Namespace, Name: spec.Name, ContainerID: c.id,
+		CPUMillis: spec.CPUMillis, MemoryBytes: spec.MemoryBytes, Start: api.StartWarm}
+	giveUp := func(err error) (api.SandboxStatus, bool) {
+		r.log.Error(err, "starting a sandbox in a warm container; creating it the ordinary way", "sandbox", klogRef(spec), "container", c.id)
+		r.finishClaim(c, warmFailed, status)
+		r.discardWarm(c)
+		return status, false
+	}
+	if _, err := c.container.SetLabels(ctx, r.sandboxLabels(spec, now)); err != nil {
+		return giveUp(fmt.Errorf("labelling: %w", err))
+	}
+	r.mu.Lock()
+	r.ids[spec.UID] = c.id
+	r.mu.Unlock()
+	if err := r.setLimits(ctx, c.id, c.task, limitsOf(spec.CPUMillis, spec.MemoryBytes)); err != nil {
+		r.forgetID(spec.UID)
+		return giveUp(err)
+	}
+	args, env, cwd := processOf(spec, c.imageConfig)
+	msg := sandboxinit.Start{Args: args, Env: env, Cwd: cwd, UID: c.user.UID, GID: c.user.GID, Hostname: hostname(spec)}
+	_ = c.conn.SetDeadline(now.Add(startTimeout))
+	if err := json.NewEncoder(c.conn).Encode(msg); err != nil {
+		r.forgetID(spec.UID)
+		return giveUp(fmt.Errorf("sending the command to the init: %w", err))
+	}
+	var res sandboxinit.Result
+	err := json.NewDecoder(c.conn).Decode(&res)
+	c.conn.Close()
+	switch {
+	case errors.Is(err, io.EOF):
+		// The exec closed the connection: the command runs.
+		started := time.Now()
+		status.State, status.CreatedAt, status.StartedAt = api.StateRunning, &now, &started
+		r.remember(status, true)
+		r.finishClaim(c, warmStarted, status)
+		return status, true
+	case err == nil:
+		err = errors.New(res.Error)
+	default:
+		err = fmt.Errorf("no answer from the init: %w", err)
+	}
+	// The command could not be started, or whether it did is unknown: the
+	// container goes, so nothing of it runs, and the sandbox fails.
+	status.State, status.Reason, status.Message = api.StateFailed, api.ReasonCreateFailed, "starting the command: "+err.Error()
+	status.FinishedAt = &now
+	r.log.Info("sandbox failed to start", "sandbox", klogRef(spec), "reason", status.Reason, "err", err)
+	r.finishClaim(c, warmFailed, status)
+	r.discardWarm(c)
+	r.forgetID(spec.UID)
+	return status, true
+}
+
+func (r *Runtime) finishClaim(c *warmContainer, state warmState, st api.SandboxStatus) {
+	r.mu.Lock()
+	c.state, c.status = state, st
+	r.mu.Unlock()
+	close(c.claimDone)
+}
+
+// monitorWarm follows a warm container's process: the init's exit before a
+// claim removes the container; the sandbox's exit after one is reported.
+func (r *Runtime) monitorWarm(c *warmContainer) {
+	var es client.ExitStatus
+	select {
+	case <-r.ctx.Done():
+		return
+	case es = <-c.exitCh:
+	}
+	if errors.Is(es.Error(), context.Canceled) {
+		return
+	}
+	r.mu.Lock()
+	state := c.state
+	if state == warmFree {
+		free := r.warm.free[c.key]
+		for i, f := range free {
+			if f == c {
+				r.warm.free[c.key] = append(free[:i:i], free[i+1:]...)
+				break
+			}
+		}
+		c.state = warmGone
+	}
+	r.mu.Unlock()
+	switch state {
+	case warmFree:
+		r.log.Info("a warm container's init exited; replacing it", "container", c.id, "exitCode", es.ExitCode())
+		r.discardWarm(c)
+		r.noteKey(c.key)
+		return
+	case warmGone:
+		return
+	}
+	<-c.claimDone
+	r.mu.Lock()
+	state, st := c.state, c.status
+	r.mu.Unlock()
+	if state == warmStarted {
+		r.deliverExit(c.container, st, es)
+	}
+}
+
+// discardWarm kills and removes a warm container that runs no sandbox.
+func (r *Runtime) discardWarm(c *warmContainer) {
+	if c.conn != nil {
+		c.conn.Close()
+	}
+	ctx, cancel := context.WithTimeout(r.nsCtx(context.Background()), 30*time.Second)
+	defer cancel()
+	if err := r.removeContainer(ctx, c.container); err != nil && !errdefs.IsNotFound(err) {
+		r.log.Error(err, "removing a warm container", "container", c.id)
+	}
+}
+
+// discardAllWarm stops the refiller and removes every free warm container
+// (on Close).
+func (r *Runtime) discardAllWarm() {
+	r.warm.stop()
+	<-r.warm.done
+	r.mu.Lock()
+	var all []*warmContainer
+	for k, cs := range r.warm.free {
+		for _, c := range cs {
+			c.state = warmGone
+			all = append(all, c)
+		}
+		delete(r.warm.free, k)
+	}
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range all {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.discardWarm(c) }()
+	}
+	wg.Wait()
+}
+
+// WaitWarm waits until a warm container for spec's image, runtime handler
+// and network mode is free, or ctx ends.
+func (r *Runtime) WaitWarm(ctx context.Context, spec api.SandboxSpec) error {
+	key, err := r.keyOf(spec)
+	if err != nil {
+		return err
+	}
+	if !r.warm.enabled {
+		return errors.New("warm containers are disabled")
+	}
+	r.noteKey(key)
+	for {
+		r.mu.Lock()
+		n, broken := len(r.warm.free[key]), r.warm.broken[key]
+		r.mu.Unlock()
+		switch {
+		case n > 0:
+			return nil
+		case broken != nil:
+			return broken
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
