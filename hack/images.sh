@@ -5,6 +5,7 @@
 #   registry.k8s.io/pause:3.10              the Pods' sandbox container (hack/pause)
 #   docker.io/fast-sandbox/testbox:latest   Debian's busybox-static: sh, sleep, echo, cat, ...
 #   docker.io/fast-sandbox/{agent,scheduler,pool-controller}:$VERSION   the components
+#                                           (the agent's image also holds sandbox-init)
 #
 #   hack/images.sh [--pause-only] [--no-import]
 set -euo pipefail
@@ -35,9 +36,12 @@ if [ "$pause_only" = false ]; then
   "$tools/imagebuild" -ref "$TEST_IMAGE" -o "$out/testbox.tar" -busybox "$busybox" -cmd /bin/sh >&2
   images+=("$out/testbox.tar")
   ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$VERSION -X k8s.io/component-base/version.gitMajor=0 -X k8s.io/component-base/version.gitMinor=1"
-  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tools/components/" ./cmd/agent ./cmd/scheduler ./cmd/pool-controller
+  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tools/components/" ./cmd/agent ./cmd/scheduler ./cmd/pool-controller ./cmd/sandbox-init
   for c in agent scheduler pool-controller; do
-    "$tools/imagebuild" -ref "docker.io/fast-sandbox/$c:$VERSION" -o "$out/$c.tar" -entrypoint "/$c" "$tools/components/$c:/$c" >&2
+    files=("$tools/components/$c:/$c")
+    # The agent's warm containers run sandbox-init; the agent finds it beside itself.
+    [ "$c" = agent ] && files+=("$tools/components/sandbox-init:/sandbox-init")
+    "$tools/imagebuild" -ref "docker.io/fast-sandbox/$c:$VERSION" -o "$out/$c.tar" -entrypoint "/$c" "${files[@]}" >&2
     images+=("$out/$c.tar")
   done
 fi

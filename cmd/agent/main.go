@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,9 @@ type options struct {
 	pool                string
 	defaultHandler      string
 	handlers            map[string]string
+	sandboxInit         string
+	warmPerImage        int
+	warmImages          []string
 }
 
 func env(name, def string) string {
@@ -50,6 +54,35 @@ func env(name, def string) string {
 func envInt(name string) int64 {
 	v, _ := strconv.ParseInt(os.Getenv(name), 10, 64)
 	return v
+}
+
+func envIntDefault(name string, def int64) int64 {
+	if v, err := strconv.ParseInt(os.Getenv(name), 10, 64); err == nil {
+		return v
+	}
+	return def
+}
+
+// besideExecutable is the path of name in the agent binary's directory, if
+// it is there.
+func besideExecutable(name string) string {
+	exe, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	p := filepath.Join(filepath.Dir(exe), name)
+	if _, err := os.Stat(p); err != nil {
+		return ""
+	}
+	return p
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' }) {
+		out = append(out, f)
+	}
+	return out
 }
 
 func main() {
@@ -74,6 +107,9 @@ func main() {
 			fs.StringVar(&o.pool, "pool", os.Getenv("POOL_NAME"), "the SandboxPool of this agent")
 			fs.StringVar(&o.defaultHandler, "default-runtime-handler", env("DEFAULT_RUNTIME_HANDLER", "runc"), "runtime handler of sandboxes that name none")
 			fs.StringToStringVar(&o.handlers, "runtime-handlers", map[string]string{"runc": "runc", "crun": "crun"}, "runtime handler name to OCI runtime binary")
+			fs.StringVar(&o.sandboxInit, "sandbox-init", env("SANDBOX_INIT", besideExecutable("sandbox-init")), "the sandbox-init binary that warm containers run; empty disables warm containers")
+			fs.IntVar(&o.warmPerImage, "warm-per-image", int(envIntDefault("WARM_PER_IMAGE", 2)), "warm containers kept for each image in recent use (0 disables them)")
+			fs.StringSliceVar(&o.warmImages, "warm-images", splitList(os.Getenv("WARM_IMAGES")), "images kept warm from the start")
 		},
 		Run: func(ctx context.Context, logger logr.Logger) error { return run(ctx, logger, o) },
 	})
@@ -96,6 +132,7 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 		Address: o.containerdSocket, Namespace: o.containerdNamespace, CgroupParent: o.cgroupParent,
 		PodUID: o.podUID, Agent: name, StateDir: o.stateDir,
 		DefaultRuntimeHandler: o.defaultHandler, RuntimeHandlers: o.handlers,
+		InitBinary: o.sandboxInit, WarmPerImage: o.warmPerImage, WarmImages: o.warmImages,
 	}, log.WithName("containerd"))
 	defer rt.Close()
 	a := agent.New(agent.Config{

@@ -27,9 +27,9 @@ func newMetrics() *metrics {
 		}),
 		createDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "fast_sandbox_agent_sandbox_create_duration_seconds",
-			Help:    "Time to create and start one sandbox container, by outcome state.",
+			Help:    "Time to start one sandbox, by outcome state and start (Warm: in a warm container, Cold: in a container created for it).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
-		}, []string{"state"}),
+		}, []string{"state", "start"}),
 		sandboxes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "fast_sandbox_agent_sandboxes",
 			Help: "Sandboxes on this agent, by state.",
@@ -45,7 +45,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) observeCreate(st api.SandboxStatus, d time.Duration) {
-	m.createDuration.WithLabelValues(string(st.State)).Observe(d.Seconds())
+	m.createDuration.WithLabelValues(string(st.State), st.Start).Observe(d.Seconds())
 }
 
 func (m *metrics) setSandboxes(all []api.SandboxStatus) {

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"path"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -39,7 +40,9 @@ const (
 	volumeToken            = "agent-token"
 	// volumeCgroup is the node's cgroup filesystem: the agent reads its
 	// sandboxes' cgroups (OOM kills, usage) by their host paths, which a
-	// container's own cgroup view hides.
+	// container's own cgroup view hides, and writes a warm container's
+	// limits when it gives it a sandbox (microseconds, where the OCI
+	// runtime's update spawns a process). The agent is privileged anyway.
 	volumeCgroup = "cgroup"
 	cgroupRoot   = "/sys/fs/cgroup"
 )
@@ -127,6 +130,12 @@ func AgentPod(pool *v1alpha1.SandboxPool, secretName, hostname string) *corev1.P
 	if pool.Spec.RuntimeHandler != "" {
 		env = append(env, corev1.EnvVar{Name: "DEFAULT_RUNTIME_HANDLER", Value: pool.Spec.RuntimeHandler})
 	}
+	if n := pool.Spec.WarmContainersPerImage; n != nil {
+		env = append(env, corev1.EnvVar{Name: "WARM_PER_IMAGE", Value: strconv.FormatInt(int64(*n), 10)})
+	}
+	if len(pool.Spec.WarmImages) > 0 {
+		env = append(env, corev1.EnvVar{Name: "WARM_IMAGES", Value: strings.Join(pool.Spec.WarmImages, ",")})
+	}
 
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
@@ -162,7 +171,7 @@ func AgentPod(pool *v1alpha1.SandboxPool, secretName, hostname string) *corev1.P
 					{Name: volumeContainerdSocket, MountPath: socket},
 					{Name: volumeState, MountPath: StateDir},
 					{Name: volumeToken, MountPath: TokenDir, ReadOnly: true},
-					{Name: volumeCgroup, MountPath: cgroupRoot, ReadOnly: true},
+					{Name: volumeCgroup, MountPath: cgroupRoot},
 				},
 				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 			}},

@@ -17,6 +17,7 @@ func testPool() *v1alpha1.SandboxPool {
 		ObjectMeta: metav1.ObjectMeta{Name: "py", Namespace: "team", UID: "pool-uid"},
 		Spec: v1alpha1.SandboxPoolSpec{
 			MinAgents: 1, MaxAgents: 3, SlotsPerAgent: 4, RuntimeHandler: "crun",
+			WarmImages: []string{"python:3.12", "node:22"}, WarmContainersPerImage: ptr.To[int32](3),
 			Agent: v1alpha1.AgentTemplate{
 				Image: "fast-sandbox/agent:v1", ImagePullPolicy: corev1.PullAlways,
 				Resources: v1alpha1.SandboxResources{
@@ -135,6 +136,7 @@ func TestAgentPod(t *testing.T) {
 		"POOL_NAME": "py", "AGENT_SLOTS": "4", "DEFAULT_RUNTIME_HANDLER": "crun",
 		"CONTAINERD_SOCKET": "/run/k3s/containerd/containerd.sock", "CONTAINERD_NAMESPACE": "k8s.io",
 		"AGENT_STATE_DIR": "/var/lib/fast-sandbox/agent", "AGENT_TOKEN_FILE": "/var/run/fast-sandbox/agent-token/token",
+		"WARM_IMAGES": "python:3.12,node:22", "WARM_PER_IMAGE": "3",
 	}
 	for name, want := range values {
 		if e := envOf(c, name); e == nil || e.Value != want {
@@ -184,6 +186,7 @@ func TestAgentPodDefaults(t *testing.T) {
 	pool := testPool()
 	pool.Spec.Agent.ContainerdSocket, pool.Spec.Agent.ContainerdNamespace = "", ""
 	pool.Spec.Agent.ImagePullPolicy, pool.Spec.RuntimeHandler = "", ""
+	pool.Spec.WarmImages, pool.Spec.WarmContainersPerImage = nil, nil
 	pod := AgentPod(pool, "s", "")
 	c := &pod.Spec.Containers[0]
 	if pod.Spec.Affinity != nil {
@@ -194,6 +197,11 @@ func TestAgentPodDefaults(t *testing.T) {
 	}
 	if e := envOf(c, "DEFAULT_RUNTIME_HANDLER"); e != nil {
 		t.Errorf("DEFAULT_RUNTIME_HANDLER set without a pool runtime handler: %+v", e)
+	}
+	for _, name := range []string{"WARM_IMAGES", "WARM_PER_IMAGE"} {
+		if e := envOf(c, name); e != nil {
+			t.Errorf("%s set without the pool saying so (the agent has its default): %+v", name, e)
+		}
 	}
 	if e := envOf(c, "CONTAINERD_SOCKET"); e == nil || e.Value != v1alpha1.DefaultContainerdSocket {
 		t.Errorf("CONTAINERD_SOCKET %+v", e)

@@ -70,7 +70,7 @@ func (e *schedEnv) startAgent(name, pool, ctrNamespace string, slots int) {
 	t.Helper()
 	parent := containerdtest.CgroupParent(t, name)
 	rt := containerd.New(containerd.Config{Address: e.d.Address, Namespace: ctrNamespace, CgroupParent: parent,
-		Agent: name, StateDir: t.TempDir()}, testr.New(t).WithName(name))
+		Agent: name, StateDir: t.TempDir(), InitBinary: containerdtest.SandboxInit(t), WarmPerImage: 1}, testr.New(t).WithName(name))
 	a := agent.New(agent.Config{Info: api.AgentInfo{PodName: name, Pool: pool},
 		Capacity: api.Resources{Slots: slots, CPUMillis: 4000, MemoryBytes: 4 << 30}}, rt, testr.New(t).WithName(name))
 	ctx, cancel := context.WithCancel(context.Background())

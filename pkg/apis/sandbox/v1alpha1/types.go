@@ -330,13 +330,23 @@ type SandboxPoolSpec struct {
 	// +optional
 	// +kubebuilder:default=Never
 	ImagePullPolicy ImagePullPolicy `json:"imagePullPolicy,omitempty"`
-	// WarmImages are images every agent makes sure are on its node (and
-	// protected from the kubelet's image garbage collection) before it is Ready.
+	// WarmImages are images for which every agent keeps warm containers from
+	// its start, besides the images of its recent sandboxes, so that even the
+	// pool's first sandboxes start in milliseconds. They must be on the node.
 	// +optional
 	// +listType=set
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=16
 	// +kubebuilder:validation:items:MinLength=1
 	WarmImages []string `json:"warmImages,omitempty"`
+	// WarmContainersPerImage is how many warm containers each agent keeps
+	// for each image in recent use: containers created and started ahead of
+	// time, in which a sandbox starts without creating a container. 0 turns
+	// them off; every sandbox then gets a container created for it.
+	// +optional
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=32
+	WarmContainersPerImage *int32 `json:"warmContainersPerImage,omitempty"`
 	// RuntimeHandler is the default containerd runtime handler of the pool's
 	// sandboxes ("runc" when empty; "crun" starts faster).
 	// +optional

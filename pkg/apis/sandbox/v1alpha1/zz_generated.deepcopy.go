@@ -228,6 +228,11 @@ func (in *SandboxPoolSpec) DeepCopyInto(out *SandboxPoolSpec) {
 		*out = make([]string, len(*in))
 		copy(*out, *in)
 	}
+	if in.WarmContainersPerImage != nil {
+		in, out := &in.WarmContainersPerImage, &out.WarmContainersPerImage
+		*out = new(int32)
+		**out = **in
+	}
 	in.Scheduling.DeepCopyInto(&out.Scheduling)
 	return
 }
