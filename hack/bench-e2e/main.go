@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
@@ -39,6 +40,9 @@ var (
 	handlers   = flag.String("runtime-handlers", "runc", "runtime handlers to measure Sandboxes with, comma-separated (e.g. runc,crun where crun supports the node's cgroup layout)")
 	ns         = flag.String("namespace", "default", "namespace of the objects")
 	agentCPU   = flag.String("agent-cpu", "500m", "CPU of the bench pools' agent Pods: sandbox starts run inside this quota")
+	warm       = flag.Int("warm", 8, "warm containers per image of the warm pools (each handler is measured with 0 and with this many)")
+	interval   = flag.Duration("interval", 0, "pause between starts of the one-at-a-time runs (Pods and Sandboxes alike)")
+	pools      = flag.Bool("pools", true, "also measure pool scaling: creation to N agents Ready, and a burst that needs more agents")
 )
 
 // sample is one start: its latency seen by the watcher, and for sandboxes
@@ -50,24 +54,32 @@ type sample struct {
 
 func main() {
 	flag.Parse()
-	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	var err error
+	cfg, err = clientcmd.BuildConfigFromFlags("", *kubeconfig)
 	must(err)
 	cfg.QPS, cfg.Burst = 500, 1000
 	kube := kubernetes.NewForConfigOrDie(cfg)
 	sbx := versioned.NewForConfigOrDie(cfg)
 	ctx := context.Background()
 
-	fmt.Printf("# start latency, create → Running, watcher-observed; %d one at a time, %d bursts of %d; agent Pod CPU %s\n\n", *sequential, *bursts, *burst, *agentCPU)
+	fmt.Printf("# start latency, create → Running, watcher-observed; %d one at a time (%v apart), %d bursts of %d; agent Pod CPU %s; warm pools keep %d warm containers\n\n",
+		*sequential, *interval, *bursts, *burst, *agentCPU, *warm)
 	results := map[string][2][]sample{}
 	order := []string{"Pod"}
 	results["Pod"] = [2][]sample{oneAtATime(*sequential, podStarter(ctx, kube)), inBursts(*burst, *bursts, podStarter(ctx, kube))}
 	for _, h := range strings.Split(*handlers, ",") {
-		pool := "bench-" + h
-		ensurePool(ctx, sbx, pool, h)
-		name := "Sandbox (" + h + ")"
-		order = append(order, name)
-		results[name] = [2][]sample{oneAtATime(*sequential, sandboxStarter(ctx, sbx, pool)), inBursts(*burst, *bursts, sandboxStarter(ctx, sbx, pool))}
-		_ = sbx.SandboxV1alpha1().SandboxPools(*ns).Delete(ctx, pool, metav1.DeleteOptions{})
+		for _, w := range []int{0, *warm} {
+			mode := "cold"
+			if w > 0 {
+				mode = "warm"
+			}
+			pool := "bench-" + h + "-" + mode
+			ensurePool(ctx, sbx, pool, h, int32(w))
+			name := "Sandbox (" + h + ", " + mode + ")"
+			order = append(order, name)
+			results[name] = [2][]sample{oneAtATime(*sequential, sandboxStarter(ctx, sbx, pool)), inBursts(*burst, *bursts, sandboxStarter(ctx, sbx, pool))}
+			deletePool(ctx, sbx, pool)
+		}
 	}
 
 	podP50 := [2]time.Duration{pct(results["Pod"][0], 50), pct(results["Pod"][1], 50)}
@@ -99,6 +111,9 @@ func main() {
 			stage(func(x sample) time.Duration { return x.shown - x.started }),
 			stage(func(x sample) time.Duration { return x.total }))
 	}
+	if *pools {
+		benchPools(ctx, sbx)
+	}
 }
 
 // oneAtATime runs n starts, each after the previous one.
@@ -106,6 +121,7 @@ func oneAtATime(n int, start func(i int) sample) []sample {
 	out := make([]sample, 0, n)
 	for i := 0; i < n; i++ {
 		out = append(out, start(i))
+		time.Sleep(*interval)
 	}
 	return out
 }
@@ -133,7 +149,10 @@ func inBursts(n, rounds int, start func(i int) sample) []sample {
 	return out
 }
 
-var run = time.Now().Unix()
+var (
+	run = time.Now().Unix()
+	cfg *rest.Config
+)
 
 func podStarter(ctx context.Context, kube kubernetes.Interface) func(int) sample {
 	return func(i int) sample {
@@ -214,10 +233,10 @@ func waitEvent(w watch.Interface, done func(any) bool) {
 	}
 }
 
-func ensurePool(ctx context.Context, c versioned.Interface, name, handler string) {
+func ensurePool(ctx context.Context, c versioned.Interface, name, handler string, warm int32) {
 	pool := &v1alpha1.SandboxPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1alpha1.SandboxPoolSpec{
 		MinAgents: 1, MaxAgents: 1, SlotsPerAgent: int32(*burst) + 4, RuntimeHandler: handler, ImagePullPolicy: v1alpha1.PullNever,
-		ScaleDownDelaySeconds: 600,
+		ScaleDownDelaySeconds: 600, WarmContainersPerImage: &warm, WarmImages: []string{*image},
 		Agent: v1alpha1.AgentTemplate{Image: *agentImage, ImagePullPolicy: corev1.PullNever, ContainerdSocket: *socket,
 			Resources: v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse(*agentCPU)), Memory: ptr.To(resource.MustParse("1Gi"))}},
 	}}
@@ -228,7 +247,19 @@ func ensurePool(ctx context.Context, c versioned.Interface, name, handler string
 		return err == nil && p.Status.ReadyAgents >= 1, nil
 	})
 	must(err)
-	time.Sleep(2 * time.Second) // let the scheduler see the agent's first status
+	time.Sleep(2 * time.Second) // let the scheduler see the agent's first status (and the warm containers start)
+}
+
+// deletePool deletes a pool and waits until its agent Pods are gone, so
+// that the next measurement has the node to itself.
+func deletePool(ctx context.Context, c versioned.Interface, name string) {
+	must(c.SandboxV1alpha1().SandboxPools(*ns).Delete(ctx, name, metav1.DeleteOptions{}))
+	kube := kubernetes.NewForConfigOrDie(cfg)
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := kube.CoreV1().Pods(*ns).List(ctx, metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=" + name})
+		return err == nil && len(pods.Items) == 0, nil
+	})
+	must(err)
 }
 
 func pct(s []sample, p int) time.Duration {

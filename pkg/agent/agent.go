@@ -41,6 +41,7 @@ type Agent struct {
 
 	mu        sync.RWMutex
 	sandboxes map[string]api.SandboxStatus // by UID
+	deleting  map[string]bool              // UIDs whose removal runs
 	epoch     int64
 	revision  int64
 
@@ -52,7 +53,8 @@ func New(cfg Config, rt runtime.Runtime, log logr.Logger) *Agent {
 	if cfg.CreateParallelism <= 0 {
 		cfg.CreateParallelism = 16
 	}
-	return &Agent{cfg: cfg, rt: rt, log: log, metrics: newMetrics(), sandboxes: map[string]api.SandboxStatus{}}
+	return &Agent{cfg: cfg, rt: rt, log: log, metrics: newMetrics(),
+		sandboxes: map[string]api.SandboxStatus{}, deleting: map[string]bool{}}
 }
 
 // Start initializes the runtime and adopts the sandboxes it already has
@@ -150,25 +152,21 @@ func (a *Agent) Sync(ctx context.Context, req *api.SyncRequest) (*api.SyncRespon
 	for _, s := range req.Sandboxes {
 		desired[s.UID] = true
 	}
-	// Delete first: it frees the slots the new sandboxes may need.
-	var wg sync.WaitGroup
+	// What is no longer desired is removed in the background: a new sandbox
+	// never waits for an old one's container to go (its slot is free as soon
+	// as it is not desired: the capacity check counts only the desired set).
+	// Until its container is gone a sandbox stays in the status and in the
+	// answer's Deleting, so the control plane knows the removal is not done.
+	var deleting []string
 	for uid := range current {
-		if desired[uid] {
-			continue
+		if !desired[uid] {
+			deleting = append(deleting, uid)
+			a.startDelete(uid)
 		}
-		wg.Add(1)
-		go func(uid string) {
-			defer wg.Done()
-			if err := a.rt.DeleteSandbox(ctx, uid); err != nil {
-				a.log.Error(err, "deleting sandbox; the next sync retries", "uid", uid)
-				return
-			}
-			a.mu.Lock()
-			delete(a.sandboxes, uid)
-			a.mu.Unlock()
-		}(uid)
 	}
-	wg.Wait()
+	sort.Strings(deleting)
+
+	var wg sync.WaitGroup
 
 	sem := make(chan struct{}, a.cfg.CreateParallelism)
 	results := make([]api.SandboxStatus, len(req.Sandboxes))
@@ -207,7 +205,36 @@ func (a *Agent) Sync(ctx context.Context, req *api.SyncRequest) (*api.SyncRespon
 	}
 	a.mu.RUnlock()
 	a.metrics.syncDuration.Observe(time.Since(start).Seconds())
-	return &api.SyncResponse{Sandboxes: results}, nil
+	return &api.SyncResponse{Sandboxes: results, Deleting: deleting}, nil
+}
+
+// deleteTimeout bounds the removal of one sandbox.
+const deleteTimeout = time.Minute
+
+// startDelete removes a sandbox in the background, once at a time; a failed
+// removal is retried by the next sync.
+func (a *Agent) startDelete(uid string) {
+	a.mu.Lock()
+	if a.deleting[uid] {
+		a.mu.Unlock()
+		return
+	}
+	a.deleting[uid] = true
+	a.mu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
+		defer cancel()
+		err := a.rt.DeleteSandbox(ctx, uid)
+		a.mu.Lock()
+		delete(a.deleting, uid)
+		if err == nil {
+			delete(a.sandboxes, uid)
+		}
+		a.mu.Unlock()
+		if err != nil {
+			a.log.Error(err, "deleting sandbox; the next sync retries", "uid", uid)
+		}
+	}()
 }
 
 func validate(req *api.SyncRequest) error {

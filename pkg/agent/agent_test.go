@@ -62,6 +62,23 @@ func (f *fakeRuntime) DeleteSandbox(_ context.Context, uid string) error {
 	return nil
 }
 
+func (f *fakeRuntime) has(uid string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.running[uid]
+	return ok
+}
+
+// eventually polls cond for up to five seconds.
+func eventually(cond func() bool) bool {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return false
+}
+
 func (f *fakeRuntime) ListSandboxes(context.Context) ([]api.SandboxStatus, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -116,7 +133,10 @@ func TestSyncConverges(t *testing.T) {
 	if len(resp.Sandboxes) != 2 || resp.Sandboxes[0].UID != "a" || resp.Sandboxes[0].State != api.StateRunning {
 		t.Fatalf("response %+v", resp)
 	}
-	if _, ok := rt.running["stale"]; ok {
+	if len(resp.Deleting) != 1 || resp.Deleting[0] != "stale" {
+		t.Errorf("deleting %v, want [stale]", resp.Deleting)
+	}
+	if !eventually(func() bool { return !rt.has("stale") }) {
 		t.Error("an adopted sandbox that is not desired was not deleted")
 	}
 	// The same set again, and a retry of an older revision of the same epoch, change nothing.
@@ -130,7 +150,7 @@ func TestSyncConverges(t *testing.T) {
 	if _, err := c.Sync(ctx, &api.SyncRequest{Epoch: 1, Revision: 2, Sandboxes: []api.SandboxSpec{sbx("a")}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := rt.running["b"]; ok {
+	if !eventually(func() bool { return !rt.has("b") }) {
 		t.Error("b is still running")
 	}
 	// A stale sync is refused and changes nothing.
@@ -138,7 +158,7 @@ func TestSyncConverges(t *testing.T) {
 	if !client.IsConflict(err) {
 		t.Errorf("stale sync: %v, want 409", err)
 	}
-	if _, ok := rt.running["a"]; !ok {
+	if !rt.has("a") {
 		t.Error("a stale sync deleted a")
 	}
 	// A new epoch (a restarted scheduler) is accepted from revision 0.

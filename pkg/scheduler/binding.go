@@ -194,7 +194,14 @@ func applyAgentStatus(sbx *v1alpha1.Sandbox, st api.SandboxStatus) bool {
 	switch st.State {
 	case api.StateRunning:
 		sbx.Status.Phase = v1alpha1.SandboxRunning
-		setReady(sbx, metav1.ConditionTrue, "Started", "the sandbox's container runs")
+		msg := "the sandbox's command runs"
+		switch st.Start {
+		case api.StartWarm:
+			msg += " in a warm container (created ahead of time)"
+		case api.StartCold:
+			msg += " in a container created for it"
+		}
+		setReady(sbx, metav1.ConditionTrue, "Started", msg)
 	case api.StateExited:
 		sbx.Status.ExitCode = st.ExitCode
 		sbx.Status.Phase = v1alpha1.SandboxFailed

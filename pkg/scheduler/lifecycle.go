@@ -268,6 +268,11 @@ func (s *Scheduler) syncDone(a *agentState, sent []api.SandboxSpec, resp *api.Sy
 	for _, spec := range sent {
 		kept[spec.UID] = true
 	}
+	// Sandboxes whose containers the agent is still removing keep their
+	// finalizer; the status poll drops it once the agent no longer has them.
+	for _, uid := range resp.Deleting {
+		kept[uid] = true
+	}
 	sbxs, _ := s.sandboxes.Sandboxes(a.namespace).List(labels.Everything())
 	for _, sbx := range sbxs {
 		if sbx.Status.Agent == a.name && sbx.DeletionTimestamp != nil && !kept[string(sbx.UID)] {
@@ -396,13 +401,26 @@ func (s *Scheduler) pollAgent(ctx context.Context, a *agentState) {
 	s.detectLost(ctx, a, st)
 }
 
-// detectLost fails sandboxes that started but that their agent no longer has.
+// detectLost fails sandboxes that started but that their agent no longer
+// has, and drops the finalizer of deleted sandboxes whose containers the
+// agent has removed since.
 func (s *Scheduler) detectLost(ctx context.Context, a *agentState, st *api.Status) {
 	reported := map[string]bool{}
 	for _, r := range st.Sandboxes {
 		reported[r.UID] = true
 	}
 	sbxs, _ := s.sandboxes.Sandboxes(a.namespace).List(labels.Everything())
+	for _, sbx := range sbxs {
+		if sbx.Status.Agent == a.name && sbx.DeletionTimestamp != nil && !reported[string(sbx.UID)] &&
+			st.Time.After(sbx.DeletionTimestamp.Add(time.Second)) {
+			s.mu.Lock()
+			beingBound := s.binding[string(sbx.UID)]
+			s.mu.Unlock()
+			if !beingBound {
+				s.removeFinalizer(ctx, sbx)
+			}
+		}
+	}
 	for _, sbx := range sbxs {
 		if sbx.Status.Agent != a.name || finished(sbx) || sbx.DeletionTimestamp != nil || sbx.Status.StartTime == nil {
 			continue

@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -150,6 +151,24 @@ func containers(t *testing.T, uid string) []string {
 	return strings.Fields(string(out))
 }
 
+// warmContainers lists the node's warm containers that wait for a sandbox.
+func warmContainers(t *testing.T) []string {
+	t.Helper()
+	out, err := exec.Command("ctr", "-a", mustSetting(t, "CONTAINERD_SOCK"), "-n", "k8s.io", "containers", "ls", "-q",
+		fmt.Sprintf("labels.%q==true", "fast-sandbox.io/warm")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ctr containers ls: %v: %s", err, out)
+	}
+	var free []string
+	for _, id := range strings.Fields(string(out)) {
+		info, err := exec.Command("ctr", "-a", mustSetting(t, "CONTAINERD_SOCK"), "-n", "k8s.io", "containers", "info", id).CombinedOutput()
+		if err == nil && !strings.Contains(string(info), "fast-sandbox.io/sandbox-uid") {
+			free = append(free, id)
+		}
+	}
+	return free
+}
+
 func TestSystem(t *testing.T) {
 	s := deploy(t)
 	ctx := context.Background()
@@ -204,6 +223,26 @@ func TestSystem(t *testing.T) {
 		done := s.waitSandbox("hello", "Succeeded", phase(v1alpha1.SandboxSucceeded))
 		if done.Status.ExitCode == nil || *done.Status.ExitCode != 0 {
 			t.Errorf("exit code %v", done.Status.ExitCode)
+		}
+	})
+
+	t.Run("the next sandbox of an image starts in a warm container", func(t *testing.T) {
+		// "hello" taught the agents the image; they keep warm containers for it.
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+			return len(warmContainers(t)) > 0, nil
+		})
+		if err != nil {
+			t.Fatalf("no warm container appeared: %v", err)
+		}
+		s.create("warm", nil, "sh", "-c", "echo warm on $(hostname); sleep 2")
+		r := s.waitSandbox("warm", "Running", phase(v1alpha1.SandboxRunning))
+		ready := meta.FindStatusCondition(r.Status.Conditions, v1alpha1.SandboxConditionReady)
+		if !strings.HasPrefix(r.Status.ContainerID, "fsbx-w-") || ready == nil || !strings.Contains(ready.Message, "warm container") {
+			t.Errorf("container %q, Ready %+v: want a warm container", r.Status.ContainerID, ready)
+		}
+		done := s.waitSandbox("warm", "Succeeded", phase(v1alpha1.SandboxSucceeded))
+		if done.Status.ExitCode == nil || *done.Status.ExitCode != 0 {
+			t.Errorf("status %+v", done.Status)
 		}
 	})
 

@@ -81,6 +81,9 @@ type SyncRequest struct {
 // SyncResponse is the state of every desired sandbox after the agent converged.
 type SyncResponse struct {
 	Sandboxes []SandboxStatus `json:"sandboxes"`
+	// Deleting are the UIDs of sandboxes no longer desired whose containers
+	// are being removed. They stay in the agent's status until they are gone.
+	Deleting []string `json:"deleting,omitempty"`
 }
 
 // SandboxState is where a sandbox container is.

@@ -714,6 +714,10 @@ func (r *Runtime) statusOf(ctx context.Context, c client.Container) (api.Sandbox
 	if st.UID == "" {
 		return st, nil
 	}
+	st.Start = api.StartCold
+	if l[LabelWarm] == "true" {
+		st.Start = api.StartWarm
+	}
 	if c.ID() != ContainerID(st.UID) {
 		r.mu.Lock()
 		r.ids[st.UID] = c.ID()

@@ -1,0 +1,67 @@
+package containerd
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	containerdtest "github.com/fast-sandbox/fast-sandbox/test/containerd"
+)
+
+// TestRestartRemovesClaimedButNotStarted plays an agent that stops between
+// claiming a warm container for a sandbox and sending it the command: the
+// next agent must find that the sandbox never ran, remove the container and
+// not report the sandbox, so that the next sync creates it again (and it
+// runs once).
+func TestRestartRemovesClaimedButNotStarted(t *testing.T) {
+	d := containerdtest.Start(t)
+	parent := containerdtest.CgroupParent(t, "claimed")
+	cfg := Config{Address: d.Address, Namespace: containerdtest.Namespace, CgroupParent: parent,
+		Agent: "agent-test", StateDir: t.TempDir(), InitBinary: containerdtest.SandboxInit(t), WarmPerImage: 1}
+	ctx := context.Background()
+	spec := api.SandboxSpec{UID: "claimed", Namespace: "ns", Name: "claimed", Image: containerdtest.TestImage, Command: []string{"sleep", "60"}}
+
+	first := New(cfg, testr.New(t))
+	if _, err := first.Initialize(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := first.WaitWarm(wctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := first.keyOf(spec)
+	c := first.takeWarm(key)
+	if _, err := c.container.SetLabels(first.nsCtx(ctx), first.sandboxLabels(spec, time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	// The agent dies here: its connection to the init goes with it.
+	c.conn.Close()
+	first.Close()
+
+	second := New(cfg, testr.New(t))
+	if _, err := second.Initialize(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	all, err := second.ListSandboxes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 0 {
+		t.Errorf("a sandbox whose command never ran was adopted: %+v", all)
+	}
+	if _, err := d.Client.LoadContainer(containerdtest.WithNamespace(containerdtest.Namespace), c.id); err == nil {
+		t.Errorf("container %s is still there", c.id)
+	}
+	// The next sync creates it, once.
+	if st := second.CreateSandbox(ctx, spec); st.State != api.StateRunning {
+		t.Fatalf("create after restart: %+v", st)
+	}
+	if err := second.DeleteSandbox(ctx, spec.UID); err != nil {
+		t.Fatal(err)
+	}
+}
