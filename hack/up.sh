@@ -10,7 +10,15 @@ hack/cluster/build-binaries.sh
 hack/cluster/up.sh
 hack/images.sh
 log "deploying fast-sandbox (manifests/local)"
+redeploy=false
+kubectl_ -n fast-sandbox-system get deployment/fast-sandbox-scheduler >/dev/null 2>&1 && redeploy=true
 kubectl_ apply -k manifests/local >/dev/null
+if [ "$redeploy" = true ]; then
+  # Already deployed: the images keep their tag, so restart onto the ones just built,
+  # and let the pool controller replace the agents.
+  kubectl_ -n fast-sandbox-system rollout restart deployment/fast-sandbox-scheduler deployment/fast-sandbox-pool-controller >/dev/null
+  kubectl_ delete pods -A -l fast-sandbox.io/pool-name --wait=false >/dev/null
+fi
 kubectl_ -n fast-sandbox-system rollout status deployment/fast-sandbox-scheduler --timeout=120s
 kubectl_ -n fast-sandbox-system rollout status deployment/fast-sandbox-pool-controller --timeout=120s
 

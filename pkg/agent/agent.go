@@ -321,7 +321,11 @@ func (a *Agent) Status(ctx context.Context) *api.Status {
 	}
 	a.mu.RUnlock()
 	sort.Slice(st.Sandboxes, func(i, j int) bool { return st.Sandboxes[i].UID < st.Sandboxes[j].UID })
+	if wl, ok := a.rt.(runtime.WarmLister); ok {
+		st.Warm = wl.WarmContainers()
+	}
 	a.metrics.setSandboxes(st.Sandboxes)
+	a.metrics.setWarm(st.Warm)
 	return st
 }
 

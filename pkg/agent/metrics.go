@@ -14,6 +14,7 @@ type metrics struct {
 	syncDuration   prometheus.Histogram
 	createDuration *prometheus.HistogramVec
 	sandboxes      *prometheus.GaugeVec
+	warm           prometheus.Gauge
 	requests       *prometheus.CounterVec
 }
 
@@ -34,18 +35,30 @@ func newMetrics() *metrics {
 			Name: "fast_sandbox_agent_sandboxes",
 			Help: "Sandboxes on this agent, by state.",
 		}, []string{"state"}),
+		warm: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "fast_sandbox_agent_warm_containers",
+			Help: "Warm containers waiting for a sandbox.",
+		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fast_sandbox_agent_http_requests_total",
 			Help: "API requests, by route and status code.",
 		}, []string{"route", "code"}),
 	}
-	m.registry.MustRegister(m.syncDuration, m.createDuration, m.sandboxes, m.requests,
+	m.registry.MustRegister(m.syncDuration, m.createDuration, m.sandboxes, m.warm, m.requests,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
 
 func (m *metrics) observeCreate(st api.SandboxStatus, d time.Duration) {
 	m.createDuration.WithLabelValues(string(st.State), st.Start).Observe(d.Seconds())
+}
+
+func (m *metrics) setWarm(warm []api.WarmImage) {
+	n := 0
+	for _, w := range warm {
+		n += w.Count
+	}
+	m.warm.Set(float64(n))
 }
 
 func (m *metrics) setSandboxes(all []api.SandboxStatus) {

@@ -159,6 +159,16 @@ func (d *Daemon) stop(t testing.TB, cmd *exec.Cmd, logFile *os.File) {
 		<-done
 	}
 	logFile.Close()
+	// Shims outlive containerd by design; so do the processes of a task
+	// that a test left behind. Nothing of this daemon may survive the test.
+	killShims(d.Address)
+	parentsMu.Lock()
+	for parent := range parents {
+		killCgroupProcs(parent)
+		RemoveCgroup(parent)
+		delete(parents, parent)
+	}
+	parentsMu.Unlock()
 	mounts, _ := os.ReadFile("/proc/self/mounts")
 	var ours []string
 	for _, line := range strings.Split(string(mounts), "\n") {
@@ -188,29 +198,87 @@ func WithNamespace(ns string) context.Context {
 	return namespaces.WithNamespace(context.Background(), ns)
 }
 
+var (
+	parentsMu sync.Mutex
+	parents   = map[string]bool{}
+)
+
 // CgroupParent returns a fresh cgroup path for a test's sandboxes, standing
-// in for an agent Pod's cgroup, and removes it when the test ends.
+// in for an agent Pod's cgroup, and removes it when the test ends (and again,
+// with whatever still runs in it, when the daemon stops).
 func CgroupParent(t testing.TB, name string) string {
 	parent := fmt.Sprintf("/fast-sandbox-test-%s-%d", name, time.Now().UnixNano())
+	parentsMu.Lock()
+	parents[parent] = true
+	parentsMu.Unlock()
 	t.Cleanup(func() { RemoveCgroup(parent) })
 	return parent
 }
 
-// RemoveCgroup removes a cgroup and its (empty) children in every hierarchy.
-func RemoveCgroup(parent string) {
-	roots := []string{"/sys/fs/cgroup"}
-	if cgroups.Mode() != cgroups.Unified {
-		roots, _ = filepath.Glob("/sys/fs/cgroup/*")
+func cgroupRoots() []string {
+	if cgroups.Mode() == cgroups.Unified {
+		return []string{"/sys/fs/cgroup"}
 	}
-	for _, root := range roots {
-		dir := filepath.Join(root, parent)
-		entries, _ := os.ReadDir(dir)
-		for _, e := range entries {
-			if e.IsDir() {
-				_ = os.Remove(filepath.Join(dir, e.Name()))
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
+	return roots
+}
+
+// RemoveCgroup removes a cgroup and its empty descendants in every hierarchy.
+func RemoveCgroup(parent string) {
+	for _, root := range cgroupRoots() {
+		var dirs []string
+		_ = filepath.WalkDir(filepath.Join(root, parent), func(p string, e os.DirEntry, err error) error {
+			if err == nil && e.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			_ = os.Remove(dirs[i])
+		}
+	}
+}
+
+// killCgroupProcs kills every process in a cgroup and its descendants.
+func killCgroupProcs(parent string) {
+	for _, root := range cgroupRoots() {
+		_ = filepath.WalkDir(filepath.Join(root, parent), func(p string, e os.DirEntry, err error) error {
+			if err != nil || e.IsDir() || e.Name() != "cgroup.procs" {
+				return nil
+			}
+			data, _ := os.ReadFile(p)
+			for _, f := range strings.Fields(string(data)) {
+				var pid int
+				if _, err := fmt.Sscan(f, &pid); err == nil && pid > 0 {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+			return nil
+		})
+	}
+	time.Sleep(50 * time.Millisecond)
+}
+
+// killShims kills the shims started by the containerd at address.
+func killShims(address string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(data), "\x00")
+		if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") {
+			continue
+		}
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == "-address" && args[i+1] == address {
+				var pid int
+				if _, err := fmt.Sscan(filepath.Base(filepath.Dir(p)), &pid); err == nil {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
 			}
 		}
-		_ = os.Remove(dir)
 	}
 }
 

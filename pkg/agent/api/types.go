@@ -174,11 +174,21 @@ type Status struct {
 	Allocated Resources       `json:"allocated"`
 	Sandboxes []SandboxStatus `json:"sandboxes"`
 	Images    []Image         `json:"images"`
-	Healthy   bool            `json:"healthy"`
+	// Warm are the warm containers waiting for a sandbox, by image.
+	Warm    []WarmImage `json:"warm,omitempty"`
+	Healthy bool        `json:"healthy"`
 	// Epoch and Revision of the newest sync applied.
 	Epoch    int64     `json:"epoch"`
 	Revision int64     `json:"revision"`
 	Time     time.Time `json:"time"`
+}
+
+// WarmImage counts the warm containers of one image.
+type WarmImage struct {
+	Image          string `json:"image"`
+	RuntimeHandler string `json:"runtimeHandler,omitempty"`
+	NetworkMode    string `json:"networkMode,omitempty"`
+	Count          int    `json:"count"`
 }
 
 // Error is the body of every 4xx/5xx answer.

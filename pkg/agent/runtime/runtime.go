@@ -49,3 +49,10 @@ type Runtime interface {
 	// Close releases the runtime's connections; sandboxes keep running.
 	Close() error
 }
+
+// WarmLister is a runtime that keeps warm containers (created ahead of time
+// so that sandboxes start in them without a container creation).
+type WarmLister interface {
+	// WarmContainers counts the warm containers waiting for a sandbox.
+	WarmContainers() []api.WarmImage
+}

@@ -111,6 +111,13 @@ func (s starter) create(t *testing.T, spec api.SandboxSpec) api.SandboxStatus {
 		if err := s.rt.WaitWarm(wctx, spec); err != nil {
 			t.Fatalf("waiting for a warm container: %v", err)
 		}
+		counted := false
+		for _, w := range s.rt.WarmContainers() {
+			counted = counted || (w.Image == containerdtest.TestImage && w.Count > 0)
+		}
+		if !counted {
+			t.Errorf("WarmContainers %+v does not count the warm container of %s", s.rt.WarmContainers(), containerdtest.TestImage)
+		}
 	}
 	st := s.rt.CreateSandbox(ctx, spec)
 	want := api.StartCold

@@ -24,6 +24,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
 	"github.com/fast-sandbox/fast-sandbox/pkg/sandboxinit"
 )
 
@@ -352,8 +353,13 @@ func (r *Runtime) keyInUse(key warmKey) bool {
 }
 
 // makeWarm creates and starts a warm container for key and waits until its
-// init calls.
+// init calls. Once begun it runs to the end even if ctx ends, so that no
+// half-made container is left; the caller removes what it no longer wants.
 func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	ctx = context.WithoutCancel(ctx)
 	image, err := r.client.GetImage(ctx, key.image)
 	if err != nil {
 		return nil, fmt.Errorf("looking up image %s: %w", key.image, err)
@@ -623,4 +629,18 @@ func (r *Runtime) WaitWarm(ctx context.Context, spec api.SandboxSpec) error {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+var _ runtime.WarmLister = &Runtime{}
+
+// WarmContainers counts the free warm containers by image, runtime handler
+// and network mode.
+func (r *Runtime) WarmContainers() []api.WarmImage {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := []api.WarmImage{}
+	for _, k := range r.warm.keys {
+		out = append(out, api.WarmImage{Image: k.image, RuntimeHandler: k.handler, NetworkMode: k.network, Count: len(r.warm.free[k])})
+	}
+	return out
 }
