@@ -40,8 +40,9 @@ var (
 	handlers   = flag.String("runtime-handlers", "runc", "runtime handlers to measure Sandboxes with, comma-separated (e.g. runc,crun where crun supports the node's cgroup layout)")
 	ns         = flag.String("namespace", "default", "namespace of the objects")
 	agentCPU   = flag.String("agent-cpu", "500m", "CPU of the bench pools' agent Pods: sandbox starts run inside this quota")
-	warm       = flag.Int("warm", 8, "warm containers per image of the warm pools (each handler is measured with 0 and with this many)")
-	interval   = flag.Duration("interval", 0, "pause between starts of the one-at-a-time runs (Pods and Sandboxes alike)")
+	warm       = flag.Int("warm", 20, "warm containers per image of the warm pools (each handler is measured with 0 and with this many)")
+	pace       = flag.Duration("pace", 250*time.Millisecond, "the paced pattern starts one object per this period (Pods and Sandboxes alike)")
+	burstPause = flag.Duration("burst-pause", 5*time.Second, "pause between bursts (Pods and Sandboxes alike)")
 	pools      = flag.Bool("pools", true, "also measure pool scaling: creation to N agents Ready, and a burst that needs more agents")
 )
 
@@ -62,11 +63,14 @@ func main() {
 	sbx := versioned.NewForConfigOrDie(cfg)
 	ctx := context.Background()
 
-	fmt.Printf("# start latency, create → Running, watcher-observed; %d one at a time (%v apart), %d bursts of %d; agent Pod CPU %s; warm pools keep %d warm containers\n\n",
-		*sequential, *interval, *bursts, *burst, *agentCPU, *warm)
-	results := map[string][2][]sample{}
+	patterns := []string{"one at a time", fmt.Sprintf("paced, one every %v", *pace), fmt.Sprintf("bursts of %d, %v apart", *burst, *burstPause)}
+	fmt.Printf("# start latency, create → Running, watcher-observed; agent Pod CPU %s; warm pools keep %d warm containers per image\n\n", *agentCPU, *warm)
+	measure := func(start func(int) sample) [][]sample {
+		return [][]sample{oneAtATime(*sequential, 0, start), oneAtATime(*sequential, *pace, start), inBursts(*burst, *bursts, *burstPause, start)}
+	}
+	results := map[string][][]sample{}
 	order := []string{"Pod"}
-	results["Pod"] = [2][]sample{oneAtATime(*sequential, podStarter(ctx, kube)), inBursts(*burst, *bursts, podStarter(ctx, kube))}
+	results["Pod"] = measure(podStarter(ctx, kube))
 	for _, h := range strings.Split(*handlers, ",") {
 		for _, w := range []int{0, *warm} {
 			mode := "cold"
@@ -77,57 +81,64 @@ func main() {
 			ensurePool(ctx, sbx, pool, h, int32(w))
 			name := "Sandbox (" + h + ", " + mode + ")"
 			order = append(order, name)
-			results[name] = [2][]sample{oneAtATime(*sequential, sandboxStarter(ctx, sbx, pool)), inBursts(*burst, *bursts, sandboxStarter(ctx, sbx, pool))}
+			results[name] = measure(sandboxStarter(ctx, sbx, pool))
 			deletePool(ctx, sbx, pool)
 		}
 	}
 
-	podP50 := [2]time.Duration{pct(results["Pod"][0], 50), pct(results["Pod"][1], 50)}
 	fmt.Println("| what | pattern | n | p50 | p90 | p99 | p50 vs Pod |")
 	fmt.Println("|---|---|---|---|---|---|---|")
-	for _, name := range order {
-		for i, pattern := range []string{"one at a time", fmt.Sprintf("bursts of %d", *burst)} {
+	for i, pattern := range patterns {
+		podP50 := pct(results["Pod"][i], 50)
+		for _, name := range order {
 			s := results[name][i]
-			ratio := float64(podP50[i]) / float64(pct(s, 50))
-			fmt.Printf("| %s | %s | %d | %s | %s | %s | %.1f× faster |\n", name, pattern, len(s), ms(pct(s, 50)), ms(pct(s, 90)), ms(pct(s, 99)), ratio)
+			ratio := float64(podP50) / float64(pct(s, 50))
+			fmt.Printf("| %s | %s | %d | %s | %s | %s | %.1f× |\n", name, pattern, len(s), ms(pct(s, 50)), ms(pct(s, 90)), ms(pct(s, 99)), ratio)
 		}
 	}
-	fmt.Println("\n# Sandbox stages (p50 of each stage's duration, one at a time)")
-	fmt.Println("| what | created → scheduled | scheduled → agent told | agent told → container running | running → status seen | total |")
-	fmt.Println("|---|---|---|---|---|---|")
-	for _, name := range order[1:] {
-		s := results[name][0]
-		stage := func(f func(sample) time.Duration) string {
-			var d []time.Duration
-			for _, x := range s {
-				d = append(d, f(x))
+	fmt.Println("\n# Sandbox stages (p50 of each stage's duration)")
+	fmt.Println("| what | pattern | created → scheduled | scheduled → agent told | agent told → container running | running → status seen | total |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for i, pattern := range patterns[:2] {
+		for _, name := range order[1:] {
+			s := results[name][i]
+			stage := func(f func(sample) time.Duration) string {
+				var d []time.Duration
+				for _, x := range s {
+					d = append(d, f(x))
+				}
+				return ms(pctD(d, 50))
 			}
-			return ms(pctD(d, 50))
+			fmt.Printf("| %s | %s | %s | %s | %s | %s | %s |\n", name, pattern,
+				stage(func(x sample) time.Duration { return x.scheduled }),
+				stage(func(x sample) time.Duration { return x.told - x.scheduled }),
+				stage(func(x sample) time.Duration { return x.started - x.told }),
+				stage(func(x sample) time.Duration { return x.shown - x.started }),
+				stage(func(x sample) time.Duration { return x.total }))
 		}
-		fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", name,
-			stage(func(x sample) time.Duration { return x.scheduled }),
-			stage(func(x sample) time.Duration { return x.told - x.scheduled }),
-			stage(func(x sample) time.Duration { return x.started - x.told }),
-			stage(func(x sample) time.Duration { return x.shown - x.started }),
-			stage(func(x sample) time.Duration { return x.total }))
 	}
 	if *pools {
 		benchPools(ctx, sbx)
 	}
 }
 
-// oneAtATime runs n starts, each after the previous one.
-func oneAtATime(n int, start func(i int) sample) []sample {
+// oneAtATime runs n starts, each after the previous one, at most one per
+// pace (0: back to back).
+var seq int
+
+func oneAtATime(n int, pace time.Duration, start func(i int) sample) []sample {
 	out := make([]sample, 0, n)
 	for i := 0; i < n; i++ {
-		out = append(out, start(i))
-		time.Sleep(*interval)
+		t0 := time.Now()
+		seq++
+		out = append(out, start(seq))
+		time.Sleep(pace - time.Since(t0))
 	}
 	return out
 }
 
-// inBursts runs rounds of n concurrent starts.
-func inBursts(n, rounds int, start func(i int) sample) []sample {
+// inBursts runs rounds of n concurrent starts, pause apart.
+func inBursts(n, rounds int, pause time.Duration, start func(i int) sample) []sample {
 	var (
 		out []sample
 		mu  sync.Mutex
@@ -145,6 +156,7 @@ func inBursts(n, rounds int, start func(i int) sample) []sample {
 			}(100000 + r*n + j)
 		}
 		wg.Wait()
+		time.Sleep(pause)
 	}
 	return out
 }

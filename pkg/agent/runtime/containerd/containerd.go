@@ -119,6 +119,8 @@ type Runtime struct {
 	waited map[string]bool              // UIDs whose exit is being waited for
 	ids    map[string]string            // by UID: container IDs that are not ContainerID(UID)
 	warm   warmPool
+
+	cgroupWriteFailed sync.Once
 	images imageCache
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -418,19 +420,20 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 		cleanup()
 		return fail(api.ReasonCreateFailed, fmt.Errorf("waiting on task: %w", err))
 	}
-	// The CPU limit is set once the task is created and before its process
-	// runs: the OCI runtime's own setup inside the container's cgroup would
-	// otherwise run under a small sandbox's quota (10m CPU makes runc's
-	// setup take seconds). The memory limit holds from the start.
-	if err := r.setLimits(ctx, id, task, limitsOf(spec.CPUMillis, 0)); err != nil {
-		cleanup()
-		return fail(api.ReasonCreateFailed, fmt.Errorf("setting the CPU limit: %w", err))
-	}
 	if err := task.Start(ctx); err != nil {
 		cleanup()
 		return fail(api.ReasonCreateFailed, fmt.Errorf("starting task: %w", err))
 	}
 	started := time.Now()
+	// The CPU limit is set once the process runs: the OCI runtime's own
+	// setup and exec inside the container's cgroup would otherwise run under
+	// a small sandbox's quota (10m CPU makes runc's setup take seconds). The
+	// memory limit holds from the start; the command runs without its own
+	// CPU limit for the microseconds between, within the agent Pod's quota.
+	if err := r.setLimits(ctx, id, task, limitsOf(spec.CPUMillis, 0)); err != nil {
+		cleanup()
+		return fail(api.ReasonCreateFailed, fmt.Errorf("setting the CPU limit: %w", err))
+	}
 	status.State, status.CreatedAt, status.StartedAt = api.StateRunning, &now, &started
 	r.remember(status, true)
 	go r.awaitExit(container, status, exitCh)

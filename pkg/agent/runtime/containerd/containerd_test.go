@@ -41,7 +41,7 @@ func (e *env) runtime(t testing.TB, warm bool) *containerd.Runtime {
 		Agent: "agent-test", StateDir: e.state,
 	}
 	if warm {
-		cfg.InitBinary, cfg.WarmPerImage = containerdtest.SandboxInit(t), 2
+		cfg.InitBinary, cfg.WarmPerImage = containerdtest.SandboxInit(t), 4
 	}
 	rt := containerd.New(cfg, testr.NewWithInterface(t, testr.Options{}))
 	if _, err := rt.Initialize(context.Background()); err != nil {
@@ -449,5 +449,28 @@ func expectFile(t *testing.T, path, want string) {
 	}
 	if got := strings.TrimSpace(string(data)); got != want {
 		t.Errorf("%s = %q, want %q", path, got, want)
+	}
+}
+
+// TestWarmImages: the warm images have warm containers once Initialize
+// returns (before the agent is ready); one that is not on the node is
+// reported and does not stop the agent.
+func TestWarmImages(t *testing.T) {
+	e := setup(t)
+	rt := containerd.New(containerd.Config{
+		Address: e.d.Address, Namespace: containerdtest.Namespace, CgroupParent: e.parent,
+		Agent: "agent-test", StateDir: e.state, InitBinary: containerdtest.SandboxInit(t), WarmPerImage: 1,
+		WarmImages: []string{"fast-sandbox/testbox", "docker.io/library/not-on-this-node:1"},
+	}, testr.New(t))
+	if _, err := rt.Initialize(context.Background()); err != nil {
+		t.Fatalf("Initialize: %v", err)
+	}
+	defer rt.Close()
+	counts := map[string]int{}
+	for _, w := range rt.WarmContainers() {
+		counts[w.Image] = w.Count
+	}
+	if counts[containerdtest.TestImage] != 1 || counts["docker.io/library/not-on-this-node:1"] != 0 {
+		t.Errorf("warm containers %v, want 1 of %s and none of the missing image", counts, containerdtest.TestImage)
 	}
 }

@@ -41,6 +41,9 @@ func (r *Runtime) setLimits(ctx context.Context, id string, task client.Task, re
 	if direct == nil {
 		return nil
 	}
+	r.cgroupWriteFailed.Do(func() {
+		r.log.Info("cannot write sandbox cgroups directly; setting limits through the OCI runtime, which is slower (is the node's cgroupfs mounted writable?)", "err", direct.Error())
+	})
 	if err := task.Update(ctx, client.WithResources(res)); err != nil {
 		return fmt.Errorf("setting limits (cgroup write: %v): %w", direct, err)
 	}

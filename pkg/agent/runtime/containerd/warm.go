@@ -58,6 +58,9 @@ const (
 	// probeWindow is how long a restarted agent waits for the init of a
 	// claimed container to call; the init retries every 20ms.
 	probeWindow = 300 * time.Millisecond
+	// warmReadyTimeout bounds the wait for the warm images' first warm
+	// containers before the agent is ready.
+	warmReadyTimeout = 30 * time.Second
 )
 
 // warmKey is what a warm container is made for.
@@ -138,17 +141,24 @@ func (r *Runtime) initWarm(ctx context.Context) error {
 		return fmt.Errorf("installing the sandbox init: %w", err)
 	}
 	w.initPath, w.enabled = dst, true
-	for _, img := range r.cfg.WarmImages {
-		key, err := r.keyOf(api.SandboxSpec{Image: img})
-		if err != nil {
-			return fmt.Errorf("warm image %q: %w", img, err)
-		}
-		r.noteKey(key)
-	}
 	var rctx context.Context
 	rctx, w.stop = context.WithCancel(r.ctx)
 	w.done = make(chan struct{})
 	go r.refillLoop(rctx)
+	// The pool's warm images have a warm container before the agent is
+	// ready, so that its first sandboxes start in milliseconds too. An image
+	// that cannot be made warm is logged and started the ordinary way.
+	wctx, cancel := context.WithTimeout(ctx, warmReadyTimeout)
+	defer cancel()
+	for _, img := range r.cfg.WarmImages {
+		spec := api.SandboxSpec{Image: img}
+		if _, err := r.keyOf(spec); err != nil {
+			return fmt.Errorf("warm image %q: %w", img, err)
+		}
+		if err := r.WaitWarm(wctx, spec); err != nil {
+			r.log.Error(err, "no warm container for a warm image; its sandboxes start the ordinary way until one is made", "image", img)
+		}
+	}
 	return nil
 }
 
@@ -479,7 +489,11 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 	r.mu.Lock()
 	r.ids[spec.UID] = c.id
 	r.mu.Unlock()
-	if err := r.setLimits(ctx, c.id, c.task, limitsOf(spec.CPUMillis, spec.MemoryBytes)); err != nil {
+	// The memory limit holds before the command runs. The CPU limit follows
+	// the exec: under a small sandbox's quota (10m is 1ms per 100ms) the
+	// init's last steps would take tens of milliseconds. The command runs
+	// unlimited for the microseconds between, within the agent Pod's quota.
+	if err := r.setLimits(ctx, c.id, c.task, limitsOf(0, spec.MemoryBytes)); err != nil {
 		r.forgetID(spec.UID)
 		return giveUp(err)
 	}
@@ -497,6 +511,14 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 	case errors.Is(err, io.EOF):
 		// The exec closed the connection: the command runs.
 		started := time.Now()
+		if err := r.setLimits(ctx, c.id, c.task, limitsOf(spec.CPUMillis, 0)); err != nil {
+			status.State, status.Reason, status.Message = api.StateFailed, api.ReasonCreateFailed, "setting the CPU limit: "+err.Error()
+			status.FinishedAt = &started
+			r.finishClaim(c, warmFailed, status)
+			r.discardWarm(c)
+			r.forgetID(spec.UID)
+			return status, true
+		}
 		status.State, status.CreatedAt, status.StartedAt = api.StateRunning, &now, &started
 		r.remember(status, true)
 		r.finishClaim(c, warmStarted, status)
