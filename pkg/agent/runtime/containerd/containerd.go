@@ -119,11 +119,11 @@ type Runtime struct {
 	waited map[string]bool              // UIDs whose exit is being waited for
 	ids    map[string]string            // by UID: container IDs that are not ContainerID(UID)
 	warm   warmPool
-
-	cgroupWriteFailed sync.Once
 	images imageCache
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	cgroupWriteFailed sync.Once // logs the fallback once
 }
 
 var _ runtime.Runtime = &Runtime{}
