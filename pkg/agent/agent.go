@@ -220,7 +220,9 @@ func (a *Agent) startDelete(uid string) {
 		return
 	}
 	a.deleting[uid] = true
+	name := a.sandboxes[uid].Namespace + "/" + a.sandboxes[uid].Name
 	a.mu.Unlock()
+	a.log.Info("removing a sandbox that is no longer desired", "uid", uid, "sandbox", name)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
 		defer cancel()

@@ -276,3 +276,31 @@ func TestFinishedSandboxesHoldNoSlot(t *testing.T) {
 		t.Errorf("logs of an unknown sandbox: %v", err)
 	}
 }
+
+// TestNotReadyRefuses: until the agent has adopted what the runtime runs,
+// status and sync answer 503 (an empty status would make the control plane
+// take its sandboxes for lost); health answers.
+func TestNotReadyRefuses(t *testing.T) {
+	a := New(Config{Capacity: api.Resources{Slots: 1}}, newFakeRuntime(), testr.New(t))
+	srv := httptest.NewServer(a.Handler(token))
+	defer srv.Close()
+	for _, tc := range []struct{ method, path string }{
+		{http.MethodGet, api.PathStatus}, {http.MethodPut, api.PathSync}, {http.MethodGet, api.PathReadyz}, {http.MethodGet, api.PathHealthz},
+	} {
+		req, _ := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader(`{"epoch":1,"revision":1,"sandboxes":[]}`))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		want := http.StatusServiceUnavailable
+		if tc.path == api.PathHealthz {
+			want = http.StatusOK
+		}
+		if resp.StatusCode != want {
+			t.Errorf("%s %s: %d, want %d", tc.method, tc.path, resp.StatusCode, want)
+		}
+	}
+}

@@ -42,6 +42,12 @@ func (a *Agent) Handler(token string) http.Handler {
 		mux.Handle(pattern, handler)
 	}
 	route("GET "+api.PathStatus, true, func(w http.ResponseWriter, r *http.Request) error {
+		// Before the agent has adopted what the runtime runs, its status would
+		// say it runs nothing, and the control plane would take its sandboxes
+		// for lost.
+		if !a.Ready() {
+			return refuse(http.StatusServiceUnavailable, "the agent is starting")
+		}
 		return writeJSON(w, a.Status(r.Context()))
 	})
 	sync := func(w http.ResponseWriter, r *http.Request) error {

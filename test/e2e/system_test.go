@@ -43,7 +43,7 @@ func deploy(t *testing.T) *system {
 		ObjectMeta: metav1.ObjectMeta{Name: s.pool},
 		Spec: v1alpha1.SandboxPoolSpec{
 			MinAgents: 2, MaxAgents: 2, SlotsPerAgent: 8, ScaleDownDelaySeconds: 60,
-			ImagePullPolicy: v1alpha1.PullNever,
+			ImagePullPolicy: v1alpha1.PullNever, WarmImages: []string{cluster.TestImage},
 			Agent: v1alpha1.AgentTemplate{
 				Image: "docker.io/fast-sandbox/agent:" + mustSetting(t, "VERSION"), ImagePullPolicy: corev1.PullNever,
 				Resources:        v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("500m")), Memory: ptr.To(resource.MustParse("512Mi"))},
@@ -226,8 +226,8 @@ func TestSystem(t *testing.T) {
 		}
 	})
 
-	t.Run("the next sandbox of an image starts in a warm container", func(t *testing.T) {
-		// "hello" taught the agents the image; they keep warm containers for it.
+	t.Run("a sandbox of the pool's warm image starts in a warm container", func(t *testing.T) {
+		// Every agent keeps warm containers for the pool's warmImages.
 		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
 			return len(warmContainers(t)) > 0, nil
 		})
@@ -294,6 +294,56 @@ func TestSystem(t *testing.T) {
 		})
 		if err != nil {
 			t.Errorf("sandbox or container still there: %v", err)
+		}
+	})
+
+	t.Run("restarting the scheduler and the agents mid-burst leaves exactly one container per sandbox", func(t *testing.T) {
+		const n = 12
+		var names, uids []string
+		for i := 0; i < n; i++ {
+			name := fmt.Sprintf("burst-%d", i)
+			sbx := s.create(name, nil, "sleep", "600")
+			names, uids = append(names, name), append(uids, string(sbx.UID))
+			switch i {
+			case n / 3:
+				// Every agent process dies; kubelet restarts it in the same Pod.
+				if out, err := exec.Command("pkill", "-KILL", "-x", "agent").CombinedOutput(); err != nil {
+					t.Fatalf("killing the agents: %v %s", err, out)
+				}
+			case 2 * n / 3:
+				kubectl(t, "-n", "fast-sandbox-system", "delete", "pod", "-l", "app.kubernetes.io/name=fast-sandbox-scheduler", "--wait=false")
+			}
+		}
+		for i, name := range names {
+			s.waitSandbox(name, "Running", phase(v1alpha1.SandboxRunning))
+			if got := containers(t, uids[i]); len(got) != 1 {
+				t.Errorf("sandbox %s has %d containers: %v", name, len(got), got)
+			}
+		}
+		// The scheduler that took over and the restarted agents agree, and stay so.
+		time.Sleep(3 * time.Second)
+		for i, name := range names {
+			sbx, err := s.sbx.SandboxV1alpha1().Sandboxes(s.ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil || sbx.Status.Phase != v1alpha1.SandboxRunning {
+				t.Errorf("sandbox %s: %v %+v", name, err, sbx.Status)
+			}
+			if got := containers(t, uids[i]); len(got) != 1 {
+				t.Errorf("sandbox %s has %d containers after settling: %v", name, len(got), got)
+			}
+		}
+		for _, name := range names {
+			_ = s.sbx.SandboxV1alpha1().Sandboxes(s.ns).Delete(ctx, name, metav1.DeleteOptions{})
+		}
+		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+			for i := range names {
+				if len(containers(t, uids[i])) != 0 {
+					return false, nil
+				}
+			}
+			return true, nil
+		})
+		if err != nil {
+			t.Errorf("containers of deleted sandboxes remain: %v", err)
 		}
 	})
 

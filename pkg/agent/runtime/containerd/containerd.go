@@ -277,7 +277,8 @@ func (r *Runtime) findContainer(ctx context.Context, uid string) (client.Contain
 	if err == nil || !errdefs.IsNotFound(err) {
 		return c, err
 	}
-	cs, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q==%q,labels.%q==%q", LabelManagedBy, managedBy, LabelUID, uid))
+	cs, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q==%q,labels.%q==%q,labels.%q==%q",
+		LabelManagedBy, managedBy, LabelAgent, r.cfg.Agent, LabelUID, uid))
 	if err != nil {
 		return nil, err
 	}
@@ -679,11 +680,13 @@ func (r *Runtime) removeContainer(ctx context.Context, c client.Container) error
 	return nil
 }
 
-// ListSandboxes lists the sandbox containers by label and reports each one's
-// state. Running ones are watched for their exit.
+// ListSandboxes lists this agent's sandbox containers by label and reports
+// each one's state. Running ones are watched for their exit.
 func (r *Runtime) ListSandboxes(ctx context.Context) ([]api.SandboxStatus, error) {
 	ctx = r.nsCtx(ctx)
-	cs, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q==%q", LabelManagedBy, managedBy))
+	// Only this agent's: agents of other pools (or of the same pool) on the
+	// node share the containerd namespace.
+	cs, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q==%q,labels.%q==%q", LabelManagedBy, managedBy, LabelAgent, r.cfg.Agent))
 	if err != nil {
 		return nil, fmt.Errorf("listing sandbox containers: %w", err)
 	}
@@ -696,6 +699,16 @@ func (r *Runtime) ListSandboxes(ctx context.Context) ([]api.SandboxStatus, error
 		if st.UID == "" {
 			continue // a warm container not given to a sandbox
 		}
+		if r.neverStarted(ctx, c) {
+			// An agent stopped while creating it: its command never ran. It
+			// goes, and the next sync creates the sandbox again, once.
+			r.log.Info("removing the container of a sandbox whose creation did not finish", "sandbox", st.Namespace+"/"+st.Name, "container", c.ID())
+			if err := r.removeContainer(ctx, c); err != nil {
+				return nil, err
+			}
+			r.forgetID(st.UID)
+			continue
+		}
 		if st.State == api.StateRunning {
 			r.watch(c, st)
 		} else {
@@ -704,6 +717,22 @@ func (r *Runtime) ListSandboxes(ctx context.Context) ([]api.SandboxStatus, error
 		out = append(out, st)
 	}
 	return out, nil
+}
+
+// neverStarted says whether a container's process never ran: it has no
+// task and no log file (the shim makes the file when the task is created),
+// or its task was created but not started.
+func (r *Runtime) neverStarted(ctx context.Context, c client.Container) bool {
+	task, err := c.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		_, statErr := os.Stat(r.logPath(c.ID()))
+		return os.IsNotExist(statErr)
+	}
+	if err != nil {
+		return false
+	}
+	ts, err := task.Status(ctx)
+	return err == nil && ts.Status == client.Created
 }
 
 // statusOf reads a sandbox's status from its container and task.

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/go-logr/logr/testr"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
@@ -472,5 +474,68 @@ func TestWarmImages(t *testing.T) {
 	}
 	if counts[containerdtest.TestImage] != 1 || counts["docker.io/library/not-on-this-node:1"] != 0 {
 		t.Errorf("warm containers %v, want 1 of %s and none of the missing image", counts, containerdtest.TestImage)
+	}
+}
+
+// TestRestartRemovesUnfinishedCreate plays an agent that stopped between
+// creating a sandbox's container and its task: the command never ran, so
+// the next agent removes the container instead of reporting the sandbox
+// lost, and the next create makes it once.
+func TestRestartRemovesUnfinishedCreate(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	labels := map[string]string{
+		containerd.LabelManagedBy: "fast-sandbox-agent", containerd.LabelUID: "unfinished",
+		containerd.LabelName: "sbx-unfinished", containerd.LabelNamespace: "ns", containerd.LabelAgent: "agent-test",
+	}
+	if _, err := e.d.Client.NewContainer(e.d.Context(), containerd.ContainerID("unfinished"),
+		client.WithContainerLabels(labels), client.WithNewSpec(oci.WithDefaultSpec())); err != nil {
+		t.Fatal(err)
+	}
+	rt := e.runtime(t, false)
+	all, err := rt.ListSandboxes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 0 {
+		t.Errorf("adopted %+v, want nothing", all)
+	}
+	if _, err := e.d.Client.LoadContainer(e.d.Context(), containerd.ContainerID("unfinished")); err == nil {
+		t.Error("the unfinished container is still there")
+	}
+	if st := rt.CreateSandbox(ctx, spec("unfinished", "sleep", "60")); st.State != api.StateRunning {
+		t.Fatalf("create: %+v", st)
+	}
+	_ = rt.DeleteSandbox(ctx, "unfinished")
+}
+
+// TestAgentsShareANode: two agents over one containerd namespace (two agent
+// Pods on a node) each list only their own sandboxes, so that neither ever
+// adopts, nor removes, the other's.
+func TestAgentsShareANode(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	runtimes := map[string]*containerd.Runtime{}
+	for _, name := range []string{"agent-a", "agent-b"} {
+		rt := containerd.New(containerd.Config{Address: e.d.Address, Namespace: containerdtest.Namespace,
+			CgroupParent: e.parent, Agent: name, StateDir: e.state}, testr.New(t))
+		if _, err := rt.Initialize(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer rt.Close()
+		runtimes[name] = rt
+		if st := rt.CreateSandbox(ctx, spec("of-"+name, "sleep", "60")); st.State != api.StateRunning {
+			t.Fatalf("create: %+v", st)
+		}
+		defer rt.DeleteSandbox(ctx, "of-"+name)
+	}
+	for name, rt := range runtimes {
+		all, err := rt.ListSandboxes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(all) != 1 || all[0].UID != "of-"+name {
+			t.Errorf("%s lists %+v, want only its own", name, all)
+		}
 	}
 }

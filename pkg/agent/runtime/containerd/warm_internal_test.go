@@ -2,6 +2,7 @@ package containerd
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -63,5 +64,76 @@ func TestRestartRemovesClaimedButNotStarted(t *testing.T) {
 	}
 	if err := second.DeleteSandbox(ctx, spec.UID); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRestartAdoptsWarmStarted plays an agent that dies (no clean Close)
+// while sandboxes run in warm containers and others are warm and free: the
+// next agent adopts the running sandboxes, leaves them running, and removes
+// only the free warm containers.
+func TestRestartAdoptsWarmStarted(t *testing.T) {
+	d := containerdtest.Start(t)
+	parent := containerdtest.CgroupParent(t, "adopt")
+	cfg := Config{Address: d.Address, Namespace: containerdtest.Namespace, CgroupParent: parent,
+		Agent: "agent-test", StateDir: t.TempDir(), InitBinary: containerdtest.SandboxInit(t), WarmPerImage: 2}
+	ctx := context.Background()
+	first := New(cfg, testr.New(t))
+	if _, err := first.Initialize(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var uids []string
+	for i := 0; i < 3; i++ {
+		spec := api.SandboxSpec{UID: fmt.Sprintf("run-%d", i), Namespace: "ns", Name: fmt.Sprintf("run-%d", i),
+			Image: containerdtest.TestImage, Command: []string{"sleep", "60"}, CPUMillis: 10, MemoryBytes: 16 << 20}
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := first.WaitWarm(wctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		if st := first.CreateSandbox(ctx, spec); st.State != api.StateRunning || st.Start != api.StartWarm {
+			t.Fatalf("create: %+v", st)
+		}
+		uids = append(uids, spec.UID)
+	}
+	// The agent dies: its connections go, nothing is cleaned up.
+	first.warm.stop()
+	<-first.warm.done
+	first.mu.Lock()
+	for _, cs := range first.warm.free {
+		for _, c := range cs {
+			c.conn.Close()
+		}
+	}
+	first.mu.Unlock()
+	first.cancel()
+	first.client.Close()
+
+	second := New(cfg, testr.New(t))
+	if _, err := second.Initialize(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	all, err := second.ListSandboxes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != len(uids) {
+		t.Fatalf("adopted %+v, want %v", all, uids)
+	}
+	time.Sleep(time.Second)
+	for _, uid := range uids {
+		c, err := second.findContainer(second.nsCtx(ctx), uid)
+		if err != nil {
+			t.Fatalf("sandbox %s: %v", uid, err)
+		}
+		st, err := second.statusOf(second.nsCtx(ctx), c)
+		if err != nil || st.State != api.StateRunning {
+			t.Errorf("sandbox %s after the restart: %+v %v", uid, st, err)
+		}
+	}
+	select {
+	case st := <-second.Exits():
+		t.Errorf("an adopted sandbox exited: %+v", st)
+	default:
 	}
 }
