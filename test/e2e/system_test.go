@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
@@ -362,12 +363,17 @@ func TestSystem(t *testing.T) {
 
 	t.Run("the pool scales up and down with real Pods", func(t *testing.T) {
 		setSize := func(n int32) {
-			p, err := s.sbx.SandboxV1alpha1().SandboxPools(s.ns).Get(ctx, s.pool, metav1.GetOptions{})
+			// The pool controller writes status meanwhile: retry on conflicts.
+			err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				p, err := s.sbx.SandboxV1alpha1().SandboxPools(s.ns).Get(ctx, s.pool, metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				p.Spec.MinAgents, p.Spec.MaxAgents = n, n
+				_, err = s.sbx.SandboxV1alpha1().SandboxPools(s.ns).Update(ctx, p, metav1.UpdateOptions{})
+				return err
+			})
 			if err != nil {
-				t.Fatal(err)
-			}
-			p.Spec.MinAgents, p.Spec.MaxAgents = n, n
-			if _, err := s.sbx.SandboxV1alpha1().SandboxPools(s.ns).Update(ctx, p, metav1.UpdateOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		}
