@@ -9,6 +9,7 @@ import (
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+	"github.com/fast-sandbox/fast-sandbox/plugins/imageaffinity"
 )
 
 // sandboxPod presents a Sandbox to the framework's plugins as a Pod: one
@@ -73,6 +74,15 @@ func agentNode(a *agentState, node *v1.Node) *v1.Node {
 	}
 	n.Status.Capacity = n.Status.Allocatable
 	n.Status.Images = nodeImages(st.Images)
+	var warm []string
+	for _, w := range st.Warm {
+		if w.Count > 0 {
+			warm = append(warm, w.Image)
+		}
+	}
+	if len(warm) > 0 {
+		n.Annotations = map[string]string{imageaffinity.AnnotationWarmImages: strings.Join(warm, ",")}
+	}
 	return n
 }
 

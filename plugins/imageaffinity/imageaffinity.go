@@ -9,6 +9,7 @@ package imageaffinity
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/distribution/reference"
 	v1 "k8s.io/api/core/v1"
@@ -23,6 +24,12 @@ const Name = "ImageAffinity"
 
 // ErrReasonImageNotPresent is the Filter's reason for an agent without the image.
 const ErrReasonImageNotPresent = "image not present"
+
+// AnnotationWarmImages, on an agent's node, lists (comma-separated,
+// normalized) the images the agent has a free warm container for: a
+// sandbox of such an image starts without a container creation. Score
+// rates such an agent as if it held the largest image.
+const AnnotationWarmImages = "fast-sandbox.io/warm-images"
 
 const (
 	mb           int64 = 1024 * 1024
@@ -155,11 +162,16 @@ func (pl *ImageAffinity) PreScore(_ context.Context, cs fwk.CycleState, pod *v1.
 // (clamped like ImageLocality: bigger images matter more) scaled to
 // [0, MaxNodeScore], lowered by how busy the agent is.
 func (pl *ImageAffinity) Score(_ context.Context, cs fwk.CycleState, pod *v1.Pod, nodeInfo fwk.NodeInfo) (int64, *fwk.Status) {
-	summary, ok := nodeInfo.GetImageStates()[imageOf(cs, pod)]
-	if !ok {
+	image := imageOf(cs, pod)
+	summary, ok := nodeInfo.GetImageStates()[image]
+	warm := hasWarm(nodeInfo.Node(), image)
+	if !ok && !warm {
 		return 0, nil
 	}
 	size := summary.Size
+	if warm {
+		size = maxThreshold
+	}
 	if size < minThreshold {
 		size = minThreshold
 	}
@@ -173,6 +185,19 @@ func (pl *ImageAffinity) Score(_ context.Context, cs fwk.CycleState, pod *v1.Pod
 		score *= 1 - *pl.args.SpreadFactor*used
 	}
 	return int64(score), nil
+}
+
+// hasWarm says whether the agent node has a free warm container for image.
+func hasWarm(node *v1.Node, image string) bool {
+	if node == nil || image == "" {
+		return false
+	}
+	for _, w := range strings.Split(node.Annotations[AnnotationWarmImages], ",") {
+		if w == image {
+			return true
+		}
+	}
+	return false
 }
 
 // ScoreExtensions is not used: scores are already in [0, MaxNodeScore].

@@ -56,6 +56,14 @@ func agent(name string, slots int64, used int, images ...v1.ContainerImage) fwk.
 	return ni
 }
 
+// warmAgent marks an agent as holding free warm containers for images.
+func warmAgent(ni fwk.NodeInfo, images ...string) fwk.NodeInfo {
+	node := ni.Node().DeepCopy()
+	node.Annotations = map[string]string{AnnotationWarmImages: strings.Join(images, ",")}
+	ni.(*framework.NodeInfo).SetNode(node)
+	return ni
+}
+
 func sandbox(image string) *v1.Pod {
 	return &v1.Pod{Spec: v1.PodSpec{Containers: []v1.Container{{Image: image}}}}
 }
@@ -87,6 +95,9 @@ func TestScore(t *testing.T) {
 		{"small images still count as present", "", "busybox", []fwk.NodeInfo{agent("a", 8, 0, small)}, []int64{50}},
 		{"a busier agent scores lower", "", "python:3.9", []fwk.NodeInfo{agent("a", 4, 0, py), agent("b", 4, 2, py)}, []int64{74, 55}},
 		{"spreadFactor 0 packs", `{"spreadFactor":0}`, "python:3.9", []fwk.NodeInfo{agent("a", 4, 0, py), agent("b", 4, 2, py)}, []int64{74, 74}},
+		{"a free warm container beats the image alone", "", "busybox", []fwk.NodeInfo{warmAgent(agent("a", 8, 0, small), "docker.io/library/busybox:latest"), agent("b", 8, 0, small)}, []int64{100, 50}},
+		{"a warm container of another image does not count", "", "busybox", []fwk.NodeInfo{warmAgent(agent("a", 8, 0, small), "docker.io/library/python:3.9")}, []int64{50}},
+		{"warm agents still spread", "", "busybox", []fwk.NodeInfo{warmAgent(agent("a", 4, 2, small), "docker.io/library/busybox:latest")}, []int64{75}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
