@@ -149,8 +149,11 @@ func (s *syncer) run(ctx context.Context, epoch int64,
 			resp, err = client.Sync(callCtx, req)
 			cancel()
 		}
-		done(s.agent, specs, resp, err)
+		// The binds waiting for this sync record their outcome first; the
+		// follow-up (finalizers of removed sandboxes, other reports) must not
+		// sit on their path.
 		s.deliver(revision, specs, resp, err)
+		done(s.agent, specs, resp, err)
 	}
 }
 
