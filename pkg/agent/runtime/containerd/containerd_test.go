@@ -285,7 +285,7 @@ func testRuntime(t *testing.T, e *env, s0 starter) {
 
 	t.Run("hardened by default", func(t *testing.T) {
 		s := spec("hardened", "sh", "-c",
-			"grep -E '^(NoNewPrivs|Seccomp|CapEff|CapBnd):' /proc/self/status; echo ifaces $(ls /sys/class/net); echo loflags $(cat /sys/class/net/lo/flags)")
+			"grep -E '^(NoNewPrivs|Seccomp|Cap(Inh|Prm|Eff|Bnd|Amb)):' /proc/self/status; echo ifaces $(ls /sys/class/net); echo loflags $(cat /sys/class/net/lo/flags)")
 		s0.create(t, s)
 		waitExit(t, rt, "hardened")
 		out := logs(t, rt, "hardened", "loflags")
@@ -298,7 +298,7 @@ func testRuntime(t *testing.T, e *env, s0 starter) {
 		// of a warm container holds to set the hostname) must be gone.
 		seen := 0
 		for _, line := range strings.Split(out, "\n") {
-			for _, set := range []string{"CapEff:\t", "CapBnd:\t"} {
+			for _, set := range []string{"CapInh:\t", "CapPrm:\t", "CapEff:\t", "CapBnd:\t", "CapAmb:\t"} {
 				if rest, ok := strings.CutPrefix(line, set); ok {
 					seen++
 					var caps uint64
@@ -309,8 +309,8 @@ func testRuntime(t *testing.T, e *env, s0 starter) {
 				}
 			}
 		}
-		if seen != 2 {
-			t.Errorf("output %q lacks CapEff and CapBnd", out)
+		if seen != 5 {
+			t.Errorf("output %q lacks some of the capability sets", out)
 		}
 		_ = rt.DeleteSandbox(ctx, "hardened")
 	})
