@@ -359,6 +359,13 @@ func TestSystem(t *testing.T) {
 			t.Errorf("reason %q, want AgentLost", done.Status.Reason)
 		}
 		s.waitPool(func(p *v1alpha1.SandboxPool) bool { return p.Status.ReadyAgents == 2 }, "its lost agent replaced")
+		// Its container belongs to nobody now: an agent on the node sweeps it.
+		err := wait.PollUntilContextTimeout(ctx, time.Second, 90*time.Second, true, func(ctx context.Context) (bool, error) {
+			return len(containers(t, string(done.UID))) == 0, nil
+		})
+		if err != nil {
+			t.Errorf("the lost agent's container is still on the node: %v", err)
+		}
 	})
 
 	t.Run("the pool scales up and down with real Pods", func(t *testing.T) {

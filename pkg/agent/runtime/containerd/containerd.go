@@ -57,9 +57,12 @@ const (
 	LabelNamespace = "fast-sandbox.io/sandbox-namespace"
 	LabelPool      = "fast-sandbox.io/pool-name"
 	LabelAgent     = "fast-sandbox.io/agent-name"
-	LabelCPU       = "fast-sandbox.io/cpu-millis"
-	LabelMemory    = "fast-sandbox.io/memory-bytes"
-	LabelCreated   = "fast-sandbox.io/created-at"
+	// LabelAgentPodUID is the UID of the agent Pod whose cgroup the container
+	// is in: once that Pod is gone from the node, the container is an orphan.
+	LabelAgentPodUID = "fast-sandbox.io/agent-pod-uid"
+	LabelCPU         = "fast-sandbox.io/cpu-millis"
+	LabelMemory      = "fast-sandbox.io/memory-bytes"
+	LabelCreated     = "fast-sandbox.io/created-at"
 
 	managedBy = "fast-sandbox-agent"
 	idPrefix  = "fsbx-"
@@ -180,6 +183,10 @@ func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
 	if err := r.initWarm(ctx); err != nil {
 		return runtime.Info{}, err
 	}
+	if r.cfg.PodUID != "" {
+		r.sweepOrphans(ctx)
+		go r.sweepLoop()
+	}
 	r.log.Info("containerd runtime ready", "address", r.cfg.Address, "version", v.Version,
 		"namespace", r.cfg.Namespace, "cgroupParent", r.cgroupParent, "systemdCgroup", r.systemd, "podNetNS", r.podNetNS,
 		"warmPerImage", r.warm.perKey, "warmContainers", r.warm.enabled)
@@ -299,11 +306,20 @@ func (r *Runtime) forgetID(uid string) {
 
 // sandboxLabels are the labels of a sandbox's container.
 func (r *Runtime) sandboxLabels(spec api.SandboxSpec, created time.Time) map[string]string {
-	return map[string]string{
-		LabelManagedBy: managedBy, LabelUID: spec.UID, LabelName: spec.Name, LabelNamespace: spec.Namespace,
-		LabelPool: spec.Pool, LabelAgent: r.cfg.Agent, LabelCreated: created.UTC().Format(time.RFC3339Nano),
+	return r.ownLabels(map[string]string{
+		LabelUID: spec.UID, LabelName: spec.Name, LabelNamespace: spec.Namespace,
+		LabelPool: spec.Pool, LabelCreated: created.UTC().Format(time.RFC3339Nano),
 		LabelCPU: fmt.Sprint(spec.CPUMillis), LabelMemory: fmt.Sprint(spec.MemoryBytes),
+	})
+}
+
+// ownLabels adds the labels that say whose a container is.
+func (r *Runtime) ownLabels(l map[string]string) map[string]string {
+	l[LabelManagedBy], l[LabelAgent] = managedBy, r.cfg.Agent
+	if r.cfg.PodUID != "" {
+		l[LabelAgentPodUID] = r.cfg.PodUID
 	}
+	return l
 }
 
 // withLease keeps containerd's GC away from what a creation uses until the

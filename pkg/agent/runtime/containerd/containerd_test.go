@@ -539,3 +539,56 @@ func TestAgentsShareANode(t *testing.T) {
 		}
 	}
 }
+
+// TestOrphansAreSwept: the containers of an agent Pod that is gone from the
+// node (kubelet removed its sandbox container) are removed by any agent on
+// the node; those of a live agent Pod are left alone.
+func TestOrphansAreSwept(t *testing.T) {
+	e := setup(t)
+	ctx := e.d.Context()
+	newContainer := func(id string, labels map[string]string) {
+		t.Helper()
+		if _, err := e.d.Client.NewContainer(ctx, id, client.WithContainerLabels(labels), client.WithNewSpec(oci.WithDefaultSpec())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The live agent Pod's sandbox container, as the CRI makes it.
+	newContainer("pause-live", map[string]string{"io.kubernetes.pod.uid": "live-pod", "io.cri-containerd.kind": "sandbox"})
+	newContainer("fsbx-orphan", map[string]string{containerd.LabelManagedBy: "fast-sandbox-agent", containerd.LabelAgent: "gone-agent",
+		containerd.LabelAgentPodUID: "gone-pod", containerd.LabelUID: "orphan"})
+	newContainer("fsbx-other", map[string]string{containerd.LabelManagedBy: "fast-sandbox-agent", containerd.LabelAgent: "other-agent",
+		containerd.LabelAgentPodUID: "live-pod", containerd.LabelUID: "other"})
+	defer func() {
+		for _, id := range []string{"pause-live", "fsbx-other"} {
+			if c, err := e.d.Client.LoadContainer(ctx, id); err == nil {
+				_ = c.Delete(ctx)
+			}
+		}
+	}()
+
+	rt := containerd.New(containerd.Config{Address: e.d.Address, Namespace: containerdtest.Namespace,
+		CgroupParent: e.parent, PodUID: "live-pod", Agent: "agent-x", StateDir: e.state}, testr.New(t))
+	if _, err := rt.Initialize(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	if _, err := e.d.Client.LoadContainer(ctx, "fsbx-orphan"); err == nil {
+		t.Error("the container of a gone agent Pod is still there")
+	}
+	if _, err := e.d.Client.LoadContainer(ctx, "fsbx-other"); err != nil {
+		t.Errorf("the container of a live agent Pod was removed: %v", err)
+	}
+	// What this agent creates says whose it is.
+	st := rt.CreateSandbox(context.Background(), spec("mine", "sleep", "60"))
+	if st.State != api.StateRunning {
+		t.Fatalf("create: %+v", st)
+	}
+	defer rt.DeleteSandbox(context.Background(), "mine")
+	c, err := e.d.Client.LoadContainer(ctx, st.ContainerID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if labels, _ := c.Labels(ctx); labels[containerd.LabelAgentPodUID] != "live-pod" {
+		t.Errorf("labels %v lack the agent Pod's UID", labels)
+	}
+}

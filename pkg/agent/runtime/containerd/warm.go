@@ -425,7 +425,7 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 		withSeccompAllowed("sethostname"),
 	)
 	container, err := r.client.NewContainer(ctx, id,
-		client.WithContainerLabels(map[string]string{LabelManagedBy: managedBy, LabelAgent: r.cfg.Agent, LabelWarm: "true"}),
+		client.WithContainerLabels(r.ownLabels(map[string]string{LabelWarm: "true"})),
 		client.WithImageName(image.Name()),
 		client.WithSnapshotter(r.cfg.Snapshotter),
 		client.WithNewSnapshot(id, image),
