@@ -62,6 +62,8 @@ const (
 	// warmReadyTimeout bounds the wait for the warm images' first warm
 	// containers before the agent is ready.
 	warmReadyTimeout = 30 * time.Second
+	// refillParallelism is how many warm containers are made at once.
+	refillParallelism = 2
 )
 
 // warmKey is what a warm container is made for.
@@ -106,6 +108,7 @@ type warmPool struct {
 
 	// Guarded by Runtime.mu.
 	free     map[warmKey][]*warmContainer
+	creating map[warmKey]int
 	keys     []warmKey // in recent use, oldest first
 	broken   map[warmKey]error
 	refillCh chan struct{}
@@ -123,7 +126,8 @@ func (r *Runtime) warmDir(id string) string { return filepath.Join(r.cfg.StateDi
 // starts the refiller.
 func (r *Runtime) initWarm(ctx context.Context) error {
 	w := &r.warm
-	w.free, w.broken, w.refillCh = map[warmKey][]*warmContainer{}, map[warmKey]error{}, make(chan struct{}, 1)
+	w.free, w.creating, w.broken = map[warmKey][]*warmContainer{}, map[warmKey]int{}, map[warmKey]error{}
+	w.refillCh = make(chan struct{}, 1)
 	w.perKey, w.maxKeys = r.cfg.WarmPerImage, r.cfg.WarmImagesMax
 	if w.maxKeys <= 0 {
 		w.maxKeys = 4
@@ -299,10 +303,14 @@ func (r *Runtime) takeWarm(key warmKey) *warmContainer {
 	return c
 }
 
-// refillLoop keeps perKey warm containers for every key in use, one at a
-// time so that it never competes with sandbox starts for more than a core.
+// refillLoop keeps perKey warm containers for every key in use, making up
+// to refillParallelism at once: one at a time falls behind sandboxes that
+// arrive back to back.
 func (r *Runtime) refillLoop(ctx context.Context) {
 	defer close(r.warm.done)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	sem := make(chan struct{}, refillParallelism)
 	for {
 		select {
 		case <-ctx.Done():
@@ -314,40 +322,48 @@ func (r *Runtime) refillLoop(ctx context.Context) {
 			if !ok {
 				break
 			}
-			c, err := r.makeWarm(ctx, key)
-			r.mu.Lock()
-			if ctx.Err() != nil {
-				r.mu.Unlock()
-				if c != nil {
-					r.discardWarm(c)
-				}
-				return
-			}
-			if err != nil {
-				r.warm.broken[key] = err
-				r.mu.Unlock()
-				r.log.Error(err, "making a warm container; sandboxes of this image start the ordinary way", "image", key.image, "runtimeHandler", key.handler)
-				continue
-			}
-			if r.keyInUse(key) {
-				r.warm.free[key] = append(r.warm.free[key], c)
-				c = nil
-			}
-			r.mu.Unlock()
-			if c != nil {
-				r.discardWarm(c)
-			}
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				r.refillOne(ctx, key)
+			}()
 		}
 	}
 }
 
-// nextWarmNeed returns the most recent key short of warm containers.
+// refillOne makes one warm container for key, which nextWarmNeed reserved.
+func (r *Runtime) refillOne(ctx context.Context, key warmKey) {
+	c, err := r.makeWarm(ctx, key)
+	r.mu.Lock()
+	r.warm.creating[key]--
+	switch {
+	case ctx.Err() != nil:
+	case err != nil:
+		r.warm.broken[key] = err
+		r.mu.Unlock()
+		r.log.Error(err, "making a warm container; sandboxes of this image start the ordinary way", "image", key.image, "runtimeHandler", key.handler)
+		return
+	case r.keyInUse(key):
+		r.warm.free[key] = append(r.warm.free[key], c)
+		c = nil
+	}
+	r.mu.Unlock()
+	if c != nil {
+		r.discardWarm(c)
+	}
+}
+
+// nextWarmNeed returns the most recent key short of warm containers (those
+// being made count) and reserves one for the caller to make.
 func (r *Runtime) nextWarmNeed() (warmKey, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := len(r.warm.keys) - 1; i >= 0; i-- {
 		k := r.warm.keys[i]
-		if r.warm.broken[k] == nil && len(r.warm.free[k]) < r.warm.perKey {
+		if r.warm.broken[k] == nil && len(r.warm.free[k])+r.warm.creating[k] < r.warm.perKey {
+			r.warm.creating[k]++
 			return k, true
 		}
 	}
