@@ -51,10 +51,7 @@ func env(name, def string) string {
 	return def
 }
 
-func envInt(name string) int64 {
-	v, _ := strconv.ParseInt(os.Getenv(name), 10, 64)
-	return v
-}
+func envInt(name string) int64 { return envIntDefault(name, 0) }
 
 func envIntDefault(name string, def int64) int64 {
 	if v, err := strconv.ParseInt(os.Getenv(name), 10, 64); err == nil {
@@ -78,11 +75,7 @@ func besideExecutable(name string) string {
 }
 
 func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' }) {
-		out = append(out, f)
-	}
-	return out
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' })
 }
 
 func main() {

@@ -254,11 +254,7 @@ func ensurePool(ctx context.Context, c versioned.Interface, name, handler string
 	}}
 	_, err := c.SandboxV1alpha1().SandboxPools(*ns).Create(ctx, pool, metav1.CreateOptions{})
 	must(err)
-	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := c.SandboxV1alpha1().SandboxPools(*ns).Get(ctx, name, metav1.GetOptions{})
-		return err == nil && p.Status.ReadyAgents >= 1, nil
-	})
-	must(err)
+	waitReadyAgents(ctx, c, name, 1)
 	time.Sleep(2 * time.Second) // let the scheduler see the agent's first status (and the warm containers start)
 }
 

@@ -538,13 +538,10 @@ func (c *Controller) enqueuePool(obj any) {
 }
 
 func (c *Controller) deletePool(obj any) {
-	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
-	if err != nil {
-		utilruntime.HandleError(err)
-		return
+	if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+		c.expectations.forget(key)
 	}
-	c.expectations.forget(key)
-	c.queue.Add(key)
+	c.enqueuePool(obj)
 }
 
 func (c *Controller) enqueueAllPools(logger klog.Logger) {

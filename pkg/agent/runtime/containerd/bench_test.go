@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"slices"
 	"testing"
 	"time"
 
@@ -82,15 +83,7 @@ func report(b *testing.B, i int, d time.Duration) {
 	}
 	ds := samples[b.Name()]
 	delete(samples, b.Name())
-	sortDurations(ds)
+	slices.Sort(ds)
 	b.ReportMetric(float64(ds[len(ds)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(ds[len(ds)*9/10].Microseconds())/1000, "p90-ms")
-}
-
-func sortDurations(ds []time.Duration) {
-	for i := 1; i < len(ds); i++ {
-		for j := i; j > 0 && ds[j] < ds[j-1]; j-- {
-			ds[j], ds[j-1] = ds[j-1], ds[j]
-		}
-	}
 }

@@ -112,10 +112,19 @@ type warmPool struct {
 	keys     []warmKey // in recent use, oldest first
 	broken   map[warmKey]error
 	refillCh chan struct{}
+	// changed closes (and is replaced) when a warm container is made or a
+	// key breaks: WaitWarm waits on it.
+	changed chan struct{}
 
 	// stop ends the refiller; done closes when it has.
 	stop context.CancelFunc
 	done chan struct{}
+}
+
+// notifyLocked wakes the waiters of WaitWarm; Runtime.mu is held.
+func (w *warmPool) notifyLocked() {
+	close(w.changed)
+	w.changed = make(chan struct{})
 }
 
 // warmDir is the per-container directory holding the init's socket.
@@ -127,7 +136,7 @@ func (r *Runtime) warmDir(id string) string { return filepath.Join(r.cfg.StateDi
 func (r *Runtime) initWarm(ctx context.Context) error {
 	w := &r.warm
 	w.free, w.creating, w.broken = map[warmKey][]*warmContainer{}, map[warmKey]int{}, map[warmKey]error{}
-	w.refillCh = make(chan struct{}, 1)
+	w.refillCh, w.changed = make(chan struct{}, 1), make(chan struct{})
 	w.perKey, w.maxKeys = r.cfg.WarmPerImage, r.cfg.WarmImagesMax
 	if w.maxKeys <= 0 {
 		w.maxKeys = 4
@@ -342,11 +351,13 @@ func (r *Runtime) refillOne(ctx context.Context, key warmKey) {
 	case ctx.Err() != nil:
 	case err != nil:
 		r.warm.broken[key] = err
+		r.warm.notifyLocked()
 		r.mu.Unlock()
 		r.log.Error(err, "making a warm container; sandboxes of this image start the ordinary way", "image", key.image, "runtimeHandler", key.handler)
 		return
 	case r.keyInUse(key):
 		r.warm.free[key] = append(r.warm.free[key], c)
+		r.warm.notifyLocked()
 		c = nil
 	}
 	r.mu.Unlock()
@@ -654,7 +665,7 @@ func (r *Runtime) WaitWarm(ctx context.Context, spec api.SandboxSpec) error {
 	r.noteKey(key)
 	for {
 		r.mu.Lock()
-		n, broken := len(r.warm.free[key]), r.warm.broken[key]
+		n, broken, changed := len(r.warm.free[key]), r.warm.broken[key], r.warm.changed
 		r.mu.Unlock()
 		switch {
 		case n > 0:
@@ -665,7 +676,7 @@ func (r *Runtime) WaitWarm(ctx context.Context, spec api.SandboxSpec) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
+		case <-changed:
 		}
 	}
 }

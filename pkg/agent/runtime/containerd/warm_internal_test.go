@@ -12,23 +12,36 @@ import (
 	containerdtest "github.com/fast-sandbox/fast-sandbox/test/containerd"
 )
 
+// warmTestConfig starts a containerd and returns the config of an agent
+// over it with perImage warm containers per image; every runtime made from
+// it plays the same agent (a restart).
+func warmTestConfig(t *testing.T, name string, perImage int) (*containerdtest.Daemon, Config) {
+	d := containerdtest.Start(t)
+	return d, Config{Address: d.Address, Namespace: containerdtest.Namespace, CgroupParent: containerdtest.CgroupParent(t, name),
+		Agent: "agent-test", StateDir: t.TempDir(), InitBinary: containerdtest.SandboxInit(t), WarmPerImage: perImage}
+}
+
+// initialized is a runtime of cfg, initialized.
+func initialized(t *testing.T, cfg Config) *Runtime {
+	t.Helper()
+	rt := New(cfg, testr.New(t))
+	if _, err := rt.Initialize(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return rt
+}
+
 // TestRestartRemovesClaimedButNotStarted plays an agent that stops between
 // claiming a warm container for a sandbox and sending it the command: the
 // next agent must find that the sandbox never ran, remove the container and
 // not report the sandbox, so that the next sync creates it again (and it
 // runs once).
 func TestRestartRemovesClaimedButNotStarted(t *testing.T) {
-	d := containerdtest.Start(t)
-	parent := containerdtest.CgroupParent(t, "claimed")
-	cfg := Config{Address: d.Address, Namespace: containerdtest.Namespace, CgroupParent: parent,
-		Agent: "agent-test", StateDir: t.TempDir(), InitBinary: containerdtest.SandboxInit(t), WarmPerImage: 1}
+	d, cfg := warmTestConfig(t, "claimed", 1)
 	ctx := context.Background()
 	spec := api.SandboxSpec{UID: "claimed", Namespace: "ns", Name: "claimed", Image: containerdtest.TestImage, Command: []string{"sleep", "60"}}
 
-	first := New(cfg, testr.New(t))
-	if _, err := first.Initialize(ctx); err != nil {
-		t.Fatal(err)
-	}
+	first := initialized(t, cfg)
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := first.WaitWarm(wctx, spec); err != nil {
@@ -43,10 +56,7 @@ func TestRestartRemovesClaimedButNotStarted(t *testing.T) {
 	c.conn.Close()
 	first.Close()
 
-	second := New(cfg, testr.New(t))
-	if _, err := second.Initialize(ctx); err != nil {
-		t.Fatal(err)
-	}
+	second := initialized(t, cfg)
 	defer second.Close()
 	all, err := second.ListSandboxes(ctx)
 	if err != nil {
@@ -72,15 +82,9 @@ func TestRestartRemovesClaimedButNotStarted(t *testing.T) {
 // next agent adopts the running sandboxes, leaves them running, and removes
 // only the free warm containers.
 func TestRestartAdoptsWarmStarted(t *testing.T) {
-	d := containerdtest.Start(t)
-	parent := containerdtest.CgroupParent(t, "adopt")
-	cfg := Config{Address: d.Address, Namespace: containerdtest.Namespace, CgroupParent: parent,
-		Agent: "agent-test", StateDir: t.TempDir(), InitBinary: containerdtest.SandboxInit(t), WarmPerImage: 2}
+	_, cfg := warmTestConfig(t, "adopt", 2)
 	ctx := context.Background()
-	first := New(cfg, testr.New(t))
-	if _, err := first.Initialize(ctx); err != nil {
-		t.Fatal(err)
-	}
+	first := initialized(t, cfg)
 	var uids []string
 	for i := 0; i < 3; i++ {
 		spec := api.SandboxSpec{UID: fmt.Sprintf("run-%d", i), Namespace: "ns", Name: fmt.Sprintf("run-%d", i),
@@ -108,10 +112,7 @@ func TestRestartAdoptsWarmStarted(t *testing.T) {
 	first.cancel()
 	first.client.Close()
 
-	second := New(cfg, testr.New(t))
-	if _, err := second.Initialize(ctx); err != nil {
-		t.Fatal(err)
-	}
+	second := initialized(t, cfg)
 	defer second.Close()
 	all, err := second.ListSandboxes(ctx)
 	if err != nil {
