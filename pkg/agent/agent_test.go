@@ -304,3 +304,14 @@ func TestNotReadyRefuses(t *testing.T) {
 		}
 	}
 }
+
+func (f *fakeRuntime) StopSandbox(_ context.Context, uid string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st, ok := f.running[uid]; ok && st.State == api.StateRunning {
+		code := int32(137)
+		st.State, st.ExitCode, st.Reason = api.StateExited, &code, api.ReasonError
+		f.running[uid] = st
+	}
+	return nil
+}

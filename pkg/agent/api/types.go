@@ -21,10 +21,18 @@ const (
 	PathReadyz  = "/readyz"
 	PathMetrics = "/metrics"
 
-	// MaxRequestBytes bounds a request body.
-	MaxRequestBytes = 4 << 20
 	// MaxSandboxes bounds the sandboxes of one sync, whatever the capacity.
 	MaxSandboxes = 1024
+	// MaxSandboxSpecBytes bounds the JSON encoding of one SandboxSpec. The
+	// agent fails a larger sandbox (ReasonInvalidSpec) and runs the others;
+	// the control plane never sends one.
+	MaxSandboxSpecBytes = 64 << 10
+	// MaxFinished bounds the Finished UIDs of one sync.
+	MaxFinished = 16384
+	// MaxRequestBytes bounds a request body: room for MaxSandboxes specs of
+	// the largest size and MaxFinished UIDs, so a sync that honours the
+	// per-sandbox bounds is never refused as a whole.
+	MaxRequestBytes = MaxSandboxes*MaxSandboxSpecBytes + MaxFinished*128
 )
 
 // Network modes of a sandbox.
@@ -74,8 +82,15 @@ type SyncRequest struct {
 	// time); Revision grows within an epoch.
 	Epoch    int64 `json:"epoch"`
 	Revision int64 `json:"revision"`
-	// Sandboxes is the desired set; any other sandbox of the agent is removed.
+	// Sandboxes is the desired set; any other sandbox of the agent is removed,
+	// except those in Finished.
 	Sandboxes []SandboxSpec `json:"sandboxes"`
+	// Finished are the UIDs of sandboxes whose final status the control plane
+	// has recorded. The agent never starts them; if it still has one, it
+	// stops its process (if it runs) and keeps the container and its logs
+	// until the UID leaves both lists. They take no slot and are not sent
+	// as specs, so finished sandboxes never fill a sync.
+	Finished []string `json:"finished,omitempty"`
 }
 
 // SyncResponse is the state of every desired sandbox after the agent converged.
@@ -91,6 +106,9 @@ type SandboxState string
 
 // The states of a sandbox container.
 const (
+	// StateCreating: the agent accepted the sandbox and is still creating its
+	// container (e.g. pulling its image); its status later says how it went.
+	StateCreating SandboxState = "Creating"
 	// StateRunning: the container's process runs.
 	StateRunning SandboxState = "Running"
 	// StateExited: the process ended; ExitCode says how.
@@ -108,6 +126,9 @@ const (
 	ReasonCreateFailed    = "CreateFailed"
 	ReasonNoCapacity      = "NoCapacity"
 	ReasonContainerLost   = "ContainerLost"
+	// ReasonInvalidSpec: the agent refused this one sandbox's spec (malformed,
+	// or larger than MaxSandboxSpecBytes); the rest of the sync is applied.
+	ReasonInvalidSpec = "InvalidSpec"
 )
 
 // SandboxStatus is what the agent knows of one sandbox.
@@ -195,4 +216,8 @@ type WarmImage struct {
 type Error struct {
 	Code    int    `json:"code"`
 	Message string `json:"message"`
+	// AppliedEpoch and AppliedRevision, on a 409 to a stale sync, are those
+	// of the newest sync the agent applied, so the sender can move past them.
+	AppliedEpoch    int64 `json:"appliedEpoch,omitempty"`
+	AppliedRevision int64 `json:"appliedRevision,omitempty"`
 }

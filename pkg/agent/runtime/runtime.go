@@ -35,6 +35,10 @@ type Runtime interface {
 	// status: Running, or Failed with a reason (e.g. ImageNotPresent). A
 	// sandbox that already exists is not created again; its status is returned.
 	CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.SandboxStatus
+	// StopSandbox kills the sandbox's process if it runs and keeps its
+	// container and logs; its exit is reported as any other. Stopping a
+	// sandbox that does not run, or does not exist, succeeds.
+	StopSandbox(ctx context.Context, uid string) error
 	// DeleteSandbox kills the sandbox's process and removes its container,
 	// snapshot and logs. Deleting a sandbox that does not exist succeeds.
 	DeleteSandbox(ctx context.Context, uid string) error

@@ -29,6 +29,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
@@ -654,6 +655,30 @@ func (r *Runtime) finalStatus(ctx context.Context, c client.Container, st api.Sa
 		}
 	}
 	return st
+}
+
+// StopSandbox kills a sandbox's process and keeps its container and logs;
+// the exit is reported through Exits like any other.
+func (r *Runtime) StopSandbox(ctx context.Context, uid string) error {
+	ctx = r.nsCtx(ctx)
+	c, err := r.findContainer(ctx, uid)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("finding the container of sandbox %s: %w", uid, err)
+	}
+	task, err := c.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("loading task of %s: %w", c.ID(), err)
+	}
+	if err := task.Kill(ctx, syscall.SIGKILL, client.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("killing the process of sandbox %s: %w", uid, err)
+	}
+	return nil
 }
 
 // DeleteSandbox kills and removes a sandbox's container, snapshot and logs.
