@@ -140,7 +140,28 @@ type SandboxSpec struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	TTLSecondsAfterFinished *int32 `json:"ttlSecondsAfterFinished,omitempty"`
+
+	// FailurePolicy says what happens when the sandbox's agent is lost
+	// before the sandbox finished: Fail (the default) fails it with reason
+	// AgentLost, so its command runs at most once; AutoRecreate places it
+	// again on another agent, in a new container, counting status.restarts,
+	// for those who prefer at-least-once to a failure.
+	// +optional
+	// +kubebuilder:default=Fail
+	FailurePolicy SandboxFailurePolicy `json:"failurePolicy,omitempty"`
 }
+
+// SandboxFailurePolicy says what happens to a sandbox whose agent is lost.
+// +kubebuilder:validation:Enum=Fail;AutoRecreate
+type SandboxFailurePolicy string
+
+// The failure policies of a Sandbox.
+const (
+	// FailurePolicyFail fails the sandbox with reason AgentLost.
+	FailurePolicyFail SandboxFailurePolicy = "Fail"
+	// FailurePolicyAutoRecreate places the sandbox again elsewhere.
+	FailurePolicyAutoRecreate SandboxFailurePolicy = "AutoRecreate"
+)
 
 // EnvVar is one environment variable of a sandbox.
 type EnvVar struct {
@@ -155,7 +176,9 @@ type EnvVar struct {
 
 // SandboxResources are the CPU and memory limits of one sandbox.
 // +kubebuilder:validation:XValidation:rule="!has(self.cpu) || quantity(string(self.cpu)).isGreaterThan(quantity('0'))",message="cpu must be positive"
+// +kubebuilder:validation:XValidation:rule="!has(self.cpu) || quantity(string(self.cpu)).compareTo(quantity('1024')) <= 0",message="cpu must be at most 1024"
 // +kubebuilder:validation:XValidation:rule="!has(self.memory) || quantity(string(self.memory)).compareTo(quantity('4Mi')) >= 0",message="memory must be at least 4Mi"
+// +kubebuilder:validation:XValidation:rule="!has(self.memory) || quantity(string(self.memory)).compareTo(quantity('64Ti')) <= 0",message="memory must be at most 64Ti"
 type SandboxResources struct {
 	// CPU is the CPU limit, e.g. "500m".
 	// +optional
@@ -188,11 +211,14 @@ const (
 
 // Reasons that a Sandbox status carries.
 const (
-	ReasonUnschedulable    = "Unschedulable"
-	ReasonPoolNotFound     = "PoolNotFound"
-	ReasonImageNotPresent  = "ImageNotPresent"
-	ReasonOOMKilled        = "OOMKilled"
-	ReasonAgentLost        = "AgentLost"
+	ReasonUnschedulable   = "Unschedulable"
+	ReasonPoolNotFound    = "PoolNotFound"
+	ReasonImageNotPresent = "ImageNotPresent"
+	ReasonOOMKilled       = "OOMKilled"
+	ReasonAgentLost       = "AgentLost"
+	// ReasonInvalidSpec: the sandbox cannot be sent to an agent as it is
+	// (e.g. its spec is larger than an agent accepts).
+	ReasonInvalidSpec      = "InvalidSpec"
 	ReasonDeadlineExceeded = "DeadlineExceeded"
 	ReasonError            = "Error"
 	ReasonCompleted        = "Completed"
@@ -240,6 +266,10 @@ type SandboxStatus struct {
 	// FinishTime is when the container exited, by the agent's clock.
 	// +optional
 	FinishTime *metav1.MicroTime `json:"finishTime,omitempty"`
+	// Restarts counts the times the sandbox was placed again after its agent
+	// was lost (failurePolicy AutoRecreate).
+	// +optional
+	Restarts int32 `json:"restarts,omitempty"`
 	// Conditions are Scheduled and Ready.
 	// +optional
 	// +listType=map
