@@ -121,11 +121,13 @@ type Runtime struct {
 	exits  chan api.SandboxStatus
 	known  map[string]api.SandboxStatus // by UID: what was created or adopted
 	waited map[string]bool              // UIDs whose exit is being waited for
-	ids    map[string]string            // by UID: container IDs that are not ContainerID(UID)
-	warm   warmPool
-	images imageCache
-	ctx    context.Context
-	cancel context.CancelFunc
+	// creating holds the UIDs whose create runs; the channel closes when it ends.
+	creating map[string]chan struct{}
+	ids      map[string]string // by UID: container IDs that are not ContainerID(UID)
+	warm     warmPool
+	images   imageCache
+	ctx      context.Context
+	cancel   context.CancelFunc
 
 	cgroupWriteFailed sync.Once // logs the fallback once
 }
@@ -147,12 +149,13 @@ func New(cfg Config, log logr.Logger) *Runtime {
 		cfg.Snapshotter = "overlayfs"
 	}
 	return &Runtime{
-		cfg:    cfg,
-		log:    log,
-		exits:  make(chan api.SandboxStatus, 1024),
-		known:  map[string]api.SandboxStatus{},
-		waited: map[string]bool{},
-		ids:    map[string]string{},
+		cfg:      cfg,
+		log:      log,
+		exits:    make(chan api.SandboxStatus, 1024),
+		known:    map[string]api.SandboxStatus{},
+		waited:   map[string]bool{},
+		ids:      map[string]string{},
+		creating: map[string]chan struct{}{},
 	}
 }
 
@@ -235,16 +238,27 @@ func (r *Runtime) cgroupPath(id string) string {
 // otherwise in a container created for it.
 func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.SandboxStatus {
 	ctx = r.nsCtx(ctx)
-	// Already there (a retried sync, or an adopted container): report it.
-	if c, err := r.findContainer(ctx, spec.UID); err == nil {
-		st, err := r.statusOf(ctx, c)
+	defer r.beginCreate(spec.UID)()
+	// Already there (a retried sync, or an adopted container): report it,
+	// unless its command never ran (an agent died while creating it): then
+	// it is removed and made again here, once.
+	c, err := r.findContainer(ctx, spec.UID)
+	switch {
+	case err == nil:
+		st, found, err := r.settle(ctx, c)
 		if err != nil {
-			return r.failed(spec, ContainerID(spec.UID), api.ReasonCreateFailed, err)
+			return r.failed(spec, c.ID(), api.ReasonCreateFailed, err)
 		}
-		if st.State == api.StateRunning {
-			r.watch(c, st)
+		if found {
+			if st.State == api.StateRunning {
+				r.watch(c, st)
+			} else {
+				r.remember(st, false)
+			}
+			return st
 		}
-		return st
+	case !errdefs.IsNotFound(err):
+		return r.failed(spec, ContainerID(spec.UID), api.ReasonCreateFailed, fmt.Errorf("looking for the container of sandbox %s: %w", spec.UID, err))
 	}
 	key, err := r.keyOf(spec)
 	if err != nil {
@@ -371,6 +385,9 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 		return fail(api.ReasonCreateFailed, err)
 	}
 	defer done(context.WithoutCancel(ctx))
+	if crashAt(stepColdImage) {
+		return crashed(status, stepColdImage)
+	}
 
 	if unpacked, err := image.IsUnpacked(ctx, r.cfg.Snapshotter); err == nil && !unpacked {
 		if err := image.Unpack(ctx, r.cfg.Snapshotter); err != nil {
@@ -406,10 +423,11 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 		client.WithNewSpec(r.specOpts(spec, imageConfig.Config, user, id)...),
 	)
 	if errdefs.IsAlreadyExists(err) {
-		// A concurrent create of the same sandbox won; report what it made.
+		// Made meanwhile by another runtime over the same containerd (this
+		// one's creates of a UID take turns): report what it made.
 		c, lerr := r.client.LoadContainer(ctx, id)
 		if lerr != nil {
-			return fail(api.ReasonCreateFailed, lerr)
+			return fail(api.ReasonCreateFailed, fmt.Errorf("loading container %s, which exists: %w", id, lerr))
 		}
 		st, serr := r.statusOf(ctx, c)
 		if serr != nil {
@@ -419,6 +437,9 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	}
 	if err != nil {
 		return fail(api.ReasonCreateFailed, fmt.Errorf("creating container: %w", err))
+	}
+	if crashAt(stepColdContainer) {
+		return crashed(status, stepColdContainer)
 	}
 	cleanup := func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -433,6 +454,9 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 		cleanup()
 		return fail(api.ReasonCreateFailed, fmt.Errorf("creating task: %w", err))
 	}
+	if crashAt(stepColdTask) {
+		return crashed(status, stepColdTask)
+	}
 	exitCh, err := task.Wait(r.ctx)
 	if err != nil {
 		cleanup()
@@ -443,6 +467,9 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 		return fail(api.ReasonCreateFailed, fmt.Errorf("starting task: %w", err))
 	}
 	started := time.Now()
+	if crashAt(stepColdStarted) {
+		return crashed(status, stepColdStarted)
+	}
 	// The CPU limit is set once the process runs: the OCI runtime's own
 	// setup and exec inside the container's cgroup would otherwise run under
 	// a small sandbox's quota (10m CPU makes runc's setup take seconds). The
@@ -451,6 +478,18 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	if err := r.setLimits(ctx, id, task, limitsOf(spec.CPUMillis, 0)); err != nil {
 		cleanup()
 		return fail(api.ReasonCreateFailed, fmt.Errorf("setting the CPU limit: %w", err))
+	}
+	if crashAt(stepColdLimited) {
+		return crashed(status, stepColdLimited)
+	}
+	// From here a restarted agent knows the command ran, even if its task
+	// is lost (see adopt.go). Without the label it would still adopt a
+	// running or exited task; only a lost task would be taken as never run.
+	if err := r.markStarted(ctx, container, started); err != nil {
+		r.log.Error(err, "the sandbox runs but is not marked started", "sandbox", klogRef(spec), "container", id)
+	}
+	if crashAt(stepColdLabelled) {
+		return crashed(status, stepColdLabelled)
 	}
 	status.State, status.CreatedAt, status.StartedAt = api.StateRunning, &now, &started
 	r.remember(status, true)
@@ -493,8 +532,12 @@ func (r *Runtime) specOpts(spec api.SandboxSpec, img ocispec.ImageConfig, user s
 		// A network namespace of its own (runc and crun bring up loopback in it).
 		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace}))
 	}
-	return opts
+	return append(opts, extraSpecOpts...)
 }
+
+// extraSpecOpts are added to every container's spec, cold and warm; tests
+// set them (e.g. to give sandboxes a host directory) before making a runtime.
+var extraSpecOpts []oci.SpecOpts
 
 // processOf is a sandbox's command, environment and working directory: its
 // own where it says, the image's otherwise.
@@ -722,7 +765,9 @@ func (r *Runtime) removeContainer(ctx context.Context, c client.Container) error
 }
 
 // ListSandboxes lists this agent's sandbox containers by label and reports
-// each one's state. Running ones are watched for their exit.
+// each one's state (see adopt.go for how it is decided). Running ones are
+// watched for their exit; those whose command never ran are removed, so that
+// the next sync creates them once; those being created report Creating.
 func (r *Runtime) ListSandboxes(ctx context.Context) ([]api.SandboxStatus, error) {
 	ctx = r.nsCtx(ctx)
 	// Only this agent's: agents of other pools (or of the same pool) on the
@@ -733,21 +778,25 @@ func (r *Runtime) ListSandboxes(ctx context.Context) ([]api.SandboxStatus, error
 	}
 	out := make([]api.SandboxStatus, 0, len(cs))
 	for _, c := range cs {
-		st, err := r.statusOf(ctx, c)
+		info, err := c.Info(ctx, client.WithoutRefreshedMetadata)
+		if err != nil {
+			return nil, fmt.Errorf("reading container %s: %w", c.ID(), err)
+		}
+		labels := info.Labels
+		uid := labels[LabelUID]
+		if uid == "" {
+			continue // a warm container not given to a sandbox
+		}
+		if r.isCreating(uid) {
+			out = append(out, api.SandboxStatus{UID: uid, Namespace: labels[LabelNamespace], Name: labels[LabelName],
+				ContainerID: c.ID(), State: api.StateCreating})
+			continue
+		}
+		st, found, err := r.settle(ctx, c)
 		if err != nil {
 			return nil, err
 		}
-		if st.UID == "" {
-			continue // a warm container not given to a sandbox
-		}
-		if r.neverStarted(ctx, c) {
-			// An agent stopped while creating it: its command never ran. It
-			// goes, and the next sync creates the sandbox again, once.
-			r.log.Info("removing the container of a sandbox whose creation did not finish", "sandbox", st.Namespace+"/"+st.Name, "container", c.ID())
-			if err := r.removeContainer(ctx, c); err != nil {
-				return nil, err
-			}
-			r.forgetID(st.UID)
+		if !found {
 			continue
 		}
 		if st.State == api.StateRunning {
@@ -760,81 +809,15 @@ func (r *Runtime) ListSandboxes(ctx context.Context) ([]api.SandboxStatus, error
 	return out, nil
 }
 
-// neverStarted says whether a container's process never ran: it has no
-// task and no log file (the shim makes the file when the task is created),
-// or its task was created but not started.
-func (r *Runtime) neverStarted(ctx context.Context, c client.Container) bool {
-	task, err := c.Task(ctx, nil)
-	if errdefs.IsNotFound(err) {
-		_, statErr := os.Stat(r.logPath(c.ID()))
-		return os.IsNotExist(statErr)
-	}
-	if err != nil {
-		return false
-	}
-	ts, err := task.Status(ctx)
-	return err == nil && ts.Status == client.Created
-}
-
-// statusOf reads a sandbox's status from its container and task.
+// statusOf reads a sandbox's status from its container and task, changing
+// nothing (see adopt.go for the rules).
 func (r *Runtime) statusOf(ctx context.Context, c client.Container) (api.SandboxStatus, error) {
-	info, err := c.Info(ctx, client.WithoutRefreshedMetadata)
-	if err != nil {
-		return api.SandboxStatus{}, fmt.Errorf("reading container %s: %w", c.ID(), err)
-	}
-	l := info.Labels
-	st := api.SandboxStatus{UID: l[LabelUID], Namespace: l[LabelNamespace], Name: l[LabelName], ContainerID: c.ID()}
-	if st.UID == "" {
-		return st, nil
-	}
-	st.Start = api.StartCold
-	if l[LabelWarm] == "true" {
-		st.Start = api.StartWarm
-	}
-	if c.ID() != ContainerID(st.UID) {
-		r.mu.Lock()
-		r.ids[st.UID] = c.ID()
-		r.mu.Unlock()
-	}
-	fmt.Sscan(l[LabelCPU], &st.CPUMillis)
-	fmt.Sscan(l[LabelMemory], &st.MemoryBytes)
-	if t, err := time.Parse(time.RFC3339Nano, l[LabelCreated]); err == nil {
-		st.CreatedAt = &t
-	}
-	r.mu.Lock()
-	known, ok := r.known[st.UID]
-	r.mu.Unlock()
-	if ok && known.State != api.StateRunning {
-		return known, nil // final status already computed
-	}
-	task, err := c.Task(ctx, nil)
-	if errdefs.IsNotFound(err) {
-		st.State, st.Reason = api.StateFailed, api.ReasonContainerLost
-		st.Message = "the container has no task: containerd or the node restarted while it ran"
-		return st, nil
-	}
-	if err != nil {
-		return api.SandboxStatus{}, fmt.Errorf("loading task of %s: %w", c.ID(), err)
-	}
-	ts, err := task.Status(ctx)
-	if err != nil {
-		return api.SandboxStatus{}, fmt.Errorf("reading task status of %s: %w", c.ID(), err)
-	}
-	if ok && known.StartedAt != nil {
-		st.StartedAt = known.StartedAt
-	} else {
-		st.StartedAt = st.CreatedAt
-	}
-	switch ts.Status {
-	case client.Running, client.Paused, client.Pausing:
-		st.State = api.StateRunning
-	case client.Stopped:
-		return r.finalStatus(ctx, c, st, ts.ExitStatus, ts.ExitTime), nil
-	default: // Created but never started: the agent died between create and start.
+	st, v, _, err := r.inspect(ctx, c)
+	if err == nil && v == neverRan {
 		st.State, st.Reason = api.StateFailed, api.ReasonCreateFailed
-		st.Message = fmt.Sprintf("the container's task is %s: the agent stopped while creating it", ts.Status)
+		st.Message = "the sandbox's command never ran: an agent stopped while creating its container"
 	}
-	return st, nil
+	return st, err
 }
 
 // Logs opens the sandbox's log file.

@@ -42,10 +42,12 @@ import (
 //
 // A warm container carries LabelWarm and no sandbox labels until it is
 // claimed; then it gets the sandbox's labels, which stay the source of
-// truth. A restarted agent removes the unclaimed warm containers of its
-// predecessor, and also the claimed ones whose init still waits for its
-// command (the agent stopped between claiming and starting): their sandbox
-// never ran, and the next sync creates it again.
+// truth, and LabelStarted once the init confirmed the exec. A restarted
+// agent removes the unclaimed warm containers of its predecessor when it
+// starts; the claimed ones are judged like any sandbox container (adopt.go):
+// one whose init still waits for its command (the agent stopped between
+// claiming and sending it) never ran its sandbox and is removed, so that the
+// next sync creates it again.
 
 // LabelWarm marks a container made warm ("true").
 const LabelWarm = "fast-sandbox.io/warm"
@@ -192,8 +194,9 @@ func installFile(src, dst string) error {
 	return os.Rename(tmp, dst)
 }
 
-// cleanupWarm removes the warm containers of a previous agent: the
-// unclaimed ones, and the claimed ones whose init still waits.
+// cleanupWarm removes the unclaimed warm containers of a previous agent.
+// Claimed ones are sandbox containers: ListSandboxes and CreateSandbox
+// decide what became of them.
 func (r *Runtime) cleanupWarm(ctx context.Context) error {
 	cs, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q==%q,labels.%q==%q", LabelWarm, "true", LabelAgent, r.cfg.Agent))
 	if err != nil {
@@ -204,15 +207,15 @@ func (r *Runtime) cleanupWarm(ctx context.Context) error {
 		wg.Add(1)
 		go func(c client.Container) {
 			defer wg.Done()
-			labels, err := c.Labels(ctx)
+			info, err := c.Info(ctx, client.WithoutRefreshedMetadata)
 			if err != nil {
 				r.log.Error(err, "reading a warm container's labels", "container", c.ID())
 				return
 			}
-			if uid := labels[LabelUID]; uid != "" && !r.initWaiting(c.ID()) {
-				return // its sandbox runs or ran: ListSandboxes adopts it
+			if info.Labels[LabelUID] != "" {
+				return // given to a sandbox
 			}
-			r.log.Info("removing a warm container of a previous agent", "container", c.ID(), "sandbox", labels[LabelUID])
+			r.log.Info("removing a warm container of a previous agent", "container", c.ID())
 			if err := r.removeContainer(ctx, c); err != nil {
 				r.log.Error(err, "removing a warm container", "container", c.ID())
 			}
@@ -514,6 +517,9 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 	if _, err := c.container.SetLabels(ctx, r.sandboxLabels(spec, now)); err != nil {
 		return giveUp(fmt.Errorf("labelling: %w", err))
 	}
+	if crashAt(stepWarmClaimed) {
+		return r.crashWarm(c, status, stepWarmClaimed), true
+	}
 	r.mu.Lock()
 	r.ids[spec.UID] = c.id
 	r.mu.Unlock()
@@ -532,6 +538,9 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 		r.forgetID(spec.UID)
 		return giveUp(fmt.Errorf("sending the command to the init: %w", err))
 	}
+	if crashAt(stepWarmSent) {
+		return r.crashWarm(c, status, stepWarmSent), true
+	}
 	var res sandboxinit.Result
 	err := json.NewDecoder(c.conn).Decode(&res)
 	c.conn.Close()
@@ -539,6 +548,9 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 	case errors.Is(err, io.EOF):
 		// The exec closed the connection: the command runs.
 		started := time.Now()
+		if crashAt(stepWarmConfirmed) {
+			return r.crashWarm(c, status, stepWarmConfirmed), true
+		}
 		if err := r.setLimits(ctx, c.id, c.task, limitsOf(spec.CPUMillis, 0)); err != nil {
 			status.State, status.Reason, status.Message = api.StateFailed, api.ReasonCreateFailed, "setting the CPU limit: "+err.Error()
 			status.FinishedAt = &started
@@ -546,6 +558,16 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 			r.discardWarm(c)
 			r.forgetID(spec.UID)
 			return status, true
+		}
+		if crashAt(stepWarmLimited) {
+			return r.crashWarm(c, status, stepWarmLimited), true
+		}
+		// See createCold: the label makes the start known to a restarted agent.
+		if err := r.markStarted(ctx, c.container, started); err != nil {
+			r.log.Error(err, "the sandbox runs but is not marked started", "sandbox", klogRef(spec), "container", c.id)
+		}
+		if crashAt(stepWarmLabelled) {
+			return r.crashWarm(c, status, stepWarmLabelled), true
 		}
 		status.State, status.CreatedAt, status.StartedAt = api.StateRunning, &now, &started
 		r.remember(status, true)
@@ -565,6 +587,13 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 	r.discardWarm(c)
 	r.forgetID(spec.UID)
 	return status, true
+}
+
+// crashWarm stops a warm start at step (fault injection) as the agent's
+// death would: its connection to the init closes, nothing else is done.
+func (r *Runtime) crashWarm(c *warmContainer, status api.SandboxStatus, step string) api.SandboxStatus {
+	c.conn.Close()
+	return crashed(status, step)
 }
 
 func (r *Runtime) finishClaim(c *warmContainer, state warmState, st api.SandboxStatus) {
