@@ -121,13 +121,13 @@ type Runtime struct {
 	exits  chan api.SandboxStatus
 	known  map[string]api.SandboxStatus // by UID: what was created or adopted
 	waited map[string]bool              // UIDs whose exit is being waited for
+	ids    map[string]string            // by UID: container IDs that are not ContainerID(UID)
+	warm   warmPool
+	images imageCache
+	ctx    context.Context
+	cancel context.CancelFunc
 	// creating holds the UIDs whose create runs; the channel closes when it ends.
 	creating map[string]chan struct{}
-	ids      map[string]string // by UID: container IDs that are not ContainerID(UID)
-	warm     warmPool
-	images   imageCache
-	ctx      context.Context
-	cancel   context.CancelFunc
 
 	cgroupWriteFailed sync.Once // logs the fallback once
 }

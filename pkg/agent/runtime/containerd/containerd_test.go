@@ -270,6 +270,83 @@ func testRuntime(t *testing.T, e *env, s0 starter) {
 		}
 	})
 
+	t.Run("the smallest and largest limits the API accepts", func(t *testing.T) {
+		// cpu 1m is below the kernel's smallest CFS quota (1ms per period):
+		// it gets that quota, as kubelet gives it. 1024 CPUs and 64Ti are the
+		// API's maximums; memory 4Mi its minimum.
+		for _, tc := range []struct {
+			name             string
+			cpuMillis        int64
+			memoryBytes      int64
+			quota, memLimits string
+		}{
+			{"smallest", 1, 4 << 20, "1000", fmt.Sprint(4 << 20)},
+			{"largest", 1024 * 1000, 64 << 40, "102400000", fmt.Sprint(int64(64 << 40))},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				uid := "bounds-" + tc.name
+				s := spec(uid, "sleep", "60")
+				s.CPUMillis, s.MemoryBytes = tc.cpuMillis, tc.memoryBytes
+				st := s0.create(t, s)
+				if st.State != api.StateRunning {
+					t.Fatalf("create: %+v", st)
+				}
+				defer rt.DeleteSandbox(ctx, uid)
+				dir := st.ContainerID
+				if cgroups.Mode() == cgroups.Unified {
+					expectFile(t, filepath.Join("/sys/fs/cgroup", e.parent, dir, "memory.max"), tc.memLimits)
+					expectFile(t, filepath.Join("/sys/fs/cgroup", e.parent, dir, "cpu.max"), tc.quota+" 100000")
+				} else {
+					expectFile(t, filepath.Join("/sys/fs/cgroup/memory", e.parent, dir, "memory.limit_in_bytes"), tc.memLimits)
+					expectFile(t, filepath.Join("/sys/fs/cgroup/cpu", e.parent, dir, "cpu.cfs_quota_us"), tc.quota)
+				}
+			})
+		}
+	})
+
+	t.Run("stop kills the process and keeps the container and its logs", func(t *testing.T) {
+		uid := "stop"
+		st := s0.create(t, spec(uid, "sh", "-c", "echo before the stop; exec sleep 60"))
+		if st.State != api.StateRunning {
+			t.Fatalf("create: %+v", st)
+		}
+		defer rt.DeleteSandbox(ctx, uid)
+		logs(t, rt, uid, "before the stop")
+		if err := rt.StopSandbox(ctx, uid); err != nil {
+			t.Fatal(err)
+		}
+		final := waitExit(t, rt, uid)
+		if final.State != api.StateExited || final.ExitCode == nil || *final.ExitCode != 137 || final.Reason != api.ReasonError {
+			t.Errorf("exit after the stop: %+v, want Exited 137 (SIGKILL)", final)
+		}
+		if got := logs(t, rt, uid, "before the stop"); !strings.Contains(got, "before the stop") {
+			t.Errorf("logs after the stop: %q", got)
+		}
+		all, err := rt.ListSandboxes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		listed := false
+		for _, l := range all {
+			if l.UID == uid {
+				listed = true
+				if l.State != api.StateExited || l.ExitCode == nil || *l.ExitCode != 137 {
+					t.Errorf("listed after the stop: %+v, want Exited 137", l)
+				}
+			}
+		}
+		if !listed {
+			t.Error("the stopped sandbox is not listed")
+		}
+		// Stopping again, or a sandbox that does not exist, succeeds.
+		if err := rt.StopSandbox(ctx, uid); err != nil {
+			t.Errorf("stopping twice: %v", err)
+		}
+		if err := rt.StopSandbox(ctx, "no-such-sandbox"); err != nil {
+			t.Errorf("stopping a sandbox that does not exist: %v", err)
+		}
+	})
+
 	t.Run("OOM is reported as OOMKilled", func(t *testing.T) {
 		s := spec("oom", "sh", "-c", "tail /dev/zero")
 		s.MemoryBytes = 16 << 20

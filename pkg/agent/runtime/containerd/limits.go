@@ -12,15 +12,38 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
+// CFS quota bounds, in microseconds, as the kernel enforces them for
+// cpu.cfs_quota_us (cgroup v1) and cpu.max (v2): a quota below 1ms, or above
+// max_cfs_runtime (2^44-1 µs, "more than 203 days"), is refused with EINVAL.
+const (
+	// minCPUQuota is the smallest quota, as kubelet's MinQuotaPeriod: kubelet
+	// also raises a smaller quota (a limit below 10m) to it.
+	minCPUQuota = 1000
+	// maxCPUQuota is the kernel's max_cfs_runtime; 1024 CPUs (the API's
+	// maximum) are 102,400,000 µs per 100ms period, far below it.
+	maxCPUQuota = 1<<44 - 1
+)
+
+// cpuQuota is the CFS quota of a CPU limit over cpuPeriod, clamped to what
+// the kernel accepts (without overflow for any positive cpuMillis).
+func cpuQuota(cpuMillis int64) int64 {
+	if cpuMillis >= maxCPUQuota/cpuPeriod*1000 {
+		return maxCPUQuota
+	}
+	return max(cpuMillis*cpuPeriod/1000, minCPUQuota)
+}
+
 // limitsOf are a sandbox's CPU and memory limits as OCI resources; nil
-// when it has none of its own.
+// when it has none of its own. The memory limit is used as it is: the
+// kernel rounds it down to whole pages and caps it at its own maximum
+// (PAGE_COUNTER_MAX pages, far above the API's 64Ti), without an error.
 func limitsOf(cpuMillis, memoryBytes int64) *specs.LinuxResources {
 	if cpuMillis <= 0 && memoryBytes <= 0 {
 		return nil
 	}
 	res := &specs.LinuxResources{}
 	if cpuMillis > 0 {
-		quota, period := cpuMillis*cpuPeriod/1000, uint64(cpuPeriod)
+		quota, period := cpuQuota(cpuMillis), uint64(cpuPeriod)
 		res.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
 	}
 	if memoryBytes > 0 {
