@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -18,16 +20,25 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
 )
 
-// fakeRuntime is an in-memory runtime that counts creations.
+// fakeRuntime is an in-memory runtime that counts creations, stops and
+// removals. A creation of a UID in block waits until its channel is closed
+// (a slow image pull); ListImages waits on imagesBlock when it is set and
+// fails with imagesErr.
 type fakeRuntime struct {
-	mu      sync.Mutex
-	running map[string]api.SandboxStatus
-	creates map[string]int
-	exits   chan api.SandboxStatus
+	mu          sync.Mutex
+	running     map[string]api.SandboxStatus
+	creates     map[string]int
+	stops       map[string]int
+	deletes     map[string]int
+	block       map[string]chan struct{}
+	imagesBlock chan struct{}
+	imagesErr   error
+	exits       chan api.SandboxStatus
 }
 
 func newFakeRuntime(existing ...api.SandboxStatus) *fakeRuntime {
-	f := &fakeRuntime{running: map[string]api.SandboxStatus{}, creates: map[string]int{}, exits: make(chan api.SandboxStatus, 16)}
+	f := &fakeRuntime{running: map[string]api.SandboxStatus{}, creates: map[string]int{}, stops: map[string]int{},
+		deletes: map[string]int{}, block: map[string]chan struct{}{}, exits: make(chan api.SandboxStatus, 16)}
 	for _, s := range existing {
 		f.running[s.UID] = s
 	}
@@ -38,13 +49,24 @@ func (f *fakeRuntime) Initialize(context.Context) (runtime.Info, error) {
 	return runtime.Info{Runtime: "fake"}, nil
 }
 
-func (f *fakeRuntime) CreateSandbox(_ context.Context, s api.SandboxSpec) api.SandboxStatus {
+func (f *fakeRuntime) CreateSandbox(ctx context.Context, s api.SandboxSpec) api.SandboxStatus {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if st, ok := f.running[s.UID]; ok {
+		f.mu.Unlock()
 		return st
 	}
 	f.creates[s.UID]++
+	block := f.block[s.UID]
+	f.mu.Unlock()
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return api.SandboxStatus{UID: s.UID, State: api.StateFailed, Reason: api.ReasonCreateFailed, Message: ctx.Err().Error()}
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	now := time.Now()
 	st := api.SandboxStatus{UID: s.UID, Name: s.Name, Namespace: s.Namespace, State: api.StateRunning, StartedAt: &now,
 		CPUMillis: s.CPUMillis, MemoryBytes: s.MemoryBytes}
@@ -55,9 +77,41 @@ func (f *fakeRuntime) CreateSandbox(_ context.Context, s api.SandboxSpec) api.Sa
 	return st
 }
 
+// blockCreate makes the creations of uid wait until the returned function is called.
+func (f *fakeRuntime) blockCreate(uid string) (release func()) {
+	ch := make(chan struct{})
+	f.mu.Lock()
+	f.block[uid] = ch
+	f.mu.Unlock()
+	return sync.OnceFunc(func() { close(ch) })
+}
+
+// count reads one of the runtime's counters.
+func (f *fakeRuntime) count(m map[string]int, uid string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return m[uid]
+}
+
+// StopSandbox kills a running sandbox, keeps it, and reports its exit as a
+// runtime does.
+func (f *fakeRuntime) StopSandbox(_ context.Context, uid string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stops[uid]++
+	if st, ok := f.running[uid]; ok && st.State == api.StateRunning {
+		code := int32(137)
+		st.State, st.ExitCode, st.Reason = api.StateExited, &code, api.ReasonError
+		f.running[uid] = st
+		f.exits <- st
+	}
+	return nil
+}
+
 func (f *fakeRuntime) DeleteSandbox(_ context.Context, uid string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.deletes[uid]++
 	delete(f.running, uid)
 	return nil
 }
@@ -89,7 +143,20 @@ func (f *fakeRuntime) ListSandboxes(context.Context) ([]api.SandboxStatus, error
 	return out, nil
 }
 
-func (f *fakeRuntime) ListImages(context.Context) ([]api.Image, error) {
+func (f *fakeRuntime) ListImages(ctx context.Context) ([]api.Image, error) {
+	f.mu.Lock()
+	block, err := f.imagesBlock, f.imagesErr
+	f.mu.Unlock()
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
 	return []api.Image{{Names: []string{"docker.io/library/busybox:latest"}, Digest: "sha256:abc", Size: 1}}, nil
 }
 
@@ -104,9 +171,14 @@ const token = "0123456789abcdef0123"
 
 func start(t *testing.T, rt *fakeRuntime, capacity api.Resources) (*Agent, *httptest.Server) {
 	t.Helper()
+	return startWith(t, rt, Config{Capacity: capacity})
+}
+
+func startWith(t *testing.T, rt *fakeRuntime, cfg Config) (*Agent, *httptest.Server) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	a := New(Config{Capacity: capacity}, rt, testr.New(t))
+	a := New(cfg, rt, testr.New(t))
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -143,8 +215,8 @@ func TestSyncConverges(t *testing.T) {
 	if _, err := c.Sync(ctx, req); err != nil {
 		t.Fatal(err)
 	}
-	if rt.creates["a"] != 1 || rt.creates["b"] != 1 {
-		t.Errorf("creations %v, want one each", rt.creates)
+	if rt.count(rt.creates, "a") != 1 || rt.count(rt.creates, "b") != 1 {
+		t.Errorf("creations %d %d, want one each", rt.count(rt.creates, "a"), rt.count(rt.creates, "b"))
 	}
 	// A newer set without b deletes b.
 	if _, err := c.Sync(ctx, &api.SyncRequest{Epoch: 1, Revision: 2, Sandboxes: []api.SandboxSpec{sbx("a")}}); err != nil {
@@ -181,11 +253,8 @@ func TestRequestsRefused(t *testing.T) {
 	sync := func(specs ...api.SandboxSpec) string {
 		return body(api.SyncRequest{Epoch: 1, Revision: 1, Sandboxes: specs})
 	}
-	big := sbx("big")
-	big.CPUMillis = 2000
-	noImage := sbx("x")
-	noImage.Image = ""
-	badUID := sbx("../etc")
+	tooManyFinished := body(api.SyncRequest{Epoch: 1, Revision: 1, Finished: make([]string, api.MaxFinished+1)})
+	bothLists := body(api.SyncRequest{Epoch: 1, Revision: 1, Sandboxes: []api.SandboxSpec{sbx("a")}, Finished: []string{"a"}})
 	cases := []struct {
 		name, method, path, token, contentType, body string
 		code                                         int
@@ -200,10 +269,9 @@ func TestRequestsRefused(t *testing.T) {
 		{"wrong content type", "PUT", api.PathSync, token, "text/plain", sync(), 415, "application/json"},
 		{"oversized", "PUT", api.PathSync, token, "application/json", `{"sandboxes":[` + strings.Repeat(" ", api.MaxRequestBytes) + `]}`, 413, "larger than"},
 		{"duplicate uid", "PUT", api.PathSync, token, "application/json", sync(sbx("a"), sbx("a")), 400, "appears twice"},
-		{"no image", "PUT", api.PathSync, token, "application/json", sync(noImage), 400, "image is required"},
-		{"bad uid", "PUT", api.PathSync, token, "application/json", sync(badUID), 400, "uid"},
-		{"more than the slots", "PUT", api.PathSync, token, "application/json", sync(sbx("a"), sbx("b"), sbx("c")), 422, "3 sandboxes need a slot; the agent has 2"},
-		{"more CPU than the pod", "PUT", api.PathSync, token, "application/json", sync(big), 422, "asks 2000m CPU"},
+		{"too many sandboxes", "PUT", api.PathSync, token, "application/json", sync(make([]api.SandboxSpec, api.MaxSandboxes+1)...), 422, "at most 1024"},
+		{"too many finished", "PUT", api.PathSync, token, "application/json", tooManyFinished, 422, "at most 16384"},
+		{"in sandboxes and finished", "PUT", api.PathSync, token, "application/json", bothLists, 400, "appears twice"},
 		{"wrong method", "DELETE", api.PathSync, token, "", "", 405, ""},
 	}
 	for _, tc := range cases {
@@ -226,6 +294,8 @@ func TestRequestsRefused(t *testing.T) {
 			}
 		})
 	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
 	if len(rt.creates) != 0 || len(rt.running) != 0 {
 		t.Errorf("refused requests changed the runtime: creates %v running %v", rt.creates, rt.running)
 	}
@@ -305,13 +375,349 @@ func TestNotReadyRefuses(t *testing.T) {
 	}
 }
 
-func (f *fakeRuntime) StopSandbox(_ context.Context, uid string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if st, ok := f.running[uid]; ok && st.State == api.StateRunning {
-		code := int32(137)
-		st.State, st.ExitCode, st.Reason = api.StateExited, &code, api.ReasonError
-		f.running[uid] = st
+// syncOK sends a sync and fails the test on an error.
+func syncOK(t *testing.T, c *client.Client, rev int64, specs []api.SandboxSpec, finished ...string) *api.SyncResponse {
+	t.Helper()
+	resp, err := c.Sync(context.Background(), &api.SyncRequest{Epoch: 1, Revision: rev, Sandboxes: specs, Finished: finished})
+	if err != nil {
+		t.Fatalf("sync revision %d: %v", rev, err)
 	}
-	return nil
+	if len(resp.Sandboxes) != len(specs) {
+		t.Fatalf("sync revision %d answered %d sandboxes for %d", rev, len(resp.Sandboxes), len(specs))
+	}
+	return resp
+}
+
+// statusOf is the agent's status of one sandbox (State "" when it has none).
+func statusOf(a *Agent, uid string) api.SandboxStatus {
+	for _, s := range a.Status(context.Background()).Sandboxes {
+		if s.UID == uid {
+			return s
+		}
+	}
+	return api.SandboxStatus{}
+}
+
+// TestInvalidSandboxFailsAlone: a malformed or oversized sandbox fails with
+// InvalidSpec, naming the field; the rest of the sync runs.
+func TestInvalidSandboxFailsAlone(t *testing.T) {
+	with := func(uid string, change func(*api.SandboxSpec)) api.SandboxSpec {
+		s := sbx(uid)
+		change(&s)
+		return s
+	}
+	cases := []struct {
+		name     string
+		spec     api.SandboxSpec
+		contains string
+	}{
+		{"bad uid", sbx("../etc"), `sandboxes[1].uid "../etc"`},
+		{"no name", with("x", func(s *api.SandboxSpec) { s.Name = "" }), "sandboxes[1].name is required"},
+		{"no namespace", with("x", func(s *api.SandboxSpec) { s.Namespace = "" }), "sandboxes[1].namespace is required"},
+		{"no image", with("x", func(s *api.SandboxSpec) { s.Image = "" }), "sandboxes[1].image is required"},
+		{"negative CPU", with("x", func(s *api.SandboxSpec) { s.CPUMillis = -1 }), "sandboxes[1].cpuMillis -1"},
+		{"negative memory", with("x", func(s *api.SandboxSpec) { s.MemoryBytes = -1 }), "sandboxes[1].memoryBytes -1"},
+		{"unknown network mode", with("x", func(s *api.SandboxSpec) { s.NetworkMode = "Host" }), `sandboxes[1].networkMode "Host"`},
+		{"empty env name", with("x", func(s *api.SandboxSpec) { s.Env = []api.EnvVar{{Name: "A"}, {Value: "v"}} }), "sandboxes[1].env[1].name is required"},
+		{"oversized", with("x", func(s *api.SandboxSpec) { s.Args = []string{strings.Repeat("a", api.MaxSandboxSpecBytes)} }),
+			fmt.Sprintf("sandboxes[1] is %d bytes as JSON; at most %d", api.MaxSandboxSpecBytes+len(`{"uid":"x","namespace":"ns","name":"n-x","image":"busybox","args":[""],"cpuMillis":100,"memoryBytes":1048576}`), api.MaxSandboxSpecBytes)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rt := newFakeRuntime()
+			a, srv := start(t, rt, api.Resources{Slots: 4})
+			c := client.New(srv.URL, token, nil)
+			resp := syncOK(t, c, 1, []api.SandboxSpec{sbx("a"), tc.spec, sbx("b")})
+			got := resp.Sandboxes
+			if got[0].State != api.StateRunning || got[2].State != api.StateRunning {
+				t.Errorf("the valid sandboxes: %+v", got)
+			}
+			bad := got[1]
+			if bad.UID != tc.spec.UID || bad.State != api.StateFailed || bad.Reason != api.ReasonInvalidSpec || !strings.Contains(bad.Message, tc.contains) {
+				t.Errorf("the invalid sandbox: %+v, want Failed/InvalidSpec with %q", bad, tc.contains)
+			}
+			if n := rt.count(rt.creates, tc.spec.UID); n != 0 {
+				t.Errorf("the invalid sandbox was created %d times", n)
+			}
+			if st := statusOf(a, tc.spec.UID); st.Reason != api.ReasonInvalidSpec {
+				t.Errorf("status of the invalid sandbox: %+v", st)
+			}
+			// Once the sync leaves it out, the status forgets it.
+			syncOK(t, c, 2, []api.SandboxSpec{sbx("a"), sbx("b")})
+			if st := statusOf(a, tc.spec.UID); st.State != "" {
+				t.Errorf("status of a sandbox no longer desired: %+v", st)
+			}
+		})
+	}
+}
+
+// TestNoCapacityPerSandbox: the sandboxes the agent has keep their place;
+// new ones are admitted in the request's order while they fit, the others
+// fail with NoCapacity.
+func TestNoCapacityPerSandbox(t *testing.T) {
+	big := sbx("big")
+	big.CPUMillis = 2000
+	fat := sbx("fat")
+	fat.MemoryBytes = 600 << 20
+	cases := []struct {
+		name     string
+		capacity api.Resources
+		before   []api.SandboxSpec // applied first
+		specs    []api.SandboxSpec
+		want     []string // "" runs, else the NoCapacity message contains it
+	}{
+		{"slots", api.Resources{Slots: 2}, nil, []api.SandboxSpec{sbx("a"), sbx("b"), sbx("c"), sbx("d")},
+			[]string{"", "", "sandbox ns/n-c needs a slot; the agent's 2 slots are taken", "needs a slot"}},
+		{"existing keep their place", api.Resources{Slots: 2}, []api.SandboxSpec{sbx("z")}, []api.SandboxSpec{sbx("a"), sbx("b"), sbx("z")},
+			[]string{"", "needs a slot", ""}},
+		{"more CPU than the agent, a smaller one after it still fits", api.Resources{Slots: 4, CPUMillis: 1000}, nil,
+			[]api.SandboxSpec{sbx("a"), big, sbx("b")}, []string{"", "sandbox ns/n-big asks 2000m CPU; the agent has 1000m", ""}},
+		{"CPU left", api.Resources{Slots: 20, CPUMillis: 250}, nil, []api.SandboxSpec{sbx("a"), sbx("b"), sbx("c")},
+			[]string{"", "", "asks 100m CPU; the agent has 250m, 200m of it taken"}},
+		{"memory left", api.Resources{Slots: 20, MemoryBytes: 1 << 30}, []api.SandboxSpec{fat}, []api.SandboxSpec{fat, func() api.SandboxSpec { s := fat; s.UID = "fat2"; return s }(), sbx("a")},
+			[]string{"", "asks 629145600 bytes of memory; the agent has 1073741824, 629145600 of it taken", ""}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rt := newFakeRuntime()
+			a, srv := start(t, rt, tc.capacity)
+			c := client.New(srv.URL, token, nil)
+			if tc.before != nil {
+				syncOK(t, c, 1, tc.before)
+			}
+			resp := syncOK(t, c, 2, tc.specs)
+			for i, want := range tc.want {
+				got := resp.Sandboxes[i]
+				switch {
+				case want == "" && got.State != api.StateRunning:
+					t.Errorf("%s: %+v, want Running", tc.specs[i].UID, got)
+				case want != "" && (got.State != api.StateFailed || got.Reason != api.ReasonNoCapacity || !strings.Contains(got.Message, want)):
+					t.Errorf("%s: %+v, want NoCapacity with %q", tc.specs[i].UID, got, want)
+				case want != "" && rt.count(rt.creates, got.UID) != 0:
+					t.Errorf("%s was created", got.UID)
+				case want != "" && statusOf(a, got.UID).Reason != api.ReasonNoCapacity:
+					t.Errorf("%s: status %+v, want NoCapacity", got.UID, statusOf(a, got.UID))
+				}
+			}
+		})
+	}
+}
+
+// TestFinished: a finished sandbox that runs is stopped, not removed, its
+// logs stay; a finished UID the agent lacks is not created; finished
+// sandboxes hold no slot.
+func TestFinished(t *testing.T) {
+	rt := newFakeRuntime()
+	a, srv := start(t, rt, api.Resources{Slots: 1})
+	c := client.New(srv.URL, token, nil)
+	ctx := context.Background()
+	syncOK(t, c, 1, []api.SandboxSpec{sbx("a")})
+
+	resp := syncOK(t, c, 2, []api.SandboxSpec{sbx("b")}, "a", "ghost")
+	if resp.Sandboxes[0].State != api.StateRunning {
+		t.Errorf("b: %+v; a finished sandbox must not hold a slot", resp.Sandboxes[0])
+	}
+	if len(resp.Deleting) != 0 {
+		t.Errorf("deleting %v, want none", resp.Deleting)
+	}
+	if !eventually(func() bool { return statusOf(a, "a").State == api.StateExited }) {
+		t.Fatalf("a was not stopped: %+v", statusOf(a, "a"))
+	}
+	if rt.count(rt.stops, "a") != 1 || rt.count(rt.deletes, "a") != 0 || !rt.has("a") {
+		t.Errorf("a: stops %d deletes %d, want 1 0", rt.count(rt.stops, "a"), rt.count(rt.deletes, "a"))
+	}
+	if logs, err := c.Logs(ctx, "a"); err != nil || string(logs) != "output" {
+		t.Errorf("logs of a finished sandbox: %q %v", logs, err)
+	}
+	if rt.count(rt.creates, "ghost") != 0 || rt.has("ghost") || statusOf(a, "ghost").State != "" {
+		t.Error("a finished UID the agent lacked was created")
+	}
+	// Still finished: nothing more happens. Out of both lists: removed.
+	syncOK(t, c, 3, []api.SandboxSpec{sbx("b")}, "a")
+	time.Sleep(50 * time.Millisecond)
+	if rt.count(rt.stops, "a") != 1 || !rt.has("a") {
+		t.Errorf("a stopped again or removed: stops %d", rt.count(rt.stops, "a"))
+	}
+	resp = syncOK(t, c, 4, []api.SandboxSpec{sbx("b")})
+	if len(resp.Deleting) != 1 || resp.Deleting[0] != "a" {
+		t.Errorf("deleting %v, want [a]", resp.Deleting)
+	}
+	if !eventually(func() bool { return !rt.has("a") && statusOf(a, "a").State == "" }) {
+		t.Error("a was not removed once out of both lists")
+	}
+}
+
+// TestSlowCreationDoesNotStallSyncs: a creation that takes long (an image
+// pull) is answered Creating after SyncWait and goes on in the background;
+// another sync meanwhile creates its other sandboxes at once, and waits on
+// (never repeats) the slow creation.
+func TestSlowCreationDoesNotStallSyncs(t *testing.T) {
+	rt := newFakeRuntime()
+	release := rt.blockCreate("slow")
+	defer release()
+	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: 300 * time.Millisecond})
+	c := client.New(srv.URL, token, &http.Client{Timeout: 3 * time.Second})
+
+	first := make(chan *api.SyncResponse, 1)
+	go func() {
+		resp, err := c.Sync(context.Background(), &api.SyncRequest{Epoch: 1, Revision: 1, Sandboxes: []api.SandboxSpec{sbx("slow")}})
+		if err != nil {
+			t.Error(err)
+		}
+		first <- resp
+	}()
+	if !eventually(func() bool { return rt.count(rt.creates, "slow") == 1 }) {
+		t.Fatal("the slow creation never began")
+	}
+	t0 := time.Now()
+	resp := syncOK(t, c, 2, []api.SandboxSpec{sbx("slow"), sbx("fast")})
+	if d := time.Since(t0); d > 2*time.Second {
+		t.Errorf("the second sync took %v", d)
+	}
+	if resp.Sandboxes[0].State != api.StateCreating || resp.Sandboxes[0].Name != "n-slow" || resp.Sandboxes[0].Namespace != "ns" || resp.Sandboxes[1].State != api.StateRunning {
+		t.Errorf("second answer %+v, want slow Creating, fast Running", resp.Sandboxes)
+	}
+	if r := <-first; r == nil || r.Sandboxes[0].State != api.StateCreating || r.Sandboxes[0].UID != "slow" {
+		t.Errorf("first answer %+v, want slow Creating", r)
+	}
+	st := a.Status(context.Background())
+	if s := statusOf(a, "slow"); s.State != api.StateCreating || st.Allocated.Slots != 2 {
+		t.Errorf("status while creating: %+v, allocated %+v", s, st.Allocated)
+	}
+	release()
+	if !eventually(func() bool { return statusOf(a, "slow").State == api.StateRunning }) {
+		t.Errorf("status after the creation: %+v", statusOf(a, "slow"))
+	}
+	resp = syncOK(t, c, 3, []api.SandboxSpec{sbx("slow"), sbx("fast")})
+	if resp.Sandboxes[0].State != api.StateRunning || rt.count(rt.creates, "slow") != 1 {
+		t.Errorf("after the creation: %+v, %d creations", resp.Sandboxes[0], rt.count(rt.creates, "slow"))
+	}
+}
+
+// TestDroppedWhileCreating: a sandbox no longer desired while it is being
+// created is removed once its creation ends, and stays in Deleting until
+// then; desired again meanwhile, it is kept. Either way it is created once.
+func TestDroppedWhileCreating(t *testing.T) {
+	for _, redesire := range []bool{false, true} {
+		t.Run(fmt.Sprintf("redesired=%v", redesire), func(t *testing.T) {
+			rt := newFakeRuntime()
+			release := rt.blockCreate("x")
+			defer release()
+			a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: 50 * time.Millisecond})
+			c := client.New(srv.URL, token, nil)
+			if resp := syncOK(t, c, 1, []api.SandboxSpec{sbx("x")}); resp.Sandboxes[0].State != api.StateCreating {
+				t.Fatalf("answer %+v, want Creating", resp.Sandboxes[0])
+			}
+			resp := syncOK(t, c, 2, nil)
+			if len(resp.Deleting) != 1 || resp.Deleting[0] != "x" {
+				t.Errorf("deleting %v, want [x]", resp.Deleting)
+			}
+			if resp := syncOK(t, c, 3, nil); len(resp.Deleting) != 1 {
+				t.Errorf("deleting %v, want [x] until it is gone", resp.Deleting)
+			}
+			if s := statusOf(a, "x"); s.State != api.StateCreating {
+				t.Errorf("status %+v, want Creating", s)
+			}
+			if redesire {
+				if resp := syncOK(t, c, 4, []api.SandboxSpec{sbx("x")}); resp.Sandboxes[0].State != api.StateCreating || len(resp.Deleting) != 0 {
+					t.Errorf("desired again: %+v", resp)
+				}
+			}
+			release()
+			if redesire {
+				if !eventually(func() bool { return statusOf(a, "x").State == api.StateRunning }) {
+					t.Errorf("status %+v, want Running", statusOf(a, "x"))
+				}
+				time.Sleep(50 * time.Millisecond)
+				if !rt.has("x") || rt.count(rt.deletes, "x") != 0 {
+					t.Error("a sandbox desired again was removed")
+				}
+			} else if !eventually(func() bool { return !rt.has("x") && statusOf(a, "x").State == "" }) {
+				t.Errorf("x was not removed after its creation: %+v", statusOf(a, "x"))
+			}
+			if n := rt.count(rt.creates, "x"); n != 1 {
+				t.Errorf("%d creations, want 1", n)
+			}
+		})
+	}
+}
+
+// TestExitWhileCreating: an exit the runtime reports before the creation
+// returned is kept.
+func TestExitWhileCreating(t *testing.T) {
+	rt := newFakeRuntime()
+	release := rt.blockCreate("x")
+	defer release()
+	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: 10 * time.Millisecond})
+	c := client.New(srv.URL, token, nil)
+	syncOK(t, c, 1, []api.SandboxSpec{sbx("x")})
+	code := int32(3)
+	rt.exits <- api.SandboxStatus{UID: "x", State: api.StateExited, ExitCode: &code, Reason: api.ReasonError}
+	if !eventually(func() bool { return statusOf(a, "x").State == api.StateExited }) {
+		t.Fatalf("status %+v, want Exited", statusOf(a, "x"))
+	}
+	release()
+	if !eventually(func() bool { a.mu.RLock(); defer a.mu.RUnlock(); return a.creating["x"] == nil }) {
+		t.Fatal("the creation never ended")
+	}
+	if s := statusOf(a, "x"); s.State != api.StateExited || s.ExitCode == nil || *s.ExitCode != 3 {
+		t.Errorf("status %+v, want the exit", s)
+	}
+}
+
+// TestConflictCarriesApplied: a 409 says which epoch and revision were applied.
+func TestConflictCarriesApplied(t *testing.T) {
+	_, srv := start(t, newFakeRuntime(), api.Resources{Slots: 4})
+	c := client.New(srv.URL, token, nil)
+	if _, err := c.Sync(context.Background(), &api.SyncRequest{Epoch: 7, Revision: 12}); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPut, srv.URL+api.PathSync, strings.NewReader(`{"epoch":7,"revision":11,"sandboxes":[]}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e api.Error
+	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusConflict || e.Code != http.StatusConflict || e.AppliedEpoch != 7 || e.AppliedRevision != 12 {
+		t.Errorf("%d %+v, want 409 applied 7/12", resp.StatusCode, e)
+	}
+}
+
+// TestStatusDoesNotWaitOnImages: the status answers from the last image
+// listing while a listing hangs, and says unhealthy once listings fail for
+// three periods.
+func TestStatusDoesNotWaitOnImages(t *testing.T) {
+	rt := newFakeRuntime()
+	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 1}, ImageRefreshPeriod: 20 * time.Millisecond})
+	c := client.New(srv.URL, token, &http.Client{Timeout: 2 * time.Second})
+	block := make(chan struct{})
+	rt.mu.Lock()
+	rt.imagesBlock = block
+	rt.mu.Unlock()
+	t0 := time.Now()
+	st, err := c.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d > time.Second || len(st.Images) != 1 {
+		t.Errorf("status took %v with images %v", d, st.Images)
+	}
+	close(block)
+	rt.mu.Lock()
+	rt.imagesBlock, rt.imagesErr = nil, errors.New("containerd is busy")
+	rt.mu.Unlock()
+	if !eventually(func() bool { return !a.Status(context.Background()).Healthy }) {
+		t.Error("still healthy while image listings fail")
+	}
+	rt.mu.Lock()
+	rt.imagesErr = nil
+	rt.mu.Unlock()
+	if !eventually(func() bool { return a.Status(context.Background()).Healthy }) {
+		t.Error("not healthy again once image listings succeed")
+	}
 }

@@ -151,7 +151,8 @@ func writeError(w http.ResponseWriter, log logr.Logger, err error) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(re.Code)
-	_ = json.NewEncoder(w).Encode(api.Error{Code: re.Code, Message: re.Message})
+	_ = json.NewEncoder(w).Encode(api.Error{Code: re.Code, Message: re.Message,
+		AppliedEpoch: re.AppliedEpoch, AppliedRevision: re.AppliedRevision})
 }
 
 type statusRecorder struct {
