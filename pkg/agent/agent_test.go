@@ -169,6 +169,9 @@ func (f *fakeRuntime) Close() error                    { return nil }
 
 const token = "0123456789abcdef0123"
 
+// timeoutClient fails a test whose request hangs (a sync stalled on a creation).
+var timeoutClient = &http.Client{Timeout: 5 * time.Second}
+
 func start(t *testing.T, rt *fakeRuntime, capacity api.Resources) (*Agent, *httptest.Server) {
 	t.Helper()
 	return startWith(t, rt, Config{Capacity: capacity})
@@ -194,7 +197,7 @@ func sbx(uid string) api.SandboxSpec {
 func TestSyncConverges(t *testing.T) {
 	rt := newFakeRuntime(api.SandboxStatus{UID: "stale", State: api.StateRunning})
 	_, srv := start(t, rt, api.Resources{Slots: 4})
-	c := client.New(srv.URL, token, nil)
+	c := client.New(srv.URL, token, timeoutClient)
 	ctx := context.Background()
 
 	req := &api.SyncRequest{Epoch: 1, Revision: 1, Sandboxes: []api.SandboxSpec{sbx("a"), sbx("b")}}
@@ -312,7 +315,7 @@ func TestRequestsRefused(t *testing.T) {
 func TestFinishedSandboxesHoldNoSlot(t *testing.T) {
 	rt := newFakeRuntime()
 	a, srv := start(t, rt, api.Resources{Slots: 1})
-	c := client.New(srv.URL, token, nil)
+	c := client.New(srv.URL, token, timeoutClient)
 	ctx := context.Background()
 	if _, err := c.Sync(ctx, &api.SyncRequest{Epoch: 1, Revision: 1, Sandboxes: []api.SandboxSpec{sbx("a")}}); err != nil {
 		t.Fatal(err)
@@ -426,7 +429,7 @@ func TestInvalidSandboxFailsAlone(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rt := newFakeRuntime()
 			a, srv := start(t, rt, api.Resources{Slots: 4})
-			c := client.New(srv.URL, token, nil)
+			c := client.New(srv.URL, token, timeoutClient)
 			resp := syncOK(t, c, 1, []api.SandboxSpec{sbx("a"), tc.spec, sbx("b")})
 			got := resp.Sandboxes
 			if got[0].State != api.StateRunning || got[2].State != api.StateRunning {
@@ -481,7 +484,7 @@ func TestNoCapacityPerSandbox(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rt := newFakeRuntime()
 			a, srv := start(t, rt, tc.capacity)
-			c := client.New(srv.URL, token, nil)
+			c := client.New(srv.URL, token, timeoutClient)
 			if tc.before != nil {
 				syncOK(t, c, 1, tc.before)
 			}
@@ -509,7 +512,7 @@ func TestNoCapacityPerSandbox(t *testing.T) {
 func TestFinished(t *testing.T) {
 	rt := newFakeRuntime()
 	a, srv := start(t, rt, api.Resources{Slots: 1})
-	c := client.New(srv.URL, token, nil)
+	c := client.New(srv.URL, token, timeoutClient)
 	ctx := context.Background()
 	syncOK(t, c, 1, []api.SandboxSpec{sbx("a")})
 
@@ -577,7 +580,7 @@ func TestSlowCreationDoesNotStallSyncs(t *testing.T) {
 	if resp.Sandboxes[0].State != api.StateCreating || resp.Sandboxes[0].Name != "n-slow" || resp.Sandboxes[0].Namespace != "ns" || resp.Sandboxes[1].State != api.StateRunning {
 		t.Errorf("second answer %+v, want slow Creating, fast Running", resp.Sandboxes)
 	}
-	if r := <-first; r == nil || r.Sandboxes[0].State != api.StateCreating || r.Sandboxes[0].UID != "slow" {
+	if r := <-first; r == nil || len(r.Sandboxes) != 1 || r.Sandboxes[0].State != api.StateCreating || r.Sandboxes[0].UID != "slow" {
 		t.Errorf("first answer %+v, want slow Creating", r)
 	}
 	st := a.Status(context.Background())
@@ -604,7 +607,7 @@ func TestDroppedWhileCreating(t *testing.T) {
 			release := rt.blockCreate("x")
 			defer release()
 			a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: 50 * time.Millisecond})
-			c := client.New(srv.URL, token, nil)
+			c := client.New(srv.URL, token, timeoutClient)
 			if resp := syncOK(t, c, 1, []api.SandboxSpec{sbx("x")}); resp.Sandboxes[0].State != api.StateCreating {
 				t.Fatalf("answer %+v, want Creating", resp.Sandboxes[0])
 			}
@@ -642,6 +645,27 @@ func TestDroppedWhileCreating(t *testing.T) {
 	}
 }
 
+// TestFinishedWhileCreating: a sandbox reported finished while it is being
+// created is stopped once created, and kept.
+func TestFinishedWhileCreating(t *testing.T) {
+	rt := newFakeRuntime()
+	release := rt.blockCreate("x")
+	defer release()
+	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: 10 * time.Millisecond})
+	c := client.New(srv.URL, token, timeoutClient)
+	syncOK(t, c, 1, []api.SandboxSpec{sbx("x")})
+	if resp := syncOK(t, c, 2, nil, "x"); len(resp.Deleting) != 0 {
+		t.Errorf("deleting %v, want none", resp.Deleting)
+	}
+	release()
+	if !eventually(func() bool { return statusOf(a, "x").State == api.StateExited }) {
+		t.Fatalf("status %+v, want Exited", statusOf(a, "x"))
+	}
+	if !rt.has("x") || rt.count(rt.stops, "x") != 1 || rt.count(rt.deletes, "x") != 0 || rt.count(rt.creates, "x") != 1 {
+		t.Errorf("x: creates %d stops %d deletes %d, want 1 1 0", rt.count(rt.creates, "x"), rt.count(rt.stops, "x"), rt.count(rt.deletes, "x"))
+	}
+}
+
 // TestExitWhileCreating: an exit the runtime reports before the creation
 // returned is kept.
 func TestExitWhileCreating(t *testing.T) {
@@ -649,7 +673,7 @@ func TestExitWhileCreating(t *testing.T) {
 	release := rt.blockCreate("x")
 	defer release()
 	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: 10 * time.Millisecond})
-	c := client.New(srv.URL, token, nil)
+	c := client.New(srv.URL, token, timeoutClient)
 	syncOK(t, c, 1, []api.SandboxSpec{sbx("x")})
 	code := int32(3)
 	rt.exits <- api.SandboxStatus{UID: "x", State: api.StateExited, ExitCode: &code, Reason: api.ReasonError}
@@ -668,7 +692,7 @@ func TestExitWhileCreating(t *testing.T) {
 // TestConflictCarriesApplied: a 409 says which epoch and revision were applied.
 func TestConflictCarriesApplied(t *testing.T) {
 	_, srv := start(t, newFakeRuntime(), api.Resources{Slots: 4})
-	c := client.New(srv.URL, token, nil)
+	c := client.New(srv.URL, token, timeoutClient)
 	if _, err := c.Sync(context.Background(), &api.SyncRequest{Epoch: 7, Revision: 12}); err != nil {
 		t.Fatal(err)
 	}
@@ -719,5 +743,30 @@ func TestStatusDoesNotWaitOnImages(t *testing.T) {
 	rt.mu.Unlock()
 	if !eventually(func() bool { return a.Status(context.Background()).Healthy }) {
 		t.Error("not healthy again once image listings succeed")
+	}
+}
+
+// TestCreateTimeout: a creation runs under its own context, bounded by
+// CreateTimeout, not by the sync that started it.
+func TestCreateTimeout(t *testing.T) {
+	rt := newFakeRuntime()
+	release := rt.blockCreate("x")
+	defer release()
+	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: 10 * time.Millisecond, CreateTimeout: 200 * time.Millisecond})
+	c := client.New(srv.URL, token, timeoutClient)
+	ctx, cancel := context.WithCancel(context.Background())
+	if _, err := c.Sync(ctx, &api.SyncRequest{Epoch: 1, Revision: 1, Sandboxes: []api.SandboxSpec{sbx("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	cancel() // the request's end does not end the creation
+	time.Sleep(50 * time.Millisecond)
+	if s := statusOf(a, "x"); s.State != api.StateCreating {
+		t.Errorf("status %+v, want Creating", s)
+	}
+	if !eventually(func() bool { return statusOf(a, "x").State == api.StateFailed }) {
+		t.Fatalf("status %+v, want Failed after CreateTimeout", statusOf(a, "x"))
+	}
+	if s := statusOf(a, "x"); s.Reason != api.ReasonCreateFailed || !strings.Contains(s.Message, "deadline") {
+		t.Errorf("status %+v", s)
 	}
 }
