@@ -399,7 +399,7 @@ func addSpec(r api.Resources, s api.SandboxSpec) api.Resources {
 // fits says why a new sandbox does not fit beside what is used ("" if it does).
 func (a *Agent) fits(s api.SandboxSpec, used api.Resources) string {
 	c := a.cfg.Capacity
-	name := s.Namespace + "/" + s.Name
+	name := short(s.Namespace + "/" + s.Name)
 	switch {
 	case c.CPUMillis > 0 && s.CPUMillis > c.CPUMillis:
 		return fmt.Sprintf("sandbox %s asks %dm CPU; the agent has %dm", name, s.CPUMillis, c.CPUMillis)
