@@ -22,14 +22,38 @@ var _ sandboxbinder.Binder = &Scheduler{}
 
 func schemeWithSandboxes() *runtime.Scheme { return scheme.Scheme }
 
-// Assume takes the slot in the pool's cache, so the next cycle sees it taken.
+// fieldManager names the scheduler's writes.
+const fieldManager = "fast-sandbox-scheduler"
+
+// inflightSandbox is a sandbox reserved on an agent whose Bind has not
+// finished: bound is the Sandbox as written once the placement is durable,
+// nil before. Only durable placements are sent to the agent.
+type inflightSandbox struct {
+	bound *v1alpha1.Sandbox
+}
+
+// Assume takes the slot in the pool's cache, so the next cycle sees it
+// taken, and registers the sandbox as in flight on the agent. It refuses an
+// agent that is gone, lost or draining.
 func (s *Scheduler) Assume(ctx context.Context, pod *v1.Pod, agent string) error {
 	assumed := pod.DeepCopy()
 	assumed.Spec.NodeName = agent
+	key := pod.Namespace + "/" + agent
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	a := s.agents[key]
+	if a == nil || !a.takes() {
+		return fmt.Errorf("agent %s no longer takes sandboxes", agent)
+	}
 	ps := s.ensurePoolLocked(ctx, pod.Namespace+"/"+pod.Labels[v1alpha1.LabelPoolName])
-	return ps.cache.AssumePod(klog.FromContext(ctx), assumed)
+	if err := ps.cache.AssumePod(klog.FromContext(ctx), assumed); err != nil {
+		return err
+	}
+	if s.inflight[key] == nil {
+		s.inflight[key] = map[string]*inflightSandbox{}
+	}
+	s.inflight[key][string(pod.UID)] = &inflightSandbox{}
+	return nil
 }
 
 // Forget gives the slot back.
@@ -52,11 +76,13 @@ func (s *Scheduler) Forget(ctx context.Context, pod *v1.Pod, agent string) {
 // the agent answered (Running with the agent's start time, or Failed with
 // its reason). A crash anywhere leaves either an unbound Sandbox (placed
 // again) or a bound one that the next sync converges: never an orphan
-// container, never a second one.
+// container, never a second one. Whether the agent still takes sandboxes is
+// checked again right before the placement is written.
 func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, agentName string) error {
 	logger := klog.FromContext(ctx)
+	key := pod.Namespace + "/" + agentName
 	s.mu.Lock()
-	agent := s.agents[pod.Namespace+"/"+agentName]
+	agent := s.agents[key]
 	s.mu.Unlock()
 	if agent == nil {
 		return fmt.Errorf("agent %s is gone", agentName)
@@ -71,7 +97,7 @@ func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, agentName string) err
 	sbx = sbx.DeepCopy()
 	for attempt := 0; !hasFinalizer(sbx); attempt++ {
 		sbx.Finalizers = append(sbx.Finalizers, v1alpha1.FinalizerAgentCleanup)
-		updated, err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).Update(ctx, sbx, metav1.UpdateOptions{})
+		updated, err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).Update(ctx, sbx, metav1.UpdateOptions{FieldManager: fieldManager})
 		if err == nil {
 			sbx = updated
 			break
@@ -83,7 +109,7 @@ func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, agentName string) err
 		if sbx, err = s.client.SandboxV1alpha1().Sandboxes(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{}); err != nil {
 			return err
 		}
-		if sbx.UID != pod.UID || sbx.Status.Agent != "" || sbx.DeletionTimestamp != nil {
+		if sbx.UID != pod.UID || sbx.Status.Agent != "" || sbx.DeletionTimestamp != nil || finished(sbx) {
 			return fmt.Errorf("sandbox %s/%s changed while being bound", pod.Namespace, pod.Name)
 		}
 	}
@@ -97,35 +123,43 @@ func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, agentName string) err
 		Type: v1alpha1.SandboxConditionScheduled, Status: metav1.ConditionTrue, Reason: "Bound",
 		Message: fmt.Sprintf("bound to agent %s on node %s", agentName, agent.nodeName), ObservedGeneration: sbx.Generation,
 	})
+	uid := string(sbx.UID)
 	s.mu.Lock()
-	s.binding[string(sbx.UID)] = true
+	if s.agents[key] != agent || !agent.takes() {
+		s.mu.Unlock()
+		return fmt.Errorf("agent %s stopped taking sandboxes before the placement was recorded", agentName)
+	}
+	s.binding[uid] = true
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		delete(s.binding, string(pod.UID))
+		delete(s.binding, uid)
 		s.mu.Unlock()
 	}()
-	s.mu.Lock()
-	key := pod.Namespace + "/" + agentName
-	if s.inflight[key] == nil {
-		s.inflight[key] = map[string]*v1alpha1.Sandbox{}
-	}
-	s.inflight[key][string(sbx.UID)] = sbx
-	s.mu.Unlock()
-	bound, err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).UpdateStatus(ctx, sbx, metav1.UpdateOptions{})
+	bound, err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).UpdateStatus(ctx, sbx, metav1.UpdateOptions{FieldManager: fieldManager})
 	if err != nil {
 		return fmt.Errorf("recording the placement: %w", err)
 	}
 	s.mu.Lock()
-	s.inflight[key][string(sbx.UID)] = bound
+	if b := s.inflight[key][uid]; b != nil {
+		b.bound = bound
+	}
 	s.mu.Unlock()
 
 	told := metav1.NowMicro()
-	res := <-agent.syncer.request(string(sbx.UID))
+	var res syncResult
+	select {
+	case res = <-agent.syncer.request(uid):
+	case <-agent.stop:
+		res.err = errAgentRemoved
+	case <-ctx.Done():
+		res.err = ctx.Err()
+	}
 	if res.err != nil {
-		// The placement is durable: the next sync (poll-driven or another
-		// bind) converges the agent, and status follows from its reports.
-		logger.Error(res.err, "telling the agent; the next sync retries", "sandbox", klog.KObj(sbx), "agent", agentName)
+		// The placement is durable: the syncer retries with backoff, the
+		// status poll re-syncs on any difference, and status follows from
+		// the agent's reports (or the lost-agent sweep).
+		logger.Error(res.err, "telling the agent; the sync is retried", "sandbox", klog.KObj(sbx), "agent", agentName)
 		return nil
 	}
 	s.recordOutcome(ctx, bound, res.status, &told)
@@ -142,39 +176,48 @@ func hasFinalizer(s *v1alpha1.Sandbox) bool {
 }
 
 // recordOutcome writes what an agent reported of a sandbox on the Sandbox,
-// if it changes anything. told is when the agent was sent it, if known.
-func (s *Scheduler) recordOutcome(ctx context.Context, sbx *v1alpha1.Sandbox, st api.SandboxStatus, told *metav1.MicroTime) {
+// if it changes anything; it reports whether it wrote. told is when the
+// agent was sent it, if known. A write that fails is not retried here: the
+// status poll, the sweeps and the deadline loop compare again and write again.
+func (s *Scheduler) recordOutcome(ctx context.Context, sbx *v1alpha1.Sandbox, st api.SandboxStatus, told *metav1.MicroTime) bool {
 	updated := sbx.DeepCopy()
 	if told != nil && updated.Status.AgentToldTime == nil {
 		updated.Status.AgentToldTime = told
 	}
 	if !applyAgentStatus(updated, st) && told == nil {
-		return
+		return false
 	}
 	for attempt := 0; attempt < 3; attempt++ {
-		_, err := s.client.SandboxV1alpha1().Sandboxes(updated.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{})
+		_, err := s.client.SandboxV1alpha1().Sandboxes(updated.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{FieldManager: fieldManager})
 		if err == nil {
 			if updated.Status.Phase != sbx.Status.Phase {
 				s.eventForPhase(updated)
 			}
-			return
+			return true
 		}
 		if !apierrors.IsConflict(err) {
-			klog.FromContext(ctx).Error(err, "recording sandbox status", "sandbox", klog.KObj(sbx))
-			return
+			klog.FromContext(ctx).Error(err, "recording sandbox status; it is compared and written again later", "sandbox", klog.KObj(sbx))
+			return false
 		}
 		fresh, gerr := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).Get(ctx, sbx.Name, metav1.GetOptions{})
-		if gerr != nil || fresh.UID != sbx.UID {
-			return
+		if gerr != nil || fresh.UID != sbx.UID || !sameBinding(fresh, sbx) {
+			return false
 		}
 		updated = fresh.DeepCopy()
 		if told != nil && updated.Status.AgentToldTime == nil {
 			updated.Status.AgentToldTime = told
 		}
 		if !applyAgentStatus(updated, st) && told == nil {
-			return
+			return false
 		}
 	}
+	return false
+}
+
+// sameBinding says whether two versions of a Sandbox are bound to the same
+// agent Pod: an agent's report of one placement never lands on another.
+func sameBinding(a, b *v1alpha1.Sandbox) bool {
+	return a.Status.Agent == b.Status.Agent && a.Status.AgentUID == b.Status.AgentUID && a.Status.Restarts == b.Status.Restarts
 }
 
 // applyAgentStatus maps an agent's report onto a Sandbox status; it reports
@@ -211,6 +254,8 @@ func applyAgentStatus(sbx *v1alpha1.Sandbox, st api.SandboxStatus) bool {
 		sbx.Status.Reason, sbx.Status.Message = st.Reason, st.Message
 		finishAt(sbx, st.FinishedAt)
 		setReady(sbx, metav1.ConditionFalse, st.Reason, "the sandbox's command exited")
+	case api.StateCreating:
+		// Still being created (e.g. its image is pulled): it stays Scheduled.
 	case api.StateFailed:
 		sbx.Status.Phase = v1alpha1.SandboxFailed
 		sbx.Status.Reason, sbx.Status.Message = st.Reason, st.Message
@@ -284,7 +329,7 @@ func (s *Scheduler) markUnschedulable(ctx context.Context, sbx *v1alpha1.Sandbox
 		Type: v1alpha1.SandboxConditionScheduled, Status: metav1.ConditionFalse, Reason: reason, Message: message,
 		ObservedGeneration: sbx.Generation,
 	})
-	if _, err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{}); err != nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+	if _, err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
 		klog.FromContext(ctx).Error(err, "recording that a sandbox is unschedulable", "sandbox", klog.KObj(sbx))
 	}
 	s.recorder.Eventf(sbx, nil, v1.EventTypeWarning, "FailedScheduling", "Schedule", "%s", message)

@@ -1,7 +1,9 @@
 package scheduler
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"strconv"
@@ -10,6 +12,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
@@ -31,25 +34,21 @@ func (s *Scheduler) upsertAgent(ctx context.Context, pod *v1.Pod) {
 	}
 	s.mu.Lock()
 	a, ok := s.agents[key]
+	if ok && a.uid != "" && a.uid != pod.UID {
+		// A new Pod of the same name: the old agent is gone.
+		s.mu.Unlock()
+		s.removeAgent(ctx, key, "the agent Pod was replaced")
+		s.mu.Lock()
+		a, ok = nil, false
+	}
 	if !ok {
-		a = &agentState{name: pod.Name, namespace: pod.Namespace, staleAfter: 3 * s.opts.StatusPeriod}
-		if a.staleAfter < 3*time.Second {
-			a.staleAfter = 3 * time.Second
-		}
-		a.syncer = newSyncer(a)
+		a = newAgentState(pod.Name, pod.Namespace, max(3*s.opts.StatusPeriod, 3*time.Second))
 		s.agents[key] = a
-		go a.syncer.run(ctx, s.epoch, s.desiredFor, s.syncDone)
+		go s.runAgent(ctx, a)
 	}
 	wasUsable := a.usable()
 	if a.updateFromPod(pod) || a.client == nil {
-		a.client = nil
-		if a.podIP != "" {
-			if token, err := s.agentToken(pod.Namespace, a.pool); err == nil {
-				a.client = agentclient.New("http://"+net.JoinHostPort(a.podIP, strconv.Itoa(a.port)), token, nil)
-			} else {
-				klog.FromContext(ctx).V(2).Info("no agent token yet", "agent", key, "err", err)
-			}
-		}
+		a.client = s.newClientLocked(ctx, a)
 	}
 	s.refreshNodeLocked(ctx, a)
 	nowUsable := a.usable()
@@ -60,11 +59,40 @@ func (s *Scheduler) upsertAgent(ctx context.Context, pod *v1.Pod) {
 	}
 }
 
+// runAgent polls and syncs an agent once the scheduler has learned the
+// cluster (and taken its epoch), until the agent is forgotten.
+func (s *Scheduler) runAgent(ctx context.Context, a *agentState) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-a.stop:
+		a.syncer.failAll(errAgentRemoved)
+		return
+	case <-s.learned:
+	}
+	go s.runPoller(ctx, a)
+	s.runSyncer(ctx, a)
+}
+
 func podGone(pod *v1.Pod) string {
 	if pod.DeletionTimestamp != nil {
 		return "being deleted"
 	}
 	return string(pod.Status.Phase)
+}
+
+// newClientLocked returns a client for the agent's endpoint, or nil while it
+// has no address or token.
+func (s *Scheduler) newClientLocked(ctx context.Context, a *agentState) *agentclient.Client {
+	if a.podIP == "" {
+		return nil
+	}
+	token, err := s.agentToken(a.namespace, a.pool)
+	if err != nil {
+		klog.FromContext(ctx).V(2).Info("no agent token yet", "agent", a.key(), "err", err)
+		return nil
+	}
+	return agentclient.New("http://"+net.JoinHostPort(a.podIP, strconv.Itoa(a.port)), token, s.opts.HTTPClient)
 }
 
 func (s *Scheduler) agentToken(namespace, pool string) (string, error) {
@@ -81,7 +109,7 @@ func (s *Scheduler) agentToken(namespace, pool string) (string, error) {
 
 // refreshNodeLocked puts the agent's current view into its pool's cache.
 func (s *Scheduler) refreshNodeLocked(ctx context.Context, a *agentState) {
-	if a.pool == "" {
+	if a.pool == "" || a.deleted {
 		return
 	}
 	ps := s.ensurePoolLocked(ctx, a.namespace+"/"+a.pool)
@@ -97,8 +125,8 @@ func (s *Scheduler) refreshNodeLocked(ctx context.Context, a *agentState) {
 	}
 }
 
-// removeAgent forgets an agent: its sandboxes that had not finished fail
-// with AgentLost, and the finalizers of its deleted sandboxes go.
+// removeAgent forgets an agent whose Pod is gone: its loops end, nothing is
+// placed there any more, and its sandboxes that had not finished are lost.
 func (s *Scheduler) removeAgent(ctx context.Context, key, why string) {
 	s.mu.Lock()
 	a, ok := s.agents[key]
@@ -106,6 +134,7 @@ func (s *Scheduler) removeAgent(ctx context.Context, key, why string) {
 		delete(s.agents, key)
 		delete(s.inflight, key)
 		a.deleted = true
+		close(a.stop)
 		if ps, ok := s.poolStates[a.namespace+"/"+a.pool]; ok {
 			_ = ps.cache.RemoveNode(klog.FromContext(ctx), &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: a.name}})
 		}
@@ -114,28 +143,79 @@ func (s *Scheduler) removeAgent(ctx context.Context, key, why string) {
 	if !ok {
 		return
 	}
-	klog.FromContext(ctx).Info("agent lost", "agent", key, "reason", why)
-	a.syncer.failAll(fmt.Errorf("agent %s lost: %s", key, why))
-	s.failSandboxesOf(ctx, a, why)
+	klog.FromContext(ctx).Info("agent removed", "agent", key, "reason", why)
+	s.sweepLost(ctx)
 }
 
-// failSandboxesOf fails every unfinished sandbox bound to the agent.
-func (s *Scheduler) failSandboxesOf(ctx context.Context, a *agentState, why string) {
-	sbxs, _ := s.sandboxes.Sandboxes(a.namespace).List(labels.Everything())
-	for _, sbx := range sbxs {
-		if sbx.Status.Agent != a.name || (a.uid != "" && sbx.Status.AgentUID != "" && sbx.Status.AgentUID != string(a.uid)) {
-			continue
-		}
-		if sbx.DeletionTimestamp != nil {
-			s.removeFinalizer(ctx, sbx)
-			continue
-		}
-		if finished(sbx) {
-			continue
-		}
-		s.recordOutcome(ctx, sbx, api.SandboxStatus{UID: string(sbx.UID), State: api.StateFailed,
-			Reason: v1alpha1.ReasonAgentLost, Message: fmt.Sprintf("agent %s was lost: %s", a.name, why)}, nil)
+// sweepLost is the periodic, level-triggered check that no sandbox is bound
+// to an agent that is gone: every unfinished sandbox whose agent Pod (by
+// name and UID) is not a live agent, or whose agent was declared lost, is
+// lost (failed with AgentLost, or placed again under AutoRecreate). A
+// deleted sandbox whose agent is gone loses its finalizer. A write that fails
+// here is simply done again by the next sweep.
+func (s *Scheduler) sweepLost(ctx context.Context) {
+	sbxs, err := s.sandboxes.List(labels.Everything())
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "listing sandboxes for the lost-agent sweep")
+		return
 	}
+	for _, sbx := range sbxs {
+		if sbx.Status.Agent == "" {
+			continue
+		}
+		s.mu.Lock()
+		a := s.agents[sbx.Namespace+"/"+sbx.Status.Agent]
+		gone := a == nil || !a.holds(sbx)
+		lost := !gone && a.lost
+		beingBound := s.binding[string(sbx.UID)]
+		s.mu.Unlock()
+		switch {
+		case beingBound || (!gone && !lost):
+		case sbx.DeletionTimestamp != nil:
+			if gone {
+				s.removeFinalizer(ctx, sbx)
+			}
+		case finished(sbx):
+		case gone:
+			s.loseSandbox(ctx, sbx, fmt.Sprintf("agent %s is gone", sbx.Status.Agent))
+		default:
+			s.loseSandbox(ctx, sbx, fmt.Sprintf("agent %s stopped answering", sbx.Status.Agent))
+		}
+	}
+}
+
+// loseSandbox handles a sandbox whose agent was lost before it finished:
+// Failed with AgentLost, or (failurePolicy AutoRecreate) unbound so that it
+// is placed again, in a new container, with status.restarts counted.
+func (s *Scheduler) loseSandbox(ctx context.Context, sbx *v1alpha1.Sandbox, why string) {
+	if sbx.Spec.FailurePolicy != v1alpha1.FailurePolicyAutoRecreate {
+		if s.recordOutcome(ctx, sbx, api.SandboxStatus{UID: string(sbx.UID), State: api.StateFailed,
+			Reason: v1alpha1.ReasonAgentLost, Message: fmt.Sprintf("%s before the sandbox finished", why)}, nil) {
+			sandboxesLost.WithLabelValues("failed").Inc()
+		}
+		return
+	}
+	updated := sbx.DeepCopy()
+	st := &updated.Status
+	st.Restarts++
+	st.Phase, st.Reason = v1alpha1.SandboxPending, v1alpha1.ReasonAgentLost
+	st.Message = fmt.Sprintf("%s; placing the sandbox again (restart %d)", why, st.Restarts)
+	st.Agent, st.AgentUID, st.Node, st.ContainerID, st.ExitCode = "", "", "", "", nil
+	st.ScheduleTime, st.AgentToldTime, st.StartTime, st.FinishTime = nil, nil, nil, nil
+	st.ObservedGeneration = sbx.Generation
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.SandboxConditionScheduled,
+		Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonAgentLost, Message: st.Message, ObservedGeneration: sbx.Generation})
+	setReady(updated, metav1.ConditionFalse, v1alpha1.ReasonAgentLost, st.Message)
+	// The resourceVersion of the object read guards the write: if anything
+	// changed since (it finished, it was placed again), the next sweep looks again.
+	if _, err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
+		if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+			klog.FromContext(ctx).Error(err, "placing a sandbox again after its agent was lost", "sandbox", klog.KObj(sbx))
+		}
+		return
+	}
+	sandboxesLost.WithLabelValues("recreated").Inc()
+	s.recorder.Eventf(sbx, nil, v1.EventTypeWarning, "Recreating", "Recreate", "%s", st.Message)
 }
 
 // sandboxChanged keeps the pool caches and the queue in step with a Sandbox.
@@ -150,22 +230,29 @@ func (s *Scheduler) sandboxChanged(sbx *v1alpha1.Sandbox) {
 		if m := s.inflight[sbx.Namespace+"/"+sbx.Status.Agent]; m != nil {
 			delete(m, string(sbx.UID))
 		}
-		if holdsSlot(sbx) {
-			if existing, err := ps.cache.GetPod(pod); err == nil {
-				_ = ps.cache.UpdatePod(logger, existing, pod)
-			} else {
-				_ = ps.cache.AddPod(logger, pod)
-			}
-		} else if existing, err := ps.cache.GetPod(pod); err == nil {
-			_ = ps.cache.RemovePod(logger, existing)
-		}
+	}
+	existing, cacheErr := ps.cache.GetPod(pod)
+	assumed, _ := ps.cache.IsAssumedPod(pod)
+	switch {
+	case holdsSlot(sbx) && cacheErr == nil && !assumed:
+		_ = ps.cache.UpdatePod(logger, existing, pod)
+	case holdsSlot(sbx):
+		// New to the cache, or assumed at Reserve and now confirmed bound.
+		_ = ps.cache.AddPod(logger, pod)
+	case cacheErr == nil && (!assumed || sbx.Status.Agent != "" || finished(sbx)):
+		// It finished, was deleted, or was unbound to be placed again. An
+		// assumed sandbox whose Bind runs right now keeps its slot.
+		_ = ps.cache.RemovePod(logger, existing)
 	}
 	agent := s.agents[sbx.Namespace+"/"+sbx.Status.Agent]
+	if agent != nil && !agent.holds(sbx) {
+		agent = nil
+	}
 	s.mu.Unlock()
 
 	switch {
 	case sbx.DeletionTimestamp != nil:
-		if agent == nil || sbx.Status.Agent == "" {
+		if agent == nil {
 			s.removeFinalizer(ctx, sbx)
 		} else {
 			agent.syncer.trigger() // the next sync leaves it out; syncDone drops the finalizer
@@ -182,6 +269,9 @@ func (s *Scheduler) sandboxChanged(sbx *v1alpha1.Sandbox) {
 		}
 	case finished(sbx) && sbx.Status.Agent != "":
 		s.reactivate(sbx.Namespace, sbx.Spec.PoolName) // a slot became free
+		if agent != nil {
+			agent.syncer.trigger() // it moves to the agent's finished list
+		}
 	}
 }
 
@@ -210,16 +300,19 @@ func (s *Scheduler) context() context.Context {
 	return s.ctx
 }
 
-// desiredFor is the complete set of sandboxes an agent must run: the ones
-// bound to it (being bound, or recorded on the Sandbox), unless deleted,
-// failed by the control plane, or lost after they started (a sandbox that
-// started once is never started again).
-func (s *Scheduler) desiredFor(a *agentState) []api.SandboxSpec {
+// desiredFor is what an agent must run: the specs of the sandboxes bound to
+// it (durably recorded on the Sandbox) that have not finished and are not
+// deleted, and the UIDs of its finished ones, whose containers and logs it
+// keeps but never starts. A sandbox that started, and that the agent no
+// longer reports, is finished too: it is never started twice.
+func (s *Scheduler) desiredFor(a *agentState) (specs []api.SandboxSpec, finishedUIDs []string) {
 	sbxs, _ := s.sandboxes.Sandboxes(a.namespace).List(labels.Everything())
 	s.mu.Lock()
-	inflight := make(map[string]*v1alpha1.Sandbox, len(s.inflight[a.key()]))
-	for uid, sbx := range s.inflight[a.key()] {
-		inflight[uid] = sbx
+	inflight := make([]*v1alpha1.Sandbox, 0, len(s.inflight[a.key()]))
+	for _, b := range s.inflight[a.key()] {
+		if b.bound != nil {
+			inflight = append(inflight, b.bound)
+		}
 	}
 	status := a.status
 	s.mu.Unlock()
@@ -230,22 +323,25 @@ func (s *Scheduler) desiredFor(a *agentState) []api.SandboxSpec {
 		}
 	}
 	seen := map[string]bool{}
-	var out []api.SandboxSpec
 	add := func(sbx *v1alpha1.Sandbox) {
 		uid := string(sbx.UID)
-		if seen[uid] || sbx.Status.Agent != a.name || sbx.DeletionTimestamp != nil {
+		if seen[uid] || !a.holds(sbx) || sbx.DeletionTimestamp != nil {
 			return
 		}
 		seen[uid] = true
-		switch sbx.Status.Reason {
-		case v1alpha1.ReasonAgentLost, v1alpha1.ReasonDeadlineExceeded, api.ReasonContainerLost:
-			return
+		switch {
+		case finished(sbx):
+			finishedUIDs = append(finishedUIDs, uid)
+		case sbx.Status.StartTime != nil && status != nil && !reported[uid] && status.Time.After(sbx.Status.StartTime.Time):
+			finishedUIDs = append(finishedUIDs, uid) // it ran and is gone: detectLost reports it
+		default:
+			pool, _ := s.pools.SandboxPools(sbx.Namespace).Get(sbx.Spec.PoolName)
+			spec := agentSpec(sbx, pool)
+			if encodedSize(spec) > api.MaxSandboxSpecBytes {
+				return // never sent; scheduleOne failed it with InvalidSpec
+			}
+			specs = append(specs, spec)
 		}
-		if sbx.Status.StartTime != nil && status != nil && !reported[uid] && status.Time.After(sbx.Status.StartTime.Time) {
-			return // it ran and is gone: report it, never start it twice
-		}
-		pool, _ := s.pools.SandboxPools(sbx.Namespace).Get(sbx.Spec.PoolName)
-		out = append(out, agentSpec(sbx, pool))
 	}
 	for _, sbx := range inflight {
 		add(sbx)
@@ -253,7 +349,21 @@ func (s *Scheduler) desiredFor(a *agentState) []api.SandboxSpec {
 	for _, sbx := range sbxs {
 		add(sbx)
 	}
-	return out
+	if len(finishedUIDs) > api.MaxFinished {
+		finishedUIDs = finishedUIDs[len(finishedUIDs)-api.MaxFinished:]
+	}
+	return specs, finishedUIDs
+}
+
+// encodedSize is the size of a spec as the agent client encodes it.
+func encodedSize(spec api.SandboxSpec) int {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(spec); err != nil {
+		return 0
+	}
+	return buf.Len() - 1 // the encoder's newline
 }
 
 // syncDone follows a sync: it records outcomes of sandboxes nobody waits
@@ -261,7 +371,7 @@ func (s *Scheduler) desiredFor(a *agentState) []api.SandboxSpec {
 func (s *Scheduler) syncDone(a *agentState, sent []api.SandboxSpec, resp *api.SyncResponse, err error) {
 	ctx := s.context()
 	if err != nil {
-		klog.FromContext(ctx).V(2).Info("sync failed", "agent", a.key(), "err", err)
+		klog.FromContext(ctx).V(2).Info("sync failed; retrying with backoff", "agent", a.key(), "err", err)
 		return
 	}
 	kept := map[string]bool{}
@@ -275,7 +385,7 @@ func (s *Scheduler) syncDone(a *agentState, sent []api.SandboxSpec, resp *api.Sy
 	}
 	sbxs, _ := s.sandboxes.Sandboxes(a.namespace).List(labels.Everything())
 	for _, sbx := range sbxs {
-		if sbx.Status.Agent == a.name && sbx.DeletionTimestamp != nil && !kept[string(sbx.UID)] {
+		if a.holds(sbx) && sbx.DeletionTimestamp != nil && !kept[string(sbx.UID)] {
 			s.removeFinalizer(ctx, sbx)
 		}
 	}
@@ -286,31 +396,17 @@ func (s *Scheduler) removeFinalizer(ctx context.Context, sbx *v1alpha1.Sandbox) 
 	if !hasFinalizer(sbx) {
 		return
 	}
-	patch := []byte(fmt.Sprintf(`{"metadata":{"finalizers":null,"resourceVersion":%q}}`, sbx.ResourceVersion))
 	var keep []string
 	for _, f := range sbx.Finalizers {
 		if f != v1alpha1.FinalizerAgentCleanup {
 			keep = append(keep, f)
 		}
 	}
-	if len(keep) > 0 {
-		patch = []byte(fmt.Sprintf(`{"metadata":{"finalizers":%s,"resourceVersion":%q}}`, jsonStrings(keep), sbx.ResourceVersion))
-	}
-	_, err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).Patch(ctx, sbx.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": keep, "resourceVersion": sbx.ResourceVersion}})
+	_, err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).Patch(ctx, sbx.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
 	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
-		klog.FromContext(ctx).Error(err, "removing the finalizer", "sandbox", klog.KObj(sbx))
+		klog.FromContext(ctx).Error(err, "removing the finalizer; the next sync or sweep retries", "sandbox", klog.KObj(sbx))
 	}
-}
-
-func jsonStrings(ss []string) string {
-	out := "["
-	for i, v := range ss {
-		if i > 0 {
-			out += ","
-		}
-		out += strconv.Quote(v)
-	}
-	return out + "]"
 }
 
 // observe turns an agent's report into Sandbox status.
@@ -326,7 +422,7 @@ func (s *Scheduler) observe(ctx context.Context, a *agentState, reports []api.Sa
 			continue // its Bind records the outcome, with the time the agent was told
 		}
 		sbx, err := s.sandboxes.Sandboxes(st.Namespace).Get(st.Name)
-		if err != nil || string(sbx.UID) != st.UID || sbx.Status.Agent != a.name || finished(sbx) {
+		if err != nil || string(sbx.UID) != st.UID || !a.holds(sbx) || finished(sbx) {
 			continue
 		}
 		probe := sbx.DeepCopy()
@@ -336,8 +432,7 @@ func (s *Scheduler) observe(ctx context.Context, a *agentState, reports []api.Sa
 	}
 }
 
-// pollAgents asks every agent for its status, refreshes the caches, records
-// sandbox outcomes, and declares agents lost that stayed silent too long.
+// pollAgents asks every agent for its status once, in parallel.
 func (s *Scheduler) pollAgents(ctx context.Context) {
 	s.mu.Lock()
 	agents := make([]*agentState, 0, len(s.agents))
@@ -347,58 +442,139 @@ func (s *Scheduler) pollAgents(ctx context.Context) {
 	s.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, a := range agents {
-		wg.Add(1)
-		go func(a *agentState) {
-			defer wg.Done()
-			s.pollAgent(ctx, a)
-		}(a)
+		wg.Go(func() { s.pollAgent(ctx, a) })
 	}
 	wg.Wait()
 }
 
-func (s *Scheduler) pollAgent(ctx context.Context, a *agentState) {
-	s.mu.Lock()
-	client := a.client
-	if client == nil && a.podIP != "" {
-		if token, err := s.agentToken(a.namespace, a.pool); err == nil {
-			a.client = agentclient.New("http://"+net.JoinHostPort(a.podIP, strconv.Itoa(a.port)), token, nil)
-			client = a.client
+// runPoller asks one agent for its status every period, so that a slow
+// agent delays no other.
+func (s *Scheduler) runPoller(ctx context.Context, a *agentState) {
+	t := time.NewTicker(s.opts.StatusPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.stop:
+			return
+		case <-t.C:
+			s.pollAgent(ctx, a)
 		}
 	}
+}
+
+// pollAgent asks an agent for its status, refreshes the cache, records
+// sandbox outcomes, re-syncs the agent if what it runs differs from what it
+// should, and counts failed calls toward declaring it lost.
+func (s *Scheduler) pollAgent(ctx context.Context, a *agentState) {
+	s.mu.Lock()
+	if a.client == nil && !a.deleted {
+		a.client = s.newClientLocked(ctx, a)
+	}
+	client := a.client
 	s.mu.Unlock()
 	var (
 		st  *api.Status
 		err = errNoEndpoint
 	)
 	if client != nil {
-		callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		callCtx, cancel := context.WithTimeout(ctx, s.opts.StatusTimeout)
 		st, err = client.Status(callCtx)
 		cancel()
 	}
-	s.mu.Lock()
-	first := a.status == nil
-	wasUsable := a.usable()
-	if err == nil {
-		a.status, a.lastSeen = st, time.Now()
+	if ctx.Err() != nil {
+		return
 	}
-	silentFor := time.Since(a.lastSeen)
+	now := time.Now()
+	s.mu.Lock()
+	if a.deleted {
+		s.mu.Unlock()
+		return
+	}
+	wasUsable, wasLost := a.usable(), a.lost
+	declareLost := false
+	switch {
+	case err == nil:
+		a.status, a.lastSeen = st, now
+		a.failures, a.lost = 0, false
+	case agentclient.IsStarting(err):
+		// It answers, so it is not silent; it takes nothing until ready.
+		a.failures = 0
+	default:
+		if a.failures == 0 {
+			a.failingSince = now
+		}
+		a.failures++
+		if !a.lost && a.failures >= s.opts.AgentLostAttempts && now.Sub(a.failingSince) >= s.opts.AgentLostTimeout {
+			a.lost, declareLost = true, true
+		}
+	}
+	failures, since := a.failures, a.failingSince
 	s.refreshNodeLocked(ctx, a)
 	nowUsable := a.usable()
 	s.mu.Unlock()
+	logger := klog.FromContext(ctx)
+	if declareLost {
+		agentsLost.Inc()
+		logger.Info("agent lost: it did not answer", "agent", a.key(), "attempts", failures, "since", since, "err", err)
+		s.sweepLost(ctx)
+	}
 	if err != nil {
-		if !a.lastSeen.IsZero() && silentFor > s.opts.AgentLostTimeout {
-			s.removeAgent(ctx, a.key(), fmt.Sprintf("no status for %s: %v", silentFor.Round(time.Second), err))
-		}
 		return
+	}
+	if wasLost {
+		logger.Info("a lost agent answers again", "agent", a.key())
 	}
 	if nowUsable && !wasUsable {
 		s.reactivate(a.namespace, a.pool)
 	}
 	s.observe(ctx, a, st.Sandboxes)
-	if first || st.Epoch != s.epoch {
-		a.syncer.trigger() // a new agent, or one that has not heard from this scheduler: converge it
+	if why := s.needsSync(a, st); why != "" {
+		logger.V(2).Info("agent differs from its desired set; syncing", "agent", a.key(), "why", why)
+		a.syncer.trigger()
 	}
 	s.detectLost(ctx, a, st)
+}
+
+// needsSync compares what an agent reports with what it should run and says
+// how they differ ("" when they do not): it has not applied this
+// scheduler's newest answered sync (it restarted, or an answer was lost), a
+// desired sandbox is missing, a finished one still runs, or it has one that
+// is not desired.
+func (s *Scheduler) needsSync(a *agentState, st *api.Status) string {
+	epoch := s.epoch.Load()
+	ackedEpoch, ackedRevision, inFlight := a.syncer.acked()
+	if st.Epoch != epoch {
+		return fmt.Sprintf("the agent applied epoch %d, not this scheduler's %d", st.Epoch, epoch)
+	}
+	if !inFlight && (st.Epoch != ackedEpoch || st.Revision != ackedRevision) {
+		return fmt.Sprintf("the agent applied revision %d; the last answered sync was %d", st.Revision, ackedRevision)
+	}
+	specs, finishedUIDs := s.desiredFor(a)
+	reported := make(map[string]api.SandboxState, len(st.Sandboxes))
+	for _, r := range st.Sandboxes {
+		reported[r.UID] = r.State
+	}
+	wanted := make(map[string]bool, len(specs)+len(finishedUIDs))
+	for _, spec := range specs {
+		wanted[spec.UID] = true
+		if _, ok := reported[spec.UID]; !ok && !inFlight {
+			return fmt.Sprintf("sandbox %s/%s is desired but not reported", spec.Namespace, spec.Name)
+		}
+	}
+	for _, uid := range finishedUIDs {
+		wanted[uid] = true
+		if reported[uid] == api.StateRunning {
+			return fmt.Sprintf("finished sandbox %s still runs", uid)
+		}
+	}
+	for uid := range reported {
+		if !wanted[uid] {
+			return fmt.Sprintf("sandbox %s is not desired", uid)
+		}
+	}
+	return ""
 }
 
 // detectLost fails sandboxes that started but that their agent no longer
@@ -411,21 +587,19 @@ func (s *Scheduler) detectLost(ctx context.Context, a *agentState, st *api.Statu
 	}
 	sbxs, _ := s.sandboxes.Sandboxes(a.namespace).List(labels.Everything())
 	for _, sbx := range sbxs {
-		if sbx.Status.Agent == a.name && sbx.DeletionTimestamp != nil && !reported[string(sbx.UID)] &&
-			st.Time.After(sbx.DeletionTimestamp.Add(time.Second)) {
-			s.mu.Lock()
-			beingBound := s.binding[string(sbx.UID)]
-			s.mu.Unlock()
-			if !beingBound {
-				s.removeFinalizer(ctx, sbx)
-			}
-		}
-	}
-	for _, sbx := range sbxs {
-		if sbx.Status.Agent != a.name || finished(sbx) || sbx.DeletionTimestamp != nil || sbx.Status.StartTime == nil {
+		if !a.holds(sbx) || reported[string(sbx.UID)] {
 			continue
 		}
-		if !reported[string(sbx.UID)] && st.Time.After(sbx.Status.StartTime.Add(time.Second)) {
+		s.mu.Lock()
+		beingBound := s.binding[string(sbx.UID)]
+		s.mu.Unlock()
+		switch {
+		case beingBound:
+		case sbx.DeletionTimestamp != nil:
+			if st.Time.After(sbx.DeletionTimestamp.Add(time.Second)) {
+				s.removeFinalizer(ctx, sbx)
+			}
+		case !finished(sbx) && sbx.Status.StartTime != nil && st.Time.After(sbx.Status.StartTime.Add(time.Second)):
 			s.recordOutcome(ctx, sbx, api.SandboxStatus{UID: string(sbx.UID), State: api.StateFailed,
 				Reason: api.ReasonContainerLost, Message: fmt.Sprintf("agent %s no longer has the sandbox's container", a.name)}, nil)
 		}
@@ -433,7 +607,7 @@ func (s *Scheduler) detectLost(ctx context.Context, a *agentState, st *api.Statu
 }
 
 // enforceLifetimes fails sandboxes past their activeDeadlineSeconds (their
-// agent then kills them) and deletes finished ones past their TTL.
+// agent then stops them) and deletes finished ones past their TTL.
 func (s *Scheduler) enforceLifetimes(ctx context.Context) {
 	sbxs, _ := s.sandboxes.List(labels.Everything())
 	now := time.Now()

@@ -12,9 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -36,6 +38,7 @@ import (
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 	"k8s.io/kubernetes/pkg/scheduler/metrics"
 
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
 	sbxinformers "github.com/fast-sandbox/fast-sandbox/pkg/generated/informers/externalversions"
@@ -54,25 +57,55 @@ var (
 type Options struct {
 	// StatusPeriod is how often agents are asked for their status.
 	StatusPeriod time.Duration
-	// AgentLostTimeout is how long an agent may fail to answer (or be not
-	// Ready) before its sandboxes fail with AgentLost.
-	AgentLostTimeout time.Duration
+	// StatusTimeout bounds one status call.
+	StatusTimeout time.Duration
+	// SyncTimeout bounds one sync call (a create may pull an image).
+	SyncTimeout time.Duration
+	// AgentLostTimeout and AgentLostAttempts decide when an agent that does
+	// not answer is lost (its sandboxes fail with AgentLost, or are placed
+	// again): after at least AgentLostAttempts consecutive failed status
+	// calls spanning at least AgentLostTimeout. An agent that answers that
+	// it is starting (503) is not silent.
+	AgentLostTimeout  time.Duration
+	AgentLostAttempts int
+	// SweepPeriod is how often every bound sandbox is checked against the
+	// live agents.
+	SweepPeriod time.Duration
 	// Parallelism of the Filter and Score runs.
 	Parallelism int
 	// TokenSecret returns the name of the Secret (key "token") holding a
 	// pool's agent API token.
 	TokenSecret func(pool string) string
+	// HTTPClient calls agents; the agent client's default when nil.
+	HTTPClient *http.Client
+	// Clock is the source of the sync epoch; time.Now when nil.
+	Clock func() time.Time
 }
 
 func (o *Options) setDefaults() {
 	if o.StatusPeriod == 0 {
 		o.StatusPeriod = time.Second
 	}
+	if o.StatusTimeout == 0 {
+		o.StatusTimeout = 5 * time.Second
+	}
+	if o.SyncTimeout == 0 {
+		o.SyncTimeout = 60 * time.Second
+	}
 	if o.AgentLostTimeout == 0 {
 		o.AgentLostTimeout = 20 * time.Second
 	}
+	if o.AgentLostAttempts == 0 {
+		o.AgentLostAttempts = 5
+	}
+	if o.SweepPeriod == 0 {
+		o.SweepPeriod = 2 * time.Second
+	}
 	if o.Parallelism == 0 {
 		o.Parallelism = 4
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
 	}
 	if o.TokenSecret == nil {
 		o.TokenSecret = func(pool string) string { return pool + "-agent-token" }
@@ -87,7 +120,16 @@ type Scheduler struct {
 	cfg      *config.KubeSchedulerConfiguration
 	registry frameworkruntime.Registry
 	recorder events.EventRecorder
-	epoch    int64
+
+	// epoch orders this scheduler's syncs after any earlier scheduler's: it
+	// is taken once leading, above every epoch the agents report. revision
+	// grows across all agents, so an agent forgotten and found again never
+	// sees a revision it has already applied.
+	epoch    atomic.Int64
+	revision atomic.Int64
+	// learned is closed once the scheduler knows every agent, every bound
+	// sandbox and its epoch; no sync is sent before.
+	learned chan struct{}
 
 	kubeInformers informers.SharedInformerFactory
 	sbxInformers  sbxinformers.SharedInformerFactory
@@ -102,7 +144,7 @@ type Scheduler struct {
 	ctx           context.Context
 	poolStates    map[string]*poolState                   // by pool namespace/name
 	agents        map[string]*agentState                  // by agent Pod namespace/name
-	inflight      map[string]map[string]*v1alpha1.Sandbox // agent key -> UID -> sandbox being bound
+	inflight      map[string]map[string]*inflightSandbox // agent key -> UID -> sandbox being bound
 	unschedulable map[string]bool                         // sandbox keys waiting for room
 	binding       map[string]bool                         // UIDs whose Bind runs: it records their outcome
 }
@@ -122,14 +164,14 @@ func New(ctx context.Context, kube kubernetes.Interface, client versioned.Interf
 	opts.setDefaults()
 	metrics.Register()
 	s := &Scheduler{
-		opts: opts, kube: kube, client: client, cfg: cfg, epoch: time.Now().UnixNano(),
+		opts: opts, kube: kube, client: client, cfg: cfg, learned: make(chan struct{}),
 		kubeInformers: informers.NewSharedInformerFactory(kube, 0),
 		sbxInformers:  sbxinformers.NewSharedInformerFactory(client, 0),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](50*time.Millisecond, 10*time.Second),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "sandboxes"}),
 		poolStates: map[string]*poolState{}, agents: map[string]*agentState{},
-		inflight: map[string]map[string]*v1alpha1.Sandbox{}, unschedulable: map[string]bool{}, binding: map[string]bool{},
+		inflight: map[string]map[string]*inflightSandbox{}, unschedulable: map[string]bool{}, binding: map[string]bool{},
 	}
 	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: kube.EventsV1()})
 	broadcaster.StartRecordingToSink(ctx.Done())
@@ -202,7 +244,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		s.sandboxChanged(obj.(*v1alpha1.Sandbox))
 	}
 	s.pollAgents(ctx)
-	logger.Info("scheduler learned the cluster", "agents", len(s.agents), "sandboxes", len(sbxInformer.GetStore().List()))
+	s.takeEpoch(ctx)
+	close(s.learned)
+	s.sweepLost(ctx)
+	logger.Info("scheduler learned the cluster", "agents", len(s.agents), "sandboxes", len(sbxInformer.GetStore().List()), "epoch", s.epoch.Load())
 
 	_, _ = podInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { s.upsertAgent(ctx, obj.(*v1.Pod)) },
@@ -233,7 +278,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		UpdateFunc: func(_, obj any) { s.poolChanged(obj.(*v1alpha1.SandboxPool)) },
 	})
 
-	go wait.UntilWithContext(ctx, s.pollAgents, s.opts.StatusPeriod)
+	go wait.UntilWithContext(ctx, s.sweepLost, s.opts.SweepPeriod)
 	go wait.UntilWithContext(ctx, s.enforceLifetimes, time.Second)
 	go func() {
 		<-ctx.Done()
@@ -242,6 +287,49 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	for s.processNext(ctx) {
 	}
 	return nil
+}
+
+// takeEpoch chooses the epoch of this scheduler's syncs once it leads and
+// has asked every agent: above the clock and above every epoch an agent
+// applied, so that neither a standby that started earlier nor a node with a
+// slow clock makes the agents refuse every sync. An agent that could not be
+// asked answers a stale sync with its applied epoch, and movePast moves on.
+func (s *Scheduler) takeEpoch(ctx context.Context) {
+	epoch := s.opts.Clock().UnixNano()
+	s.mu.Lock()
+	for _, a := range s.agents {
+		if a.status != nil && a.status.Epoch >= epoch {
+			epoch = a.status.Epoch + 1
+		}
+	}
+	s.mu.Unlock()
+	s.epoch.Store(epoch)
+	klog.FromContext(ctx).V(2).Info("took the sync epoch", "epoch", epoch)
+}
+
+// movePast makes the next syncs newer than what an agent applied, after it
+// refused one as stale: a later epoch (another scheduler's) is passed by
+// taking the next epoch, a later revision of this epoch by jumping the
+// revision past it.
+func (s *Scheduler) movePast(ctx context.Context, a *agentState, appliedEpoch, appliedRevision int64) {
+	for {
+		epoch := s.epoch.Load()
+		switch {
+		case appliedEpoch > epoch:
+			if !s.epoch.CompareAndSwap(epoch, appliedEpoch+1) {
+				continue
+			}
+			klog.FromContext(ctx).Info("an agent applied a newer epoch; moving past it", "agent", a.key(), "agentEpoch", appliedEpoch, "epoch", appliedEpoch+1)
+		case appliedEpoch == epoch:
+			for {
+				r := s.revision.Load()
+				if r >= appliedRevision || s.revision.CompareAndSwap(r, appliedRevision) {
+					break
+				}
+			}
+		}
+		return
+	}
 }
 
 func (s *Scheduler) processNext(ctx context.Context) bool {
@@ -297,6 +385,11 @@ func (s *Scheduler) scheduleOne(ctx context.Context, key string) (bool, error) {
 	nodes, err := ps.snapshot.NodeInfos().List()
 	if err != nil {
 		return false, err
+	}
+	if size := encodedSize(agentSpec(sbx, pool)); size > api.MaxSandboxSpecBytes {
+		s.recordOutcome(ctx, sbx, api.SandboxStatus{UID: string(sbx.UID), State: api.StateFailed, Reason: v1alpha1.ReasonInvalidSpec,
+			Message: fmt.Sprintf("the sandbox's spec takes %d bytes as an agent request; at most %d are accepted (shorten env, command or args)", size, api.MaxSandboxSpecBytes)}, nil)
+		return false, nil
 	}
 	pod := sandboxPod(sbx, ps.profile)
 	if len(nodes) == 0 {

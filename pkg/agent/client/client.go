@@ -22,14 +22,20 @@ type Client struct {
 	http  *http.Client
 }
 
-// DefaultHTTPClient keeps connections to agents alive and bounds each call.
+// DefaultHTTPClient keeps connections to agents alive. It sets no overall
+// timeout: every call is bounded by its context, so a sync given a minute
+// (a create may pull an image) is not cut short by a shorter client-wide
+// limit.
 var DefaultHTTPClient = &http.Client{
-	Timeout: 30 * time.Second,
 	Transport: &http.Transport{
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: 10 * time.Second,
 	},
 }
+
+// MaxResponseBytes bounds what is read of an agent's answer.
+const MaxResponseBytes = 64 << 20
 
 // New returns a client for the agent at baseURL (e.g. "http://10.244.0.7:8081").
 func New(baseURL, token string, hc *http.Client) *Client {
@@ -43,6 +49,9 @@ func New(baseURL, token string, hc *http.Client) *Client {
 type StatusError struct {
 	Code    int
 	Message string
+	// AppliedEpoch and AppliedRevision come with a 409: the newest sync the
+	// agent applied.
+	AppliedEpoch, AppliedRevision int64
 }
 
 func (e *StatusError) Error() string {
@@ -53,6 +62,20 @@ func (e *StatusError) Error() string {
 func IsConflict(err error) bool {
 	var se *StatusError
 	return errors.As(err, &se) && se.Code == http.StatusConflict
+}
+
+// IsRefused says whether err is the agent refusing a request as invalid or
+// impossible (4xx other than 409).
+func IsRefused(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Code/100 == 4 && se.Code != http.StatusConflict
+}
+
+// IsStarting says whether err is the agent answering that it is still
+// starting (503): it is alive, not silent.
+func IsStarting(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Code == http.StatusServiceUnavailable
 }
 
 // Status asks the agent for its status.
@@ -79,11 +102,15 @@ func (c *Client) Logs(ctx context.Context, uid string) ([]byte, error) {
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
-		data, err := json.Marshal(in)
-		if err != nil {
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		// Sandbox env values are data, not HTML: escaping <, > and & would
+		// grow them sixfold.
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(in); err != nil {
 			return fmt.Errorf("encoding %s %s: %w", method, path, err)
 		}
-		body = bytes.NewReader(data)
+		body = &buf
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
@@ -104,13 +131,14 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		if json.Unmarshal(data, &e) != nil || e.Message == "" {
 			e.Message = strings.TrimSpace(string(data))
 		}
-		return &StatusError{Code: resp.StatusCode, Message: e.Message}
+		return &StatusError{Code: resp.StatusCode, Message: e.Message, AppliedEpoch: e.AppliedEpoch, AppliedRevision: e.AppliedRevision}
 	}
+	limited := io.LimitReader(resp.Body, MaxResponseBytes)
 	if buf, ok := out.(*bytes.Buffer); ok {
-		_, err = io.Copy(buf, io.LimitReader(resp.Body, 64<<20))
+		_, err = io.Copy(buf, limited)
 		return err
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+	if err := json.NewDecoder(limited).Decode(out); err != nil {
 		return fmt.Errorf("decoding the answer to %s %s: %w", method, path, err)
 	}
 	return nil

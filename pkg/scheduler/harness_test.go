@@ -1,0 +1,528 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	jsonpatch "gopkg.in/evanphx/json-patch.v4"
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8stypes "k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	k8sfake "k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/klog/v2"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+	sbxfake "github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned/fake"
+)
+
+const (
+	testNS    = "tenant"
+	testPool  = "pool"
+	testToken = "unit-test-token"
+	testImage = "docker.io/library/busybox:latest"
+)
+
+// fault is what a test agent does with one request.
+type fault int
+
+const (
+	faultNone fault = iota
+	// faultReset resets the connection before the request is applied.
+	faultReset
+	// faultDrop applies the request, then resets the connection: the
+	// answer is lost.
+	faultDrop
+	// faultUnavailable answers 503 "starting" without applying anything.
+	faultUnavailable
+	// faultError answers 500 without applying anything.
+	faultError
+)
+
+// testAgent speaks the agent API over HTTP from memory, like an agent over
+// a runtime, and lets a test refuse, drop or delay its answers and restart
+// it. It counts the creations of every sandbox, so a test can assert that
+// each ran exactly once.
+type testAgent struct {
+	t    *testing.T
+	name string
+	srv  *httptest.Server
+
+	mu        sync.Mutex
+	epoch     int64
+	revision  int64
+	sandboxes map[string]api.SandboxStatus
+	creates   map[string]int
+	lastSync  *api.SyncRequest
+	requests  int
+	slots     int
+	// faults decides what happens to a request (path is PathStatus or PathSync).
+	faults func(path string) fault
+	// syncDelay holds every sync that long before it is applied.
+	syncDelay time.Duration
+}
+
+func newTestAgent(t *testing.T, name string) *testAgent {
+	a := &testAgent{t: t, name: name, sandboxes: map[string]api.SandboxStatus{}, creates: map[string]int{}, slots: 8}
+	a.srv = httptest.NewServer(http.HandlerFunc(a.serve))
+	t.Cleanup(a.srv.Close)
+	return a
+}
+
+func (a *testAgent) port() int32 { return int32(a.srv.Listener.Addr().(*net.TCPAddr).Port) }
+
+func (a *testAgent) setFaults(f func(path string) fault) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.faults = f
+}
+
+// failFor makes every request fail with f until d has passed.
+func (a *testAgent) failFor(f fault, d time.Duration) {
+	until := time.Now().Add(d)
+	a.setFaults(func(string) fault {
+		if time.Now().Before(until) {
+			return f
+		}
+		return faultNone
+	})
+}
+
+// restart forgets what the agent applied (epoch and revision) and keeps its
+// sandboxes, as a restarted agent that adopted its containers does.
+func (a *testAgent) restart() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.epoch, a.revision = 0, 0
+}
+
+func (a *testAgent) createsOf(uid string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.creates[uid]
+}
+
+func (a *testAgent) state(uid string) (api.SandboxStatus, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st, ok := a.sandboxes[uid]
+	return st, ok
+}
+
+func (a *testAgent) requestCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.requests
+}
+
+func (a *testAgent) serve(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Authorization") != "Bearer "+testToken {
+		http.Error(w, `{"code":401,"message":"no token"}`, http.StatusUnauthorized)
+		return
+	}
+	a.mu.Lock()
+	a.requests++
+	f := faultNone
+	if a.faults != nil {
+		f = a.faults(r.URL.Path)
+	}
+	delay := a.syncDelay
+	a.mu.Unlock()
+	switch f {
+	case faultReset:
+		reset(w)
+		return
+	case faultUnavailable:
+		writeAgentError(w, api.Error{Code: http.StatusServiceUnavailable, Message: "the agent is starting"})
+		return
+	case faultError:
+		writeAgentError(w, api.Error{Code: http.StatusInternalServerError, Message: "injected failure"})
+		return
+	}
+	var answer any
+	switch r.URL.Path {
+	case api.PathStatus:
+		answer = a.status()
+	case api.PathSync:
+		if delay > 0 {
+			time.Sleep(delay)
+		}
+		req := &api.SyncRequest{}
+		if err := json.NewDecoder(r.Body).Decode(req); err != nil {
+			writeAgentError(w, api.Error{Code: http.StatusBadRequest, Message: err.Error()})
+			return
+		}
+		resp, apiErr := a.sync(req)
+		if apiErr != nil {
+			writeAgentError(w, *apiErr)
+			return
+		}
+		answer = resp
+	default:
+		http.NotFound(w, r)
+		return
+	}
+	if f == faultDrop {
+		reset(w)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(answer)
+}
+
+func (a *testAgent) status() *api.Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := &api.Status{
+		Agent:    api.AgentInfo{PodName: a.name, Namespace: testNS, Pool: testPool},
+		Capacity: api.Resources{Slots: a.slots, CPUMillis: 4000, MemoryBytes: 4 << 30},
+		Images:   []api.Image{{Names: []string{testImage}, Digest: "sha256:0123", Size: 5 << 20}},
+		Healthy:  true, Epoch: a.epoch, Revision: a.revision, Time: time.Now(),
+	}
+	for _, s := range a.sandboxes {
+		st.Sandboxes = append(st.Sandboxes, s)
+		if s.State == api.StateRunning {
+			st.Allocated.Slots++
+		}
+	}
+	return st
+}
+
+func (a *testAgent) sync(req *api.SyncRequest) (*api.SyncResponse, *api.Error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if req.Epoch < a.epoch || (req.Epoch == a.epoch && req.Revision < a.revision) {
+		return nil, &api.Error{Code: http.StatusConflict, Message: "stale sync", AppliedEpoch: a.epoch, AppliedRevision: a.revision}
+	}
+	a.epoch, a.revision, a.lastSync = req.Epoch, req.Revision, req
+	keep := map[string]bool{}
+	resp := &api.SyncResponse{}
+	for _, spec := range req.Sandboxes {
+		keep[spec.UID] = true
+		st, ok := a.sandboxes[spec.UID]
+		if !ok {
+			now := time.Now()
+			a.creates[spec.UID]++
+			st = api.SandboxStatus{UID: spec.UID, Namespace: spec.Namespace, Name: spec.Name, ContainerID: "fsbx-" + spec.UID,
+				State: api.StateRunning, CreatedAt: &now, StartedAt: &now, Start: api.StartWarm}
+			a.sandboxes[spec.UID] = st
+		}
+		resp.Sandboxes = append(resp.Sandboxes, st)
+	}
+	for _, uid := range req.Finished {
+		keep[uid] = true
+		if st, ok := a.sandboxes[uid]; ok && st.State == api.StateRunning {
+			code, now := int32(137), time.Now()
+			st.State, st.ExitCode, st.Reason, st.FinishedAt = api.StateExited, &code, api.ReasonError, &now
+			a.sandboxes[uid] = st
+		}
+	}
+	for uid := range a.sandboxes {
+		if !keep[uid] {
+			delete(a.sandboxes, uid)
+		}
+	}
+	return resp, nil
+}
+
+// exit makes a sandbox's command exit with code.
+func (a *testAgent) exit(uid string, code int32) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := a.sandboxes[uid]
+	now := time.Now()
+	st.State, st.ExitCode, st.FinishedAt, st.Reason = api.StateExited, &code, &now, api.ReasonCompleted
+	a.sandboxes[uid] = st
+}
+
+// reset closes the connection with a TCP reset, answering nothing.
+func reset(w http.ResponseWriter) {
+	conn, _, err := w.(http.Hijacker).Hijack()
+	if err != nil {
+		return
+	}
+	if tcp, ok := conn.(*net.TCPConn); ok {
+		_ = tcp.SetLinger(0)
+	}
+	_ = conn.Close()
+}
+
+func writeAgentError(w http.ResponseWriter, e api.Error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Code)
+	_ = json.NewEncoder(w).Encode(e)
+}
+
+// env is a fake API (client-go's fake clientsets), test agents and the
+// scheduler under test.
+type env struct {
+	t      *testing.T
+	kube   *k8sfake.Clientset
+	client *sbxfake.Clientset
+	agents map[string]*testAgent
+}
+
+func newEnv(t *testing.T) *env {
+	e := &env{t: t, kube: k8sfake.NewClientset(), client: sbxfake.NewSimpleClientset(), agents: map[string]*testAgent{}}
+	withAPISemantics(e.client)
+	ctx := context.Background()
+	if _, err := e.kube.CoreV1().Secrets(testNS).Create(ctx, &v1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: testPool + "-agent-token"}, Data: map[string][]byte{"token": []byte(testToken)},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pool := &v1alpha1.SandboxPool{ObjectMeta: metav1.ObjectMeta{Name: testPool, Namespace: testNS},
+		Spec: v1alpha1.SandboxPoolSpec{MinAgents: 1, MaxAgents: 10, SlotsPerAgent: 8}}
+	if _, err := e.client.SandboxV1alpha1().SandboxPools(testNS).Create(ctx, pool, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// addAgent starts a test agent and creates its Ready agent Pod.
+func (e *env) addAgent(name string) *testAgent {
+	e.t.Helper()
+	a := newTestAgent(e.t, name)
+	e.agents[name] = a
+	pod := &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testNS, UID: k8stypes.UID("uid-" + name),
+			Labels: map[string]string{v1alpha1.LabelPoolName: testPool}},
+		Spec: v1.PodSpec{NodeName: "node-1", Containers: []v1.Container{{Name: "agent",
+			Ports: []v1.ContainerPort{{Name: AgentPortName, ContainerPort: a.port()}}}}},
+		Status: v1.PodStatus{Phase: v1.PodRunning, PodIP: "127.0.0.1",
+			Conditions: []v1.PodCondition{{Type: v1.PodReady, Status: v1.ConditionTrue}}},
+	}
+	if _, err := e.kube.CoreV1().Pods(testNS).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	return a
+}
+
+func (e *env) deleteAgentPod(name string) {
+	e.t.Helper()
+	if err := e.kube.CoreV1().Pods(testNS).Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// testOptions are fast: a lost agent is found within a second.
+func testOptions() Options {
+	return Options{StatusPeriod: 50 * time.Millisecond, StatusTimeout: 300 * time.Millisecond,
+		SyncTimeout: 2 * time.Second, AgentLostTimeout: 500 * time.Millisecond, AgentLostAttempts: 3,
+		SweepPeriod: 100 * time.Millisecond}
+}
+
+// start runs a scheduler until the test ends or the returned stop is called.
+func (e *env) start(opts Options) (stop func()) {
+	e.t.Helper()
+	cfg, err := LoadConfig("")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), testr.NewWithOptions(e.t, testr.Options{Verbosity: 2})))
+	s, err := New(ctx, e.kube, e.client, cfg, opts)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := s.Run(ctx); err != nil {
+			e.t.Errorf("scheduler: %v", err)
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	e.t.Cleanup(stop)
+	return stop
+}
+
+func (e *env) createSandbox(name string, mutate ...func(*v1alpha1.Sandbox)) *v1alpha1.Sandbox {
+	e.t.Helper()
+	sbx := &v1alpha1.Sandbox{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testNS, UID: k8stypes.UID("sbx-" + name)},
+		Spec: v1alpha1.SandboxSpec{PoolName: testPool, Image: "busybox", Command: []string{"sleep", "3600"}}}
+	for _, m := range mutate {
+		m(sbx)
+	}
+	sbx, err := e.client.SandboxV1alpha1().Sandboxes(testNS).Create(context.Background(), sbx, metav1.CreateOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return sbx
+}
+
+func (e *env) get(name string) *v1alpha1.Sandbox {
+	e.t.Helper()
+	sbx, err := e.client.SandboxV1alpha1().Sandboxes(testNS).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return sbx
+}
+
+// wait waits up to timeout for cond on the Sandbox and fails the test with
+// what it last saw.
+func (e *env) wait(name, what string, timeout time.Duration, cond func(*v1alpha1.Sandbox) bool) *v1alpha1.Sandbox {
+	e.t.Helper()
+	var last *v1alpha1.Sandbox
+	err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		sbx, err := e.client.SandboxV1alpha1().Sandboxes(testNS).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		last = sbx
+		return cond(sbx), nil
+	})
+	if err != nil {
+		e.t.Fatalf("sandbox %s: not %s within %s; last status: %s", name, what, timeout, describe(last))
+	}
+	return last
+}
+
+// waitUntil waits up to timeout for cond.
+func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, timeout, true,
+		func(context.Context) (bool, error) { return cond(), nil }); err != nil {
+		t.Fatalf("not %s within %s", what, timeout)
+	}
+}
+
+func describe(sbx *v1alpha1.Sandbox) string {
+	if sbx == nil {
+		return "<never read>"
+	}
+	return fmt.Sprintf("phase=%s reason=%s message=%q agent=%s restarts=%d", sbx.Status.Phase, sbx.Status.Reason, sbx.Status.Message, sbx.Status.Agent, sbx.Status.Restarts)
+}
+
+func phaseIs(p v1alpha1.SandboxPhase) func(*v1alpha1.Sandbox) bool {
+	return func(s *v1alpha1.Sandbox) bool { return s.Status.Phase == p }
+}
+
+// withAPISemantics makes the fake clientset's Sandboxes behave as the
+// apiserver's do where the scheduler depends on it: resourceVersion checks
+// on update, status and patch (a stale write is a Conflict), status writes
+// that change only status and spec writes that change no status, and
+// deletion that waits for finalizers.
+func withAPISemantics(c *sbxfake.Clientset) {
+	gvr := v1alpha1.SchemeGroupVersion.WithResource("sandboxes")
+	var (
+		mu sync.Mutex
+		rv int64 = 1000
+	)
+	stamp := func(s *v1alpha1.Sandbox) {
+		rv++
+		s.ResourceVersion = strconv.FormatInt(rv, 10)
+	}
+	current := func(ns, name string) (*v1alpha1.Sandbox, error) {
+		obj, err := c.Tracker().Get(gvr, ns, name)
+		if err != nil {
+			return nil, err
+		}
+		return obj.(*v1alpha1.Sandbox).DeepCopy(), nil
+	}
+	// store writes the object, or removes it once it is deleted and has no
+	// finalizers left.
+	store := func(s *v1alpha1.Sandbox) (runtime.Object, error) {
+		if s.DeletionTimestamp != nil && len(s.Finalizers) == 0 {
+			return s, c.Tracker().Delete(gvr, s.Namespace, s.Name)
+		}
+		stamp(s)
+		return s, c.Tracker().Update(gvr, s, s.Namespace)
+	}
+	conflict := func(name string) error {
+		return apierrors.NewConflict(gvr.GroupResource(), name, fmt.Errorf("the object has been modified; please apply your changes to the latest version and try again"))
+	}
+	c.PrependReactor("create", "sandboxes", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		s := action.(k8stesting.CreateAction).GetObject().(*v1alpha1.Sandbox).DeepCopy()
+		stamp(s)
+		return true, s, c.Tracker().Create(gvr, s, s.Namespace)
+	})
+	c.PrependReactor("update", "sandboxes", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		in := action.(k8stesting.UpdateAction).GetObject().(*v1alpha1.Sandbox)
+		cur, err := current(in.Namespace, in.Name)
+		if err != nil {
+			return true, nil, err
+		}
+		if in.ResourceVersion != "" && in.ResourceVersion != cur.ResourceVersion {
+			return true, nil, conflict(in.Name)
+		}
+		if action.GetSubresource() == "status" {
+			cur.Status = *in.Status.DeepCopy()
+		} else {
+			status := cur.Status
+			cur = in.DeepCopy()
+			cur.Status, cur.ResourceVersion = status, ""
+			cur.DeletionTimestamp = nil
+			if old, _ := current(in.Namespace, in.Name); old != nil {
+				cur.DeletionTimestamp = old.DeletionTimestamp
+			}
+		}
+		obj, err := store(cur)
+		return true, obj, err
+	})
+	c.PrependReactor("patch", "sandboxes", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		p := action.(k8stesting.PatchAction)
+		cur, err := current(p.GetNamespace(), p.GetName())
+		if err != nil {
+			return true, nil, err
+		}
+		var pre struct {
+			Metadata struct {
+				ResourceVersion string `json:"resourceVersion"`
+			} `json:"metadata"`
+		}
+		_ = json.Unmarshal(p.GetPatch(), &pre)
+		if pre.Metadata.ResourceVersion != "" && pre.Metadata.ResourceVersion != cur.ResourceVersion {
+			return true, nil, conflict(p.GetName())
+		}
+		orig, _ := json.Marshal(cur)
+		patched, err := jsonpatch.MergePatch(orig, p.GetPatch())
+		if err != nil {
+			return true, nil, apierrors.NewBadRequest(err.Error())
+		}
+		out := &v1alpha1.Sandbox{}
+		if err := json.Unmarshal(patched, out); err != nil {
+			return true, nil, apierrors.NewBadRequest(err.Error())
+		}
+		obj, err := store(out)
+		return true, obj, err
+	})
+	c.PrependReactor("delete", "sandboxes", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		d := action.(k8stesting.DeleteAction)
+		cur, err := current(d.GetNamespace(), d.GetName())
+		if err != nil {
+			return true, nil, err
+		}
+		if len(cur.Finalizers) == 0 {
+			return true, nil, c.Tracker().Delete(gvr, cur.Namespace, cur.Name)
+		}
+		if cur.DeletionTimestamp == nil {
+			now := metav1.Now()
+			cur.DeletionTimestamp = &now
+		}
+		obj, err := store(cur)
+		return true, obj, err
+	})
+}

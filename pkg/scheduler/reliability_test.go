@@ -1,0 +1,378 @@
+package scheduler
+
+import (
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/utils/ptr"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+)
+
+func running(s *v1alpha1.Sandbox) bool { return s.Status.Phase == v1alpha1.SandboxRunning }
+
+func TestHappyPath(t *testing.T) {
+	e := newEnv(t)
+	a := e.addAgent("agent-a")
+	e.start(testOptions())
+	sbx := e.createSandbox("s1")
+	got := e.wait("s1", "Running", 5*time.Second, running)
+	if got.Status.Agent != "agent-a" || got.Status.AgentToldTime == nil || got.Status.StartTime == nil {
+		t.Errorf("status: %+v", got.Status)
+	}
+	if n := a.createsOf(string(sbx.UID)); n != 1 {
+		t.Errorf("created %d times, want once", n)
+	}
+}
+
+// A sync that fails (connection reset, 500, lost answer) is retried with
+// backoff until it succeeds, with no other event to prompt it.
+func TestFailedSyncIsRetried(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault fault
+	}{
+		{"connection reset", faultReset},
+		{"server error", faultError},
+		{"answer lost", faultDrop},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			a := e.addAgent("agent-a")
+			e.start(testOptions())
+			waitUntil(t, "the agent known", 5*time.Second, func() bool { return a.requestCount() > 0 })
+			// Only syncs fail, for a while; status answers, so the agent is not lost.
+			until := time.Now().Add(time.Second)
+			a.setFaults(func(path string) fault {
+				if path == api.PathSync && time.Now().Before(until) {
+					return tc.fault
+				}
+				return faultNone
+			})
+			sbx := e.createSandbox("s1")
+			e.wait("s1", "Running", 10*time.Second, running)
+			if n := a.createsOf(string(sbx.UID)); n != 1 {
+				t.Errorf("created %d times, want once", n)
+			}
+		})
+	}
+}
+
+// An agent Pod deleted while a sandbox is being bound to it must not crash
+// the scheduler (the in-flight map of the agent went away under Bind), and
+// the sandbox must end up failed with AgentLost, or placed again elsewhere
+// under AutoRecreate.
+func TestAgentRemovedMidBind(t *testing.T) {
+	for _, policy := range []v1alpha1.SandboxFailurePolicy{v1alpha1.FailurePolicyFail, v1alpha1.FailurePolicyAutoRecreate} {
+		t.Run(string(policy), func(t *testing.T) {
+			e := newEnv(t)
+			a := e.addAgent("agent-a")
+			e.start(testOptions())
+			waitUntil(t, "agent-a polled", 5*time.Second, func() bool { return a.requestCount() > 1 })
+			var once sync.Once
+			e.client.PrependReactor("update", "sandboxes", func(action k8stesting.Action) (bool, runtime.Object, error) {
+				u := action.(k8stesting.UpdateAction)
+				if u.GetSubresource() != "status" || u.GetObject().(*v1alpha1.Sandbox).Status.Phase != v1alpha1.SandboxScheduled {
+					return false, nil, nil
+				}
+				once.Do(func() {
+					// The placement write is under way: the agent Pod goes.
+					e.deleteAgentPod("agent-a")
+					time.Sleep(300 * time.Millisecond)
+				})
+				return false, nil, nil
+			})
+			var b *testAgent
+			if policy == v1alpha1.FailurePolicyAutoRecreate {
+				b = e.addAgent("agent-b")
+				waitUntil(t, "agent-b polled", 5*time.Second, func() bool { return b.requestCount() > 1 })
+			}
+			sbx := e.createSandbox("s1", func(s *v1alpha1.Sandbox) {
+				s.Spec.FailurePolicy = policy
+				// agent-a first: it holds an extra image in this test's eyes
+				s.Spec.Image = "busybox"
+			})
+			switch policy {
+			case v1alpha1.FailurePolicyFail:
+				got := e.wait("s1", "Failed or Running", 5*time.Second, func(s *v1alpha1.Sandbox) bool {
+					return s.Status.Phase == v1alpha1.SandboxFailed || (s.Status.Phase == v1alpha1.SandboxRunning && s.Status.Agent != "agent-a")
+				})
+				if got.Status.Phase == v1alpha1.SandboxFailed && got.Status.Reason != v1alpha1.ReasonAgentLost {
+					t.Errorf("reason %s, want AgentLost: %s", got.Status.Reason, describe(got))
+				}
+			default:
+				got := e.wait("s1", "Running on agent-b", 5*time.Second, func(s *v1alpha1.Sandbox) bool {
+					return running(s) && s.Status.Agent == "agent-b"
+				})
+				if n := b.createsOf(string(sbx.UID)); n != 1 {
+					t.Errorf("created %d times on agent-b, want once", n)
+				}
+				_ = got
+			}
+		})
+	}
+}
+
+// Agent Pods deleted while the scheduler was down: their sandboxes are lost
+// as soon as the next scheduler has learned the cluster.
+func TestSchedulerRestartAfterAgentDeleted(t *testing.T) {
+	e := newEnv(t)
+	e.addAgent("agent-a")
+	stop := e.start(testOptions())
+	e.createSandbox("s1")
+	e.wait("s1", "Running", 5*time.Second, running)
+	stop()
+	e.deleteAgentPod("agent-a")
+	e.start(testOptions())
+	got := e.wait("s1", "Failed", 5*time.Second, phaseIs(v1alpha1.SandboxFailed))
+	if got.Status.Reason != v1alpha1.ReasonAgentLost {
+		t.Errorf("reason %s, want AgentLost", got.Status.Reason)
+	}
+}
+
+// An agent that never answers since the scheduler found it is lost too.
+func TestAgentUnreachableSinceDiscovery(t *testing.T) {
+	e := newEnv(t)
+	a := e.addAgent("agent-a")
+	stop := e.start(testOptions())
+	e.createSandbox("s1")
+	e.wait("s1", "Running", 5*time.Second, running)
+	stop()
+	a.setFaults(func(string) fault { return faultReset })
+	e.start(testOptions())
+	got := e.wait("s1", "Failed", 5*time.Second, phaseIs(v1alpha1.SandboxFailed))
+	if got.Status.Reason != v1alpha1.ReasonAgentLost || !strings.Contains(got.Status.Message, "stopped answering") {
+		t.Errorf("got %s", describe(got))
+	}
+}
+
+// An agent that answers 503 while it starts is alive, not silent: its
+// sandboxes are not failed however long it takes.
+func TestStartingAgentIsNotLost(t *testing.T) {
+	e := newEnv(t)
+	a := e.addAgent("agent-a")
+	e.start(testOptions())
+	sbx := e.createSandbox("s1")
+	e.wait("s1", "Running", 5*time.Second, running)
+	a.failFor(faultUnavailable, 2*time.Second) // four times the lost timeout
+	time.Sleep(2500 * time.Millisecond)
+	if got := e.get("s1"); !running(got) {
+		t.Fatalf("sandbox of a starting agent: %s", describe(got))
+	}
+	if n := a.createsOf(string(sbx.UID)); n != 1 {
+		t.Errorf("created %d times, want once", n)
+	}
+}
+
+// A healthy agent that was silent long enough to be declared lost, and then
+// answers again: its lost sandboxes are stopped (kept, never run again), and
+// it takes new sandboxes with no 409 from a revision that started over.
+func TestFalseAgentLost(t *testing.T) {
+	e := newEnv(t)
+	a := e.addAgent("agent-a")
+	e.start(testOptions())
+	s1 := e.createSandbox("s1")
+	e.wait("s1", "Running", 5*time.Second, running)
+	a.failFor(faultReset, 1500*time.Millisecond)
+	got := e.wait("s1", "Failed", 5*time.Second, phaseIs(v1alpha1.SandboxFailed))
+	if got.Status.Reason != v1alpha1.ReasonAgentLost {
+		t.Fatalf("got %s", describe(got))
+	}
+	waitUntil(t, "the lost sandbox stopped on the agent", 5*time.Second, func() bool {
+		st, ok := a.state(string(s1.UID))
+		return ok && st.State == api.StateExited
+	})
+	s2 := e.createSandbox("s2")
+	e.wait("s2", "Running", 5*time.Second, running)
+	if n := a.createsOf(string(s1.UID)); n != 1 {
+		t.Errorf("s1 created %d times, want once", n)
+	}
+	if n := a.createsOf(string(s2.UID)); n != 1 {
+		t.Errorf("s2 created %d times, want once", n)
+	}
+}
+
+// An agent forgotten (its Pod deleted) gets no more requests: its syncer and
+// poller end.
+func TestRemovedAgentLoopsEnd(t *testing.T) {
+	e := newEnv(t)
+	a := e.addAgent("agent-a")
+	e.start(testOptions())
+	waitUntil(t, "agent-a polled", 5*time.Second, func() bool { return a.requestCount() > 2 })
+	e.deleteAgentPod("agent-a")
+	time.Sleep(300 * time.Millisecond)
+	before := a.requestCount()
+	time.Sleep(500 * time.Millisecond) // ten status periods
+	if after := a.requestCount(); after != before {
+		t.Errorf("a removed agent got %d more requests", after-before)
+	}
+}
+
+// An agent restarted (it forgot what it applied) or one that applied a
+// newer sync than this scheduler's (another scheduler, a skewed clock) is
+// brought back in step: the scheduler moves past its epoch or revision.
+func TestAgentOrderingConflicts(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		skew func(a *testAgent)
+	}{
+		{"agent restarted", func(a *testAgent) { a.restart() }},
+		{"newer revision applied", func(a *testAgent) { a.mu.Lock(); a.revision += 1_000_000; a.mu.Unlock() }},
+		{"newer epoch applied", func(a *testAgent) { a.mu.Lock(); a.epoch += int64(time.Hour); a.mu.Unlock() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			a := e.addAgent("agent-a")
+			e.start(testOptions())
+			e.createSandbox("s1")
+			e.wait("s1", "Running", 5*time.Second, running)
+			tc.skew(a)
+			s2 := e.createSandbox("s2")
+			e.wait("s2", "Running", 5*time.Second, running)
+			if n := a.createsOf(string(s2.UID)); n != 1 {
+				t.Errorf("created %d times, want once", n)
+			}
+		})
+	}
+}
+
+// A scheduler whose clock is behind the agents' applied epoch (taken by an
+// earlier leader with a faster clock) takes an epoch above it: the agents
+// accept its syncs at once.
+func TestEpochAboveAgentsAfterFailover(t *testing.T) {
+	e := newEnv(t)
+	a := e.addAgent("agent-a")
+	fast := testOptions()
+	fast.Clock = func() time.Time { return time.Now().Add(time.Hour) }
+	stop := e.start(fast)
+	e.createSandbox("s1")
+	e.wait("s1", "Running", 5*time.Second, running)
+	stop()
+	a.mu.Lock()
+	applied := a.epoch
+	a.mu.Unlock()
+	e.start(testOptions()) // a clock an hour slower
+	s2 := e.createSandbox("s2")
+	e.wait("s2", "Running", 5*time.Second, running)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.epoch <= applied {
+		t.Errorf("epoch %d is not above the earlier leader's %d", a.epoch, applied)
+	}
+	if a.creates[string(s2.UID)] != 1 {
+		t.Errorf("created %d times, want once", a.creates[string(s2.UID)])
+	}
+}
+
+// A finished sandbox leaves the agent's desired set: its UID goes in
+// Finished (the agent keeps its logs), not its spec.
+func TestFinishedSandboxesLeaveTheDesiredSet(t *testing.T) {
+	e := newEnv(t)
+	a := e.addAgent("agent-a")
+	e.start(testOptions())
+	s1 := e.createSandbox("s1")
+	e.wait("s1", "Running", 5*time.Second, running)
+	a.exit(string(s1.UID), 0)
+	e.wait("s1", "Succeeded", 5*time.Second, phaseIs(v1alpha1.SandboxSucceeded))
+	e.createSandbox("s2")
+	e.wait("s2", "Running", 5*time.Second, running)
+	waitUntil(t, "a sync with s1 finished", 5*time.Second, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.lastSync == nil {
+			return false
+		}
+		for _, spec := range a.lastSync.Sandboxes {
+			if spec.UID == string(s1.UID) {
+				return false
+			}
+		}
+		return slices.Contains(a.lastSync.Finished, string(s1.UID))
+	})
+	if _, ok := a.state(string(s1.UID)); !ok {
+		t.Error("the agent removed a finished sandbox (and its logs) that was not deleted")
+	}
+}
+
+// A sandbox too large to send fails alone with InvalidSpec; the agent's
+// other sandboxes run. Values are sent without HTML escaping: a value of
+// '<' that fits as is (but not escaped sixfold) runs.
+func TestOversizedSandboxFailsAlone(t *testing.T) {
+	e := newEnv(t)
+	e.addAgent("agent-a")
+	e.start(testOptions())
+	big := strings.Repeat("x", 30000)
+	e.createSandbox("big", func(s *v1alpha1.Sandbox) {
+		s.Spec.Env = []v1alpha1.EnvVar{{Name: "A", Value: big}, {Name: "B", Value: big}, {Name: "C", Value: big}}
+	})
+	e.createSandbox("html", func(s *v1alpha1.Sandbox) {
+		s.Spec.Env = []v1alpha1.EnvVar{{Name: "A", Value: strings.Repeat("<", 20000)}}
+	})
+	e.createSandbox("small")
+	got := e.wait("big", "Failed", 5*time.Second, phaseIs(v1alpha1.SandboxFailed))
+	if got.Status.Reason != v1alpha1.ReasonInvalidSpec || got.Status.Agent != "" {
+		t.Errorf("big: %s", describe(got))
+	}
+	e.wait("html", "Running", 5*time.Second, running)
+	e.wait("small", "Running", 5*time.Second, running)
+}
+
+// Past its deadline a sandbox fails with DeadlineExceeded and its agent
+// stops it but keeps it (and its logs).
+func TestDeadlineStopsTheSandbox(t *testing.T) {
+	e := newEnv(t)
+	a := e.addAgent("agent-a")
+	e.start(testOptions())
+	s1 := e.createSandbox("s1", func(s *v1alpha1.Sandbox) { s.Spec.ActiveDeadlineSeconds = ptr.To[int64](1) })
+	got := e.wait("s1", "Failed", 5*time.Second, phaseIs(v1alpha1.SandboxFailed))
+	if got.Status.Reason != v1alpha1.ReasonDeadlineExceeded {
+		t.Fatalf("got %s", describe(got))
+	}
+	waitUntil(t, "the agent stopped it", 5*time.Second, func() bool {
+		st, ok := a.state(string(s1.UID))
+		return ok && st.State == api.StateExited
+	})
+}
+
+// AutoRecreate: a sandbox whose agent Pod is deleted is placed again on
+// another agent, in a new container, with restarts counted. Fail (the
+// default) fails it with AgentLost.
+func TestAgentLostFailurePolicy(t *testing.T) {
+	for _, policy := range []v1alpha1.SandboxFailurePolicy{"", v1alpha1.FailurePolicyAutoRecreate} {
+		t.Run(string(policy)+"default", func(t *testing.T) {
+			e := newEnv(t)
+			a := e.addAgent("agent-a")
+			e.start(testOptions())
+			sbx := e.createSandbox("s1", func(s *v1alpha1.Sandbox) { s.Spec.FailurePolicy = policy })
+			e.wait("s1", "Running", 5*time.Second, running)
+			b := e.addAgent("agent-b")
+			waitUntil(t, "agent-b polled", 5*time.Second, func() bool { return b.requestCount() > 1 })
+			e.deleteAgentPod("agent-a")
+			if policy == "" {
+				got := e.wait("s1", "Failed", 5*time.Second, phaseIs(v1alpha1.SandboxFailed))
+				if got.Status.Reason != v1alpha1.ReasonAgentLost {
+					t.Errorf("got %s", describe(got))
+				}
+				if b.createsOf(string(sbx.UID)) != 0 {
+					t.Error("a sandbox with failurePolicy Fail ran again")
+				}
+				return
+			}
+			got := e.wait("s1", "Running on agent-b", 5*time.Second, func(s *v1alpha1.Sandbox) bool {
+				return running(s) && s.Status.Agent == "agent-b"
+			})
+			if got.Status.Restarts != 1 {
+				t.Errorf("restarts %d, want 1", got.Status.Restarts)
+			}
+			if a.createsOf(string(sbx.UID)) != 1 || b.createsOf(string(sbx.UID)) != 1 {
+				t.Errorf("creations: agent-a %d, agent-b %d; want 1 and 1", a.createsOf(string(sbx.UID)), b.createsOf(string(sbx.UID)))
+			}
+		})
+	}
+}
