@@ -142,11 +142,11 @@ type Scheduler struct {
 
 	mu            sync.Mutex
 	ctx           context.Context
-	poolStates    map[string]*poolState                   // by pool namespace/name
-	agents        map[string]*agentState                  // by agent Pod namespace/name
+	poolStates    map[string]*poolState                  // by pool namespace/name
+	agents        map[string]*agentState                 // by agent Pod namespace/name
 	inflight      map[string]map[string]*inflightSandbox // agent key -> UID -> sandbox being bound
-	unschedulable map[string]bool                         // sandbox keys waiting for room
-	binding       map[string]bool                         // UIDs whose Bind runs: it records their outcome
+	unschedulable map[string]bool                        // sandbox keys waiting for room
+	binding       map[string]bool                        // UIDs whose Bind runs: it records their outcome
 }
 
 // poolState is one pool's agents as the framework sees them.
