@@ -20,6 +20,8 @@ package containerd
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -296,8 +298,15 @@ func (r *Runtime) findContainer(ctx context.Context, uid string) (client.Contain
 		id = ContainerID(uid)
 	}
 	c, err := r.client.LoadContainer(ctx, id)
-	if err == nil || !errdefs.IsNotFound(err) {
-		return c, err
+	if err != nil && !errdefs.IsNotFound(err) {
+		return nil, err
+	}
+	if err == nil {
+		if r.owns(ctx, c) {
+			return c, nil
+		}
+		// Another agent's container for the same sandbox (one placed again
+		// after its first agent was lost): not ours to report or remove.
 	}
 	cs, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q==%q,labels.%q==%q,labels.%q==%q",
 		LabelManagedBy, managedBy, LabelAgent, r.cfg.Agent, LabelUID, uid))
@@ -311,6 +320,26 @@ func (r *Runtime) findContainer(ctx context.Context, uid string) (client.Contain
 	r.ids[uid] = cs[0].ID()
 	r.mu.Unlock()
 	return cs[0], nil
+}
+
+// owns says whether a container was made by this agent.
+func (r *Runtime) owns(ctx context.Context, c client.Container) bool {
+	labels, err := c.Labels(ctx)
+	return err == nil && labels[LabelManagedBy] == managedBy && labels[LabelAgent] == r.cfg.Agent
+}
+
+// coldID is the ID of a container created for a sandbox: ContainerID(uid),
+// unless another agent on this node already has a container of that ID for
+// the same sandbox (it was placed again after that agent was lost, and the
+// lost agent's container is not removed yet); then the ID also names this
+// agent, so the two never collide.
+func (r *Runtime) coldID(ctx context.Context, uid string) string {
+	id := ContainerID(uid)
+	if c, err := r.client.LoadContainer(ctx, id); err == nil && !r.owns(ctx, c) {
+		sum := sha256.Sum256([]byte(r.cfg.Agent))
+		return id + "-" + hex.EncodeToString(sum[:4])
+	}
+	return id
 }
 
 func (r *Runtime) forgetID(uid string) {
@@ -358,7 +387,7 @@ func (r *Runtime) runtimeOpt(handler string) (client.NewContainerOpts, error) {
 
 // createCold creates and starts a container for a sandbox.
 func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.SandboxStatus {
-	id := ContainerID(spec.UID)
+	id := r.coldID(ctx, spec.UID)
 	status := api.SandboxStatus{UID: spec.UID, Namespace: spec.Namespace, Name: spec.Name, ContainerID: id,
 		CPUMillis: spec.CPUMillis, MemoryBytes: spec.MemoryBytes, Start: api.StartCold}
 	fail := func(reason string, err error) api.SandboxStatus { return r.failed(spec, id, reason, err) }
@@ -428,6 +457,9 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 		c, lerr := r.client.LoadContainer(ctx, id)
 		if lerr != nil {
 			return fail(api.ReasonCreateFailed, fmt.Errorf("loading container %s, which exists: %w", id, lerr))
+		}
+		if !r.owns(ctx, c) {
+			return fail(api.ReasonCreateFailed, fmt.Errorf("container %s was made by another agent meanwhile", id))
 		}
 		st, serr := r.statusOf(ctx, c)
 		if serr != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -614,6 +615,26 @@ func TestAgentsShareANode(t *testing.T) {
 		if len(all) != 1 || all[0].UID != "of-"+name {
 			t.Errorf("%s lists %+v, want only its own", name, all)
 		}
+	}
+	// A sandbox placed again on agent-b while lost agent-a's container of
+	// it is still there: each agent has its own container, and removing
+	// agent-b's leaves agent-a's alone.
+	a, b := runtimes["agent-a"], runtimes["agent-b"]
+	first := a.CreateSandbox(ctx, spec("again", "sleep", "60"))
+	second := b.CreateSandbox(ctx, spec("again", "sleep", "60"))
+	if first.State != api.StateRunning || second.State != api.StateRunning || first.ContainerID == second.ContainerID {
+		t.Fatalf("the same sandbox on two agents: %+v and %+v", first, second)
+	}
+	if err := b.DeleteSandbox(ctx, "again"); err != nil {
+		t.Fatal(err)
+	}
+	if all, err := a.ListSandboxes(ctx); err != nil || !slices.ContainsFunc(all, func(s api.SandboxStatus) bool {
+		return s.UID == "again" && s.State == api.StateRunning && s.ContainerID == first.ContainerID
+	}) {
+		t.Errorf("agent-a's container went with agent-b's: %+v %v", all, err)
+	}
+	if err := a.DeleteSandbox(ctx, "again"); err != nil {
+		t.Fatal(err)
 	}
 }
 
