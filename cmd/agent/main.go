@@ -42,6 +42,9 @@ type options struct {
 	sandboxInit         string
 	warmPerImage        int
 	warmImages          []string
+	syncWait            time.Duration
+	createTimeout       time.Duration
+	imageRefresh        time.Duration
 }
 
 func env(name, def string) string {
@@ -103,6 +106,9 @@ func main() {
 			fs.StringVar(&o.sandboxInit, "sandbox-init", env("SANDBOX_INIT", besideExecutable("sandbox-init")), "the sandbox-init binary that warm containers run; empty disables warm containers")
 			fs.IntVar(&o.warmPerImage, "warm-per-image", int(envIntDefault("WARM_PER_IMAGE", 2)), "warm containers kept for each image in recent use (0 disables them)")
 			fs.StringSliceVar(&o.warmImages, "warm-images", splitList(os.Getenv("WARM_IMAGES")), "images kept warm from the start")
+			fs.DurationVar(&o.syncWait, "sync-wait", 5*time.Second, "how long a sync waits for its creations before answering Creating for those still under way")
+			fs.DurationVar(&o.createTimeout, "create-timeout", 10*time.Minute, "bound on one sandbox's creation, image pull included")
+			fs.DurationVar(&o.imageRefresh, "image-refresh-period", 5*time.Second, "how often the image list that status reports is refreshed")
 		},
 		Run: func(ctx context.Context, logger logr.Logger) error { return run(ctx, logger, o) },
 	})
@@ -132,6 +138,7 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 		Info: api.AgentInfo{PodName: name, Namespace: o.podNS, PodUID: o.podUID, NodeName: o.nodeName,
 			Pool: o.pool, Version: version.Get().GitVersion},
 		Capacity: api.Resources{Slots: o.slots, CPUMillis: o.cpuMillis, MemoryBytes: o.memoryBytes},
+		SyncWait: o.syncWait, CreateTimeout: o.createTimeout, ImageRefreshPeriod: o.imageRefresh,
 	}, rt, log)
 
 	ln, err := net.Listen("tcp", o.listen)

@@ -28,6 +28,9 @@ type options struct {
 	burst            int
 	statusPeriod     time.Duration
 	agentLostTimeout time.Duration
+	agentLostTries   int
+	syncTimeout      time.Duration
+	sweepPeriod      time.Duration
 	metricsAddr      string
 	leaderElect      bool
 	leaseNamespace   string
@@ -44,7 +47,10 @@ func main() {
 			fs.Float32Var(&o.qps, "kube-api-qps", 200, "QPS to the API server: every bind writes the Sandbox three times")
 			fs.IntVar(&o.burst, "kube-api-burst", 400, "burst to the API server")
 			fs.DurationVar(&o.statusPeriod, "agent-status-period", time.Second, "how often agents are asked for their status")
-			fs.DurationVar(&o.agentLostTimeout, "agent-lost-timeout", 20*time.Second, "how long an agent may stay silent before its sandboxes fail with AgentLost")
+			fs.DurationVar(&o.agentLostTimeout, "agent-lost-timeout", 20*time.Second, "how long an agent may stay silent (with at least --agent-lost-attempts failed status calls) before it is lost: its sandboxes fail with AgentLost or, under failurePolicy AutoRecreate, are placed again")
+			fs.IntVar(&o.agentLostTries, "agent-lost-attempts", 5, "consecutive failed status calls before an agent can be lost")
+			fs.DurationVar(&o.syncTimeout, "agent-sync-timeout", time.Minute, "bound on one sync call to an agent")
+			fs.DurationVar(&o.sweepPeriod, "lost-sweep-period", 2*time.Second, "how often every bound sandbox is checked against the live agents")
 			fs.StringVar(&o.metricsAddr, "metrics-addr", ":10351", "address of /metrics and /healthz")
 			fs.BoolVar(&o.leaderElect, "leader-elect", true, "run only while holding the leader lease")
 			fs.StringVar(&o.leaseNamespace, "leader-elect-namespace", "fast-sandbox-system", "namespace of the leader lease")
@@ -72,7 +78,8 @@ func run(ctx context.Context, logger logr.Logger, o *options) error {
 	}
 	ctx = klog.NewContext(ctx, logger)
 	sched, err := scheduler.New(ctx, kube, client, cfg, scheduler.Options{
-		StatusPeriod: o.statusPeriod, AgentLostTimeout: o.agentLostTimeout,
+		StatusPeriod: o.statusPeriod, AgentLostTimeout: o.agentLostTimeout, AgentLostAttempts: o.agentLostTries,
+		SyncTimeout: o.syncTimeout, SweepPeriod: o.sweepPeriod,
 	})
 	if err != nil {
 		return err
