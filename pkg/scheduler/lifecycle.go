@@ -172,7 +172,7 @@ func (s *Scheduler) sweepLost(ctx context.Context) {
 		switch {
 		case beingBound || (!gone && !lost):
 		case sbx.DeletionTimestamp != nil:
-			if gone {
+			if gone && !s.agentPodExists(sbx) {
 				s.removeFinalizer(ctx, sbx)
 			}
 		case finished(sbx):
@@ -182,6 +182,25 @@ func (s *Scheduler) sweepLost(ctx context.Context) {
 			s.loseSandbox(ctx, sbx, fmt.Sprintf("agent %s stopped answering", sbx.Status.Agent))
 		}
 	}
+}
+
+// agentPodExists says whether the agent Pod a sandbox was bound to (by name
+// and UID) still exists, terminating or not. The pool controller keeps a
+// finalizer on agent Pods until the node is cleaned of their containers, so
+// a deleted sandbox of a gone agent keeps its own finalizer until then: its
+// container is confirmed removed when the Pod object is gone.
+func (s *Scheduler) agentPodExists(sbx *v1alpha1.Sandbox) bool {
+	s.mu.Lock()
+	lister := s.agentPods
+	s.mu.Unlock()
+	if lister == nil || sbx.Status.Agent == "" {
+		return false
+	}
+	pod, err := lister.Pods(sbx.Namespace).Get(sbx.Status.Agent)
+	if err != nil {
+		return false
+	}
+	return sbx.Status.AgentUID == "" || string(pod.UID) == sbx.Status.AgentUID
 }
 
 // loseSandbox handles a sandbox whose agent was lost before it finished:
@@ -253,7 +272,9 @@ func (s *Scheduler) sandboxChanged(sbx *v1alpha1.Sandbox) {
 	switch {
 	case sbx.DeletionTimestamp != nil:
 		if agent == nil {
-			s.removeFinalizer(ctx, sbx)
+			if sbx.Status.Agent == "" || !s.agentPodExists(sbx) {
+				s.removeFinalizer(ctx, sbx)
+			}
 		} else {
 			agent.syncer.trigger() // the next sync leaves it out; syncDone drops the finalizer
 		}

@@ -1,12 +1,15 @@
 package scheduler
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
@@ -375,4 +378,38 @@ func TestAgentLostFailurePolicy(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A deleted sandbox whose agent Pod is going keeps its finalizer until the
+// agent Pod object is gone (the pool controller holds it until the node is
+// cleaned of the agent's containers), then loses it.
+func TestDeletedSandboxWaitsForAgentCleanup(t *testing.T) {
+	e := newEnv(t)
+	e.addAgent("agent-a")
+	e.start(testOptions())
+	e.createSandbox("s1")
+	e.wait("s1", "Running", 5*time.Second, running)
+	ctx := context.Background()
+	pod, err := e.kube.CoreV1().Pods(testNS).Get(ctx, "agent-a", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := metav1.Now()
+	pod.DeletionTimestamp = &now // terminating, held by the pool controller's finalizer
+	if _, err := e.kube.CoreV1().Pods(testNS).Update(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.wait("s1", "Failed", 5*time.Second, phaseIs(v1alpha1.SandboxFailed))
+	if err := e.client.SandboxV1alpha1().Sandboxes(testNS).Delete(ctx, "s1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // five sweeps
+	if got := e.get("s1"); got.DeletionTimestamp == nil || !hasFinalizer(got) {
+		t.Fatalf("the sandbox lost its finalizer while its agent's node was not cleaned: %+v", got.ObjectMeta)
+	}
+	e.deleteAgentPod("agent-a")
+	waitUntil(t, "the sandbox gone", 5*time.Second, func() bool {
+		_, err := e.client.SandboxV1alpha1().Sandboxes(testNS).Get(ctx, "s1", metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	})
 }

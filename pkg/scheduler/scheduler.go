@@ -137,6 +137,7 @@ type Scheduler struct {
 	pools         sbxlisters.SandboxPoolLister
 	nodes         corelisters.NodeLister
 	secrets       corelisters.SecretLister
+	agentPods     corelisters.PodLister // set by Run
 
 	queue workqueue.TypedRateLimitingInterface[string]
 
@@ -222,6 +223,9 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	agentPods := informers.NewSharedInformerFactoryWithOptions(s.kube, 0,
 		informers.WithTweakListOptions(func(o *metav1ListOptions) { o.LabelSelector = v1alpha1.LabelPoolName }))
 	podInformer := agentPods.Core().V1().Pods().Informer()
+	s.mu.Lock()
+	s.agentPods = agentPods.Core().V1().Pods().Lister()
+	s.mu.Unlock()
 	sbxInformer := s.sbxInformers.Sandbox().V1alpha1().Sandboxes().Informer()
 	poolInformer := s.sbxInformers.Sandbox().V1alpha1().SandboxPools().Informer()
 	s.kubeInformers.Core().V1().Nodes().Informer()
