@@ -45,6 +45,7 @@ type options struct {
 	syncWait            time.Duration
 	createTimeout       time.Duration
 	imageRefresh        time.Duration
+	cleanupAgentPodUID  string
 }
 
 func env(name, def string) string {
@@ -109,12 +110,19 @@ func main() {
 			fs.DurationVar(&o.syncWait, "sync-wait", 5*time.Second, "how long a sync waits for its creations before answering Creating for those still under way")
 			fs.DurationVar(&o.createTimeout, "create-timeout", 10*time.Minute, "bound on one sandbox's creation, image pull included")
 			fs.DurationVar(&o.imageRefresh, "image-refresh-period", 5*time.Second, "how often the image list that status reports is refreshed")
+			fs.StringVar(&o.cleanupAgentPodUID, "cleanup-agent-pod-uid", "", "cleanup mode: remove every container of the agent Pod with this UID "+
+				"(sandboxes and warm containers, with their tasks, snapshots, logs and warm directories) through --containerd-socket, "+
+				"--containerd-namespace and --state-dir, then exit: 0 once nothing of it is left, non-zero otherwise. "+
+				"Needs no API token or Kubernetes API access; the pool controller runs it in a cleanup Pod on the node of an agent Pod that stopped")
 		},
 		Run: func(ctx context.Context, logger logr.Logger) error { return run(ctx, logger, o) },
 	})
 }
 
 func run(ctx context.Context, log logr.Logger, o *options) error {
+	if o.cleanupAgentPodUID != "" {
+		return cleanup(ctx, log, o)
+	}
 	token, err := os.ReadFile(o.tokenFile)
 	if err != nil {
 		return fmt.Errorf("reading the API token: %w", err)
@@ -163,4 +171,18 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return srv.Shutdown(shutdownCtx)
+}
+
+// cleanup is the cleanup mode: it removes what the agent Pod
+// o.cleanupAgentPodUID left on the node and exits.
+func cleanup(ctx context.Context, log logr.Logger, o *options) error {
+	log = log.WithValues("agentPodUID", o.cleanupAgentPodUID)
+	n, err := containerd.CleanupAgentPod(ctx, containerd.Config{
+		Address: o.containerdSocket, Namespace: o.containerdNamespace, StateDir: o.stateDir,
+	}, o.cleanupAgentPodUID, log.WithName("containerd"))
+	if err != nil {
+		return fmt.Errorf("cleaning up after agent Pod %s (%d containers removed): %w", o.cleanupAgentPodUID, n, err)
+	}
+	log.Info("cleaned up after the agent Pod", "removed", n)
+	return nil
 }

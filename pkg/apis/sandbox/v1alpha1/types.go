@@ -20,6 +20,30 @@ const (
 
 	// FinalizerAgentCleanup keeps a Sandbox until its container is gone from the agent.
 	FinalizerAgentCleanup = "fast-sandbox.io/agent-cleanup"
+
+	// FinalizerAgentPodCleanup is on every agent Pod the pool controller
+	// creates. It keeps the Pod object until the node is known to hold none
+	// of its containers: once the agent container no longer runs, the pool
+	// controller runs a cleanup Pod on the node that removes every container
+	// labelled with the agent Pod's UID (sandboxes and warm containers, with
+	// their tasks, snapshots, logs and warm directories), and removes the
+	// finalizer when that Pod has Succeeded. It removes it without a cleanup
+	// Pod when there is nothing to clean or no way to: the agent Pod never got
+	// a node, its Node object is gone, or its namespace is terminating. So
+	// while an agent Pod object exists, its sandbox containers may still be
+	// on the node; once it is gone, they are (except in those cases).
+	FinalizerAgentPodCleanup = "fast-sandbox.io/sandbox-cleanup"
+	// LabelCleanupAgentPodUID marks a cleanup Pod (see
+	// FinalizerAgentPodCleanup); its value is the UID of the agent Pod whose
+	// containers it removes. Cleanup Pods never carry LabelPoolName: they are
+	// not agents.
+	LabelCleanupAgentPodUID = "fast-sandbox.io/cleanup-agent-pod-uid"
+	// LabelCleanupPoolName names the SandboxPool of the agent Pod a cleanup
+	// Pod cleans up after.
+	LabelCleanupPoolName = "fast-sandbox.io/cleanup-pool-name"
+	// AnnotationCleanupAgentPodName is the name of the agent Pod a cleanup
+	// Pod cleans up after (for people; the controller goes by the UID label).
+	AnnotationCleanupAgentPodName = "fast-sandbox.io/cleanup-agent-pod-name"
 )
 
 // Defaults of the API, shared by the CRD markers and the components.
