@@ -29,6 +29,11 @@
 // scheduler to place nothing there; at least DrainGrace later it deletes the
 // Pod if it still sees no Sandbox bound, and otherwise removes the mark.
 //
+// Node cleanup. Agent Pods carry v1alpha1.FinalizerAgentPodCleanup; once
+// one stops, a cleanup Pod on its node removes its containers before the
+// finalizer goes (cleanup.go). This goes on for the Pods of a pool that is
+// being deleted or gone.
+//
 // The controller never writes Sandboxes; Sandboxes of a pool that does not
 // exist are left to the scheduler, which reports PoolNotFound.
 package poolcontroller
@@ -40,6 +45,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -51,6 +57,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -109,6 +116,12 @@ type Options struct {
 	// ExpectationsTimeout bounds how long the controller waits for its Pod
 	// informer to show the Pods it created or deleted.
 	ExpectationsTimeout time.Duration
+	// CleanupPods is an informer of the cleanup Pods (those labelled
+	// v1alpha1.LabelCleanupAgentPodUID), which carry no pool label and so
+	// are not in a Pod informer narrowed to agent Pods. It must not have been
+	// started yet. When nil, the controller makes one over every namespace
+	// and runs it itself.
+	CleanupPods coreinformers.PodInformer
 }
 
 // Controller keeps the agent Pods of SandboxPools.
@@ -116,12 +129,15 @@ type Controller struct {
 	kubeClient    kubernetes.Interface
 	sandboxClient versioned.Interface
 
-	podLister    corelisters.PodLister
-	nodeLister   corelisters.NodeLister
-	secretLister corelisters.SecretLister
-	poolLister   sandboxlisters.SandboxPoolLister
-	sandboxIndex cache.Indexer
-	synced       []cache.InformerSynced
+	podLister     corelisters.PodLister
+	cleanupLister corelisters.PodLister
+	// cleanupInformers, when set, is the controller's own, run by Run.
+	cleanupInformers informers.SharedInformerFactory
+	nodeLister       corelisters.NodeLister
+	secretLister     corelisters.SecretLister
+	poolLister       sandboxlisters.SandboxPoolLister
+	sandboxIndex     cache.Indexer
+	synced           []cache.InformerSynced
 
 	queue        workqueue.TypedRateLimitingInterface[string]
 	broadcaster  record.EventBroadcaster
@@ -151,21 +167,31 @@ func NewController(ctx context.Context, kubeClient kubernetes.Interface, sandbox
 		opts.ExpectationsTimeout = DefaultExpectationsTimeout
 	}
 
+	var cleanupInformers informers.SharedInformerFactory
+	if opts.CleanupPods == nil {
+		cleanupInformers = informers.NewSharedInformerFactoryWithOptions(kubeClient, 0,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = v1alpha1.LabelCleanupAgentPodUID }))
+		opts.CleanupPods = cleanupInformers.Core().V1().Pods()
+	}
+
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	broadcaster.StartStructuredLogging(3)
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kubeClient.CoreV1().Events("")})
 
 	c := &Controller{
-		kubeClient:    kubeClient,
-		sandboxClient: sandboxClient,
-		podLister:     podInformer.Lister(),
-		nodeLister:    nodeInformer.Lister(),
-		secretLister:  secretInformer.Lister(),
-		poolLister:    poolInformer.Lister(),
-		sandboxIndex:  sandboxInformer.Informer().GetIndexer(),
+		kubeClient:       kubeClient,
+		sandboxClient:    sandboxClient,
+		podLister:        podInformer.Lister(),
+		cleanupLister:    opts.CleanupPods.Lister(),
+		cleanupInformers: cleanupInformers,
+		nodeLister:       nodeInformer.Lister(),
+		secretLister:     secretInformer.Lister(),
+		poolLister:       poolInformer.Lister(),
+		sandboxIndex:     sandboxInformer.Informer().GetIndexer(),
 		synced: []cache.InformerSynced{
 			podInformer.Informer().HasSynced, nodeInformer.Informer().HasSynced, secretInformer.Informer().HasSynced,
 			poolInformer.Informer().HasSynced, sandboxInformer.Informer().HasSynced,
+			opts.CleanupPods.Informer().HasSynced,
 		},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: ControllerName, Clock: opts.Clock}),
@@ -207,6 +233,11 @@ func NewController(ctx context.Context, kubeClient kubernetes.Interface, sandbox
 		{secretInformer.Informer(), cache.ResourceEventHandlerFuncs{
 			DeleteFunc: c.deleteSecret,
 		}},
+		{opts.CleanupPods.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    c.enqueueCleanupPod,
+			UpdateFunc: func(_, cur any) { c.enqueueCleanupPod(cur) },
+			DeleteFunc: c.enqueueCleanupPod,
+		}},
 	}
 	for _, h := range handlers {
 		if _, err := h.informer.AddEventHandler(h.handler); err != nil {
@@ -224,6 +255,10 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	logger := klog.FromContext(ctx)
 	logger.Info("Starting pool controller", "workers", workers)
 	defer logger.Info("Shutting down pool controller")
+	if c.cleanupInformers != nil {
+		c.cleanupInformers.Start(ctx.Done())
+		defer c.cleanupInformers.Shutdown()
+	}
 
 	if !cache.WaitForNamedCacheSyncWithContext(ctx, c.synced...) {
 		return errors.New("the informers' caches did not sync")
@@ -276,16 +311,10 @@ func (c *Controller) syncPool(ctx context.Context, key string) (time.Duration, e
 	}
 	pool, err := c.poolLister.SandboxPools(namespace).Get(name)
 	if apierrors.IsNotFound(err) {
-		// The garbage collector removes the agent Pods and the Secret.
-		logger.V(4).Info("Pool is gone")
-		c.expectations.forget(key)
-		return 0, nil
+		pool, err = nil, nil
 	}
 	if err != nil {
 		return 0, fmt.Errorf("getting pool %s: %w", key, err)
-	}
-	if pool.DeletionTimestamp != nil {
-		return 0, nil
 	}
 
 	// Ask before listing: a Pod the informer shows after the list must not
@@ -294,6 +323,27 @@ func (c *Controller) syncPool(ctx context.Context, key string) (time.Duration, e
 	pods, err := c.podLister.Pods(namespace).List(labels.SelectorFromSet(labels.Set{v1alpha1.LabelPoolName: name}))
 	if err != nil {
 		return 0, fmt.Errorf("listing the agent Pods of %s: %w", key, err)
+	}
+	// The node cleanup goes on whatever becomes of the pool.
+	var cleanupRequeue time.Duration
+	var cleanupErr error
+	finalized := slices.ContainsFunc(pods, func(p *corev1.Pod) bool { return ownerKey(p) == key && hasCleanupFinalizer(p) })
+	switch {
+	case needsManage:
+		cleanupRequeue, cleanupErr = c.syncCleanups(ctx, key, namespace, name, pool, pods)
+	case finalized:
+		cleanupRequeue = cleanupRecheck
+	}
+	if pool == nil {
+		// The garbage collector removes the agent Pods and the Secret.
+		logger.V(4).Info("Pool is gone")
+		if !finalized {
+			c.expectations.forget(key)
+		}
+		return cleanupRequeue, cleanupErr
+	}
+	if pool.DeletionTimestamp != nil {
+		return cleanupRequeue, cleanupErr
 	}
 	var active, finished []*corev1.Pod
 	for _, pod := range pods {
@@ -340,7 +390,7 @@ func (c *Controller) syncPool(ctx context.Context, key string) (time.Duration, e
 	logger.V(4).Info("Planned", "agents", len(active), "finished", len(finished), "pending", len(use.PendingImages),
 		"desired", plan.Desired, "create", plan.Create, "drain", plan.Drain, "undrain", plan.Undrain, "delete", plan.Delete)
 
-	var errs []error
+	errs := []error{cleanupErr}
 	if needsManage {
 		errs = append(errs, c.manage(ctx, pool, active, finished, agents, use, plan))
 	} else {
@@ -351,7 +401,11 @@ func (c *Controller) syncPool(ctx context.Context, key string) (time.Duration, e
 			"The pool wants %d agents but maxAgents is %d", plan.Wanted, pool.Spec.MaxAgents)
 	}
 	errs = append(errs, c.updateStatus(ctx, pool, computeStatus(pool, agents, plan, now)))
-	return plan.RequeueAfter, errors.Join(errs...)
+	requeue := plan.RequeueAfter
+	if cleanupRequeue > 0 && (requeue <= 0 || cleanupRequeue < requeue) {
+		requeue = cleanupRequeue
+	}
+	return requeue, errors.Join(errs...)
 }
 
 // manage acts on the plan: replace finished agents, keep the idle and
@@ -380,7 +434,8 @@ func (c *Controller) manage(ctx context.Context, pool *v1alpha1.SandboxPool, act
 				pod.Name, a.IdleSince.UTC().Format(time.RFC3339))))
 			continue
 		}
-		errs = append(errs, c.syncAnnotations(ctx, pool, pod, a, drain[pod.Name], undrain[pod.Name]))
+		errs = append(errs, c.syncAnnotations(ctx, pool, pod, a, drain[pod.Name], undrain[pod.Name]),
+			c.ensureFinalizer(ctx, pod))
 	}
 
 	if plan.Create > 0 {
@@ -593,6 +648,9 @@ func (c *Controller) updatePod(logger klog.Logger, old, cur any) {
 		// A graceful deletion shows as an update first.
 		c.expectations.deletionObserved(key, string(curPod.UID))
 	}
+	if !hasCleanupFinalizer(curPod) {
+		c.expectations.releaseObserved(key, string(curPod.UID))
+	}
 	logger.V(5).Info("Agent Pod updated", "pod", klog.KObj(curPod))
 	c.queue.Add(key)
 }
@@ -615,6 +673,7 @@ func (c *Controller) deletePod(logger klog.Logger, obj any) {
 		return
 	}
 	c.expectations.deletionObserved(key, string(pod.UID))
+	c.expectations.releaseObserved(key, string(pod.UID))
 	logger.V(4).Info("Agent Pod deleted", "pod", klog.KObj(pod))
 	c.queue.Add(key)
 }
@@ -625,6 +684,17 @@ func (c *Controller) enqueueSandboxPool(obj any) {
 	}
 	if s, ok := obj.(*v1alpha1.Sandbox); ok {
 		c.queue.Add(s.Namespace + "/" + s.Spec.PoolName)
+	}
+}
+
+// enqueueCleanupPod enqueues the pool of a cleanup Pod, by its label: the
+// pool may be gone.
+func (c *Controller) enqueueCleanupPod(obj any) {
+	if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = tombstone.Obj
+	}
+	if p, ok := obj.(*corev1.Pod); ok && p.Labels[v1alpha1.LabelCleanupPoolName] != "" {
+		c.queue.Add(p.Namespace + "/" + p.Labels[v1alpha1.LabelCleanupPoolName])
 	}
 }
 

@@ -23,9 +23,14 @@ type expectations struct {
 }
 
 type poolExpectations struct {
-	adds    int
-	deletes sets.Set[string] // UIDs of Pods whose deletion was asked
-	since   time.Time
+	adds     int
+	deletes  sets.Set[string] // UIDs of Pods whose deletion was asked
+	releases sets.Set[string] // UIDs of Pods whose cleanup finalizer was removed
+	since    time.Time
+}
+
+func (p *poolExpectations) empty() bool {
+	return p.adds <= 0 && p.deletes.Len() == 0 && p.releases.Len() == 0
 }
 
 func newExpectations(c clock.PassiveClock, ttl time.Duration) *expectations {
@@ -41,7 +46,7 @@ func (e *expectations) satisfied(key string) bool {
 	if !ok {
 		return true
 	}
-	if p.adds <= 0 && p.deletes.Len() == 0 {
+	if p.empty() {
 		return true
 	}
 	return e.clock.Since(p.since) > e.ttl
@@ -49,8 +54,8 @@ func (e *expectations) satisfied(key string) bool {
 
 func (e *expectations) get(key string) *poolExpectations {
 	p, ok := e.pools[key]
-	if !ok || (p.adds <= 0 && p.deletes.Len() == 0) || e.clock.Since(p.since) > e.ttl {
-		p = &poolExpectations{deletes: sets.New[string](), since: e.clock.Now()}
+	if !ok || p.empty() || e.clock.Since(p.since) > e.ttl {
+		p = &poolExpectations{deletes: sets.New[string](), releases: sets.New[string](), since: e.clock.Now()}
 		e.pools[key] = p
 	}
 	return p
@@ -87,6 +92,24 @@ func (e *expectations) deletionObserved(key, uid string) {
 	defer e.mu.Unlock()
 	if p, ok := e.pools[key]; ok {
 		p.deletes.Delete(uid)
+	}
+}
+
+// expectRelease records that the cleanup finalizer of the Pod with uid is
+// being removed.
+func (e *expectations) expectRelease(key, uid string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.get(key).releases.Insert(uid)
+}
+
+// releaseObserved clears one release: the informer showed the Pod without
+// the finalizer, or gone, or the removal failed.
+func (e *expectations) releaseObserved(key, uid string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if p, ok := e.pools[key]; ok {
+		p.releases.Delete(uid)
 	}
 }
 

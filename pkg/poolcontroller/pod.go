@@ -86,11 +86,34 @@ func TokenSecret(pool *v1alpha1.SandboxPool, token string) *corev1.Secret {
 	}
 }
 
+// nodeVolumes are the node's paths that agent and cleanup Pods mount, each
+// at the same path inside: containerd's socket, the agent state directory
+// and the cgroup filesystem.
+func nodeVolumes(socket string) ([]corev1.Volume, []corev1.VolumeMount) {
+	hostPath := func(name, path string, typ corev1.HostPathType) corev1.Volume {
+		return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+			Path: path, Type: ptr.To(typ),
+		}}}
+	}
+	volumes := []corev1.Volume{
+		hostPath(volumeContainerdSocket, socket, corev1.HostPathSocket),
+		hostPath(volumeState, StateDir, corev1.HostPathDirectoryOrCreate),
+		hostPath(volumeCgroup, cgroupRoot, corev1.HostPathDirectory),
+	}
+	mounts := []corev1.VolumeMount{
+		{Name: volumeContainerdSocket, MountPath: socket},
+		{Name: volumeState, MountPath: StateDir},
+		{Name: volumeCgroup, MountPath: cgroupRoot},
+	}
+	return volumes, mounts
+}
+
 // AgentPod builds an agent Pod of pool. secretName is the pool's token
 // Secret. When hostname is not empty the Pod gets a required node affinity to
 // the node whose kubernetes.io/hostname label has that value; kube-scheduler
 // still places it, so it is still checked for fit. The Pod is owned by the
-// pool (controller reference), so deleting the pool garbage-collects it.
+// pool (controller reference), so deleting the pool garbage-collects it. It
+// carries FinalizerAgentPodCleanup (see cleanup.go).
 func AgentPod(pool *v1alpha1.SandboxPool, secretName, hostname string) *corev1.Pod {
 	spec := pool.Spec.Agent
 	socket := spec.ContainerdSocket
@@ -137,12 +160,14 @@ func AgentPod(pool *v1alpha1.SandboxPool, secretName, hostname string) *corev1.P
 		env = append(env, corev1.EnvVar{Name: "WARM_IMAGES", Value: strings.Join(pool.Spec.WarmImages, ",")})
 	}
 
+	volumes, mounts := nodeVolumes(socket)
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			GenerateName:    pool.Name + "-agent-",
 			Namespace:       pool.Namespace,
 			Labels:          map[string]string{v1alpha1.LabelPoolName: pool.Name},
 			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(pool, poolGVK)},
+			Finalizers:      []string{v1alpha1.FinalizerAgentPodCleanup},
 		},
 		Spec: corev1.PodSpec{
 			Containers: []corev1.Container{{
@@ -167,28 +192,14 @@ func AgentPod(pool *v1alpha1.SandboxPool, secretName, hostname string) *corev1.P
 					PeriodSeconds: 10, FailureThreshold: 6, TimeoutSeconds: 2,
 				},
 				SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
-				VolumeMounts: []corev1.VolumeMount{
-					{Name: volumeContainerdSocket, MountPath: socket},
-					{Name: volumeState, MountPath: StateDir},
-					{Name: volumeToken, MountPath: TokenDir, ReadOnly: true},
-					{Name: volumeCgroup, MountPath: cgroupRoot},
-				},
+				VolumeMounts: append(mounts,
+					corev1.VolumeMount{Name: volumeToken, MountPath: TokenDir, ReadOnly: true}),
 				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 			}},
-			Volumes: []corev1.Volume{
-				{Name: volumeContainerdSocket, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
-					Path: socket, Type: ptr.To(corev1.HostPathSocket),
-				}}},
-				{Name: volumeState, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
-					Path: StateDir, Type: ptr.To(corev1.HostPathDirectoryOrCreate),
-				}}},
-				{Name: volumeToken, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			Volumes: append(volumes,
+				corev1.Volume{Name: volumeToken, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 					SecretName: secretName, DefaultMode: ptr.To[int32](0o400),
-				}}},
-				{Name: volumeCgroup, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
-					Path: cgroupRoot, Type: ptr.To(corev1.HostPathDirectory),
-				}}},
-			},
+				}}}),
 			RestartPolicy:                 corev1.RestartPolicyAlways,
 			TerminationGracePeriodSeconds: ptr.To[int64](5),
 			EnableServiceLinks:            ptr.To(false),

@@ -46,6 +46,9 @@ func TestPoolController(t *testing.T) {
 	t.Run("scale-down drains idle agents only", func(t *testing.T) { testPoolScaleDown(t, cp) })
 	t.Run("replaces a failed agent", func(t *testing.T) { testPoolReplacesFailed(t, cp) })
 	t.Run("no double creation under a slow informer", func(t *testing.T) { testPoolSlowInformer(t, cp) })
+	t.Run("a stopped agent's node is cleaned before its Pod goes", func(t *testing.T) { testPoolCleansNode(t, cp) })
+	t.Run("an agent without a node or Node loses its finalizer", func(t *testing.T) { testPoolCleanupNotNeeded(t, cp) })
+	t.Run("the node is cleaned after a deleted pool's agent", func(t *testing.T) { testPoolCleanupAfterPool(t, cp) })
 }
 
 // allowPrivileged is the in-process kube-apiserver's --allow-privileged=true
@@ -90,19 +93,22 @@ func startPoolController(t *testing.T, cp *framework.ControlPlane, ns string, po
 	labelled := informers.NewSharedInformerFactoryWithOptions(cp.Kube, 0, informers.WithNamespace(ns), selectPool)
 	nodes := informers.NewSharedInformerFactory(cp.Kube, 0)
 	sbx := externalversions.NewSharedInformerFactoryWithOptions(cp.Sandbox, 0, externalversions.WithNamespace(ns))
+	cleanup := informers.NewSharedInformerFactoryWithOptions(cp.Kube, 0, informers.WithNamespace(ns),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = v1alpha1.LabelCleanupAgentPodUID }))
 	var pods coreinformers.PodInformer = labelled.Core().V1().Pods()
 	if podWatchDelay > 0 {
 		pods = newSlowPodInformer(cp.Kube, ns, podWatchDelay)
 	}
 	c, err := poolcontroller.NewController(ctx, cp.Kube, cp.Sandbox, pods, nodes.Core().V1().Nodes(),
 		labelled.Core().V1().Secrets(), sbx.Sandbox().V1alpha1().SandboxPools(), sbx.Sandbox().V1alpha1().Sandboxes(),
-		poolcontroller.Options{})
+		poolcontroller.Options{CleanupPods: cleanup.Core().V1().Pods()})
 	if err != nil {
 		t.Fatalf("NewController: %v", err)
 	}
 	labelled.Start(ctx.Done())
 	nodes.Start(ctx.Done())
 	sbx.Start(ctx.Done())
+	cleanup.Start(ctx.Done())
 	var wg sync.WaitGroup
 	if podWatchDelay > 0 {
 		wg.Go(func() { pods.Informer().RunWithContext(ctx) })
@@ -118,6 +124,7 @@ func startPoolController(t *testing.T, cp *framework.ControlPlane, ns string, po
 		labelled.Shutdown()
 		nodes.Shutdown()
 		sbx.Shutdown()
+		cleanup.Shutdown()
 	})
 }
 
@@ -670,3 +677,215 @@ func (d *delayedWatch) Stop() {
 }
 
 func (d *delayedWatch) ResultChan() <-chan watch.Event { return d.out }
+
+// bindToNode plays kube-scheduler and kubelet: the agent Pod is bound to
+// node and its agent container runs.
+func bindToNode(t *testing.T, cp *framework.ControlPlane, pod *corev1.Pod, node string) *corev1.Pod {
+	t.Helper()
+	ctx := context.Background()
+	err := cp.Kube.CoreV1().Pods(pod.Namespace).Bind(ctx, &corev1.Binding{
+		ObjectMeta: metav1.ObjectMeta{Name: pod.Name, UID: pod.UID},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: node},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("binding Pod %s to %s: %v", pod.Name, node, err)
+	}
+	got, _ := getPod(t, cp, pod.Namespace, pod.Name)
+	got.Status.Phase = corev1.PodRunning
+	got.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: poolcontroller.ContainerName, Image: got.Spec.Containers[0].Image,
+		State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}}}
+	got, err = cp.Kube.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, got, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatalf("setting the status of Pod %s: %v", pod.Name, err)
+	}
+	return got
+}
+
+// stopAgent plays kubelet after a Pod's deletion: its container is
+// terminated, then the Pod is deleted for good (grace period 0).
+func stopAgent(t *testing.T, cp *framework.ControlPlane, pod *corev1.Pod) {
+	t.Helper()
+	ctx := context.Background()
+	got, ok := getPod(t, cp, pod.Namespace, pod.Name)
+	if !ok {
+		t.Fatalf("Pod %s is gone", pod.Name)
+	}
+	got.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: poolcontroller.ContainerName, Image: got.Spec.Containers[0].Image,
+		State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 143, Reason: "Error", FinishedAt: metav1.Now()}}}}
+	if _, err := cp.Kube.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, got, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("setting the status of Pod %s: %v", pod.Name, err)
+	}
+	if err := cp.Kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil &&
+		!apierrors.IsNotFound(err) {
+		t.Fatalf("deleting Pod %s: %v", pod.Name, err)
+	}
+}
+
+func waitForPodGone(t *testing.T, cp *framework.ControlPlane, ns, name string) {
+	t.Helper()
+	var last *corev1.Pod
+	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
+		var ok bool
+		last, ok = getPod(t, cp, ns, name)
+		return !ok, nil
+	})
+	if err != nil {
+		t.Fatalf("Pod %s is still there: finalizers %v, deletionTimestamp %v", name, last.Finalizers, last.DeletionTimestamp)
+	}
+}
+
+func listCleanupPods(t *testing.T, cp *framework.ControlPlane, ns string) []corev1.Pod {
+	t.Helper()
+	l, err := cp.Kube.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: v1alpha1.LabelCleanupAgentPodUID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Items
+}
+
+func testPoolCleansNode(t *testing.T, cp *framework.ControlPlane) {
+	ctx := context.Background()
+	ns := newNamespace(t, cp, "pc-clean")
+	createNode(t, cp, "pc-node-clean")
+	startPoolController(t, cp, ns, 0)
+	pool := createPool(t, cp, ns, testPool("clean", 1, 2, 2))
+	agent := waitForAgents(t, cp, ns, "clean", 1)[0]
+	if !slices.Contains(agent.Finalizers, v1alpha1.FinalizerAgentPodCleanup) {
+		t.Fatalf("agent Pod %s has finalizers %v, want %s", agent.Name, agent.Finalizers, v1alpha1.FinalizerAgentPodCleanup)
+	}
+	running := bindToNode(t, cp, &agent, "pc-node-clean")
+
+	// Deleted, its agent still running: nothing happens yet.
+	if err := cp.Kube.CoreV1().Pods(ns).Delete(ctx, agent.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if l := listCleanupPods(t, cp, ns); len(l) != 0 {
+		t.Fatalf("cleanup Pods while the agent container runs: %v", l)
+	}
+	if _, ok := getPod(t, cp, ns, agent.Name); !ok {
+		t.Fatal("the agent Pod went while its container ran")
+	}
+
+	// kubelet stops it: a cleanup Pod runs on its node.
+	stopAgent(t, cp, running)
+	name := agent.Name + "-cleanup"
+	var cleanup *corev1.Pod
+	err := wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
+		var ok bool
+		cleanup, ok = getPod(t, cp, ns, name)
+		return ok, nil
+	})
+	if err != nil {
+		t.Fatalf("no cleanup Pod %s; cleanup Pods: %v", name, listCleanupPods(t, cp, ns))
+	}
+	waitForEvent(t, cp, ns, "clean", poolcontroller.EventCleaningUp)
+	if cleanup.Spec.NodeName != "pc-node-clean" {
+		t.Errorf("cleanup Pod on node %q, want pc-node-clean", cleanup.Spec.NodeName)
+	}
+	if _, ok := cleanup.Labels[v1alpha1.LabelPoolName]; ok || cleanup.Labels[v1alpha1.LabelCleanupAgentPodUID] != string(agent.UID) {
+		t.Errorf("cleanup Pod labels %v", cleanup.Labels)
+	}
+	if ref := metav1.GetControllerOf(cleanup); ref == nil || ref.UID != pool.UID {
+		t.Errorf("cleanup Pod controller %+v, want the pool", ref)
+	}
+	c := cleanup.Spec.Containers[0]
+	if c.Image != agent.Spec.Containers[0].Image || !slices.Contains(c.Args, "--cleanup-agent-pod-uid="+string(agent.UID)) ||
+		cleanup.Spec.RestartPolicy != corev1.RestartPolicyOnFailure || c.SecurityContext == nil || !ptr.Deref(c.SecurityContext.Privileged, false) {
+		t.Errorf("cleanup container %+v, restartPolicy %s", c, cleanup.Spec.RestartPolicy)
+	}
+	// The pool is still kept: a new agent replaces the deleted one; the
+	// cleanup Pod is no agent.
+	waitForPool(t, cp, ns, "clean", "one agent", func(p *v1alpha1.SandboxPool) bool { return p.Status.Agents == 1 })
+
+	// The cleanup runs, then fails: kubelet would restart it (OnFailure);
+	// the agent Pod stays until it succeeds.
+	cleanup.Status.Phase = corev1.PodRunning
+	if cleanup, err = cp.Kube.CoreV1().Pods(ns).UpdateStatus(ctx, cleanup, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got, ok := getPod(t, cp, ns, agent.Name); !ok || !slices.Contains(got.Finalizers, v1alpha1.FinalizerAgentPodCleanup) {
+		t.Fatalf("the agent Pod lost its finalizer before the cleanup succeeded: %v", got)
+	}
+
+	cleanup.Status.Phase = corev1.PodSucceeded
+	if _, err := cp.Kube.CoreV1().Pods(ns).UpdateStatus(ctx, cleanup, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitForPodGone(t, cp, ns, agent.Name)
+	waitForPodGone(t, cp, ns, name)
+	waitForEvent(t, cp, ns, "clean", poolcontroller.EventCleanedUp)
+	time.Sleep(300 * time.Millisecond)
+	if l := listCleanupPods(t, cp, ns); len(l) != 0 {
+		t.Errorf("cleanup Pods left: %v", l)
+	}
+}
+
+func testPoolCleanupNotNeeded(t *testing.T, cp *framework.ControlPlane) {
+	ctx := context.Background()
+	ns := newNamespace(t, cp, "pc-noclean")
+	createNode(t, cp, "pc-node-gone")
+	startPoolController(t, cp, ns, 0)
+	createPool(t, cp, ns, testPool("noclean", 2, 2, 2))
+	agents := waitForAgents(t, cp, ns, "noclean", 2)
+
+	// Never got a node: the deletion goes through.
+	if err := cp.Kube.CoreV1().Pods(ns).Delete(ctx, agents[0].Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitForPodGone(t, cp, ns, agents[0].Name)
+
+	// Its Node is gone, its container said to run (no kubelet will say
+	// otherwise): the deletion goes through too.
+	bindToNode(t, cp, &agents[1], "pc-node-gone")
+	if err := cp.Kube.CoreV1().Nodes().Delete(ctx, "pc-node-gone", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.Kube.CoreV1().Pods(ns).Delete(ctx, agents[1].Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
+		t.Fatal(err)
+	}
+	waitForPodGone(t, cp, ns, agents[1].Name)
+	waitForEvent(t, cp, ns, "noclean", poolcontroller.EventCleanupSkipped)
+	if l := listCleanupPods(t, cp, ns); len(l) != 0 {
+		t.Errorf("cleanup Pods made: %v", l)
+	}
+}
+
+func testPoolCleanupAfterPool(t *testing.T, cp *framework.ControlPlane) {
+	ctx := context.Background()
+	ns := newNamespace(t, cp, "pc-gone")
+	createNode(t, cp, "pc-node-gone-pool")
+	startPoolController(t, cp, ns, 0)
+	createPool(t, cp, ns, testPool("gone", 1, 1, 2))
+	agent := waitForAgents(t, cp, ns, "gone", 1)[0]
+	running := bindToNode(t, cp, &agent, "pc-node-gone-pool")
+
+	// The pool goes; the garbage collector (played here) deletes its agent.
+	if err := cp.Sandbox.SandboxV1alpha1().SandboxPools(ns).Delete(ctx, "gone", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.Kube.CoreV1().Pods(ns).Delete(ctx, agent.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	stopAgent(t, cp, running)
+	name := agent.Name + "-cleanup"
+	var cleanup *corev1.Pod
+	err := wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
+		var ok bool
+		cleanup, ok = getPod(t, cp, ns, name)
+		return ok, nil
+	})
+	if err != nil {
+		t.Fatalf("no cleanup Pod %s after the pool went", name)
+	}
+	if len(cleanup.OwnerReferences) != 0 || cleanup.Spec.NodeName != "pc-node-gone-pool" {
+		t.Errorf("cleanup Pod owners %+v node %q: want none (the pool is gone), pc-node-gone-pool", cleanup.OwnerReferences, cleanup.Spec.NodeName)
+	}
+	cleanup.Status.Phase = corev1.PodSucceeded
+	if _, err := cp.Kube.CoreV1().Pods(ns).UpdateStatus(ctx, cleanup, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitForPodGone(t, cp, ns, agent.Name)
+	waitForPodGone(t, cp, ns, name)
+}
