@@ -34,15 +34,19 @@ const (
 
 var errAgentRemoved = errors.New("the agent was removed")
 
-// agentState is what the scheduler knows of one agent Pod. Its fields are
-// guarded by the scheduler's mutex, except syncer's own state.
+// agentState is what the scheduler knows of one agent Pod. Its name,
+// namespace, uid and pool never change (a new Pod of the same name is a new
+// agentState); the other fields are guarded by the scheduler's mutex, except
+// syncer's own state.
 type agentState struct {
-	name, namespace, pool, nodeName string
-	uid                             types.UID
-	podIP                           string
-	port                            int
-	podReady                        bool
-	draining                        bool
+	name, namespace, pool string
+	uid                   types.UID
+
+	nodeName string
+	podIP    string
+	port     int
+	podReady bool
+	draining bool
 	// deleted: the agent Pod is gone (or going); the agent is forgotten.
 	deleted bool
 
@@ -65,8 +69,9 @@ type agentState struct {
 	stop chan struct{}
 }
 
-func newAgentState(name, namespace string, staleAfter time.Duration) *agentState {
-	a := &agentState{name: name, namespace: namespace, staleAfter: staleAfter, stop: make(chan struct{})}
+func newAgentState(pod *v1.Pod, staleAfter time.Duration) *agentState {
+	a := &agentState{name: pod.Name, namespace: pod.Namespace, uid: pod.UID, pool: pod.Labels[v1alpha1.LabelPoolName],
+		staleAfter: staleAfter, stop: make(chan struct{})}
 	a.syncer = newSyncer()
 	return a
 }
@@ -90,8 +95,8 @@ func (a *agentState) holds(sbx *v1alpha1.Sandbox) bool {
 	return sbx.Status.Agent == a.name && (sbx.Status.AgentUID == "" || a.uid == "" || sbx.Status.AgentUID == string(a.uid))
 }
 
-// updateFromPod refreshes what the Pod says; it reports whether the agent's
-// endpoint changed.
+// updateFromPod refreshes what the Pod says (of the same Pod: same UID); it
+// reports whether the agent's endpoint changed.
 func (a *agentState) updateFromPod(pod *v1.Pod) bool {
 	port := AgentPort
 	for _, c := range pod.Spec.Containers {
@@ -101,9 +106,8 @@ func (a *agentState) updateFromPod(pod *v1.Pod) bool {
 			}
 		}
 	}
-	changed := a.podIP != pod.Status.PodIP || a.uid != pod.UID || a.port != port
-	a.uid, a.podIP, a.nodeName, a.port = pod.UID, pod.Status.PodIP, pod.Spec.NodeName, port
-	a.pool = pod.Labels[v1alpha1.LabelPoolName]
+	changed := a.podIP != pod.Status.PodIP || a.port != port
+	a.podIP, a.nodeName, a.port = pod.Status.PodIP, pod.Spec.NodeName, port
 	a.draining = pod.Annotations[AnnotationDraining] != ""
 	a.podReady = false
 	for _, c := range pod.Status.Conditions {

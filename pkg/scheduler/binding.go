@@ -83,6 +83,10 @@ func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, agentName string) err
 	key := pod.Namespace + "/" + agentName
 	s.mu.Lock()
 	agent := s.agents[key]
+	var nodeName string
+	if agent != nil {
+		nodeName = agent.nodeName
+	}
 	s.mu.Unlock()
 	if agent == nil {
 		return fmt.Errorf("agent %s is gone", agentName)
@@ -115,13 +119,13 @@ func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, agentName string) err
 	}
 	now := metav1.NowMicro()
 	sbx.Status.Phase = v1alpha1.SandboxScheduled
-	sbx.Status.Agent, sbx.Status.AgentUID, sbx.Status.Node = agentName, string(agent.uid), agent.nodeName
+	sbx.Status.Agent, sbx.Status.AgentUID, sbx.Status.Node = agentName, string(agent.uid), nodeName
 	sbx.Status.ScheduleTime = &now
 	sbx.Status.ObservedGeneration = sbx.Generation
 	sbx.Status.Reason, sbx.Status.Message = "", ""
 	meta.SetStatusCondition(&sbx.Status.Conditions, metav1.Condition{
 		Type: v1alpha1.SandboxConditionScheduled, Status: metav1.ConditionTrue, Reason: "Bound",
-		Message: fmt.Sprintf("bound to agent %s on node %s", agentName, agent.nodeName), ObservedGeneration: sbx.Generation,
+		Message: fmt.Sprintf("bound to agent %s on node %s", agentName, nodeName), ObservedGeneration: sbx.Generation,
 	})
 	uid := string(sbx.UID)
 	s.mu.Lock()

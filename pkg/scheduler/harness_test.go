@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -160,12 +161,30 @@ func (a *testAgent) serve(w http.ResponseWriter, r *http.Request) {
 		if delay > 0 {
 			time.Sleep(delay)
 		}
+		// Each spec is kept raw too, to hold it to the agent's size bound as
+		// it came on the wire.
+		var raw struct {
+			Sandboxes []json.RawMessage `json:"sandboxes"`
+		}
+		body, err := io.ReadAll(r.Body)
 		req := &api.SyncRequest{}
-		if err := json.NewDecoder(r.Body).Decode(req); err != nil {
+		if err == nil {
+			err = json.Unmarshal(body, req)
+		}
+		if err == nil {
+			err = json.Unmarshal(body, &raw)
+		}
+		if err != nil {
 			writeAgentError(w, api.Error{Code: http.StatusBadRequest, Message: err.Error()})
 			return
 		}
-		resp, apiErr := a.sync(req)
+		tooBig := map[string]bool{}
+		for i, spec := range raw.Sandboxes {
+			if len(spec) > api.MaxSandboxSpecBytes {
+				tooBig[req.Sandboxes[i].UID] = true
+			}
+		}
+		resp, apiErr := a.sync(req, tooBig)
 		if apiErr != nil {
 			writeAgentError(w, *apiErr)
 			return
@@ -201,7 +220,7 @@ func (a *testAgent) status() *api.Status {
 	return st
 }
 
-func (a *testAgent) sync(req *api.SyncRequest) (*api.SyncResponse, *api.Error) {
+func (a *testAgent) sync(req *api.SyncRequest, tooBig map[string]bool) (*api.SyncResponse, *api.Error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if req.Epoch < a.epoch || (req.Epoch == a.epoch && req.Revision < a.revision) {
@@ -213,7 +232,13 @@ func (a *testAgent) sync(req *api.SyncRequest) (*api.SyncResponse, *api.Error) {
 	for _, spec := range req.Sandboxes {
 		keep[spec.UID] = true
 		st, ok := a.sandboxes[spec.UID]
-		if !ok {
+		switch {
+		case !ok && tooBig[spec.UID]:
+			now := time.Now()
+			st = api.SandboxStatus{UID: spec.UID, Namespace: spec.Namespace, Name: spec.Name, State: api.StateFailed,
+				Reason: api.ReasonInvalidSpec, Message: "too large", FinishedAt: &now}
+			a.sandboxes[spec.UID] = st
+		case !ok:
 			now := time.Now()
 			a.creates[spec.UID]++
 			st = api.SandboxStatus{UID: spec.UID, Namespace: spec.Namespace, Name: spec.Name, ContainerID: "fsbx-" + spec.UID,

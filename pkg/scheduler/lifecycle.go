@@ -34,7 +34,7 @@ func (s *Scheduler) upsertAgent(ctx context.Context, pod *v1.Pod) {
 	}
 	s.mu.Lock()
 	a, ok := s.agents[key]
-	if ok && a.uid != "" && a.uid != pod.UID {
+	if ok && a.uid != pod.UID {
 		// A new Pod of the same name: the old agent is gone.
 		s.mu.Unlock()
 		s.removeAgent(ctx, key, "the agent Pod was replaced")
@@ -42,7 +42,7 @@ func (s *Scheduler) upsertAgent(ctx context.Context, pod *v1.Pod) {
 		a, ok = nil, false
 	}
 	if !ok {
-		a = newAgentState(pod.Name, pod.Namespace, max(3*s.opts.StatusPeriod, 3*time.Second))
+		a = newAgentState(pod, max(3*s.opts.StatusPeriod, 3*time.Second))
 		s.agents[key] = a
 		go s.runAgent(ctx, a)
 	}
