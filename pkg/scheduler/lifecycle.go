@@ -42,9 +42,13 @@ func (s *Scheduler) upsertAgent(ctx context.Context, pod *v1.Pod) {
 		a, ok = nil, false
 	}
 	if !ok {
+		if ctx.Err() != nil {
+			s.mu.Unlock()
+			return // Run is ending: no new loops
+		}
 		a = newAgentState(pod, max(3*s.opts.StatusPeriod, 3*time.Second))
 		s.agents[key] = a
-		go s.runAgent(ctx, a)
+		s.loops.Go(func() { s.runAgent(ctx, a) })
 	}
 	wasUsable := a.usable()
 	if a.updateFromPod(pod) || a.client == nil {
@@ -70,7 +74,7 @@ func (s *Scheduler) runAgent(ctx context.Context, a *agentState) {
 		return
 	case <-s.learned:
 	}
-	go s.runPoller(ctx, a)
+	s.loops.Go(func() { s.runPoller(ctx, a) })
 	s.runSyncer(ctx, a)
 }
 

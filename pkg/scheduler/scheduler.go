@@ -140,6 +140,9 @@ type Scheduler struct {
 	agentPods     corelisters.PodLister // set by Run
 
 	queue workqueue.TypedRateLimitingInterface[string]
+	// loops are the goroutines Run started (per agent, sweeps, binding
+	// cycles); Run waits for them before it returns.
+	loops sync.WaitGroup
 
 	mu            sync.Mutex
 	ctx           context.Context
@@ -282,14 +285,16 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		UpdateFunc: func(_, obj any) { s.poolChanged(obj.(*v1alpha1.SandboxPool)) },
 	})
 
-	go wait.UntilWithContext(ctx, s.sweepLost, s.opts.SweepPeriod)
-	go wait.UntilWithContext(ctx, s.enforceLifetimes, time.Second)
+	s.loops.Go(func() { wait.UntilWithContext(ctx, s.sweepLost, s.opts.SweepPeriod) })
+	s.loops.Go(func() { wait.UntilWithContext(ctx, s.enforceLifetimes, time.Second) })
 	go func() {
 		<-ctx.Done()
 		s.queue.ShutDown()
 	}()
 	for s.processNext(ctx) {
 	}
+	// Every loop ends with ctx; Run returns once none is left.
+	s.loops.Wait()
 	return nil
 }
 
@@ -447,7 +452,7 @@ func (s *Scheduler) scheduleOne(ctx context.Context, key string) (bool, error) {
 		return true, st.AsError()
 	}
 	logger.V(2).Info("sandbox placed", "sandbox", key, "agent", agent, "feasible", len(feasible), "of", len(nodes), "cycle", time.Since(start))
-	go s.bindingCycle(ctx, ps.fw, state, pod, agent, key)
+	s.loops.Go(func() { s.bindingCycle(ctx, ps.fw, state, pod, agent, key) })
 	return false, nil
 }
 
