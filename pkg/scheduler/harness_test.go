@@ -23,6 +23,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
@@ -550,4 +552,45 @@ func withAPISemantics(c *sbxfake.Clientset) {
 		obj, err := store(cur)
 		return true, obj, err
 	})
+}
+
+// startLeader runs a scheduler under leader election on the fake API's
+// Lease, as cmd/scheduler does, until the returned stop (which releases the
+// lease) or the test's end.
+func (e *env) startLeader(id string, opts Options) (stop func()) {
+	e.t.Helper()
+	cfg, err := LoadConfig("")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	logger := testr.NewWithOptions(e.t, testr.Options{Verbosity: 2}).WithName(id)
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logger))
+	s, err := New(ctx, e.kube, e.client, cfg, opts)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta: metav1.ObjectMeta{Namespace: "fast-sandbox-system", Name: "fast-sandbox-scheduler"},
+		Client:    e.kube.CoordinationV1(), LockConfig: resourcelock.ResourceLockConfig{Identity: id},
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+			Lock: lock, Name: "fast-sandbox-scheduler", ReleaseOnCancel: true,
+			LeaseDuration: 2 * time.Second, RenewDeadline: time.Second, RetryPeriod: 100 * time.Millisecond,
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(ctx context.Context) {
+					if err := s.Run(ctx); err != nil {
+						e.t.Errorf("scheduler %s: %v", id, err)
+					}
+				},
+				OnStoppedLeading: func() {},
+			},
+		})
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	e.t.Cleanup(stop)
+	return stop
 }

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"fmt"
 	goruntime "runtime"
 	"slices"
 	"strings"
@@ -476,4 +477,73 @@ func TestDeletedSandboxWaitsForAgentCleanup(t *testing.T) {
 		_, err := e.client.SandboxV1alpha1().Sandboxes(testNS).Get(ctx, "s1", metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
 	})
+}
+
+// Two schedulers with leader election, the first with a clock an hour
+// ahead: only the leader syncs, and when it steps down the standby (whose
+// clock is behind the epoch the agents applied) takes over at once.
+func TestLeaderFailoverWithSkewedClocks(t *testing.T) {
+	e := newEnv(t)
+	a := e.addAgent("agent-a")
+	fast := testOptions()
+	fast.Clock = func() time.Time { return time.Now().Add(time.Hour) }
+	stopFirst := e.startLeader("first", fast)
+	e.createSandbox("s1")
+	e.wait("s1", "Running", 10*time.Second, running)
+	e.startLeader("second", testOptions())
+	time.Sleep(300 * time.Millisecond) // the standby waits for the lease
+	stopFirst()                        // releases the lease
+	s2 := e.createSandbox("s2")
+	e.wait("s2", "Running", 15*time.Second, running)
+	if n := a.createsOf(string(s2.UID)); n != 1 {
+		t.Errorf("s2 created %d times, want once", n)
+	}
+}
+
+// A storm of agent restarts and stale syncs during a burst: every sandbox
+// ends Running, created exactly once.
+func TestConflictStorm(t *testing.T) {
+	e := newEnv(t)
+	var agents []*testAgent
+	for _, name := range []string{"agent-a", "agent-b", "agent-c"} {
+		a := e.addAgent(name)
+		a.slots = 16
+		agents = append(agents, a)
+	}
+	e.start(testOptions())
+	done := make(chan struct{})
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			case <-time.After(30 * time.Millisecond):
+			}
+			a := agents[i%len(agents)]
+			if i%2 == 0 {
+				a.restart()
+			} else {
+				a.mu.Lock()
+				a.revision += 1000 // as if a newer sync had been applied
+				a.mu.Unlock()
+			}
+		}
+	}()
+	var uids []string
+	for i := 0; i < 30; i++ {
+		uids = append(uids, string(e.createSandbox(fmt.Sprintf("s%d", i)).UID))
+	}
+	for i := range uids {
+		e.wait(fmt.Sprintf("s%d", i), "Running", 15*time.Second, running)
+	}
+	close(done)
+	for i, uid := range uids {
+		total := 0
+		for _, a := range agents {
+			total += a.createsOf(uid)
+		}
+		if total != 1 {
+			t.Errorf("s%d created %d times, want once", i, total)
+		}
+	}
 }
