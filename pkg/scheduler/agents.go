@@ -58,11 +58,14 @@ type agentState struct {
 
 	// The failure detector: failures counts consecutive status calls that
 	// got no answer, since failingSince. An agent that stays silent for
-	// enough attempts over long enough is lost: its sandboxes are failed (or
-	// placed again) and nothing is placed on it until it answers again.
+	// enough attempts over long enough, on a node that is not Ready, is
+	// lost: its sandboxes are failed (or placed again) and nothing is placed
+	// on it until it answers again. silentNoted: its silence on a Ready node
+	// was logged.
 	failures     int
 	failingSince time.Time
 	lost         bool
+	silentNoted  bool
 
 	syncer *syncer
 	// stop is closed when the agent is forgotten: its loops end.
@@ -78,9 +81,10 @@ func newAgentState(pod *v1.Pod, staleAfter time.Duration) *agentState {
 
 func (a *agentState) key() string { return a.namespace + "/" + a.name }
 
-// usable says whether sandboxes may be placed on the agent.
+// usable says whether sandboxes may be placed on the agent: its Pod is Ready,
+// its last status is fresh and healthy, and its last two calls did not fail.
 func (a *agentState) usable() bool {
-	return a.podReady && !a.deleted && !a.lost && a.status != nil && a.status.Healthy && time.Since(a.lastSeen) < a.staleAfter
+	return a.podReady && !a.deleted && !a.lost && a.failures < 2 && a.status != nil && a.status.Healthy && time.Since(a.lastSeen) < a.staleAfter
 }
 
 // takes says whether the agent may take one more sandbox now: Reserve and

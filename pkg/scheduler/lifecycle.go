@@ -522,7 +522,7 @@ func (s *Scheduler) pollAgent(ctx context.Context, a *agentState) {
 	switch {
 	case err == nil:
 		a.status, a.lastSeen = st, now
-		a.failures, a.lost = 0, false
+		a.failures, a.lost, a.silentNoted = 0, false, false
 	case agentclient.IsStarting(err):
 		// It answers, so it is not silent; it takes nothing until ready.
 		a.failures = 0
@@ -531,8 +531,17 @@ func (s *Scheduler) pollAgent(ctx context.Context, a *agentState) {
 			a.failingSince = now
 		}
 		a.failures++
-		if !a.lost && a.failures >= s.opts.AgentLostAttempts && now.Sub(a.failingSince) >= s.opts.AgentLostTimeout {
+		silent := a.failures >= s.opts.AgentLostAttempts && now.Sub(a.failingSince) >= s.opts.AgentLostTimeout
+		// Sandboxes are containers of the node's containerd: they outlive
+		// the agent process (a crash loop, a partition between the scheduler
+		// and the Pod). Only a silent agent on a node that is not Ready (or
+		// gone) is lost; on a Ready node it just takes nothing new.
+		if !a.lost && silent && !s.nodeReadyLocked(a.nodeName) {
 			a.lost, declareLost = true, true
+		}
+		if silent && !a.lost && !a.silentNoted {
+			a.silentNoted = true
+			klog.FromContext(ctx).Info("agent does not answer; its node is Ready, so its sandboxes are kept", "agent", a.key(), "node", a.nodeName, "err", err)
 		}
 	}
 	failures, since := a.failures, a.failingSince
@@ -560,6 +569,23 @@ func (s *Scheduler) pollAgent(ctx context.Context, a *agentState) {
 		a.syncer.trigger()
 	}
 	s.detectLost(ctx, a, st)
+}
+
+// nodeReadyLocked says whether a node exists and is Ready.
+func (s *Scheduler) nodeReadyLocked(name string) bool {
+	if name == "" {
+		return false
+	}
+	node, err := s.nodes.Get(name)
+	if err != nil {
+		return false
+	}
+	for _, c := range node.Status.Conditions {
+		if c.Type == v1.NodeReady {
+			return c.Status == v1.ConditionTrue
+		}
+	}
+	return false
 }
 
 // needsSync compares what an agent reports with what it should run and says

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -545,5 +546,41 @@ func TestConflictStorm(t *testing.T) {
 		if total != 1 {
 			t.Errorf("s%d created %d times, want once", i, total)
 		}
+	}
+}
+
+// An agent that stops answering (a crash loop, a partition) on a node that
+// is Ready keeps its sandboxes: they are containers of the node, not of the
+// agent process. Nothing new is placed on it. Once its node is not Ready
+// either, it is lost.
+func TestSilentAgentOnReadyNodeKeepsItsSandboxes(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"},
+		Status: v1.NodeStatus{Conditions: []v1.NodeCondition{{Type: v1.NodeReady, Status: v1.ConditionTrue}}}}
+	if _, err := e.kube.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a := e.addAgent("agent-a")
+	e.start(testOptions())
+	e.createSandbox("s1")
+	e.wait("s1", "Running", 5*time.Second, running)
+	a.setFaults(func(string) fault { return faultReset })
+	time.Sleep(1500 * time.Millisecond) // three times the lost timeout
+	if got := e.get("s1"); !running(got) {
+		t.Fatalf("a sandbox of a silent agent on a Ready node: %s", describe(got))
+	}
+	e.createSandbox("s2")
+	time.Sleep(300 * time.Millisecond)
+	if got := e.get("s2"); got.Status.Agent != "" {
+		t.Errorf("a sandbox was placed on a silent agent: %s", describe(got))
+	}
+	node.Status.Conditions[0].Status = v1.ConditionUnknown
+	if _, err := e.kube.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got := e.wait("s1", "Failed", 5*time.Second, phaseIs(v1alpha1.SandboxFailed))
+	if got.Status.Reason != v1alpha1.ReasonAgentLost {
+		t.Errorf("got %s", describe(got))
 	}
 }
