@@ -87,25 +87,65 @@ func TokenSecret(pool *v1alpha1.SandboxPool, token string) *corev1.Secret {
 }
 
 // nodeVolumes are the node's paths that agent and cleanup Pods mount, each
-// at the same path inside: containerd's socket, the agent state directory
-// and the cgroup filesystem.
+// at the same path inside: containerd's socket (see socketVolume), the agent
+// state directory and the cgroup filesystem.
 func nodeVolumes(socket string) ([]corev1.Volume, []corev1.VolumeMount) {
-	hostPath := func(name, path string, typ corev1.HostPathType) corev1.Volume {
-		return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
-			Path: path, Type: ptr.To(typ),
-		}}}
-	}
 	volumes := []corev1.Volume{
-		hostPath(volumeContainerdSocket, socket, corev1.HostPathSocket),
-		hostPath(volumeState, StateDir, corev1.HostPathDirectoryOrCreate),
-		hostPath(volumeCgroup, cgroupRoot, corev1.HostPathDirectory),
+		hostPathVolume(volumeState, StateDir, corev1.HostPathDirectoryOrCreate),
+		hostPathVolume(volumeCgroup, cgroupRoot, corev1.HostPathDirectory),
 	}
 	mounts := []corev1.VolumeMount{
-		{Name: volumeContainerdSocket, MountPath: socket},
 		{Name: volumeState, MountPath: StateDir},
 		{Name: volumeCgroup, MountPath: cgroupRoot},
 	}
+	if v, m, ok := socketVolume(socket); ok {
+		volumes = append([]corev1.Volume{v}, volumes...)
+		mounts = append([]corev1.VolumeMount{m}, mounts...)
+	}
 	return volumes, mounts
+}
+
+func hostPathVolume(name, path string, typ corev1.HostPathType) corev1.Volume {
+	return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+		Path: path, Type: ptr.To(typ),
+	}}}
+}
+
+// socketDirDenied are directories that a Pod cannot take from the host at
+// the same path without losing its own (its image's binaries and libraries,
+// its /etc, the kernel filesystems the runtime mounts).
+var socketDirDenied = map[string]bool{
+	"/": true, "/bin": true, "/dev": true, "/etc": true, "/lib": true, "/lib64": true,
+	"/proc": true, "/sbin": true, "/sys": true, "/usr": true,
+}
+
+// socketVolume is how a Pod reaches containerd's socket at the same path as
+// on the host. It mounts the socket's directory, read-only (connecting to a
+// unix socket needs write permission on the socket, which a read-only mount
+// does not take away): containerd removes and creates its socket again when
+// it restarts, and a bind mount of the socket file itself would keep the old
+// one, refusing every connection until the Pod restarts; through the
+// directory, the client's next dial finds the new socket. A directory that
+// the Pod already mounts (the state directory, the cgroup filesystem, or one
+// under them) needs no volume of its own (ok false). A socket at the root or
+// in a system directory (socketDirDenied) gets the old file mount: it works
+// until containerd restarts, then the agent's liveness probe restarts it.
+// Mount propagation stays None: HostToContainer would need the host's mount
+// to be shared, which it is not on every node (nor on hack/cluster's).
+func socketVolume(socket string) (corev1.Volume, corev1.VolumeMount, bool) {
+	socket = path.Clean(socket)
+	dir := path.Dir(socket)
+	for _, p := range []string{StateDir, cgroupRoot} {
+		if dir == p || strings.HasPrefix(dir, p+"/") {
+			return corev1.Volume{}, corev1.VolumeMount{}, false
+		}
+	}
+	if !path.IsAbs(socket) || socketDirDenied[dir] {
+		return hostPathVolume(volumeContainerdSocket, socket, corev1.HostPathSocket),
+			corev1.VolumeMount{Name: volumeContainerdSocket, MountPath: socket}, true
+	}
+	return hostPathVolume(volumeContainerdSocket, dir, corev1.HostPathDirectory),
+		corev1.VolumeMount{Name: volumeContainerdSocket, MountPath: dir, ReadOnly: true}, true
 }
 
 // AgentPod builds an agent Pod of pool. secretName is the pool's token
@@ -179,17 +219,27 @@ func AgentPod(pool *v1alpha1.SandboxPool, secretName, hostname string) *corev1.P
 					Name: APIPortName, ContainerPort: APIPort, Protocol: corev1.ProtocolTCP,
 				}},
 				Resources: corev1.ResourceRequirements{Requests: resources, Limits: resources.DeepCopy()},
+				// Ready once the agent adopted what containerd runs, and
+				// while containerd answers (a new agent is ready within a
+				// second; one that lost containerd stops getting sandboxes
+				// within a few).
 				ReadinessProbe: &corev1.Probe{
 					ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 						Path: "/readyz", Port: intstr.FromInt32(APIPort),
 					}},
 					PeriodSeconds: 1, FailureThreshold: 3, TimeoutSeconds: 1,
 				},
+				// /healthz fails once containerd has not answered the agent
+				// for agent.DefaultLivenessThreshold (30 s); three failures
+				// in a row, 20-30 s more, restart it as a last resort (a
+				// containerd restart is normally survived without one).
+				// A slow start is not held against it: /healthz answers ok
+				// until the agent has started (adopted its sandboxes).
 				LivenessProbe: &corev1.Probe{
 					ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 						Path: "/healthz", Port: intstr.FromInt32(APIPort),
 					}},
-					PeriodSeconds: 10, FailureThreshold: 6, TimeoutSeconds: 2,
+					PeriodSeconds: 10, FailureThreshold: 3, TimeoutSeconds: 2,
 				},
 				SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
 				VolumeMounts: append(mounts,

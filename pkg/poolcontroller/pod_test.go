@@ -86,13 +86,18 @@ func TestAgentPod(t *testing.T) {
 		t.Errorf("not privileged: %+v", c.SecurityContext)
 	}
 
-	// containerd socket: hostPath at the pool's path, mounted at the same path.
+	// containerd socket: its directory as a hostPath, mounted read-only at
+	// the same path, so that the socket containerd makes again when it
+	// restarts shows inside; the agent is given the socket's path.
 	if v := volumeOf(pod, volumeContainerdSocket); v == nil || v.HostPath == nil ||
-		v.HostPath.Path != "/run/k3s/containerd/containerd.sock" || *v.HostPath.Type != corev1.HostPathSocket {
+		v.HostPath.Path != "/run/k3s/containerd" || *v.HostPath.Type != corev1.HostPathDirectory {
 		t.Errorf("socket volume %+v", v)
 	}
-	if m := mountOf(c, volumeContainerdSocket); m == nil || m.MountPath != "/run/k3s/containerd/containerd.sock" {
+	if m := mountOf(c, volumeContainerdSocket); m == nil || m.MountPath != "/run/k3s/containerd" || !m.ReadOnly {
 		t.Errorf("socket mount %+v", m)
+	}
+	if e := envOf(c, "CONTAINERD_SOCKET"); e == nil || e.Value != "/run/k3s/containerd/containerd.sock" {
+		t.Errorf("CONTAINERD_SOCKET %+v", e)
 	}
 	// State dir: same path on host and inside.
 	if v := volumeOf(pod, volumeState); v == nil || v.HostPath == nil ||
@@ -151,11 +156,17 @@ func TestAgentPod(t *testing.T) {
 	if len(c.Ports) != 1 || c.Ports[0].ContainerPort != 8081 || c.Ports[0].Name != "agent-api" {
 		t.Errorf("ports %+v", c.Ports)
 	}
-	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" || p.HTTPGet.Port.IntValue() != 8081 {
+	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" || p.HTTPGet.Port.IntValue() != 8081 ||
+		p.PeriodSeconds != 1 || p.FailureThreshold != 3 || p.TimeoutSeconds != 1 {
 		t.Errorf("readiness probe %+v", p)
 	}
-	if p := c.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.IntValue() != 8081 {
+	// The agent's /healthz fails after 30 s without containerd; kubelet
+	// restarts it after 20-30 s more of failures, not minutes.
+	if p := c.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.IntValue() != 8081 ||
+		p.PeriodSeconds != 10 || p.FailureThreshold != 3 || p.TimeoutSeconds != 2 || p.InitialDelaySeconds != 0 {
 		t.Errorf("liveness probe %+v", p)
+	} else if restartAfter := p.PeriodSeconds * p.FailureThreshold; restartAfter > 60 {
+		t.Errorf("liveness: a restart only %d s after /healthz fails", restartAfter)
 	}
 
 	spec := &pod.Spec
@@ -206,7 +217,7 @@ func TestAgentPodDefaults(t *testing.T) {
 	if e := envOf(c, "CONTAINERD_SOCKET"); e == nil || e.Value != v1alpha1.DefaultContainerdSocket {
 		t.Errorf("CONTAINERD_SOCKET %+v", e)
 	}
-	if m := mountOf(c, volumeContainerdSocket); m == nil || m.MountPath != v1alpha1.DefaultContainerdSocket {
+	if m := mountOf(c, volumeContainerdSocket); m == nil || m.MountPath != "/run/containerd" {
 		t.Errorf("socket mount %+v", m)
 	}
 	// The pool's maps are not shared with the Pod.
@@ -223,5 +234,64 @@ func TestTokenSecret(t *testing.T) {
 	}
 	if ref := metav1.GetControllerOf(s); ref == nil || ref.UID != "pool-uid" {
 		t.Errorf("controller reference %+v", ref)
+	}
+}
+
+func TestSocketVolume(t *testing.T) {
+	dir, sock := corev1.HostPathDirectory, corev1.HostPathSocket
+	for _, tc := range []struct {
+		socket   string
+		want     string // host path and mount path; "" for no volume of its own
+		typ      corev1.HostPathType
+		readOnly bool
+	}{
+		{socket: "/run/containerd/containerd.sock", want: "/run/containerd", typ: dir, readOnly: true},
+		{socket: "/run/k3s/containerd/containerd.sock", want: "/run/k3s/containerd", typ: dir, readOnly: true},
+		{socket: "/var/run/containerd//containerd.sock", want: "/var/run/containerd", typ: dir, readOnly: true},
+		{socket: "/run/x/../containerd/containerd.sock", want: "/run/containerd", typ: dir, readOnly: true},
+		{socket: "/run/containerd.sock", want: "/run", typ: dir, readOnly: true},
+		// At the root or in a system directory: the socket file, as it cannot be the directory.
+		{socket: "/containerd.sock", want: "/containerd.sock", typ: sock},
+		{socket: "/etc/containerd.sock", want: "/etc/containerd.sock", typ: sock},
+		{socket: "/dev/containerd.sock", want: "/dev/containerd.sock", typ: sock},
+		// In a directory the Pod mounts anyway: nothing more.
+		{socket: StateDir + "/containerd.sock"},
+		{socket: StateDir + "/run/containerd.sock"},
+		{socket: cgroupRoot + "/containerd.sock"},
+	} {
+		t.Run(tc.socket, func(t *testing.T) {
+			pool := testPool()
+			pool.Spec.Agent.ContainerdSocket = tc.socket
+			pod := AgentPod(pool, "s", "")
+			c := &pod.Spec.Containers[0]
+			v, m := volumeOf(pod, volumeContainerdSocket), mountOf(c, volumeContainerdSocket)
+			if tc.want == "" {
+				if v != nil || m != nil {
+					t.Errorf("volume %+v mount %+v, want none", v, m)
+				}
+			} else {
+				if v == nil || v.HostPath == nil || v.HostPath.Path != tc.want || *v.HostPath.Type != tc.typ {
+					t.Errorf("volume %+v, want hostPath %s of type %s", v, tc.want, tc.typ)
+				}
+				if m == nil || m.MountPath != tc.want || m.ReadOnly != tc.readOnly {
+					t.Errorf("mount %+v, want %s readOnly %v", m, tc.want, tc.readOnly)
+				}
+			}
+			// Mount paths stay unique (the API server refuses a Pod otherwise).
+			seen := map[string]bool{}
+			for _, m := range c.VolumeMounts {
+				if seen[m.MountPath] {
+					t.Errorf("mount path %s twice: %+v", m.MountPath, c.VolumeMounts)
+				}
+				seen[m.MountPath] = true
+			}
+			if e := envOf(c, "CONTAINERD_SOCKET"); e == nil || e.Value != tc.socket {
+				t.Errorf("CONTAINERD_SOCKET %+v", e)
+			}
+			cp := CleanupPod(pod, pool.Name, pool)
+			if cv := volumeOf(cp, volumeContainerdSocket); !equality.Semantic.DeepEqual(cv, v) {
+				t.Errorf("cleanup Pod's socket volume %+v, the agent's %+v", cv, v)
+			}
+		})
 	}
 }
