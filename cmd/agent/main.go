@@ -45,6 +45,7 @@ type options struct {
 	syncWait            time.Duration
 	createTimeout       time.Duration
 	imageRefresh        time.Duration
+	livenessThreshold   time.Duration
 	cleanupAgentPodUID  string
 }
 
@@ -109,6 +110,8 @@ func main() {
 			fs.StringSliceVar(&o.warmImages, "warm-images", splitList(os.Getenv("WARM_IMAGES")), "images kept warm from the start")
 			fs.DurationVar(&o.syncWait, "sync-wait", 5*time.Second, "how long a sync waits for its creations before answering Creating for those still under way")
 			fs.DurationVar(&o.createTimeout, "create-timeout", 10*time.Minute, "bound on one sandbox's creation, image pull included")
+			fs.DurationVar(&o.livenessThreshold, "liveness-threshold", agent.DefaultLivenessThreshold,
+				"/healthz fails once containerd has not answered for this long, so that kubelet restarts the agent; /readyz fails while it does not answer")
 			fs.DurationVar(&o.imageRefresh, "image-refresh-period", 5*time.Second, "how often the image list that status reports is refreshed")
 			fs.StringVar(&o.cleanupAgentPodUID, "cleanup-agent-pod-uid", "", "cleanup mode: remove every container of the agent Pod with this UID "+
 				"(sandboxes and warm containers, with their tasks, snapshots, logs and warm directories) through --containerd-socket, "+
@@ -153,7 +156,10 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", o.listen, err)
 	}
-	srv := &http.Server{Handler: a.Handler(tok), ReadHeaderTimeout: 10 * time.Second}
+	// Kubelet restarts an agent that lost containerd for good (its liveness
+	// probe); one that cannot reach it for now is not ready.
+	health := agent.NewHealth(rt, agent.HealthConfig{LivenessThreshold: o.livenessThreshold}, log.WithName("health"))
+	srv := &http.Server{Handler: a.Handler(tok, agent.WithHealth(health)), ReadHeaderTimeout: 10 * time.Second}
 	errCh := make(chan error, 1)
 	go func() { errCh <- srv.Serve(ln) }()
 	log.Info("agent API listening", "address", ln.Addr().String())
@@ -161,6 +167,7 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 	if err := a.Start(ctx); err != nil {
 		return err
 	}
+	go health.Run(ctx)
 	select {
 	case <-ctx.Done():
 	case err := <-errCh:

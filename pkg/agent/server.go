@@ -20,10 +20,30 @@ import (
 
 const maxLogBytes = 4 << 20
 
+// HandlerOption configures Handler.
+type HandlerOption func(*handlerOptions)
+
+type handlerOptions struct {
+	health *Health
+}
+
+// WithHealth makes /readyz and /healthz answer for the runtime too: /readyz
+// fails while h says the runtime does not answer, /healthz once it has not
+// answered for h's liveness threshold.
+func WithHealth(h *Health) HandlerOption {
+	return func(o *handlerOptions) { o.health = h }
+}
+
 // Handler serves the agent's HTTP API. Every /v1 request must carry the
 // bearer token; /healthz, /readyz and /metrics are open for probes and
-// scrapes and reveal nothing about sandboxes.
-func (a *Agent) Handler(token string) http.Handler {
+// scrapes and reveal nothing about sandboxes. Neither probe waits on the
+// runtime: they answer from what the agent and its Health (WithHealth)
+// already know.
+func (a *Agent) Handler(token string, opts ...HandlerOption) http.Handler {
+	var o handlerOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	mux := http.NewServeMux()
 	route := func(pattern string, authenticated bool, h func(http.ResponseWriter, *http.Request) error) {
 		name := pattern[strings.Index(pattern, " ")+1:]
@@ -73,12 +93,18 @@ func (a *Agent) Handler(token string) http.Handler {
 		return err
 	})
 	route("GET "+api.PathHealthz, false, func(w http.ResponseWriter, _ *http.Request) error {
+		if err := o.health.Live(); err != nil {
+			return refuse(http.StatusServiceUnavailable, "%v", err)
+		}
 		_, err := io.WriteString(w, "ok")
 		return err
 	})
 	route("GET "+api.PathReadyz, false, func(w http.ResponseWriter, _ *http.Request) error {
 		if !a.Ready() {
 			return refuse(http.StatusServiceUnavailable, "the agent is starting")
+		}
+		if err := o.health.Ready(); err != nil {
+			return refuse(http.StatusServiceUnavailable, "%v", err)
 		}
 		_, err := io.WriteString(w, "ok")
 		return err
