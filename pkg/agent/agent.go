@@ -465,6 +465,18 @@ func (a *Agent) create(ctx context.Context, c *creation) {
 	if prev, ok := a.sandboxes[spec.UID]; ok && prev.State != api.StateRunning {
 		st = prev
 	}
+	if st.State == api.StateFailed && st.Reason == api.ReasonRuntimeUnavailable && !c.dropped && !c.finished {
+		// The runtime could not be reached before the command could run:
+		// not the sandbox's outcome. Nothing is recorded, so the sandbox is
+		// not reported and the control plane's next sync creates it again;
+		// the runtime settles whatever this attempt left.
+		delete(a.creating, spec.UID)
+		a.mu.Unlock()
+		close(c.done)
+		a.log.Info("the runtime is unavailable; the next sync creates the sandbox again", "uid", spec.UID,
+			"name", spec.Namespace+"/"+spec.Name, "message", st.Message)
+		return
+	}
 	a.sandboxes[spec.UID] = st
 	delete(a.creating, spec.UID)
 	switch {

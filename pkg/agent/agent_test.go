@@ -34,11 +34,15 @@ type fakeRuntime struct {
 	imagesBlock chan struct{}
 	imagesErr   error
 	exits       chan api.SandboxStatus
+	// unavailable counts, by UID, the next creations that cannot reach the
+	// runtime (ReasonRuntimeUnavailable).
+	unavailable map[string]int
 }
 
 func newFakeRuntime(existing ...api.SandboxStatus) *fakeRuntime {
 	f := &fakeRuntime{running: map[string]api.SandboxStatus{}, creates: map[string]int{}, stops: map[string]int{},
-		deletes: map[string]int{}, block: map[string]chan struct{}{}, exits: make(chan api.SandboxStatus, 16)}
+		deletes: map[string]int{}, block: map[string]chan struct{}{}, exits: make(chan api.SandboxStatus, 16),
+		unavailable: map[string]int{}}
 	for _, s := range existing {
 		f.running[s.UID] = s
 	}
@@ -67,6 +71,11 @@ func (f *fakeRuntime) CreateSandbox(ctx context.Context, s api.SandboxSpec) api.
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.unavailable[s.UID] > 0 {
+		f.unavailable[s.UID]--
+		return api.SandboxStatus{UID: s.UID, Name: s.Name, Namespace: s.Namespace, State: api.StateFailed,
+			Reason: api.ReasonRuntimeUnavailable, Message: "connection refused"}
+	}
 	now := time.Now()
 	st := api.SandboxStatus{UID: s.UID, Name: s.Name, Namespace: s.Namespace, State: api.StateRunning, StartedAt: &now,
 		CPUMillis: s.CPUMillis, MemoryBytes: s.MemoryBytes}
@@ -768,5 +777,54 @@ func TestCreateTimeout(t *testing.T) {
 	}
 	if s := statusOf(a, "x"); s.Reason != api.ReasonCreateFailed || !strings.Contains(s.Message, "deadline") {
 		t.Errorf("status %+v", s)
+	}
+}
+
+// TestRuntimeUnavailableIsNotFinal: a creation that could not reach the
+// runtime (containerd restarting) is not the sandbox's outcome: it is not
+// recorded (the status does not report it, and never as Failed), so the
+// control plane's next sync creates it, and that creation runs it. One that
+// is no longer desired meanwhile is removed as usual.
+func TestRuntimeUnavailableIsNotFinal(t *testing.T) {
+	rt := newFakeRuntime()
+	rt.unavailable["x"] = 1
+	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: time.Second})
+	c := client.New(srv.URL, token, timeoutClient)
+	resp := syncOK(t, c, 1, []api.SandboxSpec{sbx("x")})
+	if st := resp.Sandboxes[0]; st.State != api.StateCreating {
+		t.Errorf("answer %+v, want Creating (not a final outcome)", st)
+	}
+	if !eventually(func() bool { a.mu.RLock(); defer a.mu.RUnlock(); return a.creating["x"] == nil }) {
+		t.Fatal("the creation never ended")
+	}
+	if st := statusOf(a, "x"); st.State != "" {
+		t.Errorf("status %+v, want x not reported", st)
+	}
+	if n := rt.count(rt.creates, "x"); n != 1 {
+		t.Errorf("%d creations, want 1", n)
+	}
+	// The control plane sees x desired but not reported and syncs again.
+	resp = syncOK(t, c, 2, []api.SandboxSpec{sbx("x")})
+	if st := resp.Sandboxes[0]; st.State != api.StateRunning {
+		t.Errorf("answer to the next sync %+v, want Running", st)
+	}
+	if st := statusOf(a, "x"); st.State != api.StateRunning {
+		t.Errorf("status %+v, want Running", st)
+	}
+	if n := rt.count(rt.creates, "x"); n != 2 {
+		t.Errorf("%d creations, want 2", n)
+	}
+
+	// Dropped while its creation could not reach the runtime: removed
+	// (whatever the attempt left), as any sandbox no longer desired.
+	rt.mu.Lock()
+	rt.unavailable["y"] = 1
+	rt.mu.Unlock()
+	release := rt.blockCreate("y")
+	syncOK(t, c, 3, []api.SandboxSpec{sbx("x"), sbx("y")})
+	syncOK(t, c, 4, []api.SandboxSpec{sbx("x")})
+	release()
+	if !eventually(func() bool { return rt.count(rt.deletes, "y") == 1 && statusOf(a, "y").State == "" }) {
+		t.Errorf("y: deletes %d, status %+v; want removed", rt.count(rt.deletes, "y"), statusOf(a, "y"))
 	}
 }

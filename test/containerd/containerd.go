@@ -34,6 +34,11 @@ type Daemon struct {
 	Address string
 	Dir     string
 	Client  *client.Client
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd // the running containerd, nil while it is killed
+	exited  chan struct{}
+	logFile *os.File
 }
 
 // Skip skips the test when a daemon cannot run here, saying why.
@@ -80,32 +85,92 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("containerd", "--config", filepath.Join(dir, "config.toml"))
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	d.logFile = logFile
+	if err := d.run(); err != nil {
 		t.Fatalf("starting containerd: %v", err)
 	}
-	t.Cleanup(func() { d.stop(t, cmd, logFile) })
+	t.Cleanup(func() { d.stop(t) })
+	c, err := d.waitUp()
+	if err != nil {
+		log, _ := os.ReadFile(logFile.Name())
+		t.Fatalf("containerd did not come up: %v\n%s", err, log)
+	}
+	d.Client = c
+	d.importTestImage(t)
+	return d
+}
 
+// run starts the containerd process.
+func (d *Daemon) run() error {
+	cmd := exec.Command("containerd", "--config", filepath.Join(d.Dir, "config.toml"))
+	cmd.Stdout, cmd.Stderr = d.logFile, d.logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	d.mu.Lock()
+	d.cmd, d.exited = cmd, exited
+	d.mu.Unlock()
+	return nil
+}
+
+// waitUp waits until containerd answers on its socket, and returns a new
+// client of it.
+func (d *Daemon) waitUp() (*client.Client, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c, err := client.New(d.Address, client.WithDefaultNamespace(Namespace), client.WithTimeout(time.Second))
 		if err == nil {
 			if _, err = c.Version(context.Background()); err == nil {
-				d.Client = c
-				break
+				return c, nil
 			}
 			c.Close()
 		}
 		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(logFile.Name())
-			t.Fatalf("containerd did not come up: %v\n%s", err, log)
+			return nil, err
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	d.importTestImage(t)
-	return d
+}
+
+// Kill kills containerd (SIGKILL, as a crash would) and waits until it is
+// gone. Its shims and their containers' processes keep running, as on a
+// node; clients of it (Client included) reconnect once it is started again.
+func (d *Daemon) Kill(t testing.TB) {
+	t.Helper()
+	d.mu.Lock()
+	cmd, exited := d.cmd, d.exited
+	d.cmd = nil
+	d.mu.Unlock()
+	if cmd == nil {
+		t.Fatal("containerd is not running")
+	}
+	_ = cmd.Process.Kill()
+	<-exited
+}
+
+// StartAgain starts the killed containerd again with the same
+// configuration, root, state and socket, and waits until it answers.
+func (d *Daemon) StartAgain(t testing.TB) {
+	t.Helper()
+	if err := d.run(); err != nil {
+		t.Fatalf("starting containerd again: %v", err)
+	}
+	c, err := d.waitUp()
+	if err != nil {
+		log, _ := os.ReadFile(d.logFile.Name())
+		t.Fatalf("containerd did not come up again: %v\n%s", err, tail(string(log), 4000))
+	}
+	c.Close()
+}
+
+// Restart kills containerd and starts it again (Kill, StartAgain).
+func (d *Daemon) Restart(t testing.TB) {
+	t.Helper()
+	d.Kill(t)
+	d.StartAgain(t)
 }
 
 // Context is a context in the test namespace.
@@ -136,7 +201,25 @@ func (d *Daemon) importTestImage(t testing.TB) {
 }
 
 // stop kills every task, stops containerd and removes its directory.
-func (d *Daemon) stop(t testing.TB, cmd *exec.Cmd, logFile *os.File) {
+func (d *Daemon) stop(t testing.TB) {
+	d.mu.Lock()
+	cmd, exited := d.cmd, d.exited
+	d.cmd = nil
+	d.mu.Unlock()
+	logFile := d.logFile
+	if cmd == nil {
+		// Killed by the test and not started again: start it so that what
+		// it has is removed.
+		if err := d.run(); err == nil {
+			if c, err := d.waitUp(); err == nil {
+				c.Close()
+			}
+			d.mu.Lock()
+			cmd, exited = d.cmd, d.exited
+			d.cmd = nil
+			d.mu.Unlock()
+		}
+	}
 	if d.Client != nil {
 		ctx := d.Context()
 		if cs, err := d.Client.Containers(ctx); err == nil {
@@ -149,14 +232,14 @@ func (d *Daemon) stop(t testing.TB, cmd *exec.Cmd, logFile *os.File) {
 		}
 		d.Client.Close()
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
+	if cmd != nil {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
 	}
 	logFile.Close()
 	// Shims outlive containerd by design; so do the processes of a task

@@ -129,6 +129,9 @@ const (
 	// ReasonInvalidSpec: the agent refused this one sandbox's spec (malformed,
 	// or larger than MaxSandboxSpecBytes); the rest of the sync is applied.
 	ReasonInvalidSpec = "InvalidSpec"
+	// ReasonRuntimeUnavailable: a create could not reach the container runtime
+	// before the command could run; not final (the next sync creates it again).
+	ReasonRuntimeUnavailable = "RuntimeUnavailable"
 )
 
 // SandboxStatus is what the agent knows of one sandbox.

@@ -22,7 +22,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -249,7 +248,7 @@ func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.S
 	case err == nil:
 		st, found, err := r.settle(ctx, c)
 		if err != nil {
-			return r.failed(spec, c.ID(), api.ReasonCreateFailed, err)
+			return r.failedCreate(spec, c.ID(), api.ReasonCreateFailed, err)
 		}
 		if found {
 			if st.State == api.StateRunning {
@@ -260,7 +259,7 @@ func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.S
 			return st
 		}
 	case !errdefs.IsNotFound(err):
-		return r.failed(spec, ContainerID(spec.UID), api.ReasonCreateFailed, fmt.Errorf("looking for the container of sandbox %s: %w", spec.UID, err))
+		return r.failedCreate(spec, ContainerID(spec.UID), api.ReasonCreateFailed, fmt.Errorf("looking for the container of sandbox %s: %w", spec.UID, err))
 	}
 	key, err := r.keyOf(spec)
 	if err != nil {
@@ -390,7 +389,9 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	id := r.coldID(ctx, spec.UID)
 	status := api.SandboxStatus{UID: spec.UID, Namespace: spec.Namespace, Name: spec.Name, ContainerID: id,
 		CPUMillis: spec.CPUMillis, MemoryBytes: spec.MemoryBytes, Start: api.StartCold}
-	fail := func(reason string, err error) api.SandboxStatus { return r.failed(spec, id, reason, err) }
+	// Until the task starts, the command has not run: a failure to reach
+	// containerd is not final (reconnect.go). From the start on it is.
+	fail := func(reason string, err error) api.SandboxStatus { return r.failedCreate(spec, id, reason, err) }
 
 	ref, err := reference.ParseDockerRef(spec.Image)
 	if err != nil {
@@ -403,7 +404,12 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 		}
 		image, err = r.client.Pull(ctx, ref.String(), client.WithPullUnpack, client.WithPullSnapshotter(r.cfg.Snapshotter))
 		if err != nil {
-			return fail(api.ReasonImageNotPresent, fmt.Errorf("pulling %s: %w", ref, err))
+			err = fmt.Errorf("pulling %s: %w", ref, err)
+			if r.unavailable(err) && !r.serving() {
+				// containerd went away, not the registry.
+				return r.createUnavailable(spec, id, err)
+			}
+			return r.failed(spec, id, api.ReasonImageNotPresent, err)
 		}
 	} else if err != nil {
 		return fail(api.ReasonCreateFailed, fmt.Errorf("looking up image %s: %w", ref, err))
@@ -496,7 +502,12 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	}
 	if err := task.Start(ctx); err != nil {
 		cleanup()
-		return fail(api.ReasonCreateFailed, fmt.Errorf("starting task: %w", err))
+		err = fmt.Errorf("starting task: %w", err)
+		if notDialed(err) {
+			// The request never reached containerd: the command did not run.
+			return r.createUnavailable(spec, id, err)
+		}
+		return r.failed(spec, id, api.ReasonCreateFailed, err)
 	}
 	started := time.Now()
 	if crashAt(stepColdStarted) {
@@ -509,7 +520,7 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	// CPU limit for the microseconds between, within the agent Pod's quota.
 	if err := r.setLimits(ctx, id, task, limitsOf(spec.CPUMillis, 0)); err != nil {
 		cleanup()
-		return fail(api.ReasonCreateFailed, fmt.Errorf("setting the CPU limit: %w", err))
+		return r.failed(spec, id, api.ReasonCreateFailed, fmt.Errorf("setting the CPU limit: %w", err))
 	}
 	if crashAt(stepColdLimited) {
 		return crashed(status, stepColdLimited)
@@ -657,19 +668,9 @@ func (r *Runtime) watch(c client.Container, st api.SandboxStatus) {
 		r.mu.Unlock()
 		return
 	}
+	r.known[st.UID], r.waited[st.UID] = st, true
 	r.mu.Unlock()
-	task, err := c.Task(r.ctx, nil)
-	if err != nil {
-		r.log.Error(err, "attaching to a running sandbox", "container", c.ID())
-		return
-	}
-	exitCh, err := task.Wait(r.ctx)
-	if err != nil {
-		r.log.Error(err, "waiting on a running sandbox", "container", c.ID())
-		return
-	}
-	r.remember(st, true)
-	go r.awaitExit(c, st, exitCh)
+	go r.awaitExit(c, st, nil)
 }
 
 func (r *Runtime) remember(st api.SandboxStatus, waiting bool) {
@@ -681,29 +682,32 @@ func (r *Runtime) remember(st api.SandboxStatus, waiting bool) {
 	}
 }
 
-// awaitExit turns a task's exit into the sandbox's final status. The task is
-// kept (stopped) so that its status survives an agent restart; it goes with
-// DeleteSandbox.
+// awaitExit turns a task's exit into the sandbox's final status; with no
+// channel it attaches to the task first. A broken wait (containerd
+// restarted) is not an exit: see waitExit. The task is kept (stopped) so
+// that its status survives an agent restart; it goes with DeleteSandbox.
 func (r *Runtime) awaitExit(c client.Container, st api.SandboxStatus, exitCh <-chan client.ExitStatus) {
-	select {
-	case <-r.ctx.Done():
-	case es := <-exitCh:
-		r.deliverExit(c, st, es)
-	}
+	es, end := r.waitExit(c, exitCh)
+	r.endWait(c, st, es, end)
 }
 
 // deliverExit reports the final status of a sandbox whose process exited.
 func (r *Runtime) deliverExit(c client.Container, st api.SandboxStatus, es client.ExitStatus) {
-	if errors.Is(es.Error(), context.Canceled) {
-		return
+	if es.Error() != nil {
+		return // not an exit (waitExit never returns one)
 	}
-	final := r.finalStatus(r.ctx, c, st, es.ExitCode(), es.ExitTime())
+	r.report(r.finalStatus(r.ctx, c, st, es.ExitCode(), es.ExitTime()))
+}
+
+// report records a sandbox's final status and delivers it on Exits, unless
+// the sandbox was deleted meanwhile.
+func (r *Runtime) report(final api.SandboxStatus) {
 	r.mu.Lock()
-	_, stillKnown := r.known[st.UID]
+	_, stillKnown := r.known[final.UID]
 	if stillKnown {
-		r.known[st.UID] = final
+		r.known[final.UID] = final
 	}
-	delete(r.waited, st.UID)
+	delete(r.waited, final.UID)
 	r.mu.Unlock()
 	if stillKnown {
 		r.exits <- final

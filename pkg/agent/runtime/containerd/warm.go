@@ -352,6 +352,17 @@ func (r *Runtime) refillOne(ctx context.Context, key warmKey) {
 	r.warm.creating[key]--
 	switch {
 	case ctx.Err() != nil:
+	case err != nil && r.unavailable(err):
+		// containerd restarts: not the image's fault; try again shortly.
+		r.mu.Unlock()
+		r.log.V(1).Info("making a warm container: containerd is unavailable; retrying", "image", key.image, "err", err)
+		time.AfterFunc(time.Second, func() {
+			select {
+			case r.warm.refillCh <- struct{}{}:
+			default:
+			}
+		})
+		return
 	case err != nil:
 		r.warm.broken[key] = err
 		r.warm.notifyLocked()
@@ -604,15 +615,11 @@ func (r *Runtime) finishClaim(c *warmContainer, state warmState, st api.SandboxS
 }
 
 // monitorWarm follows a warm container's process: the init's exit before a
-// claim removes the container; the sandbox's exit after one is reported.
+// claim removes the container; the sandbox's exit after one is reported. A
+// broken wait (containerd restarted) is not an exit (waitExit).
 func (r *Runtime) monitorWarm(c *warmContainer) {
-	var es client.ExitStatus
-	select {
-	case <-r.ctx.Done():
-		return
-	case es = <-c.exitCh:
-	}
-	if errors.Is(es.Error(), context.Canceled) {
+	es, end := r.waitExit(c.container, c.exitCh)
+	if end == waitClosed {
 		return
 	}
 	r.mu.Lock()
@@ -630,7 +637,7 @@ func (r *Runtime) monitorWarm(c *warmContainer) {
 	r.mu.Unlock()
 	switch state {
 	case warmFree:
-		r.log.Info("a warm container's init exited; replacing it", "container", c.id, "exitCode", es.ExitCode())
+		r.log.Info("a warm container's init exited; replacing it", "container", c.id, "exitCode", es.ExitCode(), "taskGone", end != waitExited)
 		r.discardWarm(c)
 		r.noteKey(c.key)
 		return
@@ -642,7 +649,7 @@ func (r *Runtime) monitorWarm(c *warmContainer) {
 	state, st := c.state, c.status
 	r.mu.Unlock()
 	if state == warmStarted {
-		r.deliverExit(c.container, st, es)
+		r.endWait(c.container, st, es, end)
 	}
 }
 
@@ -653,9 +660,34 @@ func (r *Runtime) discardWarm(c *warmContainer) {
 	}
 	ctx, cancel := context.WithTimeout(r.nsCtx(context.Background()), 30*time.Second)
 	defer cancel()
-	if err := r.removeContainer(ctx, c.container); err != nil && !errdefs.IsNotFound(err) {
-		r.log.Error(err, "removing a warm container", "container", c.id)
+	err := r.removeContainer(ctx, c.container)
+	if err == nil || errdefs.IsNotFound(err) {
+		return
 	}
+	if !r.unavailable(err) || r.ctx.Err() != nil {
+		r.log.Error(err, "removing a warm container", "container", c.id)
+		return
+	}
+	// containerd restarts: try again once it answers, in the background.
+	go func() {
+		for delay := reattachMin; ; delay = min(2*delay, reattachMax) {
+			select {
+			case <-r.ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			ctx, cancel := context.WithTimeout(r.nsCtx(r.ctx), callTimeout)
+			err := r.removeContainer(ctx, c.container)
+			cancel()
+			if err == nil || errdefs.IsNotFound(err) {
+				return
+			}
+			if !r.unavailable(err) {
+				r.log.Error(err, "removing a warm container", "container", c.id)
+				return
+			}
+		}
+	}()
 }
 
 // discardAllWarm stops the refiller and removes every free warm container
