@@ -635,7 +635,11 @@ func (c *chaosRun) checkOutcomes(ctx context.Context, mine []*chaosSandbox, fina
 			c.problem("%d containers for one sandbox %v: %s", len(ids), ids, desc)
 		}
 		for _, id := range ids {
-			data, err := os.ReadFile(filepath.Join(stateDir, "logs", id+".log"))
+			logs, _ := filepath.Glob(filepath.Join(stateDir, "pods", "*", "logs", id+".log"))
+			if len(logs) == 0 {
+				continue
+			}
+			data, err := os.ReadFile(logs[0])
 			if err != nil {
 				continue
 			}
@@ -930,13 +934,26 @@ func (c *chaosRun) nodeLeftovers() ([]string, error) {
 			return nil
 		})
 	}
-	for _, sub := range []string{"logs", "warm"} {
-		entries, _ := os.ReadDir(filepath.Join(poolcontroller.StateDir, sub))
-		for _, e := range entries {
-			if !isOther(e.Name()) {
-				left = append(left, fmt.Sprintf("file %s", filepath.Join(poolcontroller.StateDir, sub, e.Name())))
+	// Agents keep their files in a directory per agent Pod (pods/<uid>/{logs,warm});
+	// logs and warm at the top are the layout without a Pod UID.
+	stateDirs := []string{filepath.Join(poolcontroller.StateDir, "logs"), filepath.Join(poolcontroller.StateDir, "warm")}
+	pods, _ := os.ReadDir(filepath.Join(poolcontroller.StateDir, "pods"))
+	for _, p := range pods {
+		stateDirs = append(stateDirs, filepath.Join(poolcontroller.StateDir, "pods", p.Name()))
+	}
+	for _, dir := range stateDirs {
+		_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || path == dir || d.IsDir() && (d.Name() == "logs" || d.Name() == "warm") {
+				return nil
 			}
-		}
+			if !isOther(d.Name()) {
+				left = append(left, "file "+path)
+			}
+			if d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		})
 	}
 	sort.Strings(left)
 	return left, nil

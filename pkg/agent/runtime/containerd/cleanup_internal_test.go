@@ -128,9 +128,9 @@ func TestCleanupAgentPod(t *testing.T) {
 	// What a's containers have on disk and in the snapshotter.
 	var aFiles []string
 	for _, id := range aIDs {
-		aFiles = append(aFiles, filepath.Join(state, "logs", id+".log"))
+		aFiles = append(aFiles, filepath.Join(podStateDir(state, "pod-a"), "logs", id+".log"))
 		if strings.HasPrefix(id, warmIDPrefix) {
-			aFiles = append(aFiles, filepath.Join(state, "warm", id))
+			aFiles = append(aFiles, filepath.Join(podStateDir(state, "pod-a"), "warm", id))
 		}
 	}
 	for _, f := range aFiles {
@@ -138,7 +138,7 @@ func TestCleanupAgentPod(t *testing.T) {
 			t.Errorf("before the cleanup: %v", err)
 		}
 	}
-	if data, err := os.ReadFile(filepath.Join(state, "logs", aDone.ContainerID+".log")); err != nil || !strings.Contains(string(data), "bye") {
+	if data, err := os.ReadFile(filepath.Join(podStateDir(state, "pod-a"), "logs", aDone.ContainerID+".log")); err != nil || !strings.Contains(string(data), "bye") {
 		t.Errorf("logs of a-done before the cleanup: %q %v", data, err)
 	}
 	snapshots := d.Client.SnapshotService("overlayfs")
@@ -184,6 +184,19 @@ func TestCleanupAgentPod(t *testing.T) {
 	<-exited
 	// The stopped task may stay (kubelet removes it later): stopped is enough.
 
+	// What a crash can leave with no container to name it: a warm
+	// container's directory made before its container, a log whose
+	// container went.
+	stray := []string{filepath.Join(podStateDir(state, "pod-a"), "warm", warmIDPrefix+"stray"),
+		filepath.Join(podStateDir(state, "pod-a"), "logs", idPrefix+"gone.log")}
+	if err := os.MkdirAll(stray[0], 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stray[1], []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	aFiles = append(aFiles, stray...)
+
 	n, err := CleanupAgentPod(ctx, cleanupCfg, "pod-a", log)
 	if err != nil || n != len(aIDs) {
 		t.Fatalf("CleanupAgentPod: %d removed, %v; want %d, no error", n, err, len(aIDs))
@@ -200,6 +213,9 @@ func TestCleanupAgentPod(t *testing.T) {
 		if _, err := os.Stat(f); !os.IsNotExist(err) {
 			t.Errorf("%s is still there (%v)", f, err)
 		}
+	}
+	if _, err := os.Stat(podStateDir(state, "pod-a")); !os.IsNotExist(err) {
+		t.Errorf("agent Pod a's state directory is still there (%v)", err)
 	}
 	// b's are all there, its sandbox still running, its logs kept.
 	// (b still runs: it may have added warm containers meanwhile.)
@@ -218,7 +234,7 @@ func TestCleanupAgentPod(t *testing.T) {
 	} else if st, err := bt.Status(dctx); err != nil || st.Status != client.Running {
 		t.Errorf("b-run after a's cleanup: %+v %v", st, err)
 	}
-	if _, err := os.Stat(filepath.Join(state, "logs", bRun.ContainerID+".log")); err != nil {
+	if _, err := os.Stat(filepath.Join(podStateDir(state, "pod-b"), "logs", bRun.ContainerID+".log")); err != nil {
 		t.Errorf("b-run's logs: %v", err)
 	}
 

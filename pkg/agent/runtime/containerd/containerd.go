@@ -177,7 +177,7 @@ func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
 	if err != nil {
 		return runtime.Info{}, fmt.Errorf("asking containerd at %s for its version: %w", r.cfg.Address, err)
 	}
-	if err := os.MkdirAll(filepath.Join(r.cfg.StateDir, "logs"), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(podStateDir(r.cfg.StateDir, r.cfg.PodUID), "logs"), 0o700); err != nil {
 		return runtime.Info{}, fmt.Errorf("creating state directory: %w", err)
 	}
 	placement, err := findPodPlacement(ctx, c, r.cfg.PodUID, r.cfg.CgroupParent)
@@ -220,10 +220,22 @@ func (r *Runtime) nsCtx(ctx context.Context) context.Context {
 	return namespaces.WithNamespace(ctx, r.cfg.Namespace)
 }
 
+// podStateDir is where the files of an agent Pod's containers live (logs,
+// warm containers' sockets): a directory per agent Pod, so that whatever a
+// crash left there goes with the Pod (CleanupAgentPod, the orphan sweep),
+// even when no container of it is left to name its files. Without a Pod UID
+// (tests, a bare agent) it is the state directory itself.
+func podStateDir(stateDir, podUID string) string {
+	if podUID == "" {
+		return stateDir
+	}
+	return filepath.Join(stateDir, "pods", podUID)
+}
+
 // logPath is a container's log file: stdout and stderr, written by the shim
 // itself, so output survives an agent restart.
 func (r *Runtime) logPath(containerID string) string {
-	return filepath.Join(r.cfg.StateDir, "logs", containerID+".log")
+	return filepath.Join(podStateDir(r.cfg.StateDir, r.cfg.PodUID), "logs", containerID+".log")
 }
 
 // cgroupPath is the OCI cgroupsPath of a sandbox container.

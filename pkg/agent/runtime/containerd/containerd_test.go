@@ -664,6 +664,16 @@ func TestOrphansAreSwept(t *testing.T) {
 		}
 	}()
 
+	// Files of a gone agent Pod with no container left (a crash between a
+	// warm container's directory and its container), and of a live one.
+	goneFiles := filepath.Join(e.state, "pods", "files-only-pod", "warm", "fsbx-w-stray")
+	liveFiles := filepath.Join(e.state, "pods", "live-pod", "logs")
+	for _, dir := range []string{goneFiles, liveFiles} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	rt := containerd.New(containerd.Config{Address: e.d.Address, Namespace: containerdtest.Namespace,
 		CgroupParent: e.parent, PodUID: "live-pod", Agent: "agent-x", StateDir: e.state}, testr.New(t))
 	if _, err := rt.Initialize(context.Background()); err != nil {
@@ -672,6 +682,12 @@ func TestOrphansAreSwept(t *testing.T) {
 	defer rt.Close()
 	if _, err := e.d.Client.LoadContainer(ctx, "fsbx-orphan"); err == nil {
 		t.Error("the container of a gone agent Pod is still there")
+	}
+	if _, err := os.Stat(filepath.Join(e.state, "pods", "files-only-pod")); !os.IsNotExist(err) {
+		t.Errorf("the files of a gone agent Pod are still there (%v)", err)
+	}
+	if _, err := os.Stat(liveFiles); err != nil {
+		t.Errorf("the files of a live agent Pod were removed: %v", err)
 	}
 	if _, err := e.d.Client.LoadContainer(ctx, "fsbx-other"); err != nil {
 		t.Errorf("the container of a live agent Pod was removed: %v", err)

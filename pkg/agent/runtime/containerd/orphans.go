@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -46,6 +47,16 @@ func (r *Runtime) sweepOrphans(ctx context.Context) {
 		pod := labels[LabelAgentPodUID]
 		if _, checked := alive[pod]; !checked {
 			alive[pod] = r.podOnNode(ctx, pod)
+		}
+	}
+	// Files of agent Pods with no container left (a crash between making a
+	// warm container's directory and the container, or between removing a
+	// container and its log).
+	if entries, err := os.ReadDir(filepath.Join(r.cfg.StateDir, "pods")); err == nil {
+		for _, e := range entries {
+			if _, checked := alive[e.Name()]; !checked && e.IsDir() {
+				alive[e.Name()] = r.podOnNode(ctx, e.Name())
+			}
 		}
 	}
 	for pod, ok := range alive {
@@ -101,21 +112,30 @@ func (r *Runtime) removeAgentPodContainers(ctx context.Context, podUID, why stri
 		}
 		// removeContainer logs what it could not remove of the files; here
 		// that must fail the removal.
-		if err := r.filesGone(c.ID()); err != nil {
+		if err := r.filesGone(podUID, c.ID()); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		removed++
 	}
+	// Whatever else of the Pod's files is left (no container names it any
+	// more). Never this agent's own, while it runs.
+	if len(errs) == 0 && podUID != r.cfg.PodUID {
+		dir := podStateDir(r.cfg.StateDir, podUID)
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("removing the files of agent Pod %s: %w", podUID, err))
+		}
+	}
 	return removed, errors.Join(errs...)
 }
 
-// filesGone checks that a removed container left no log file or warm
-// directory, removing them once more if it did.
-func (r *Runtime) filesGone(id string) error {
-	paths := []string{r.logPath(id)}
+// filesGone checks that a removed container of agent Pod podUID left no
+// log file or warm directory, removing them once more if it did.
+func (r *Runtime) filesGone(podUID, id string) error {
+	dir := podStateDir(r.cfg.StateDir, podUID)
+	paths := []string{filepath.Join(dir, "logs", id+".log")}
 	if strings.HasPrefix(id, warmIDPrefix) {
-		paths = append(paths, r.warmDir(id))
+		paths = append(paths, filepath.Join(dir, "warm", id))
 	}
 	var errs []error
 	for _, p := range paths {

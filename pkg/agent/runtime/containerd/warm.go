@@ -130,7 +130,9 @@ func (w *warmPool) notifyLocked() {
 }
 
 // warmDir is the per-container directory holding the init's socket.
-func (r *Runtime) warmDir(id string) string { return filepath.Join(r.cfg.StateDir, "warm", id) }
+func (r *Runtime) warmDir(id string) string {
+	return filepath.Join(podStateDir(r.cfg.StateDir, r.cfg.PodUID), "warm", id)
+}
 
 // initWarm installs the init binary in the state directory (containerd's
 // runtime mounts it from there), removes what a previous agent left and
@@ -149,7 +151,7 @@ func (r *Runtime) initWarm(ctx context.Context) error {
 	if r.cfg.InitBinary == "" || w.perKey <= 0 {
 		return nil
 	}
-	if err := os.MkdirAll(filepath.Join(r.cfg.StateDir, "warm"), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(podStateDir(r.cfg.StateDir, r.cfg.PodUID), "warm"), 0o700); err != nil {
 		return fmt.Errorf("creating the warm containers' directory: %w", err)
 	}
 	dst := filepath.Join(r.cfg.StateDir, "bin", "sandbox-init")
