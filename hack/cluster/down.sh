@@ -83,5 +83,8 @@ done
 # 7. The directories themselves (and /run/containerd when up.sh found none).
 [ -f "$CLUSTER_DIR/remove-run-containerd" ] && rm -rf /run/containerd
 rm -rf "$CLUSTER_DIR" "$RUN_DIR"
+# The agents' state directory on the node (a hostPath of every agent Pod,
+# pkg/poolcontroller.StateDir): its logs and warm sockets outlive the cluster.
+rm -rf /var/lib/fast-sandbox/agent
 rmdir --ignore-fail-on-non-empty "$(dirname "$CLUSTER_DIR")" 2>/dev/null
 log "cluster removed"
