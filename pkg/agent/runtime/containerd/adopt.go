@@ -209,6 +209,21 @@ func (r *Runtime) settle(ctx context.Context, c client.Container) (st api.Sandbo
 	return st, true, nil
 }
 
+// markStartedSoon writes LabelStarted off the start path: the write is a
+// containerd metadata commit (about 2 ms, most of a warm start), and until
+// it lands a restarted agent still tells a start from the task, which runs
+// or has exited (see the table above); only a task lost in those
+// milliseconds as well would be taken for one that never ran.
+func (r *Runtime) markStartedSoon(c client.Container, at time.Time, spec api.SandboxSpec) {
+	go func() {
+		ctx, cancel := context.WithTimeout(r.ctx, 10*time.Second)
+		defer cancel()
+		if err := r.markStarted(ctx, c, at); err != nil && !errdefs.IsNotFound(err) && r.ctx.Err() == nil {
+			r.log.Error(err, "the sandbox runs but is not marked started", "sandbox", klogRef(spec), "container", c.ID())
+		}
+	}()
+}
+
 // markStarted records that a container's command runs (LabelStarted).
 func (r *Runtime) markStarted(ctx context.Context, c client.Container, at time.Time) error {
 	if _, err := c.SetLabels(ctx, map[string]string{LabelStarted: at.UTC().Format(time.RFC3339Nano)}); err != nil {

@@ -540,9 +540,7 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	// From here a restarted agent knows the command ran, even if its task
 	// is lost (see adopt.go). Without the label it would still adopt a
 	// running or exited task; only a lost task would be taken as never run.
-	if err := r.markStarted(ctx, container, started); err != nil {
-		r.log.Error(err, "the sandbox runs but is not marked started", "sandbox", klogRef(spec), "container", id)
-	}
+	r.markStartedSoon(container, started, spec)
 	if crashAt(stepColdLabelled) {
 		return crashed(status, stepColdLabelled)
 	}

@@ -576,9 +576,7 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 			return r.crashWarm(c, status, stepWarmLimited), true
 		}
 		// See createCold: the label makes the start known to a restarted agent.
-		if err := r.markStarted(ctx, c.container, started); err != nil {
-			r.log.Error(err, "the sandbox runs but is not marked started", "sandbox", klogRef(spec), "container", c.id)
-		}
+		r.markStartedSoon(c.container, started, spec)
 		if crashAt(stepWarmLabelled) {
 			return r.crashWarm(c, status, stepWarmLabelled), true
 		}
