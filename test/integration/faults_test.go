@@ -20,13 +20,11 @@ import (
 
 	eventsapi "github.com/containerd/containerd/api/events"
 	"github.com/containerd/typeurl/v2"
-	"github.com/go-logr/logr/testr"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/klog/v2"
 
 	agentclient "github.com/fast-sandbox/fast-sandbox/pkg/agent/client"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
@@ -247,21 +245,7 @@ func (e *schedEnv) startSchedulerThrough(wrap func(http.RoundTripper) http.Round
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	schedCfg, err := scheduler.LoadConfig("")
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), testr.New(e.t).WithName("scheduler")))
-	s, err := scheduler.New(ctx, kube, client, schedCfg, scheduler.Options{
-		StatusPeriod: 200 * time.Millisecond, AgentLostTimeout: 2 * time.Second,
-	})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Run(ctx) }()
-	e.cancel = func() { cancel(); <-done }
-	e.t.Cleanup(e.cancel)
+	e.runScheduler(kube, client)
 }
 
 // containerTracker follows containerd's container events and remembers, for

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
 	"github.com/fast-sandbox/fast-sandbox/pkg/scheduler"
 	containerdtest "github.com/fast-sandbox/fast-sandbox/test/containerd"
 	"github.com/fast-sandbox/fast-sandbox/test/integration/framework"
@@ -104,12 +106,19 @@ func (e *schedEnv) startAgent(name, pool, ctrNamespace string, slots int) {
 
 func (e *schedEnv) startScheduler() {
 	e.t.Helper()
+	e.runScheduler(e.cp.Kube, e.cp.Sandbox)
+}
+
+// runScheduler runs the scheduler over the given clients until the test
+// ends or e.cancel is called.
+func (e *schedEnv) runScheduler(kube kubernetes.Interface, client versioned.Interface) {
+	e.t.Helper()
 	cfg, err := scheduler.LoadConfig("")
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), testr.New(e.t).WithName("scheduler")))
-	s, err := scheduler.New(ctx, e.cp.Kube, e.cp.Sandbox, cfg, scheduler.Options{
+	s, err := scheduler.New(ctx, kube, client, cfg, scheduler.Options{
 		StatusPeriod: 200 * time.Millisecond, AgentLostTimeout: 2 * time.Second,
 	})
 	if err != nil {
