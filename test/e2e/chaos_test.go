@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -520,9 +521,14 @@ func sandboxFinished(s *v1alpha1.Sandbox) bool {
 
 // settled says whether a sandbox reached where it should be: short ones
 // finished, long ones running (or finished: the check says whether rightly).
-func (s *chaosSandbox) settled(obj *v1alpha1.Sandbox) bool {
+// One still bound to an agent Pod the test deleted has not settled until the
+// scheduler noticed (the deletion may be the last fault, a moment ago).
+func (s *chaosSandbox) settled(obj *v1alpha1.Sandbox, deleted map[string]string) bool {
 	if sandboxFinished(obj) {
 		return true
+	}
+	if _, gone := deleted[obj.Status.AgentUID]; gone {
+		return false
 	}
 	return s.long && obj.Status.Phase == v1alpha1.SandboxRunning
 }
@@ -541,6 +547,9 @@ func (c *chaosRun) settle(ctx context.Context, round int, mine []*chaosSandbox) 
 		for i := range list.Items {
 			last[list.Items[i].Name] = &list.Items[i]
 		}
+		c.mu.Lock()
+		deleted := maps.Clone(c.deletedAgents)
+		c.mu.Unlock()
 		waiting := map[string]int{}
 		n := 0
 		for _, s := range mine {
@@ -548,7 +557,7 @@ func (c *chaosRun) settle(ctx context.Context, round int, mine []*chaosSandbox) 
 			if obj == nil {
 				waiting["missing"]++
 				n++
-			} else if !s.settled(obj) {
+			} else if !s.settled(obj, deleted) {
 				waiting[string(obj.Status.Phase)]++
 				n++
 			}
@@ -603,7 +612,7 @@ func (c *chaosRun) checkOutcomes(ctx context.Context, mine []*chaosSandbox, fina
 		onDeleted := deleted[st.AgentUID] != "" || (st.AgentUID == "" && deletedName[st.Agent])
 		ran := true
 		switch {
-		case !s.settled(obj):
+		case !s.settled(obj, deleted):
 			c.lost++
 			c.problem("never settled: %s", desc)
 			ran = false
