@@ -59,20 +59,6 @@ func spec(uid string, cmd ...string) api.SandboxSpec {
 		Image: "fast-sandbox/testbox", Command: cmd}
 }
 
-func waitExit(t *testing.T, rt *containerd.Runtime, uid string) api.SandboxStatus {
-	t.Helper()
-	timeout := time.After(30 * time.Second)
-	for {
-		select {
-		case st := <-rt.Exits():
-			if st.UID == uid {
-				return st
-			}
-		case <-timeout:
-			t.Fatalf("sandbox %s did not exit", uid)
-		}
-	}
-}
 
 // logs returns a sandbox's output once it holds every wanted string (the
 // shim copies output to the file on its own, so it may trail the exit), or
@@ -180,7 +166,7 @@ func testRuntime(t *testing.T, e *env, s0 starter) {
 				if st.State != api.StateRunning || st.StartedAt == nil {
 					t.Fatalf("create: %+v", st)
 				}
-				final := waitExit(t, rt, uid)
+				final := containerd.WaitExit(t, rt, uid)
 				if final.State != api.StateExited || final.ExitCode == nil || *final.ExitCode != tc.code || final.Reason != tc.reason {
 					t.Errorf("final status %+v, want exit %d reason %s", final, tc.code, tc.reason)
 				}
@@ -316,7 +302,7 @@ func testRuntime(t *testing.T, e *env, s0 starter) {
 		if err := rt.StopSandbox(ctx, uid); err != nil {
 			t.Fatal(err)
 		}
-		final := waitExit(t, rt, uid)
+		final := containerd.WaitExit(t, rt, uid)
 		if final.State != api.StateExited || final.ExitCode == nil || *final.ExitCode != 137 || final.Reason != api.ReasonError {
 			t.Errorf("exit after the stop: %+v, want Exited 137 (SIGKILL)", final)
 		}
@@ -354,7 +340,7 @@ func testRuntime(t *testing.T, e *env, s0 starter) {
 		if st := s0.create(t, s); st.State != api.StateRunning {
 			t.Fatalf("create: %+v", st)
 		}
-		final := waitExit(t, rt, "oom")
+		final := containerd.WaitExit(t, rt, "oom")
 		if final.Reason != api.ReasonOOMKilled || final.ExitCode == nil || *final.ExitCode != 137 {
 			t.Errorf("final %+v, want OOMKilled with exit 137", final)
 		}
@@ -365,7 +351,7 @@ func testRuntime(t *testing.T, e *env, s0 starter) {
 		s := spec("hardened", "sh", "-c",
 			"grep -E '^(NoNewPrivs|Seccomp|Cap(Inh|Prm|Eff|Bnd|Amb)):' /proc/self/status; echo ifaces $(ls /sys/class/net); echo loflags $(cat /sys/class/net/lo/flags)")
 		s0.create(t, s)
-		waitExit(t, rt, "hardened")
+		containerd.WaitExit(t, rt, "hardened")
 		out := logs(t, rt, "hardened", "loflags")
 		for _, want := range []string{"NoNewPrivs:\t1", "Seccomp:\t2", "ifaces lo\n", "loflags 0x9"} {
 			if !strings.Contains(out, want) {
@@ -398,7 +384,7 @@ func testRuntime(t *testing.T, e *env, s0 starter) {
 		s.Env = []api.EnvVar{{Name: "GREETING", Value: "hi"}}
 		s.WorkingDir = "/tmp"
 		s0.create(t, s)
-		waitExit(t, rt, "override")
+		containerd.WaitExit(t, rt, "override")
 		out := logs(t, rt, "override", "path")
 		for _, want := range []string{"hi /tmp\n", "path /bin"} {
 			if !strings.Contains(out, want) {
@@ -436,7 +422,7 @@ func testRuntime(t *testing.T, e *env, s0 starter) {
 				t.Errorf("%s: %+v", h, st)
 				continue
 			}
-			if final := waitExit(t, rt, uid); final.ExitCode == nil || *final.ExitCode != 0 {
+			if final := containerd.WaitExit(t, rt, uid); final.ExitCode == nil || *final.ExitCode != 0 {
 				t.Errorf("%s: final %+v", h, final)
 			}
 			_ = rt.DeleteSandbox(ctx, uid)

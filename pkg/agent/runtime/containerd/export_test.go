@@ -1,0 +1,4 @@
+package containerd
+
+// WaitExit is waitExitOf for the package's external tests.
+var WaitExit = waitExitOf
