@@ -59,7 +59,6 @@ func spec(uid string, cmd ...string) api.SandboxSpec {
 		Image: "fast-sandbox/testbox", Command: cmd}
 }
 
-
 // logs returns a sandbox's output once it holds every wanted string (the
 // shim copies output to the file on its own, so it may trail the exit), or
 // after two seconds.
