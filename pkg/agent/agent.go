@@ -586,8 +586,12 @@ func checkSpec(i int, s *api.SandboxSpec) string {
 		return fmt.Sprintf("%s.cpuMillis %d: must not be negative", field, s.CPUMillis)
 	case s.MemoryBytes < 0:
 		return fmt.Sprintf("%s.memoryBytes %d: must not be negative", field, s.MemoryBytes)
-	case s.NetworkMode != "" && s.NetworkMode != api.NetworkNone && s.NetworkMode != api.NetworkPod:
-		return fmt.Sprintf("%s.networkMode %q: must be None or Pod", field, short(s.NetworkMode))
+	case s.PidsLimit < 0:
+		return fmt.Sprintf("%s.pidsLimit %d: must not be negative", field, s.PidsLimit)
+	case s.EphemeralStorageBytes < 0:
+		return fmt.Sprintf("%s.ephemeralStorageBytes %d: must not be negative", field, s.EphemeralStorageBytes)
+	case s.NetworkMode != "" && s.NetworkMode != api.NetworkNone && s.NetworkMode != api.NetworkEgress:
+		return fmt.Sprintf("%s.networkMode %q: must be None or Egress", field, short(s.NetworkMode))
 	}
 	for j, e := range s.Env {
 		if e.Name == "" {

@@ -37,8 +37,11 @@ const (
 
 // Network modes of a sandbox.
 const (
+	// NetworkNone: a network namespace of its own with only loopback.
 	NetworkNone = "None"
-	NetworkPod  = "Pod"
+	// NetworkEgress: a network namespace of its own with a veth into the
+	// agent Pod's and NAT out of it, filtered by the agent's egress policy.
+	NetworkEgress = "Egress"
 )
 
 // SandboxSpec is one sandbox the control plane wants to run.
@@ -59,10 +62,17 @@ type SandboxSpec struct {
 	CPUMillis int64 `json:"cpuMillis,omitempty"`
 	// MemoryBytes is the memory limit; 0 means none of its own.
 	MemoryBytes int64 `json:"memoryBytes,omitempty"`
+	// PidsLimit bounds the sandbox's processes and threads; 0 means the
+	// agent's default.
+	PidsLimit int64 `json:"pidsLimit,omitempty"`
+	// EphemeralStorageBytes bounds what the sandbox writes to its root
+	// filesystem plus its log; 0 means no bound of its own. Beyond it the
+	// sandbox is stopped and fails with ReasonEphemeralStorageExceeded.
+	EphemeralStorageBytes int64 `json:"ephemeralStorageBytes,omitempty"`
 
 	// RuntimeHandler is the containerd runtime ("runc", "crun", ...); the agent's default when empty.
 	RuntimeHandler string `json:"runtimeHandler,omitempty"`
-	// NetworkMode is None (own network namespace, loopback only) or Pod.
+	// NetworkMode is NetworkNone (the default) or NetworkEgress.
 	NetworkMode string `json:"networkMode,omitempty"`
 	// AllowPull lets the agent pull an image the node lacks.
 	AllowPull bool `json:"allowPull,omitempty"`
@@ -132,6 +142,12 @@ const (
 	// ReasonRuntimeUnavailable: a create could not reach the container runtime
 	// before the command could run; not final (the next sync creates it again).
 	ReasonRuntimeUnavailable = "RuntimeUnavailable"
+	// ReasonEphemeralStorageExceeded: the sandbox wrote more than
+	// EphemeralStorageBytes; it was stopped.
+	ReasonEphemeralStorageExceeded = "EphemeralStorageExceeded"
+	// ReasonRunAsNonRootViolation: the agent runs only non-root sandboxes
+	// and this one's user is root.
+	ReasonRunAsNonRootViolation = "RunAsNonRootViolation"
 )
 
 // SandboxStatus is what the agent knows of one sandbox.

@@ -577,14 +577,9 @@ func (r *Runtime) specOpts(spec api.SandboxSpec, img ocispec.ImageConfig, user s
 	if spec.MemoryBytes > 0 {
 		opts = append(opts, oci.WithMemoryLimit(uint64(spec.MemoryBytes)))
 	}
-	switch {
-	case spec.NetworkMode == api.NetworkPod && r.podNetNS != "":
-		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: r.podNetNS}),
-			oci.WithHostResolvconf, oci.WithHostHostsFile)
-	default:
-		// A network namespace of its own (runc and crun bring up loopback in it).
-		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace}))
-	}
+	// A network namespace of its own (runc and crun bring up loopback in
+	// it). TODO(issue 11): Egress sandboxes get one prepared with a veth.
+	opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace}))
 	return append(opts, extraSpecOpts...)
 }
 

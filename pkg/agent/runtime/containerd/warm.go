@@ -261,8 +261,8 @@ func (r *Runtime) keyOf(spec api.SandboxSpec) (warmKey, error) {
 	if k.handler == "" {
 		k.handler = r.cfg.DefaultRuntimeHandler
 	}
-	if spec.NetworkMode == api.NetworkPod && r.podNetNS != "" {
-		k.network = api.NetworkPod
+	if spec.NetworkMode == api.NetworkEgress {
+		k.network = api.NetworkEgress
 	}
 	return k, nil
 }

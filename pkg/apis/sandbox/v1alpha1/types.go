@@ -8,7 +8,10 @@ import (
 
 // Labels and annotations that fast-sandbox puts on the objects it manages.
 const (
-	// LabelPoolName names the SandboxPool an agent Pod (or a sandbox container) belongs to.
+	// LabelPoolName names the SandboxPool an agent Pod (or a sandbox container)
+	// belongs to. The scheduler takes a Pod for an agent only if it also is
+	// controlled by that pool (ownerReference) and lives in the system
+	// namespace; the label alone proves nothing.
 	LabelPoolName = "fast-sandbox.io/pool-name"
 	// LabelAgentName names the agent Pod a sandbox container runs in.
 	LabelAgentName = "fast-sandbox.io/agent-name"
@@ -53,6 +56,16 @@ const (
 	DefaultSchedulerName       = "fast-sandbox"
 	DefaultSlotsPerAgent       = 8
 	DefaultScaleDownDelay      = 300
+	// DefaultSystemNamespace is where the components and the agent Pods run.
+	DefaultSystemNamespace = "fast-sandbox-system"
+	// DefaultSandboxPidsLimit bounds the processes of a sandbox whose pool
+	// sets no default.
+	DefaultSandboxPidsLimit = 1024
+	// DefaultLogMaxBytes and DefaultLogMaxFiles bound a sandbox's log: the
+	// current file is rotated at DefaultLogMaxBytes and DefaultLogMaxFiles
+	// files are kept (the current one included).
+	DefaultLogMaxBytes = 10 << 20
+	DefaultLogMaxFiles = 2
 )
 
 // +genclient
@@ -79,22 +92,27 @@ type Sandbox struct {
 	Status SandboxStatus `json:"status,omitempty"`
 }
 
-// SandboxNetworkMode says which network a sandbox container gets.
-// +kubebuilder:validation:Enum=None;Pod
+// SandboxNetworkMode says which network a sandbox container gets. No mode
+// shares the agent Pod's network namespace.
+// +kubebuilder:validation:Enum=None;Egress
 type SandboxNetworkMode string
 
 const (
 	// NetworkModeNone gives the sandbox its own network namespace with only loopback.
 	NetworkModeNone SandboxNetworkMode = "None"
-	// NetworkModePod joins the agent Pod's network namespace.
-	NetworkModePod SandboxNetworkMode = "Pod"
+	// NetworkModeEgress gives the sandbox its own network namespace with a
+	// veth into the agent Pod's and NAT out of it, filtered by the pool's
+	// egress policy: outbound connections only, to where the policy allows;
+	// never to the agent, the node or another sandbox.
+	NetworkModeEgress SandboxNetworkMode = "Egress"
 )
 
 // SandboxSpec is what the user asks to run. Everything that shapes the
 // container is immutable; only the deadlines may change.
 // +kubebuilder:validation:XValidation:rule="!has(self.activeDeadlineSeconds) || !has(oldSelf.activeDeadlineSeconds) || self.activeDeadlineSeconds <= oldSelf.activeDeadlineSeconds",message="activeDeadlineSeconds may only be shortened"
 type SandboxSpec struct {
-	// PoolName is the SandboxPool (in the Sandbox's namespace) whose agents run this sandbox.
+	// PoolName is the SandboxPool (cluster-scoped) whose agents run this
+	// sandbox; the pool's namespaceSelector must select the Sandbox's namespace.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="poolName is immutable"
@@ -134,7 +152,8 @@ type SandboxSpec struct {
 	WorkingDir string `json:"workingDir,omitempty"`
 
 	// Resources are the limits of the sandbox container; they are also what
-	// the sandbox takes from its agent's capacity.
+	// the sandbox takes from its agent's capacity. Those it leaves out are
+	// the pool's sandboxDefaults.
 	// +optional
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="resources are immutable"
 	Resources SandboxResources `json:"resources,omitempty"`
@@ -147,8 +166,9 @@ type SandboxSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="runtimeHandler is immutable"
 	RuntimeHandler string `json:"runtimeHandler,omitempty"`
 
-	// NetworkMode is None (own network namespace, loopback only; the default)
-	// or Pod (join the agent Pod's network).
+	// NetworkMode is None (own network namespace, loopback only; the
+	// default) or Egress (own network namespace with outbound connections
+	// that the pool's egress policy allows).
 	// +optional
 	// +kubebuilder:default=None
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="networkMode is immutable"
@@ -198,11 +218,12 @@ type EnvVar struct {
 	Value string `json:"value,omitempty"`
 }
 
-// SandboxResources are the CPU and memory limits of one sandbox.
+// SandboxResources are the limits of one sandbox.
 // +kubebuilder:validation:XValidation:rule="!has(self.cpu) || quantity(string(self.cpu)).isGreaterThan(quantity('0'))",message="cpu must be positive"
 // +kubebuilder:validation:XValidation:rule="!has(self.cpu) || quantity(string(self.cpu)).compareTo(quantity('1024')) <= 0",message="cpu must be at most 1024"
 // +kubebuilder:validation:XValidation:rule="!has(self.memory) || quantity(string(self.memory)).compareTo(quantity('4Mi')) >= 0",message="memory must be at least 4Mi"
 // +kubebuilder:validation:XValidation:rule="!has(self.memory) || quantity(string(self.memory)).compareTo(quantity('64Ti')) <= 0",message="memory must be at most 64Ti"
+// +kubebuilder:validation:XValidation:rule="!has(self.ephemeralStorage) || quantity(string(self.ephemeralStorage)).compareTo(quantity('1Mi')) >= 0",message="ephemeralStorage must be at least 1Mi"
 type SandboxResources struct {
 	// CPU is the CPU limit, e.g. "500m".
 	// +optional
@@ -210,6 +231,17 @@ type SandboxResources struct {
 	// Memory is the memory limit, e.g. "256Mi".
 	// +optional
 	Memory *resource.Quantity `json:"memory,omitempty"`
+	// Pids bounds the number of processes (and threads) of the sandbox; a
+	// fork beyond it fails inside the sandbox.
+	// +optional
+	// +kubebuilder:validation:Minimum=16
+	// +kubebuilder:validation:Maximum=1048576
+	Pids *int64 `json:"pids,omitempty"`
+	// EphemeralStorage bounds what the sandbox writes to its root
+	// filesystem (its writable layer) plus its log; a sandbox that goes
+	// beyond it is stopped and Failed with reason EphemeralStorageExceeded.
+	// +optional
+	EphemeralStorage *resource.Quantity `json:"ephemeralStorage,omitempty"`
 }
 
 // SandboxPhase is where a sandbox is in its life.
@@ -246,6 +278,21 @@ const (
 	ReasonDeadlineExceeded = "DeadlineExceeded"
 	ReasonError            = "Error"
 	ReasonCompleted        = "Completed"
+	// ReasonNamespaceNotAllowed: the pool's namespaceSelector does not
+	// select the Sandbox's namespace (the sandbox stays Pending and is
+	// placed once it does).
+	ReasonNamespaceNotAllowed = "NamespaceNotAllowed"
+	// ReasonImageNotAllowed: the image matches none of the pool's allowedImages.
+	ReasonImageNotAllowed = "ImageNotAllowed"
+	// ReasonRuntimeHandlerNotAllowed: the runtime handler is not one of the
+	// pool's allowedRuntimeHandlers.
+	ReasonRuntimeHandlerNotAllowed = "RuntimeHandlerNotAllowed"
+	// ReasonEphemeralStorageExceeded: the sandbox wrote more than its
+	// ephemeralStorage limit.
+	ReasonEphemeralStorageExceeded = "EphemeralStorageExceeded"
+	// ReasonRunAsNonRootViolation: the pool requires a non-root user and the
+	// sandbox's image runs as root.
+	ReasonRunAsNonRootViolation = "RunAsNonRootViolation"
 )
 
 // SandboxStatus is what the system observed of a sandbox. Times have
@@ -312,10 +359,11 @@ type SandboxList struct {
 }
 
 // +genclient
+// +genclient:nonNamespaced
 // +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:shortName=sbxpool;sbp,categories=fast-sandbox
+// +kubebuilder:resource:scope=Cluster,shortName=sbxpool;sbp,categories=fast-sandbox
 // +kubebuilder:printcolumn:name="Min",type=integer,JSONPath=`.spec.minAgents`
 // +kubebuilder:printcolumn:name="Max",type=integer,JSONPath=`.spec.maxAgents`
 // +kubebuilder:printcolumn:name="Agents",type=integer,JSONPath=`.status.agents`
@@ -324,7 +372,11 @@ type SandboxList struct {
 // +kubebuilder:printcolumn:name="Used",type=integer,JSONPath=`.status.usedSlots`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 
-// SandboxPool keeps warm agent Pods whose slots run Sandboxes.
+// SandboxPool keeps warm agent Pods whose slots run Sandboxes. It is
+// cluster-scoped and belongs to the cluster's operators, like a StorageClass
+// or a RuntimeClass: it decides what runs on the nodes (the privileged agent
+// Pods, in the system namespace) and what tenants may ask of it. Tenants only
+// create Sandboxes that name it, from the namespaces it selects.
 type SandboxPool struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -411,6 +463,142 @@ type SandboxPoolSpec struct {
 	// +optional
 	// +kubebuilder:default={}
 	Scheduling PoolScheduling `json:"scheduling,omitempty"`
+	// NamespaceSelector selects the namespaces whose Sandboxes may use the
+	// pool; a Sandbox in another namespace stays Pending with reason
+	// NamespaceNotAllowed. Empty or absent selects every namespace.
+	// +optional
+	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+	// AllowedImages are the images the pool's sandboxes may run: each entry
+	// is a normalized image reference (e.g. docker.io/library/python:3.12)
+	// or a pattern ending in "*" that matches every reference with that
+	// prefix (e.g. "docker.io/library/*" or "registry.example.com/sandbox/*").
+	// A Sandbox with another image fails with reason ImageNotAllowed. Empty
+	// allows every image.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=1024
+	AllowedImages []string `json:"allowedImages,omitempty"`
+	// AllowedRuntimeHandlers are the runtime handlers the pool's sandboxes
+	// may ask for; a Sandbox naming another fails with reason
+	// RuntimeHandlerNotAllowed. With one entry equal to runtimeHandler the
+	// pool forces that handler (e.g. gVisor's runsc). Empty allows any.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=63
+	// +kubebuilder:validation:items:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	AllowedRuntimeHandlers []string `json:"allowedRuntimeHandlers,omitempty"`
+	// SandboxDefaults are the limits of sandboxes that name none.
+	// +optional
+	// +kubebuilder:default={}
+	SandboxDefaults SandboxDefaults `json:"sandboxDefaults,omitempty"`
+	// SandboxLogs bounds each sandbox's log.
+	// +optional
+	// +kubebuilder:default={}
+	SandboxLogs SandboxLogs `json:"sandboxLogs,omitempty"`
+	// Security hardens every sandbox of the pool.
+	// +optional
+	// +kubebuilder:default={}
+	Security SandboxSecurity `json:"security,omitempty"`
+	// Network is the pool's network policy for Egress sandboxes.
+	// +optional
+	// +kubebuilder:default={}
+	Network PoolNetwork `json:"network,omitempty"`
+}
+
+// SandboxDefaults are the limits a sandbox gets for those it does not set.
+type SandboxDefaults struct {
+	// Resources are the default limits (cpu, memory, pids, ephemeralStorage).
+	// Pids defaults to 1024 even when this leaves it out: no sandbox runs
+	// without a process limit.
+	// +optional
+	Resources SandboxResources `json:"resources,omitempty"`
+}
+
+// SandboxLogs bounds the log file of each sandbox: stdout and stderr go to a
+// file that is rotated at MaxSize, of which MaxFiles are kept.
+type SandboxLogs struct {
+	// MaxSize is the size at which a sandbox's log file is rotated.
+	// +optional
+	// +kubebuilder:default="10Mi"
+	// +kubebuilder:validation:XValidation:rule="quantity(string(self)).compareTo(quantity('4Ki')) >= 0 && quantity(string(self)).compareTo(quantity('1Gi')) <= 0",message="maxSize must be between 4Ki and 1Gi"
+	MaxSize *resource.Quantity `json:"maxSize,omitempty"`
+	// MaxFiles is how many log files are kept, the current one included.
+	// +optional
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10
+	MaxFiles int32 `json:"maxFiles,omitempty"`
+}
+
+// UserNamespaceMode says whether sandboxes get a user namespace of their own.
+// +kubebuilder:validation:Enum=Auto;Required;Disabled
+type UserNamespaceMode string
+
+// The user namespace modes of a pool.
+const (
+	// UserNamespaceAuto gives every sandbox a user namespace where the node
+	// supports it, and none elsewhere.
+	UserNamespaceAuto UserNamespaceMode = "Auto"
+	// UserNamespaceRequired gives every sandbox a user namespace; an agent
+	// on a node without support does not become Ready.
+	UserNamespaceRequired UserNamespaceMode = "Required"
+	// UserNamespaceDisabled runs sandboxes in the node's user namespace.
+	UserNamespaceDisabled UserNamespaceMode = "Disabled"
+)
+
+// SandboxSecurity hardens the sandboxes of a pool.
+type SandboxSecurity struct {
+	// UserNamespaces gives each sandbox a user namespace of its own, so that
+	// root inside is an unprivileged uid outside: Auto (the default),
+	// Required or Disabled.
+	// +optional
+	// +kubebuilder:default=Auto
+	UserNamespaces UserNamespaceMode `json:"userNamespaces,omitempty"`
+	// ReadOnlyRootFilesystem mounts every sandbox's root filesystem
+	// read-only (a tmpfs /tmp stays writable).
+	// +optional
+	ReadOnlyRootFilesystem bool `json:"readOnlyRootFilesystem,omitempty"`
+	// RunAsNonRoot fails a sandbox whose image runs as uid 0 (reason
+	// RunAsNonRootViolation).
+	// +optional
+	RunAsNonRoot bool `json:"runAsNonRoot,omitempty"`
+}
+
+// PoolNetwork is where Egress sandboxes may connect to.
+type PoolNetwork struct {
+	// Egress filters the outbound connections of Egress sandboxes.
+	// +optional
+	// +kubebuilder:default={}
+	Egress EgressPolicy `json:"egress,omitempty"`
+}
+
+// EgressPolicy decides where an Egress sandbox may connect. A destination
+// in DenyCIDRs is refused; else one in AllowCIDRs is allowed; else one in
+// the default-denied ranges is refused: private, shared and link-local
+// addresses (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10,
+// 169.254.0.0/16 with the metadata address, fc00::/7, fe80::/10), loopback,
+// multicast, and the node's and agent Pod's own addresses, which covers the
+// cluster's Pod and Service ranges on nearly every cluster; everything else
+// is allowed. A sandbox never reaches the agent's API or another sandbox,
+// whatever the policy.
+type EgressPolicy struct {
+	// AllowCIDRs are destinations allowed although in a default-denied range
+	// (e.g. the cluster DNS service's address).
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self)",message="must be a CIDR, e.g. 10.96.0.10/32"
+	AllowCIDRs []string `json:"allowCIDRs,omitempty"`
+	// DenyCIDRs are destinations refused on top of the default ones (e.g.
+	// the cluster's Pod and Service ranges where they are public addresses).
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self)",message="must be a CIDR, e.g. 203.0.113.0/24"
+	DenyCIDRs []string `json:"denyCIDRs,omitempty"`
 }
 
 // AgentTemplate is what the agent Pods of a pool look like.
@@ -437,7 +625,8 @@ type AgentTemplate struct {
 	// ContainerdSocket is the path of the node's containerd socket.
 	// +optional
 	// +kubebuilder:default="/run/containerd/containerd.sock"
-	// +kubebuilder:validation:Pattern=`^/`
+	// +kubebuilder:validation:Pattern=`^/[^\x00]*[^/]\.sock$`
+	// +kubebuilder:validation:XValidation:rule="!self.contains('/../') && !self.contains('/./')",message="containerdSocket must be a clean path"
 	ContainerdSocket string `json:"containerdSocket,omitempty"`
 	// ContainerdNamespace is the containerd namespace whose images the agent
 	// uses; kubelet's is "k8s.io".

@@ -29,7 +29,3 @@ type SandboxNamespaceListerExpansion interface{}
 // SandboxPoolListerExpansion allows custom methods to be added to
 // SandboxPoolLister.
 type SandboxPoolListerExpansion interface{}
-
-// SandboxPoolNamespaceListerExpansion allows custom methods to be added to
-// SandboxPoolNamespaceLister.
-type SandboxPoolNamespaceListerExpansion interface{}

@@ -31,8 +31,9 @@ type SandboxPoolLister interface {
 	// List lists all SandboxPools in the indexer.
 	// Objects returned here must be treated as read-only.
 	List(selector labels.Selector) (ret []*sandboxv1alpha1.SandboxPool, err error)
-	// SandboxPools returns an object that can list and get SandboxPools.
-	SandboxPools(namespace string) SandboxPoolNamespaceLister
+	// Get retrieves the SandboxPool from the index for a given name.
+	// Objects returned here must be treated as read-only.
+	Get(name string) (*sandboxv1alpha1.SandboxPool, error)
 	SandboxPoolListerExpansion
 }
 
@@ -44,27 +45,4 @@ type sandboxPoolLister struct {
 // NewSandboxPoolLister returns a new SandboxPoolLister.
 func NewSandboxPoolLister(indexer cache.Indexer) SandboxPoolLister {
 	return &sandboxPoolLister{listers.New[*sandboxv1alpha1.SandboxPool](indexer, sandboxv1alpha1.Resource("sandboxpool"))}
-}
-
-// SandboxPools returns an object that can list and get SandboxPools.
-func (s *sandboxPoolLister) SandboxPools(namespace string) SandboxPoolNamespaceLister {
-	return sandboxPoolNamespaceLister{listers.NewNamespaced[*sandboxv1alpha1.SandboxPool](s.ResourceIndexer, namespace)}
-}
-
-// SandboxPoolNamespaceLister helps list and get SandboxPools.
-// All objects returned here must be treated as read-only.
-type SandboxPoolNamespaceLister interface {
-	// List lists all SandboxPools in the indexer for a given namespace.
-	// Objects returned here must be treated as read-only.
-	List(selector labels.Selector) (ret []*sandboxv1alpha1.SandboxPool, err error)
-	// Get retrieves the SandboxPool from the indexer for a given namespace and name.
-	// Objects returned here must be treated as read-only.
-	Get(name string) (*sandboxv1alpha1.SandboxPool, error)
-	SandboxPoolNamespaceListerExpansion
-}
-
-// sandboxPoolNamespaceLister implements the SandboxPoolNamespaceLister
-// interface.
-type sandboxPoolNamespaceLister struct {
-	listers.ResourceIndexer[*sandboxv1alpha1.SandboxPool]
 }

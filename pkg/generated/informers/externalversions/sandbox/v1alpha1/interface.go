@@ -48,5 +48,5 @@ func (v *version) Sandboxes() TypedSandboxInformer {
 
 // SandboxPools returns a TypedSandboxPoolInformer.
 func (v *version) SandboxPools() TypedSandboxPoolInformer {
-	return &sandboxPoolInformer{factory: v.factory, namespace: v.namespace, tweakListOptions: v.tweakListOptions}
+	return &sandboxPoolInformer{factory: v.factory, tweakListOptions: v.tweakListOptions}
 }

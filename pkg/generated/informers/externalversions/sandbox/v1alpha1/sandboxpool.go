@@ -71,51 +71,50 @@ type DeletedSandboxPool = cache.DeletedObject[*apissandboxv1alpha1.SandboxPool]
 type sandboxPoolInformer struct {
 	factory          internalinterfaces.SharedInformerFactory
 	tweakListOptions internalinterfaces.TweakListOptionsFunc
-	namespace        string
 }
 
 // NewSandboxPoolInformer constructs a new informer for SandboxPool type.
 // Always prefer using an informer factory to get a shared informer instead of getting an independent
 // one. This reduces memory footprint and number of connections to the server.
 // If you really need an independent one, prefer using the type-safe variant (see [NewTypedSandboxPoolInformer]).
-func NewSandboxPoolInformer(client versioned.Interface, namespace string, resyncPeriod time.Duration, indexers cache.Indexers) cache.SharedIndexInformer {
-	return NewSandboxPoolInformerWithOptions(client, namespace, internalinterfaces.InformerOptions{ResyncPeriod: resyncPeriod, Indexers: indexers})
+func NewSandboxPoolInformer(client versioned.Interface, resyncPeriod time.Duration, indexers cache.Indexers) cache.SharedIndexInformer {
+	return NewSandboxPoolInformerWithOptions(client, internalinterfaces.InformerOptions{ResyncPeriod: resyncPeriod, Indexers: indexers})
 }
 
 // NewTypedSandboxPoolInformer constructs a new informer for SandboxPool type.
 // Always prefer using an informer factory to get a shared informer instead of getting an independent
 // one. This reduces memory footprint and number of connections to the server.
-func NewTypedSandboxPoolInformer(client versioned.Interface, namespace string, resyncPeriod time.Duration, indexers SandboxPoolIndexers) SandboxPoolIndexInformer {
-	return NewTypedSandboxPoolInformerWithOptions(client, namespace, internalinterfaces.InformerOptions{ResyncPeriod: resyncPeriod, Indexers: cache.TypedIndexersToIndexers(indexers)})
+func NewTypedSandboxPoolInformer(client versioned.Interface, resyncPeriod time.Duration, indexers SandboxPoolIndexers) SandboxPoolIndexInformer {
+	return NewTypedSandboxPoolInformerWithOptions(client, internalinterfaces.InformerOptions{ResyncPeriod: resyncPeriod, Indexers: cache.TypedIndexersToIndexers(indexers)})
 }
 
 // NewFilteredSandboxPoolInformer constructs a new informer for SandboxPool type.
 // Always prefer using an informer factory to get a shared informer instead of getting an independent
 // one. This reduces memory footprint and number of connections to the server.
 // If you really need an independent one, prefer using the type-safe variant (see [NewTypedFilteredSandboxPoolInformer]).
-func NewFilteredSandboxPoolInformer(client versioned.Interface, namespace string, resyncPeriod time.Duration, indexers cache.Indexers, tweakListOptions internalinterfaces.TweakListOptionsFunc) cache.SharedIndexInformer {
-	return NewTypedSandboxPoolInformerWithOptions(client, namespace, internalinterfaces.InformerOptions{ResyncPeriod: resyncPeriod, Indexers: indexers, TweakListOptions: tweakListOptions})
+func NewFilteredSandboxPoolInformer(client versioned.Interface, resyncPeriod time.Duration, indexers cache.Indexers, tweakListOptions internalinterfaces.TweakListOptionsFunc) cache.SharedIndexInformer {
+	return NewTypedSandboxPoolInformerWithOptions(client, internalinterfaces.InformerOptions{ResyncPeriod: resyncPeriod, Indexers: indexers, TweakListOptions: tweakListOptions})
 }
 
 // NewTypedFilteredSandboxPoolInformer constructs a new informer for SandboxPool type.
 // Always prefer using an informer factory to get a shared informer instead of getting an independent
 // one. This reduces memory footprint and number of connections to the server.
-func NewTypedFilteredSandboxPoolInformer(client versioned.Interface, namespace string, resyncPeriod time.Duration, indexers SandboxPoolIndexers, tweakListOptions internalinterfaces.TweakListOptionsFunc) SandboxPoolIndexInformer {
-	return NewTypedSandboxPoolInformerWithOptions(client, namespace, internalinterfaces.InformerOptions{ResyncPeriod: resyncPeriod, Indexers: cache.TypedIndexersToIndexers(indexers), TweakListOptions: tweakListOptions})
+func NewTypedFilteredSandboxPoolInformer(client versioned.Interface, resyncPeriod time.Duration, indexers SandboxPoolIndexers, tweakListOptions internalinterfaces.TweakListOptionsFunc) SandboxPoolIndexInformer {
+	return NewTypedSandboxPoolInformerWithOptions(client, internalinterfaces.InformerOptions{ResyncPeriod: resyncPeriod, Indexers: cache.TypedIndexersToIndexers(indexers), TweakListOptions: tweakListOptions})
 }
 
 // NewSandboxPoolInformerWithOptions constructs a new informer for SandboxPool type with additional options.
 // Always prefer using an informer factory to get a shared informer instead of getting an independent
 // one. This reduces memory footprint and number of connections to the server.
 // If you really need an independent one, prefer using the type-safe variant (see [NewTypedSandboxPoolInformerWithOptions]).
-func NewSandboxPoolInformerWithOptions(client versioned.Interface, namespace string, options internalinterfaces.InformerOptions) cache.SharedIndexInformer {
-	return NewTypedSandboxPoolInformerWithOptions(client, namespace, options)
+func NewSandboxPoolInformerWithOptions(client versioned.Interface, options internalinterfaces.InformerOptions) cache.SharedIndexInformer {
+	return NewTypedSandboxPoolInformerWithOptions(client, options)
 }
 
 // NewTypedSandboxPoolInformerWithOptions constructs a new informer for SandboxPool type with additional options.
 // Always prefer using an informer factory to get a shared informer instead of getting an independent
 // one. This reduces memory footprint and number of connections to the server.
-func NewTypedSandboxPoolInformerWithOptions(client versioned.Interface, namespace string, options internalinterfaces.InformerOptions) SandboxPoolIndexInformer {
+func NewTypedSandboxPoolInformerWithOptions(client versioned.Interface, options internalinterfaces.InformerOptions) SandboxPoolIndexInformer {
 	gvr := schema.GroupVersionResource{Group: "fast-sandbox.io", Version: "v1alpha1", Resource: "sandboxpools"}
 	identifier := options.InformerName.WithResource(gvr)
 	tweakListOptions := options.TweakListOptions
@@ -125,25 +124,25 @@ func NewTypedSandboxPoolInformerWithOptions(client versioned.Interface, namespac
 				if tweakListOptions != nil {
 					tweakListOptions(&opts)
 				}
-				return client.SandboxV1alpha1().SandboxPools(namespace).List(context.Background(), opts)
+				return client.SandboxV1alpha1().SandboxPools().List(context.Background(), opts)
 			},
 			WatchFunc: func(opts v1.ListOptions) (watch.Interface, error) {
 				if tweakListOptions != nil {
 					tweakListOptions(&opts)
 				}
-				return client.SandboxV1alpha1().SandboxPools(namespace).Watch(context.Background(), opts)
+				return client.SandboxV1alpha1().SandboxPools().Watch(context.Background(), opts)
 			},
 			ListWithContextFunc: func(ctx context.Context, opts v1.ListOptions) (runtime.Object, error) {
 				if tweakListOptions != nil {
 					tweakListOptions(&opts)
 				}
-				return client.SandboxV1alpha1().SandboxPools(namespace).List(ctx, opts)
+				return client.SandboxV1alpha1().SandboxPools().List(ctx, opts)
 			},
 			WatchFuncWithContext: func(ctx context.Context, opts v1.ListOptions) (watch.Interface, error) {
 				if tweakListOptions != nil {
 					tweakListOptions(&opts)
 				}
-				return client.SandboxV1alpha1().SandboxPools(namespace).Watch(ctx, opts)
+				return client.SandboxV1alpha1().SandboxPools().Watch(ctx, opts)
 			},
 		}, client),
 		&apissandboxv1alpha1.SandboxPool{},
@@ -156,7 +155,7 @@ func NewTypedSandboxPoolInformerWithOptions(client versioned.Interface, namespac
 }
 
 func (f *sandboxPoolInformer) defaultInformer(client versioned.Interface, resyncPeriod time.Duration) cache.SharedIndexInformer {
-	return NewTypedSandboxPoolInformerWithOptions(client, f.namespace, internalinterfaces.InformerOptions{ResyncPeriod: resyncPeriod, Indexers: cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}, InformerName: f.factory.InformerName(), TweakListOptions: f.tweakListOptions})
+	return NewTypedSandboxPoolInformerWithOptions(client, internalinterfaces.InformerOptions{ResyncPeriod: resyncPeriod, Indexers: cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}, InformerName: f.factory.InformerName(), TweakListOptions: f.tweakListOptions})
 }
 
 func (f *sandboxPoolInformer) Informer() cache.SharedIndexInformer {

@@ -41,8 +41,8 @@ func (c *SandboxV1alpha1Client) Sandboxes(namespace string) SandboxInterface {
 	return newSandboxes(c, namespace)
 }
 
-func (c *SandboxV1alpha1Client) SandboxPools(namespace string) SandboxPoolInterface {
-	return newSandboxPools(c, namespace)
+func (c *SandboxV1alpha1Client) SandboxPools() SandboxPoolInterface {
+	return newSandboxPools(c)
 }
 
 // NewForConfig creates a new SandboxV1alpha1Client for the given config.

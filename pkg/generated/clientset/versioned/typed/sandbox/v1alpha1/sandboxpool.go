@@ -32,7 +32,7 @@ import (
 // SandboxPoolsGetter has a method to return a SandboxPoolInterface.
 // A group's client should implement this interface.
 type SandboxPoolsGetter interface {
-	SandboxPools(namespace string) SandboxPoolInterface
+	SandboxPools() SandboxPoolInterface
 }
 
 // SandboxPoolInterface has methods to work with SandboxPool resources.
@@ -56,13 +56,13 @@ type sandboxPools struct {
 }
 
 // newSandboxPools returns a SandboxPools
-func newSandboxPools(c *SandboxV1alpha1Client, namespace string) *sandboxPools {
+func newSandboxPools(c *SandboxV1alpha1Client) *sandboxPools {
 	return &sandboxPools{
 		gentype.NewClientWithList[*sandboxv1alpha1.SandboxPool, *sandboxv1alpha1.SandboxPoolList](
 			"sandboxpools",
 			c.RESTClient(),
 			scheme.ParameterCodec,
-			namespace,
+			"",
 			func() *sandboxv1alpha1.SandboxPool { return &sandboxv1alpha1.SandboxPool{} },
 			func() *sandboxv1alpha1.SandboxPoolList { return &sandboxv1alpha1.SandboxPoolList{} },
 		),

@@ -32,8 +32,8 @@ func (c *FakeSandboxV1alpha1) Sandboxes(namespace string) v1alpha1.SandboxInterf
 	return newFakeSandboxes(c, namespace)
 }
 
-func (c *FakeSandboxV1alpha1) SandboxPools(namespace string) v1alpha1.SandboxPoolInterface {
-	return newFakeSandboxPools(c, namespace)
+func (c *FakeSandboxV1alpha1) SandboxPools() v1alpha1.SandboxPoolInterface {
+	return newFakeSandboxPools(c)
 }
 
 // RESTClient returns a RESTClient that is used to communicate

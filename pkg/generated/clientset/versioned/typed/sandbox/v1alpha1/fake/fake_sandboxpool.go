@@ -30,11 +30,11 @@ type fakeSandboxPools struct {
 	Fake *FakeSandboxV1alpha1
 }
 
-func newFakeSandboxPools(fake *FakeSandboxV1alpha1, namespace string) sandboxv1alpha1.SandboxPoolInterface {
+func newFakeSandboxPools(fake *FakeSandboxV1alpha1) sandboxv1alpha1.SandboxPoolInterface {
 	return &fakeSandboxPools{
 		gentype.NewFakeClientWithList[*v1alpha1.SandboxPool, *v1alpha1.SandboxPoolList](
 			fake.Fake,
-			namespace,
+			"",
 			v1alpha1.SchemeGroupVersion.WithResource("sandboxpools"),
 			v1alpha1.SchemeGroupVersion.WithKind("SandboxPool"),
 			func() *v1alpha1.SandboxPool { return &v1alpha1.SandboxPool{} },
