@@ -34,6 +34,7 @@ type options struct {
 	burst                int
 	leaderElect          bool
 	leaderElectNamespace string
+	systemNamespace      string
 	metricsAddr          string
 }
 
@@ -49,7 +50,9 @@ func main() {
 			fs.Float32Var(&o.qps, "kube-api-qps", 50, "queries per second to the API server")
 			fs.IntVar(&o.burst, "kube-api-burst", 100, "burst of queries to the API server")
 			fs.BoolVar(&o.leaderElect, "leader-elect", true, "run only while holding the Lease "+leaseName)
-			fs.StringVar(&o.leaderElectNamespace, "leader-elect-namespace", "fast-sandbox-system", "namespace of the leader election Lease")
+			fs.StringVar(&o.leaderElectNamespace, "leader-elect-namespace", v1alpha1.DefaultSystemNamespace, "namespace of the leader election Lease")
+			fs.StringVar(&o.systemNamespace, "system-namespace", v1alpha1.DefaultSystemNamespace,
+				"namespace of the agent Pods, their cleanup Pods and Secrets (the only namespace where the controller reads or writes Pods and Secrets)")
 			fs.StringVar(&o.metricsAddr, "metrics-addr", ":8080", "address serving /healthz and /metrics; empty: none")
 		},
 		Run: func(ctx context.Context, logger logr.Logger) error { return run(ctx, logger, o) },
@@ -87,15 +90,17 @@ func run(ctx context.Context, logger logr.Logger, o *options) error {
 	}
 
 	runController := func(ctx context.Context) error {
-		// Agent Pods and token Secrets carry the pool label; watch only those.
+		// Agent Pods and their Secrets live in the system namespace and
+		// carry the pool label; watch only those.
 		labelled := informers.NewSharedInformerFactoryWithOptions(kube, o.resync,
+			informers.WithNamespace(o.systemNamespace),
 			informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = v1alpha1.LabelPoolName }))
 		nodes := informers.NewSharedInformerFactory(kube, o.resync)
 		sbx := externalversions.NewSharedInformerFactory(sandboxes, o.resync)
 		c, err := poolcontroller.NewController(ctx, kube, sandboxes,
 			labelled.Core().V1().Pods(), nodes.Core().V1().Nodes(), labelled.Core().V1().Secrets(),
 			sbx.Sandbox().V1alpha1().SandboxPools(), sbx.Sandbox().V1alpha1().Sandboxes(),
-			poolcontroller.Options{Metrics: metrics})
+			poolcontroller.Options{Metrics: metrics, SystemNamespace: o.systemNamespace})
 		if err != nil {
 			return err
 		}

@@ -14,6 +14,7 @@ import (
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/klog/v2"
 
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/cli"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
 	"github.com/fast-sandbox/fast-sandbox/pkg/scheduler"
@@ -34,6 +35,7 @@ type options struct {
 	metricsAddr      string
 	leaderElect      bool
 	leaseNamespace   string
+	systemNamespace  string
 }
 
 func main() {
@@ -53,7 +55,9 @@ func main() {
 			fs.DurationVar(&o.sweepPeriod, "lost-sweep-period", 2*time.Second, "how often every bound sandbox is checked against the live agents")
 			fs.StringVar(&o.metricsAddr, "metrics-addr", ":10351", "address of /metrics and /healthz")
 			fs.BoolVar(&o.leaderElect, "leader-elect", true, "run only while holding the leader lease")
-			fs.StringVar(&o.leaseNamespace, "leader-elect-namespace", "fast-sandbox-system", "namespace of the leader lease")
+			fs.StringVar(&o.leaseNamespace, "leader-elect-namespace", v1alpha1.DefaultSystemNamespace, "namespace of the leader lease")
+			fs.StringVar(&o.systemNamespace, "system-namespace", v1alpha1.DefaultSystemNamespace,
+				"namespace of the agent Pods and of the scheduler's agent client credentials; a Pod elsewhere is never taken for an agent")
 		},
 		Run: func(ctx context.Context, logger logr.Logger) error { return run(ctx, logger, o) },
 	})
@@ -79,7 +83,7 @@ func run(ctx context.Context, logger logr.Logger, o *options) error {
 	ctx = klog.NewContext(ctx, logger)
 	sched, err := scheduler.New(ctx, kube, client, cfg, scheduler.Options{
 		StatusPeriod: o.statusPeriod, AgentLostTimeout: o.agentLostTimeout, AgentLostAttempts: o.agentLostTries,
-		SyncTimeout: o.syncTimeout, SweepPeriod: o.sweepPeriod,
+		SyncTimeout: o.syncTimeout, SweepPeriod: o.sweepPeriod, SystemNamespace: o.systemNamespace,
 	})
 	if err != nil {
 		return err

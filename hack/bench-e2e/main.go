@@ -252,7 +252,7 @@ func ensurePool(ctx context.Context, c versioned.Interface, name, handler string
 		Agent: v1alpha1.AgentTemplate{Image: *agentImage, ImagePullPolicy: corev1.PullNever, ContainerdSocket: *socket,
 			Resources: v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse(*agentCPU)), Memory: ptr.To(resource.MustParse("1Gi"))}},
 	}}
-	_, err := c.SandboxV1alpha1().SandboxPools(*ns).Create(ctx, pool, metav1.CreateOptions{})
+	_, err := c.SandboxV1alpha1().SandboxPools().Create(ctx, pool, metav1.CreateOptions{})
 	must(err)
 	waitReadyAgents(ctx, c, name, 1)
 	time.Sleep(2 * time.Second) // let the scheduler see the agent's first status (and the warm containers start)
@@ -261,10 +261,10 @@ func ensurePool(ctx context.Context, c versioned.Interface, name, handler string
 // deletePool deletes a pool and waits until its agent Pods are gone, so
 // that the next measurement has the node to itself.
 func deletePool(ctx context.Context, c versioned.Interface, name string) {
-	must(c.SandboxV1alpha1().SandboxPools(*ns).Delete(ctx, name, metav1.DeleteOptions{}))
+	must(c.SandboxV1alpha1().SandboxPools().Delete(ctx, name, metav1.DeleteOptions{}))
 	kube := kubernetes.NewForConfigOrDie(cfg)
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		pods, err := kube.CoreV1().Pods(*ns).List(ctx, metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=" + name})
+		pods, err := kube.CoreV1().Pods(v1alpha1.DefaultSystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=" + name})
 		return err == nil && len(pods.Items) == 0, nil
 	})
 	must(err)

@@ -79,13 +79,13 @@ func createScalePool(ctx context.Context, c versioned.Interface, name string, mi
 		Agent: v1alpha1.AgentTemplate{Image: *agentImage, ImagePullPolicy: corev1.PullNever, ContainerdSocket: *socket,
 			Resources: v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("250m")), Memory: ptr.To(resource.MustParse("256Mi"))}},
 	}}
-	_, err := c.SandboxV1alpha1().SandboxPools(*ns).Create(ctx, pool, metav1.CreateOptions{})
+	_, err := c.SandboxV1alpha1().SandboxPools().Create(ctx, pool, metav1.CreateOptions{})
 	must(err)
 }
 
 func waitReadyAgents(ctx context.Context, c versioned.Interface, name string, n int32) {
 	err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := c.SandboxV1alpha1().SandboxPools(*ns).Get(ctx, name, metav1.GetOptions{})
+		p, err := c.SandboxV1alpha1().SandboxPools().Get(ctx, name, metav1.GetOptions{})
 		return err == nil && p.Status.ReadyAgents >= n, nil
 	})
 	must(err)

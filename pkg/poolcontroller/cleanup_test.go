@@ -19,7 +19,7 @@ import (
 
 // cleanupAgent is an agent Pod of testPool on node-a, built by AgentPod.
 func cleanupAgent(f func(*corev1.Pod)) *corev1.Pod {
-	pod := AgentPod(testPool(), "py-agent-token", "node-a")
+	pod := AgentPod(testPool(), "fast-sandbox-system", "py-agent-token", "node-a")
 	pod.Name, pod.UID, pod.Spec.NodeName = "py-agent-x1", "agent-uid", "node-a"
 	pod.Status.Phase = corev1.PodRunning
 	pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: ContainerName,
@@ -100,7 +100,7 @@ func TestDecideCleanup(t *testing.T) {
 }
 
 func TestAgentPodHasCleanupFinalizer(t *testing.T) {
-	pod := AgentPod(testPool(), "py-agent-token", "")
+	pod := AgentPod(testPool(), "fast-sandbox-system", "py-agent-token", "")
 	if !slices.Equal(pod.Finalizers, []string{v1alpha1.FinalizerAgentPodCleanup}) {
 		t.Errorf("finalizers %v", pod.Finalizers)
 	}
@@ -112,7 +112,7 @@ func TestCleanupPod(t *testing.T) {
 	agent.Spec.PriorityClassName = "high"
 	cp := CleanupPod(agent, "py", pool)
 
-	if cp.Name != "py-agent-x1-cleanup" || cp.Namespace != "team" {
+	if cp.Name != "py-agent-x1-cleanup" || cp.Namespace != "fast-sandbox-system" {
 		t.Errorf("name %s/%s", cp.Namespace, cp.Name)
 	}
 	if _, ok := cp.Labels[v1alpha1.LabelPoolName]; ok {

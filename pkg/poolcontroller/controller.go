@@ -116,6 +116,10 @@ type Options struct {
 	// ExpectationsTimeout bounds how long the controller waits for its Pod
 	// informer to show the Pods it created or deleted.
 	ExpectationsTimeout time.Duration
+	// SystemNamespace is where agent Pods, cleanup Pods and Secrets live;
+	// v1alpha1.DefaultSystemNamespace by default. The Pod and Secret
+	// informers need show no other namespace.
+	SystemNamespace string
 	// CleanupPods is an informer of the cleanup Pods (those labelled
 	// v1alpha1.LabelCleanupAgentPodUID), which carry no pool label and so
 	// are not in a Pod informer narrowed to agent Pods. It must not have been
@@ -146,6 +150,8 @@ type Controller struct {
 	clock        clock.WithTicker
 	metrics      *Metrics
 	drainGrace   time.Duration
+	// namespace is the system namespace, home of every agent Pod.
+	namespace string
 }
 
 // NewController makes a pool controller. podInformer and secretInformer may
@@ -166,10 +172,14 @@ func NewController(ctx context.Context, kubeClient kubernetes.Interface, sandbox
 	if opts.ExpectationsTimeout <= 0 {
 		opts.ExpectationsTimeout = DefaultExpectationsTimeout
 	}
+	if opts.SystemNamespace == "" {
+		opts.SystemNamespace = v1alpha1.DefaultSystemNamespace
+	}
 
 	var cleanupInformers informers.SharedInformerFactory
 	if opts.CleanupPods == nil {
 		cleanupInformers = informers.NewSharedInformerFactoryWithOptions(kubeClient, 0,
+			informers.WithNamespace(opts.SystemNamespace),
 			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = v1alpha1.LabelCleanupAgentPodUID }))
 		opts.CleanupPods = cleanupInformers.Core().V1().Pods()
 	}
@@ -201,6 +211,7 @@ func NewController(ctx context.Context, kubeClient kubernetes.Interface, sandbox
 		clock:        opts.Clock,
 		metrics:      opts.Metrics,
 		drainGrace:   opts.DrainGrace,
+		namespace:    opts.SystemNamespace,
 	}
 
 	if err := sandboxInformer.Informer().AddIndexers(cache.Indexers{sandboxPoolIndex: indexSandboxByPool}); err != nil {
@@ -305,11 +316,9 @@ func (c *Controller) syncPool(ctx context.Context, key string) (time.Duration, e
 	start := c.clock.Now()
 	defer func() { logger.V(4).Info("Finished syncing pool", "duration", c.clock.Since(start)) }()
 
-	namespace, name, err := cache.SplitMetaNamespaceKey(key)
-	if err != nil {
-		return 0, fmt.Errorf("parsing the pool key %q: %w", key, err)
-	}
-	pool, err := c.poolLister.SandboxPools(namespace).Get(name)
+	// Pools are cluster-scoped: the key is the name.
+	name := key
+	pool, err := c.poolLister.Get(name)
 	if apierrors.IsNotFound(err) {
 		pool, err = nil, nil
 	}
@@ -320,7 +329,7 @@ func (c *Controller) syncPool(ctx context.Context, key string) (time.Duration, e
 	// Ask before listing: a Pod the informer shows after the list must not
 	// count as seen.
 	needsManage := c.expectations.satisfied(key)
-	pods, err := c.podLister.Pods(namespace).List(labels.SelectorFromSet(labels.Set{v1alpha1.LabelPoolName: name}))
+	pods, err := c.podLister.Pods(c.namespace).List(labels.SelectorFromSet(labels.Set{v1alpha1.LabelPoolName: name}))
 	if err != nil {
 		return 0, fmt.Errorf("listing the agent Pods of %s: %w", key, err)
 	}
@@ -330,7 +339,7 @@ func (c *Controller) syncPool(ctx context.Context, key string) (time.Duration, e
 	finalized := slices.ContainsFunc(pods, func(p *corev1.Pod) bool { return ownerKey(p) == key && hasCleanupFinalizer(p) })
 	switch {
 	case needsManage:
-		cleanupRequeue, cleanupErr = c.syncCleanups(ctx, key, namespace, name, pool, pods)
+		cleanupRequeue, cleanupErr = c.syncCleanups(ctx, key, c.namespace, name, pool, pods)
 	case finalized:
 		cleanupRequeue = cleanupRecheck
 	}
@@ -476,9 +485,9 @@ func (c *Controller) createAgents(ctx context.Context, pool *v1alpha1.SandboxPoo
 	c.expectations.expectCreations(key, n)
 	now := c.clock.Now().UTC().Format(time.RFC3339)
 	for i, node := range picks {
-		pod := AgentPod(pool, secretName, hostnames[node])
+		pod := AgentPod(pool, c.namespace, secretName, hostnames[node])
 		pod.Annotations = map[string]string{AnnotationIdleSince: now}
-		created, err := c.kubeClient.CoreV1().Pods(pool.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+		created, err := c.kubeClient.CoreV1().Pods(c.namespace).Create(ctx, pod, metav1.CreateOptions{})
 		if err != nil {
 			// The rest will not be created in this round either; their
 			// creations will never show.
@@ -562,22 +571,22 @@ func (c *Controller) syncAnnotations(ctx context.Context, pool *v1alpha1.Sandbox
 // returns its name. An existing Secret of that name is used as it is.
 func (c *Controller) ensureTokenSecret(ctx context.Context, pool *v1alpha1.SandboxPool) (string, error) {
 	name := TokenSecretName(pool)
-	if _, err := c.secretLister.Secrets(pool.Namespace).Get(name); err == nil {
+	if _, err := c.secretLister.Secrets(c.namespace).Get(name); err == nil {
 		return name, nil
 	} else if !apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("getting Secret %s/%s: %w", pool.Namespace, name, err)
+		return "", fmt.Errorf("getting Secret %s/%s: %w", c.namespace, name, err)
 	}
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {
 		return "", fmt.Errorf("making an agent API token: %w", err)
 	}
-	_, err := c.kubeClient.CoreV1().Secrets(pool.Namespace).Create(ctx, TokenSecret(pool, hex.EncodeToString(raw)), metav1.CreateOptions{})
+	_, err := c.kubeClient.CoreV1().Secrets(c.namespace).Create(ctx, TokenSecret(pool, c.namespace, hex.EncodeToString(raw)), metav1.CreateOptions{})
 	switch {
 	case apierrors.IsAlreadyExists(err):
 		return name, nil
 	case err != nil:
 		c.recorder.Eventf(pool, corev1.EventTypeWarning, EventFailedCreate, "Creating the agent token Secret %s failed: %v", name, err)
-		return "", fmt.Errorf("creating Secret %s/%s: %w", pool.Namespace, name, err)
+		return "", fmt.Errorf("creating Secret %s/%s: %w", c.namespace, name, err)
 	}
 	c.recorder.Eventf(pool, corev1.EventTypeNormal, EventCreatedSecret, "Created the agent API token Secret %s", name)
 	return name, nil
@@ -610,13 +619,15 @@ func (c *Controller) enqueueAllPools(logger klog.Logger) {
 	}
 }
 
-// ownerKey is the key of the pool controlling obj, or "".
+// ownerKey is the key (the name) of the pool controlling obj, or "". The
+// informers show only the system namespace, where only the controller
+// creates Pods and Secrets.
 func ownerKey(obj metav1.Object) string {
 	ref := metav1.GetControllerOf(obj)
 	if ref == nil || ref.Kind != poolGVK.Kind || ref.APIVersion != poolGVK.GroupVersion().String() {
 		return ""
 	}
-	return obj.GetNamespace() + "/" + ref.Name
+	return ref.Name
 }
 
 func (c *Controller) addPod(logger klog.Logger, obj any) {
@@ -683,7 +694,7 @@ func (c *Controller) enqueueSandboxPool(obj any) {
 		obj = tombstone.Obj
 	}
 	if s, ok := obj.(*v1alpha1.Sandbox); ok {
-		c.queue.Add(s.Namespace + "/" + s.Spec.PoolName)
+		c.queue.Add(s.Spec.PoolName)
 	}
 }
 
@@ -694,7 +705,7 @@ func (c *Controller) enqueueCleanupPod(obj any) {
 		obj = tombstone.Obj
 	}
 	if p, ok := obj.(*corev1.Pod); ok && p.Labels[v1alpha1.LabelCleanupPoolName] != "" {
-		c.queue.Add(p.Namespace + "/" + p.Labels[v1alpha1.LabelCleanupPoolName])
+		c.queue.Add(p.Labels[v1alpha1.LabelCleanupPoolName])
 	}
 }
 
@@ -738,10 +749,11 @@ func indexSandboxByPool(obj any) ([]string, error) {
 	if !ok {
 		return nil, nil
 	}
-	return []string{s.Namespace + "/" + s.Spec.PoolName}, nil
+	return []string{s.Spec.PoolName}, nil
 }
 
-func poolKey(pool *v1alpha1.SandboxPool) string { return pool.Namespace + "/" + pool.Name }
+// poolKey is the workqueue key of a pool: its name (pools are cluster-scoped).
+func poolKey(pool *v1alpha1.SandboxPool) string { return pool.Name }
 
 func toSet(names []string) map[string]bool {
 	m := make(map[string]bool, len(names))

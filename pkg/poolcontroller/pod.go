@@ -72,12 +72,13 @@ func TokenSecretName(pool *v1alpha1.SandboxPool) string {
 // poolGVK is the kind of the owner of agent Pods and token Secrets.
 var poolGVK = v1alpha1.SchemeGroupVersion.WithKind("SandboxPool")
 
-// TokenSecret is the Secret holding a pool's agent API token, owned by the pool.
-func TokenSecret(pool *v1alpha1.SandboxPool, token string) *corev1.Secret {
+// TokenSecret is the Secret holding a pool's agent API token, in the system
+// namespace, owned by the pool.
+func TokenSecret(pool *v1alpha1.SandboxPool, namespace, token string) *corev1.Secret {
 	return &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:            TokenSecretName(pool),
-			Namespace:       pool.Namespace,
+			Namespace:       namespace,
 			Labels:          map[string]string{v1alpha1.LabelPoolName: pool.Name},
 			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(pool, poolGVK)},
 		},
@@ -148,13 +149,14 @@ func socketVolume(socket string) (corev1.Volume, corev1.VolumeMount, bool) {
 		corev1.VolumeMount{Name: volumeContainerdSocket, MountPath: dir, ReadOnly: true}, true
 }
 
-// AgentPod builds an agent Pod of pool. secretName is the pool's token
+// AgentPod builds an agent Pod of pool in namespace, the system namespace
+// (tenants' namespaces never hold privileged Pods). secretName is the pool's token
 // Secret. When hostname is not empty the Pod gets a required node affinity to
 // the node whose kubernetes.io/hostname label has that value; kube-scheduler
 // still places it, so it is still checked for fit. The Pod is owned by the
 // pool (controller reference), so deleting the pool garbage-collects it. It
 // carries FinalizerAgentPodCleanup (see cleanup.go).
-func AgentPod(pool *v1alpha1.SandboxPool, secretName, hostname string) *corev1.Pod {
+func AgentPod(pool *v1alpha1.SandboxPool, namespace, secretName, hostname string) *corev1.Pod {
 	spec := pool.Spec.Agent
 	socket := spec.ContainerdSocket
 	if socket == "" {
@@ -193,6 +195,7 @@ func AgentPod(pool *v1alpha1.SandboxPool, secretName, hostname string) *corev1.P
 	if pool.Spec.RuntimeHandler != "" {
 		env = append(env, corev1.EnvVar{Name: "DEFAULT_RUNTIME_HANDLER", Value: pool.Spec.RuntimeHandler})
 	}
+	env = append(env, sandboxPolicyEnv(pool)...)
 	if n := pool.Spec.WarmContainersPerImage; n != nil {
 		env = append(env, corev1.EnvVar{Name: "WARM_PER_IMAGE", Value: strconv.FormatInt(int64(*n), 10)})
 	}
@@ -204,7 +207,7 @@ func AgentPod(pool *v1alpha1.SandboxPool, secretName, hostname string) *corev1.P
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			GenerateName:    pool.Name + "-agent-",
-			Namespace:       pool.Namespace,
+			Namespace:       namespace,
 			Labels:          map[string]string{v1alpha1.LabelPoolName: pool.Name},
 			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(pool, poolGVK)},
 			Finalizers:      []string{v1alpha1.FinalizerAgentPodCleanup},
@@ -271,6 +274,42 @@ func AgentPod(pool *v1alpha1.SandboxPool, secretName, hostname string) *corev1.P
 		}}
 	}
 	return pod
+}
+
+// sandboxPolicyEnv hands the pool's bounds and hardening of sandboxes to
+// the agent (cmd/agent reads these variables).
+func sandboxPolicyEnv(pool *v1alpha1.SandboxPool) []corev1.EnvVar {
+	logBytes := int64(v1alpha1.DefaultLogMaxBytes)
+	if q := pool.Spec.SandboxLogs.MaxSize; q != nil {
+		logBytes = q.Value()
+	}
+	logFiles := int64(v1alpha1.DefaultLogMaxFiles)
+	if n := pool.Spec.SandboxLogs.MaxFiles; n > 0 {
+		logFiles = int64(n)
+	}
+	pids := int64(v1alpha1.DefaultSandboxPidsLimit)
+	if p := pool.Spec.SandboxDefaults.Resources.Pids; p != nil {
+		pids = *p
+	}
+	userns := pool.Spec.Security.UserNamespaces
+	if userns == "" {
+		userns = v1alpha1.UserNamespaceAuto
+	}
+	env := []corev1.EnvVar{
+		fieldEnv("HOST_IP", "status.hostIP"),
+		{Name: "SANDBOX_DEFAULT_PIDS_LIMIT", Value: strconv.FormatInt(pids, 10)},
+		{Name: "SANDBOX_LOG_MAX_BYTES", Value: strconv.FormatInt(logBytes, 10)},
+		{Name: "SANDBOX_LOG_MAX_FILES", Value: strconv.FormatInt(logFiles, 10)},
+		{Name: "SANDBOX_USER_NAMESPACES", Value: string(userns)},
+		{Name: "SANDBOX_READ_ONLY_ROOTFS", Value: strconv.FormatBool(pool.Spec.Security.ReadOnlyRootFilesystem)},
+		{Name: "SANDBOX_RUN_AS_NON_ROOT", Value: strconv.FormatBool(pool.Spec.Security.RunAsNonRoot)},
+	}
+	if e := pool.Spec.Network.Egress; len(e.AllowCIDRs) > 0 || len(e.DenyCIDRs) > 0 {
+		env = append(env,
+			corev1.EnvVar{Name: "EGRESS_ALLOW_CIDRS", Value: strings.Join(e.AllowCIDRs, ",")},
+			corev1.EnvVar{Name: "EGRESS_DENY_CIDRS", Value: strings.Join(e.DenyCIDRs, ",")})
+	}
+	return env
 }
 
 func fieldEnv(name, fieldPath string) corev1.EnvVar {

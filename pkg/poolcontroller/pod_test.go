@@ -14,7 +14,7 @@ import (
 
 func testPool() *v1alpha1.SandboxPool {
 	return &v1alpha1.SandboxPool{
-		ObjectMeta: metav1.ObjectMeta{Name: "py", Namespace: "team", UID: "pool-uid"},
+		ObjectMeta: metav1.ObjectMeta{Name: "py", UID: "pool-uid"},
 		Spec: v1alpha1.SandboxPoolSpec{
 			MinAgents: 1, MaxAgents: 3, SlotsPerAgent: 4, RuntimeHandler: "crun",
 			WarmImages: []string{"python:3.12", "node:22"}, WarmContainersPerImage: ptr.To[int32](3),
@@ -62,9 +62,9 @@ func volumeOf(pod *corev1.Pod, name string) *corev1.Volume {
 
 func TestAgentPod(t *testing.T) {
 	pool := testPool()
-	pod := AgentPod(pool, "py-agent-token", "node-a")
+	pod := AgentPod(pool, "fast-sandbox-system", "py-agent-token", "node-a")
 
-	if pod.GenerateName != "py-agent-" || pod.Namespace != "team" {
+	if pod.GenerateName != "py-agent-" || pod.Namespace != "fast-sandbox-system" {
 		t.Errorf("generateName %q namespace %q", pod.GenerateName, pod.Namespace)
 	}
 	if pod.Labels[v1alpha1.LabelPoolName] != "py" {
@@ -198,7 +198,7 @@ func TestAgentPodDefaults(t *testing.T) {
 	pool.Spec.Agent.ContainerdSocket, pool.Spec.Agent.ContainerdNamespace = "", ""
 	pool.Spec.Agent.ImagePullPolicy, pool.Spec.RuntimeHandler = "", ""
 	pool.Spec.WarmImages, pool.Spec.WarmContainersPerImage = nil, nil
-	pod := AgentPod(pool, "s", "")
+	pod := AgentPod(pool, "fast-sandbox-system", "s", "")
 	c := &pod.Spec.Containers[0]
 	if pod.Spec.Affinity != nil {
 		t.Errorf("affinity %+v without a chosen node", pod.Spec.Affinity)
@@ -228,8 +228,8 @@ func TestAgentPodDefaults(t *testing.T) {
 }
 
 func TestTokenSecret(t *testing.T) {
-	s := TokenSecret(testPool(), "abc")
-	if s.Name != "py-agent-token" || s.Namespace != "team" || string(s.Data["token"]) != "abc" {
+	s := TokenSecret(testPool(), "fast-sandbox-system", "abc")
+	if s.Name != "py-agent-token" || s.Namespace != "fast-sandbox-system" || string(s.Data["token"]) != "abc" {
 		t.Errorf("secret %s/%s data %v", s.Namespace, s.Name, s.Data)
 	}
 	if ref := metav1.GetControllerOf(s); ref == nil || ref.UID != "pool-uid" {
@@ -262,7 +262,7 @@ func TestSocketVolume(t *testing.T) {
 		t.Run(tc.socket, func(t *testing.T) {
 			pool := testPool()
 			pool.Spec.Agent.ContainerdSocket = tc.socket
-			pod := AgentPod(pool, "s", "")
+			pod := AgentPod(pool, "fast-sandbox-system", "s", "")
 			c := &pod.Spec.Containers[0]
 			v, m := volumeOf(pod, volumeContainerdSocket), mountOf(c, volumeContainerdSocket)
 			if tc.want == "" {

@@ -38,14 +38,14 @@ type inflightSandbox struct {
 func (s *Scheduler) Assume(ctx context.Context, pod *v1.Pod, agent string) error {
 	assumed := pod.DeepCopy()
 	assumed.Spec.NodeName = agent
-	key := pod.Namespace + "/" + agent
+	key := s.agentKey(agent)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a := s.agents[key]
 	if a == nil || !a.takes() {
 		return fmt.Errorf("agent %s no longer takes sandboxes", agent)
 	}
-	ps := s.ensurePoolLocked(ctx, pod.Namespace+"/"+pod.Labels[v1alpha1.LabelPoolName])
+	ps := s.ensurePoolLocked(ctx, pod.Labels[v1alpha1.LabelPoolName])
 	if err := ps.cache.AssumePod(klog.FromContext(ctx), assumed); err != nil {
 		return err
 	}
@@ -62,10 +62,10 @@ func (s *Scheduler) Forget(ctx context.Context, pod *v1.Pod, agent string) {
 	assumed.Spec.NodeName = agent
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if m := s.inflight[pod.Namespace+"/"+agent]; m != nil {
+	if m := s.inflight[s.agentKey(agent)]; m != nil {
 		delete(m, string(pod.UID))
 	}
-	ps := s.ensurePoolLocked(ctx, pod.Namespace+"/"+pod.Labels[v1alpha1.LabelPoolName])
+	ps := s.ensurePoolLocked(ctx, pod.Labels[v1alpha1.LabelPoolName])
 	if err := ps.cache.ForgetPod(klog.FromContext(ctx), assumed); err != nil {
 		klog.FromContext(ctx).V(4).Info("forgetting an assumed sandbox", "err", err)
 	}
@@ -80,7 +80,7 @@ func (s *Scheduler) Forget(ctx context.Context, pod *v1.Pod, agent string) {
 // checked again right before the placement is written.
 func (s *Scheduler) Bind(ctx context.Context, pod *v1.Pod, agentName string) error {
 	logger := klog.FromContext(ctx)
-	key := pod.Namespace + "/" + agentName
+	key := s.agentKey(agentName)
 	s.mu.Lock()
 	agent := s.agents[key]
 	var nodeName string

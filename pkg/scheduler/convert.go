@@ -13,16 +13,11 @@ import (
 )
 
 // sandboxPod presents a Sandbox to the framework's plugins as a Pod: one
-// container with the sandbox's image, requesting its CPU and memory. A bound
+// container with the sandbox's image, requesting its CPU and memory (its
+// own, else the pool's defaults; pool may be nil). A bound
 // sandbox carries its agent as the node name.
-func sandboxPod(s *v1alpha1.Sandbox, schedulerName string) *v1.Pod {
-	req := v1.ResourceList{}
-	if s.Spec.Resources.CPU != nil {
-		req[v1.ResourceCPU] = *s.Spec.Resources.CPU
-	}
-	if s.Spec.Resources.Memory != nil {
-		req[v1.ResourceMemory] = *s.Spec.Resources.Memory
-	}
+func sandboxPod(s *v1alpha1.Sandbox, pool *v1alpha1.SandboxPool, schedulerName string) *v1.Pod {
+	req := requests(effectiveResources(s, pool))
 	return &v1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: s.Name, Namespace: s.Namespace, UID: s.UID,
 			Labels: map[string]string{v1alpha1.LabelPoolName: s.Spec.PoolName}},
@@ -113,11 +108,18 @@ func agentSpec(s *v1alpha1.Sandbox, pool *v1alpha1.SandboxPool) api.SandboxSpec 
 		Image: s.Spec.Image, Command: s.Spec.Command, Args: s.Spec.Args, WorkingDir: s.Spec.WorkingDir,
 		RuntimeHandler: s.Spec.RuntimeHandler, NetworkMode: string(s.Spec.NetworkMode),
 	}
-	if s.Spec.Resources.CPU != nil {
-		spec.CPUMillis = s.Spec.Resources.CPU.MilliValue()
+	res := effectiveResources(s, pool)
+	if res.CPU != nil {
+		spec.CPUMillis = res.CPU.MilliValue()
 	}
-	if s.Spec.Resources.Memory != nil {
-		spec.MemoryBytes = s.Spec.Resources.Memory.Value()
+	if res.Memory != nil {
+		spec.MemoryBytes = res.Memory.Value()
+	}
+	if res.Pids != nil {
+		spec.PidsLimit = *res.Pids
+	}
+	if res.EphemeralStorage != nil {
+		spec.EphemeralStorageBytes = res.EphemeralStorage.Value()
 	}
 	for _, e := range s.Spec.Env {
 		spec.Env = append(spec.Env, api.EnvVar{Name: e.Name, Value: e.Value})

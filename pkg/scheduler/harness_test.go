@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	k8stypes "k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -34,6 +35,7 @@ import (
 
 const (
 	testNS    = "tenant"
+	testSysNS = v1alpha1.DefaultSystemNamespace
 	testPool  = "pool"
 	testToken = "unit-test-token"
 	testImage = "docker.io/library/busybox:latest"
@@ -208,7 +210,7 @@ func (a *testAgent) status() *api.Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	st := &api.Status{
-		Agent:    api.AgentInfo{PodName: a.name, Namespace: testNS, Pool: testPool},
+		Agent:    api.AgentInfo{PodName: a.name, Namespace: testSysNS, Pool: testPool},
 		Capacity: api.Resources{Slots: a.slots, CPUMillis: 4000, MemoryBytes: 4 << 30},
 		Images:   []api.Image{{Names: []string{testImage}, Digest: "sha256:0123", Size: 5 << 20}},
 		Healthy:  true, Epoch: a.epoch, Revision: a.revision, Time: time.Now(),
@@ -306,17 +308,23 @@ func newEnv(t *testing.T) *env {
 	e := &env{t: t, kube: k8sfake.NewClientset(), client: sbxfake.NewSimpleClientset(), agents: map[string]*testAgent{}}
 	withAPISemantics(e.client)
 	ctx := context.Background()
-	if _, err := e.kube.CoreV1().Secrets(testNS).Create(ctx, &v1.Secret{
+	if _, err := e.kube.CoreV1().Secrets(testSysNS).Create(ctx, &v1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: testPool + "-agent-token"}, Data: map[string][]byte{"token": []byte(testToken)},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	pool := &v1alpha1.SandboxPool{ObjectMeta: metav1.ObjectMeta{Name: testPool, Namespace: testNS},
+	pool := &v1alpha1.SandboxPool{ObjectMeta: metav1.ObjectMeta{Name: testPool, UID: "pool-uid"},
 		Spec: v1alpha1.SandboxPoolSpec{MinAgents: 1, MaxAgents: 10, SlotsPerAgent: 8}}
-	if _, err := e.client.SandboxV1alpha1().SandboxPools(testNS).Create(ctx, pool, metav1.CreateOptions{}); err != nil {
+	if _, err := e.client.SandboxV1alpha1().SandboxPools().Create(ctx, pool, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	return e
+}
+
+// testPoolRef is the controller reference the pool controller puts on agent Pods.
+func testPoolRef() metav1.OwnerReference {
+	return metav1.OwnerReference{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "SandboxPool",
+		Name: testPool, UID: "pool-uid", Controller: ptr.To(true)}
 }
 
 // addAgent starts a test agent and creates its Ready agent Pod.
@@ -325,14 +333,15 @@ func (e *env) addAgent(name string) *testAgent {
 	a := newTestAgent(e.t, name)
 	e.agents[name] = a
 	pod := &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testNS, UID: k8stypes.UID("uid-" + name),
-			Labels: map[string]string{v1alpha1.LabelPoolName: testPool}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testSysNS, UID: k8stypes.UID("uid-" + name),
+			Labels:          map[string]string{v1alpha1.LabelPoolName: testPool},
+			OwnerReferences: []metav1.OwnerReference{testPoolRef()}},
 		Spec: v1.PodSpec{NodeName: "node-1", Containers: []v1.Container{{Name: "agent",
 			Ports: []v1.ContainerPort{{Name: AgentPortName, ContainerPort: a.port()}}}}},
 		Status: v1.PodStatus{Phase: v1.PodRunning, PodIP: "127.0.0.1",
 			Conditions: []v1.PodCondition{{Type: v1.PodReady, Status: v1.ConditionTrue}}},
 	}
-	if _, err := e.kube.CoreV1().Pods(testNS).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+	if _, err := e.kube.CoreV1().Pods(testSysNS).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 		e.t.Fatal(err)
 	}
 	return a
@@ -340,7 +349,7 @@ func (e *env) addAgent(name string) *testAgent {
 
 func (e *env) deleteAgentPod(name string) {
 	e.t.Helper()
-	if err := e.kube.CoreV1().Pods(testNS).Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+	if err := e.kube.CoreV1().Pods(testSysNS).Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
 		e.t.Fatal(err)
 	}
 }

@@ -26,8 +26,14 @@ import (
 type metav1ListOptions = metav1.ListOptions
 
 // upsertAgent follows an agent Pod: its address, readiness and draining mark.
+// A Pod that is not an agent (isAgentPod) is ignored.
 func (s *Scheduler) upsertAgent(ctx context.Context, pod *v1.Pod) {
 	key := pod.Namespace + "/" + pod.Name
+	if !s.isAgentPod(pod) {
+		klog.FromContext(ctx).V(4).Info("ignoring a Pod labelled as an agent that no pool controls", "pod", klog.KObj(pod))
+		s.removeAgent(ctx, key, "the Pod is not an agent")
+		return
+	}
 	if pod.DeletionTimestamp != nil || pod.Status.Phase == v1.PodFailed || pod.Status.Phase == v1.PodSucceeded {
 		s.removeAgent(ctx, key, fmt.Sprintf("the agent Pod is %s", podGone(pod)))
 		return
@@ -59,7 +65,7 @@ func (s *Scheduler) upsertAgent(ctx context.Context, pod *v1.Pod) {
 	pool := a.pool
 	s.mu.Unlock()
 	if nowUsable && !wasUsable {
-		s.reactivate(pod.Namespace, pool)
+		s.reactivate(pool)
 	}
 }
 
@@ -76,6 +82,17 @@ func (s *Scheduler) runAgent(ctx context.Context, a *agentState) {
 	}
 	s.loops.Go(func() { s.runPoller(ctx, a) })
 	s.runSyncer(ctx, a)
+}
+
+// isAgentPod says whether pod is an agent: in the system namespace and
+// controlled by the SandboxPool its label names. Only the pool controller
+// creates such Pods; a label alone (which anyone who can create a Pod can
+// set) never makes one.
+func (s *Scheduler) isAgentPod(pod *v1.Pod) bool {
+	ref := metav1.GetControllerOf(pod)
+	return pod.Namespace == s.opts.SystemNamespace && ref != nil &&
+		ref.APIVersion == v1alpha1.SchemeGroupVersion.String() && ref.Kind == "SandboxPool" &&
+		ref.Name == pod.Labels[v1alpha1.LabelPoolName] && ref.Name != ""
 }
 
 func podGone(pod *v1.Pod) string {
@@ -100,7 +117,7 @@ func (s *Scheduler) newClientLocked(ctx context.Context, a *agentState) *agentcl
 }
 
 func (s *Scheduler) agentToken(namespace, pool string) (string, error) {
-	secret, err := s.secrets.Secrets(namespace).Get(s.opts.TokenSecret(pool))
+	secret, err := s.secrets.Secrets(s.opts.SystemNamespace).Get(s.opts.TokenSecret(pool))
 	if err != nil {
 		return "", err
 	}
@@ -116,7 +133,7 @@ func (s *Scheduler) refreshNodeLocked(ctx context.Context, a *agentState) {
 	if a.pool == "" || a.deleted {
 		return
 	}
-	ps := s.ensurePoolLocked(ctx, a.namespace+"/"+a.pool)
+	ps := s.ensurePoolLocked(ctx, a.pool)
 	var node *v1.Node
 	if a.nodeName != "" {
 		node, _ = s.nodes.Get(a.nodeName)
@@ -139,7 +156,7 @@ func (s *Scheduler) removeAgent(ctx context.Context, key, why string) {
 		delete(s.inflight, key)
 		a.deleted = true
 		close(a.stop)
-		if ps, ok := s.poolStates[a.namespace+"/"+a.pool]; ok {
+		if ps, ok := s.poolStates[a.pool]; ok {
 			_ = ps.cache.RemoveNode(klog.FromContext(ctx), &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: a.name}})
 		}
 	}
@@ -168,7 +185,7 @@ func (s *Scheduler) sweepLost(ctx context.Context) {
 			continue
 		}
 		s.mu.Lock()
-		a := s.agents[sbx.Namespace+"/"+sbx.Status.Agent]
+		a := s.agents[s.agentKey(sbx.Status.Agent)]
 		gone := a == nil || !a.holds(sbx)
 		lost := !gone && a.lost
 		beingBound := s.binding[string(sbx.UID)]
@@ -200,7 +217,7 @@ func (s *Scheduler) agentPodExists(sbx *v1alpha1.Sandbox) bool {
 	if lister == nil || sbx.Status.Agent == "" {
 		return false
 	}
-	pod, err := lister.Pods(sbx.Namespace).Get(sbx.Status.Agent)
+	pod, err := lister.Pods(s.opts.SystemNamespace).Get(sbx.Status.Agent)
 	if err != nil {
 		return false
 	}
@@ -246,11 +263,12 @@ func (s *Scheduler) sandboxChanged(sbx *v1alpha1.Sandbox) {
 	key := sbx.Namespace + "/" + sbx.Name
 	ctx := s.context()
 	logger := klog.FromContext(ctx)
+	pool, _ := s.pools.Get(sbx.Spec.PoolName)
 	s.mu.Lock()
-	ps := s.ensurePoolLocked(ctx, sbx.Namespace+"/"+sbx.Spec.PoolName)
-	pod := sandboxPod(sbx, "")
+	ps := s.ensurePoolLocked(ctx, sbx.Spec.PoolName)
+	pod := sandboxPod(sbx, pool, "")
 	if sbx.Status.Agent != "" {
-		if m := s.inflight[sbx.Namespace+"/"+sbx.Status.Agent]; m != nil {
+		if m := s.inflight[s.agentKey(sbx.Status.Agent)]; m != nil {
 			delete(m, string(sbx.UID))
 		}
 	}
@@ -267,7 +285,7 @@ func (s *Scheduler) sandboxChanged(sbx *v1alpha1.Sandbox) {
 		// assumed sandbox whose Bind runs right now keeps its slot.
 		_ = ps.cache.RemovePod(logger, existing)
 	}
-	agent := s.agents[sbx.Namespace+"/"+sbx.Status.Agent]
+	agent := s.agents[s.agentKey(sbx.Status.Agent)]
 	if agent != nil && !agent.holds(sbx) {
 		agent = nil
 	}
@@ -283,7 +301,7 @@ func (s *Scheduler) sandboxChanged(sbx *v1alpha1.Sandbox) {
 			agent.syncer.trigger() // the next sync leaves it out; syncDone drops the finalizer
 		}
 		if !holdsSlot(sbx) {
-			s.reactivate(sbx.Namespace, sbx.Spec.PoolName)
+			s.reactivate(sbx.Spec.PoolName)
 		}
 	case sbx.Status.Agent == "" && !finished(sbx):
 		s.mu.Lock()
@@ -293,7 +311,7 @@ func (s *Scheduler) sandboxChanged(sbx *v1alpha1.Sandbox) {
 			s.queue.Add(key)
 		}
 	case finished(sbx) && sbx.Status.Agent != "":
-		s.reactivate(sbx.Namespace, sbx.Spec.PoolName) // a slot became free
+		s.reactivate(sbx.Spec.PoolName) // a slot became free
 		if agent != nil {
 			agent.syncer.trigger() // it moves to the agent's finished list
 		}
@@ -303,13 +321,13 @@ func (s *Scheduler) sandboxChanged(sbx *v1alpha1.Sandbox) {
 func (s *Scheduler) sandboxDeleted(sbx *v1alpha1.Sandbox) {
 	ctx := s.context()
 	s.mu.Lock()
-	if ps, ok := s.poolStates[sbx.Namespace+"/"+sbx.Spec.PoolName]; ok {
-		if existing, err := ps.cache.GetPod(sandboxPod(sbx, "")); err == nil {
+	if ps, ok := s.poolStates[sbx.Spec.PoolName]; ok {
+		if existing, err := ps.cache.GetPod(sandboxPod(sbx, nil, "")); err == nil {
 			_ = ps.cache.RemovePod(klog.FromContext(ctx), existing)
 		}
 	}
 	delete(s.unschedulable, sbx.Namespace+"/"+sbx.Name)
-	agent := s.agents[sbx.Namespace+"/"+sbx.Status.Agent]
+	agent := s.agents[s.agentKey(sbx.Status.Agent)]
 	s.mu.Unlock()
 	if agent != nil {
 		agent.syncer.trigger()
@@ -331,7 +349,7 @@ func (s *Scheduler) context() context.Context {
 // keeps but never starts. A sandbox that started, and that the agent no
 // longer reports, is finished too: it is never started twice.
 func (s *Scheduler) desiredFor(a *agentState) (specs []api.SandboxSpec, finishedUIDs []string) {
-	sbxs, _ := s.sandboxes.Sandboxes(a.namespace).List(labels.Everything())
+	sbxs := s.sandboxesOf(a)
 	s.mu.Lock()
 	inflight := make([]*v1alpha1.Sandbox, 0, len(s.inflight[a.key()]))
 	for _, b := range s.inflight[a.key()] {
@@ -360,7 +378,7 @@ func (s *Scheduler) desiredFor(a *agentState) (specs []api.SandboxSpec, finished
 		case sbx.Status.StartTime != nil && status != nil && !reported[uid] && status.Time.After(sbx.Status.StartTime.Time):
 			finishedUIDs = append(finishedUIDs, uid) // it ran and is gone: detectLost reports it
 		default:
-			pool, _ := s.pools.SandboxPools(sbx.Namespace).Get(sbx.Spec.PoolName)
+			pool, _ := s.pools.Get(sbx.Spec.PoolName)
 			spec := agentSpec(sbx, pool)
 			if encodedSize(spec) > api.MaxSandboxSpecBytes {
 				return // never sent; scheduleOne failed it with InvalidSpec
@@ -408,7 +426,7 @@ func (s *Scheduler) syncDone(a *agentState, sent []api.SandboxSpec, resp *api.Sy
 	for _, uid := range resp.Deleting {
 		kept[uid] = true
 	}
-	sbxs, _ := s.sandboxes.Sandboxes(a.namespace).List(labels.Everything())
+	sbxs := s.sandboxesOf(a)
 	for _, sbx := range sbxs {
 		if a.holds(sbx) && sbx.DeletionTimestamp != nil && !kept[string(sbx.UID)] {
 			s.removeFinalizer(ctx, sbx)
@@ -561,7 +579,7 @@ func (s *Scheduler) pollAgent(ctx context.Context, a *agentState) {
 		logger.Info("a lost agent answers again", "agent", a.key())
 	}
 	if nowUsable && !wasUsable {
-		s.reactivate(a.namespace, a.pool)
+		s.reactivate(a.pool)
 	}
 	s.observe(ctx, a, st.Sandboxes)
 	if why := s.needsSync(a, st); why != "" {
@@ -636,7 +654,7 @@ func (s *Scheduler) detectLost(ctx context.Context, a *agentState, st *api.Statu
 	for _, r := range st.Sandboxes {
 		reported[r.UID] = true
 	}
-	sbxs, _ := s.sandboxes.Sandboxes(a.namespace).List(labels.Everything())
+	sbxs := s.sandboxesOf(a)
 	for _, sbx := range sbxs {
 		if !a.holds(sbx) || reported[string(sbx.UID)] {
 			continue
@@ -678,7 +696,7 @@ func (s *Scheduler) enforceLifetimes(ctx context.Context) {
 				Reason:  v1alpha1.ReasonDeadlineExceeded,
 				Message: fmt.Sprintf("the sandbox ran longer than its activeDeadlineSeconds (%d)", *sbx.Spec.ActiveDeadlineSeconds)}, nil)
 			s.mu.Lock()
-			agent := s.agents[sbx.Namespace+"/"+sbx.Status.Agent]
+			agent := s.agents[s.agentKey(sbx.Status.Agent)]
 			s.mu.Unlock()
 			if agent != nil {
 				agent.syncer.trigger()

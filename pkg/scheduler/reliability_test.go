@@ -456,13 +456,13 @@ func TestDeletedSandboxWaitsForAgentCleanup(t *testing.T) {
 	e.createSandbox("s1")
 	e.wait("s1", "Running", 5*time.Second, running)
 	ctx := context.Background()
-	pod, err := e.kube.CoreV1().Pods(testNS).Get(ctx, "agent-a", metav1.GetOptions{})
+	pod, err := e.kube.CoreV1().Pods(testSysNS).Get(ctx, "agent-a", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := metav1.Now()
 	pod.DeletionTimestamp = &now // terminating, held by the pool controller's finalizer
-	if _, err := e.kube.CoreV1().Pods(testNS).Update(ctx, pod, metav1.UpdateOptions{}); err != nil {
+	if _, err := e.kube.CoreV1().Pods(testSysNS).Update(ctx, pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	e.wait("s1", "Failed", 5*time.Second, phaseIs(v1alpha1.SandboxFailed))

@@ -76,6 +76,10 @@ type Options struct {
 	// TokenSecret returns the name of the Secret (key "token") holding a
 	// pool's agent API token.
 	TokenSecret func(pool string) string
+	// SystemNamespace is where agent Pods (and their Secrets) live; the
+	// scheduler takes no Pod elsewhere for an agent.
+	// v1alpha1.DefaultSystemNamespace by default.
+	SystemNamespace string
 	// HTTPClient calls agents; the agent client's default when nil.
 	HTTPClient *http.Client
 	// Clock is the source of the sync epoch; time.Now when nil.
@@ -107,6 +111,9 @@ func (o *Options) setDefaults() {
 	if o.Clock == nil {
 		o.Clock = time.Now
 	}
+	if o.SystemNamespace == "" {
+		o.SystemNamespace = v1alpha1.DefaultSystemNamespace
+	}
 	if o.TokenSecret == nil {
 		o.TokenSecret = func(pool string) string { return pool + "-agent-token" }
 	}
@@ -132,10 +139,14 @@ type Scheduler struct {
 	learned chan struct{}
 
 	kubeInformers informers.SharedInformerFactory
+	// sysInformers watch the system namespace only (agent Secrets).
+	sysInformers  informers.SharedInformerFactory
 	sbxInformers  sbxinformers.SharedInformerFactory
 	sandboxes     sbxlisters.SandboxLister
+	sandboxIndex  cache.Indexer
 	pools         sbxlisters.SandboxPoolLister
 	nodes         corelisters.NodeLister
+	namespaces    corelisters.NamespaceLister
 	secrets       corelisters.SecretLister
 	agentPods     corelisters.PodLister // set by Run
 
@@ -146,7 +157,7 @@ type Scheduler struct {
 
 	mu            sync.Mutex
 	ctx           context.Context
-	poolStates    map[string]*poolState                  // by pool namespace/name
+	poolStates    map[string]*poolState                  // by pool name
 	agents        map[string]*agentState                 // by agent Pod namespace/name
 	inflight      map[string]map[string]*inflightSandbox // agent key -> UID -> sandbox being bound
 	unschedulable map[string]bool                        // sandbox keys waiting for room
@@ -170,6 +181,7 @@ func New(ctx context.Context, kube kubernetes.Interface, client versioned.Interf
 	s := &Scheduler{
 		opts: opts, kube: kube, client: client, cfg: cfg, learned: make(chan struct{}),
 		kubeInformers: informers.NewSharedInformerFactory(kube, 0),
+		sysInformers:  informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithNamespace(opts.SystemNamespace)),
 		sbxInformers:  sbxinformers.NewSharedInformerFactory(client, 0),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](50*time.Millisecond, 10*time.Second),
@@ -197,10 +209,16 @@ func New(ctx context.Context, kube kubernetes.Interface, client versioned.Interf
 		}
 	}
 
+	sbxInformer := s.sbxInformers.Sandbox().V1alpha1().Sandboxes().Informer()
+	if err := sbxInformer.AddIndexers(cache.Indexers{sandboxAgentIndex: indexSandboxByAgent}); err != nil {
+		return nil, fmt.Errorf("adding the agent index to the Sandbox informer: %w", err)
+	}
+	s.sandboxIndex = sbxInformer.GetIndexer()
 	s.sandboxes = s.sbxInformers.Sandbox().V1alpha1().Sandboxes().Lister()
 	s.pools = s.sbxInformers.Sandbox().V1alpha1().SandboxPools().Lister()
 	s.nodes = s.kubeInformers.Core().V1().Nodes().Lister()
-	s.secrets = s.kubeInformers.Core().V1().Secrets().Lister()
+	s.namespaces = s.kubeInformers.Core().V1().Namespaces().Lister()
+	s.secrets = s.sysInformers.Core().V1().Secrets().Lister()
 	return s, nil
 }
 
@@ -224,6 +242,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	s.ctx = ctx
 	s.mu.Unlock()
 	agentPods := informers.NewSharedInformerFactoryWithOptions(s.kube, 0,
+		informers.WithNamespace(s.opts.SystemNamespace),
 		informers.WithTweakListOptions(func(o *metav1ListOptions) { o.LabelSelector = v1alpha1.LabelPoolName }))
 	podInformer := agentPods.Core().V1().Pods().Informer()
 	s.mu.Lock()
@@ -232,15 +251,18 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	sbxInformer := s.sbxInformers.Sandbox().V1alpha1().Sandboxes().Informer()
 	poolInformer := s.sbxInformers.Sandbox().V1alpha1().SandboxPools().Informer()
 	s.kubeInformers.Core().V1().Nodes().Informer()
-	s.kubeInformers.Core().V1().Secrets().Informer()
+	nsInformer := s.kubeInformers.Core().V1().Namespaces().Informer()
+	s.sysInformers.Core().V1().Secrets().Informer()
 
 	agentPods.Start(ctx.Done())
 	s.kubeInformers.Start(ctx.Done())
+	s.sysInformers.Start(ctx.Done())
 	s.sbxInformers.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), podInformer.HasSynced, sbxInformer.HasSynced, poolInformer.HasSynced) {
 		return fmt.Errorf("informers did not sync")
 	}
 	s.kubeInformers.WaitForCacheSync(ctx.Done())
+	s.sysInformers.WaitForCacheSync(ctx.Done())
 
 	// Learn first: every agent Pod, every bound sandbox, every agent's status,
 	// before anything is placed.
@@ -279,6 +301,11 @@ func (s *Scheduler) Run(ctx context.Context) error {
 				s.sandboxDeleted(sbx)
 			}
 		},
+	})
+	// A namespace labelled anew may now be selected by a pool.
+	_, _ = nsInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { s.reactivate("") },
+		UpdateFunc: func(_, _ any) { s.reactivate("") },
 	})
 	_, _ = poolInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { s.poolChanged(obj.(*v1alpha1.SandboxPool)) },
@@ -375,14 +402,27 @@ func (s *Scheduler) scheduleOne(ctx context.Context, key string) (bool, error) {
 	if sbx.Status.Agent != "" || finished(sbx) || sbx.DeletionTimestamp != nil || s.isInflight(sbx) {
 		return false, nil
 	}
-	pool, err := s.pools.SandboxPools(ns).Get(sbx.Spec.PoolName)
+	pool, err := s.pools.Get(sbx.Spec.PoolName)
 	if apierrors.IsNotFound(err) {
 		s.markUnschedulable(ctx, sbx, v1alpha1.ReasonPoolNotFound,
-			fmt.Sprintf("SandboxPool %q does not exist in namespace %s", sbx.Spec.PoolName, ns))
+			fmt.Sprintf("SandboxPool %q does not exist", sbx.Spec.PoolName))
 		return true, nil
 	}
 	if err != nil {
 		return false, err
+	}
+	namespace, _ := s.namespaces.Get(ns)
+	if ok, err := namespaceAllowed(pool, namespace); err != nil || !ok {
+		msg := fmt.Sprintf("SandboxPool %s does not admit Sandboxes of namespace %s (its namespaceSelector does not select it)", pool.Name, ns)
+		if err != nil {
+			msg = err.Error()
+		}
+		s.markUnschedulable(ctx, sbx, v1alpha1.ReasonNamespaceNotAllowed, msg)
+		return false, nil
+	}
+	if reason, msg := refusal(pool, sbx); reason != "" {
+		s.recordOutcome(ctx, sbx, api.SandboxStatus{UID: string(sbx.UID), State: api.StateFailed, Reason: reason, Message: msg}, nil)
+		return false, nil
 	}
 	ps, err := s.poolState(ctx, pool)
 	if err != nil {
@@ -400,7 +440,7 @@ func (s *Scheduler) scheduleOne(ctx context.Context, key string) (bool, error) {
 			Message: fmt.Sprintf("the sandbox's spec takes %d bytes as an agent request; at most %d are accepted (shorten env, command or args)", size, api.MaxSandboxSpecBytes)}, nil)
 		return false, nil
 	}
-	pod := sandboxPod(sbx, ps.profile)
+	pod := sandboxPod(sbx, pool, ps.profile)
 	if len(nodes) == 0 {
 		s.markUnschedulable(ctx, sbx, v1alpha1.ReasonUnschedulable, "0/0 agents available: the pool has no agents yet")
 		return false, nil
@@ -510,7 +550,7 @@ func fitMessage(total int, reasons map[string]int) string {
 // poolState returns the pool's cache and framework, building or rebuilding
 // the framework when the pool's profile or weights change.
 func (s *Scheduler) poolState(ctx context.Context, pool *v1alpha1.SandboxPool) (*poolState, error) {
-	key := pool.Namespace + "/" + pool.Name
+	key := pool.Name
 	profileName := pool.Spec.Scheduling.SchedulerName
 	if profileName == "" {
 		profileName = v1alpha1.DefaultSchedulerName
@@ -549,12 +589,12 @@ func (s *Scheduler) ensurePoolLocked(ctx context.Context, key string) *poolState
 }
 
 func (s *Scheduler) poolChanged(pool *v1alpha1.SandboxPool) {
-	s.reactivate(pool.Namespace, pool.Name)
+	s.reactivate(pool.Name)
 }
 
 // reactivate requeues the unschedulable sandboxes of a pool (all pools when
-// name is empty): an agent gained room, or a new one appeared.
-func (s *Scheduler) reactivate(namespace, pool string) {
+// pool is empty): an agent gained room, or a new one appeared.
+func (s *Scheduler) reactivate(pool string) {
 	s.mu.Lock()
 	keys := make([]string, 0, len(s.unschedulable))
 	for k := range s.unschedulable {
@@ -563,9 +603,6 @@ func (s *Scheduler) reactivate(namespace, pool string) {
 	s.mu.Unlock()
 	for _, k := range keys {
 		ns, name, _ := cache.SplitMetaNamespaceKey(k)
-		if namespace != "" && ns != namespace {
-			continue
-		}
 		if pool != "" {
 			if sbx, err := s.sandboxes.Sandboxes(ns).Get(name); err == nil && sbx.Spec.PoolName != pool {
 				continue
@@ -590,13 +627,30 @@ func (s *Scheduler) isInflight(sbx *v1alpha1.Sandbox) bool {
 	return false
 }
 
-// agentsOfPool lists the agents of a pool (under s.mu).
-func (s *Scheduler) agentsOfPoolLocked(namespace, pool string) []*agentState {
-	var out []*agentState
-	for _, a := range s.agents {
-		if a.namespace == namespace && a.pool == pool {
-			out = append(out, a)
-		}
+// sandboxAgentIndex indexes Sandboxes by the agent they are bound to.
+const sandboxAgentIndex = "fast-sandbox.io/agent"
+
+func indexSandboxByAgent(obj any) ([]string, error) {
+	if sbx, ok := obj.(*v1alpha1.Sandbox); ok && sbx.Status.Agent != "" {
+		return []string{sbx.Status.Agent}, nil
+	}
+	return nil, nil
+}
+
+// sandboxesOf lists the Sandboxes bound to the agent's name (of whatever
+// namespace; a.holds tells whether to this incarnation).
+func (s *Scheduler) sandboxesOf(a *agentState) []*v1alpha1.Sandbox {
+	objs, err := s.sandboxIndex.ByIndex(sandboxAgentIndex, a.name)
+	if err != nil {
+		return nil
+	}
+	out := make([]*v1alpha1.Sandbox, 0, len(objs))
+	for _, obj := range objs {
+		out = append(out, obj.(*v1alpha1.Sandbox))
 	}
 	return out
 }
+
+// agentKey is the key of the agent Pod named name: agents live in the
+// system namespace.
+func (s *Scheduler) agentKey(name string) string { return s.opts.SystemNamespace + "/" + name }
