@@ -140,15 +140,15 @@ type Scheduler struct {
 
 	kubeInformers informers.SharedInformerFactory
 	// sysInformers watch the system namespace only (agent Secrets).
-	sysInformers  informers.SharedInformerFactory
-	sbxInformers  sbxinformers.SharedInformerFactory
-	sandboxes     sbxlisters.SandboxLister
-	sandboxIndex  cache.Indexer
-	pools         sbxlisters.SandboxPoolLister
-	nodes         corelisters.NodeLister
-	namespaces    corelisters.NamespaceLister
-	secrets       corelisters.SecretLister
-	agentPods     corelisters.PodLister // set by Run
+	sysInformers informers.SharedInformerFactory
+	sbxInformers sbxinformers.SharedInformerFactory
+	sandboxes    sbxlisters.SandboxLister
+	sandboxIndex cache.Indexer
+	pools        sbxlisters.SandboxPoolLister
+	nodes        corelisters.NodeLister
+	namespaces   corelisters.NamespaceLister
+	secrets      corelisters.SecretLister
+	agentPods    corelisters.PodLister // set by Run
 
 	queue workqueue.TypedRateLimitingInterface[string]
 	// loops are the goroutines Run started (per agent, sweeps, binding
