@@ -47,6 +47,7 @@ type options struct {
 	imageRefresh        time.Duration
 	livenessThreshold   time.Duration
 	cleanupAgentPodUID  string
+	defaultPidsLimit    int64
 }
 
 func env(name, def string) string {
@@ -108,6 +109,8 @@ func main() {
 			fs.StringVar(&o.sandboxInit, "sandbox-init", env("SANDBOX_INIT", besideExecutable("sandbox-init")), "the sandbox-init binary that warm containers run; empty disables warm containers")
 			fs.IntVar(&o.warmPerImage, "warm-per-image", int(envIntDefault("WARM_PER_IMAGE", 2)), "warm containers kept for each image in recent use (0 disables them)")
 			fs.StringSliceVar(&o.warmImages, "warm-images", splitList(os.Getenv("WARM_IMAGES")), "images kept warm from the start")
+			fs.Int64Var(&o.defaultPidsLimit, "default-pids-limit", envIntDefault("SANDBOX_DEFAULT_PIDS_LIMIT", containerd.DefaultPidsLimit),
+				"processes and threads of a sandbox that sets no pids limit of its own")
 			fs.DurationVar(&o.syncWait, "sync-wait", 5*time.Second, "how long a sync waits for its creations before answering Creating for those still under way")
 			fs.DurationVar(&o.createTimeout, "create-timeout", 10*time.Minute, "bound on one sandbox's creation, image pull included")
 			fs.DurationVar(&o.livenessThreshold, "liveness-threshold", agent.DefaultLivenessThreshold,
@@ -143,6 +146,7 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 		PodUID: o.podUID, Agent: name, StateDir: o.stateDir,
 		DefaultRuntimeHandler: o.defaultHandler, RuntimeHandlers: o.handlers,
 		InitBinary: o.sandboxInit, WarmPerImage: o.warmPerImage, WarmImages: o.warmImages,
+		DefaultPidsLimit: o.defaultPidsLimit,
 	}, log.WithName("containerd"))
 	defer rt.Close()
 	a := agent.New(agent.Config{

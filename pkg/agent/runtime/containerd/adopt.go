@@ -198,7 +198,11 @@ func (r *Runtime) settle(ctx context.Context, c client.Container) (st api.Sandbo
 	case mark:
 		if st.State == api.StateRunning {
 			// The agent may have died before the CPU limit was set.
-			if err := r.setLimits(ctx, c.ID(), task, limitsOf(st.CPUMillis, st.MemoryBytes)); err != nil {
+			var pids int64
+			if labels, err := c.Labels(ctx); err == nil {
+				fmt.Sscan(labels[LabelPids], &pids)
+			}
+			if err := r.setLimits(ctx, c.ID(), task, limitsOf(st.CPUMillis, st.MemoryBytes, pids)); err != nil {
 				return st, false, fmt.Errorf("setting the limits of adopted sandbox %s: %w", st.UID, err)
 			}
 		}

@@ -64,7 +64,9 @@ const (
 	LabelAgentPodUID = "fast-sandbox.io/agent-pod-uid"
 	LabelCPU         = "fast-sandbox.io/cpu-millis"
 	LabelMemory      = "fast-sandbox.io/memory-bytes"
-	LabelCreated     = "fast-sandbox.io/created-at"
+	// LabelPids is the sandbox's pids limit (its own, or the agent's default).
+	LabelPids    = "fast-sandbox.io/pids-limit"
+	LabelCreated = "fast-sandbox.io/created-at"
 
 	managedBy = "fast-sandbox-agent"
 	idPrefix  = "fsbx-"
@@ -106,7 +108,15 @@ type Config struct {
 	WarmImagesMax int
 	// WarmImages are kept warm from the start.
 	WarmImages []string
+	// DefaultPidsLimit bounds the processes and threads of a sandbox that
+	// sets no PidsLimit of its own (default 1024).
+	DefaultPidsLimit int64
 }
+
+// Defaults of Config.
+const (
+	DefaultPidsLimit = 1024
+)
 
 // Runtime is the containerd runtime.
 type Runtime struct {
@@ -148,6 +158,9 @@ func New(cfg Config, log logr.Logger) *Runtime {
 	}
 	if cfg.Snapshotter == "" {
 		cfg.Snapshotter = "overlayfs"
+	}
+	if cfg.DefaultPidsLimit <= 0 {
+		cfg.DefaultPidsLimit = DefaultPidsLimit
 	}
 	return &Runtime{
 		cfg:      cfg,
@@ -365,7 +378,16 @@ func (r *Runtime) sandboxLabels(spec api.SandboxSpec, created time.Time) map[str
 		LabelUID: spec.UID, LabelName: spec.Name, LabelNamespace: spec.Namespace,
 		LabelPool: spec.Pool, LabelCreated: created.UTC().Format(time.RFC3339Nano),
 		LabelCPU: fmt.Sprint(spec.CPUMillis), LabelMemory: fmt.Sprint(spec.MemoryBytes),
+		LabelPids: fmt.Sprint(r.pidsLimit(spec)),
 	})
+}
+
+// pidsLimit is a sandbox's pids limit: its own, or the agent's default.
+func (r *Runtime) pidsLimit(spec api.SandboxSpec) int64 {
+	if spec.PidsLimit > 0 {
+		return spec.PidsLimit
+	}
+	return r.cfg.DefaultPidsLimit
 }
 
 // ownLabels adds the labels that say whose a container is.
@@ -530,7 +552,7 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	// a small sandbox's quota (10m CPU makes runc's setup take seconds). The
 	// memory limit holds from the start; the command runs without its own
 	// CPU limit for the microseconds between, within the agent Pod's quota.
-	if err := r.setLimits(ctx, id, task, limitsOf(spec.CPUMillis, 0)); err != nil {
+	if err := r.setLimits(ctx, id, task, limitsOf(spec.CPUMillis, 0, 0)); err != nil {
 		cleanup()
 		return r.failed(spec, id, api.ReasonCreateFailed, fmt.Errorf("setting the CPU limit: %w", err))
 	}
@@ -571,7 +593,7 @@ func (r *Runtime) specOpts(spec api.SandboxSpec, img ocispec.ImageConfig, user s
 		// containerd's default set, less what a sandbox has no use for.
 		oci.WithDroppedCapabilities([]string{"CAP_NET_RAW", "CAP_MKNOD", "CAP_AUDIT_WRITE", "CAP_SETFCAP", "CAP_SYS_CHROOT"}),
 		oci.WithCgroup(r.cgroupPath(id)),
-		oci.WithPidsLimit(4096),
+		oci.WithPidsLimit(r.pidsLimit(spec)),
 		oci.WithAnnotations(map[string]string{"io.kubernetes.cri.container-type": "fast-sandbox"}),
 	}
 	if spec.MemoryBytes > 0 {

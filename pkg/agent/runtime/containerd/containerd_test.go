@@ -39,12 +39,21 @@ func setup(t testing.TB) *env {
 // runtime starts a runtime; warm gives it warm containers.
 func (e *env) runtime(t testing.TB, warm bool) *containerd.Runtime {
 	t.Helper()
+	return e.runtimeWith(t, warm, nil)
+}
+
+// runtimeWith starts a runtime whose config configure changes first.
+func (e *env) runtimeWith(t testing.TB, warm bool, configure func(*containerd.Config)) *containerd.Runtime {
+	t.Helper()
 	cfg := containerd.Config{
 		Address: e.d.Address, Namespace: containerdtest.Namespace, CgroupParent: e.parent,
 		Agent: "agent-test", StateDir: e.state,
 	}
 	if warm {
 		cfg.InitBinary, cfg.WarmPerImage = containerdtest.SandboxInit(t), 4
+	}
+	if configure != nil {
+		configure(&cfg)
 	}
 	rt := containerd.New(cfg, testr.NewWithInterface(t, testr.Options{}))
 	if _, err := rt.Initialize(context.Background()); err != nil {

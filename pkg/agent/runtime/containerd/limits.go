@@ -33,12 +33,12 @@ func cpuQuota(cpuMillis int64) int64 {
 	return max(cpuMillis*cpuPeriod/1000, minCPUQuota)
 }
 
-// limitsOf are a sandbox's CPU and memory limits as OCI resources; nil
-// when it has none of its own. The memory limit is used as it is: the
-// kernel rounds it down to whole pages and caps it at its own maximum
+// limitsOf are a sandbox's CPU, memory and pids limits as OCI resources
+// (each only if positive); nil when none is. The memory limit is used as it
+// is: the kernel rounds it down to whole pages and caps it at its own maximum
 // (PAGE_COUNTER_MAX pages, far above the API's 64Ti), without an error.
-func limitsOf(cpuMillis, memoryBytes int64) *specs.LinuxResources {
-	if cpuMillis <= 0 && memoryBytes <= 0 {
+func limitsOf(cpuMillis, memoryBytes, pids int64) *specs.LinuxResources {
+	if cpuMillis <= 0 && memoryBytes <= 0 && pids <= 0 {
 		return nil
 	}
 	res := &specs.LinuxResources{}
@@ -49,10 +49,13 @@ func limitsOf(cpuMillis, memoryBytes int64) *specs.LinuxResources {
 	if memoryBytes > 0 {
 		res.Memory = &specs.LinuxMemory{Limit: &memoryBytes}
 	}
+	if pids > 0 {
+		res.Pids = &specs.LinuxPids{Limit: &pids}
+	}
 	return res
 }
 
-// setLimits gives a running container new CPU and memory limits. It writes
+// setLimits gives a running container new CPU, memory and pids limits. It writes
 // the container's cgroup directly, which takes microseconds, and falls back
 // to the OCI runtime's update (a process spawn) where the cgroup filesystem
 // is not writable from here.
@@ -95,6 +98,9 @@ func (r *Runtime) writeCgroup(id string, res *specs.LinuxResources) error {
 		if res.Memory != nil {
 			v2.Memory = &cgroup2.Memory{Max: res.Memory.Limit}
 		}
+		if res.Pids != nil {
+			v2.Pids = &cgroup2.Pids{Max: *res.Pids.Limit}
+		}
 		return m.Update(v2)
 	}
 	path := cgroup1.StaticPath(r.cgroupPath(id))
@@ -108,6 +114,7 @@ func (r *Runtime) writeCgroup(id string, res *specs.LinuxResources) error {
 	}{
 		{cgroup1.Cpu, res.CPU != nil, &specs.LinuxResources{CPU: res.CPU}},
 		{cgroup1.Memory, res.Memory != nil, &specs.LinuxResources{Memory: res.Memory}},
+		{cgroup1.Pids, res.Pids != nil, &specs.LinuxResources{Pids: res.Pids}},
 	} {
 		if !sub.set {
 			continue

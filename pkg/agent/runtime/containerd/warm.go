@@ -536,11 +536,12 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 	r.mu.Lock()
 	r.ids[spec.UID] = c.id
 	r.mu.Unlock()
-	// The memory limit holds before the command runs. The CPU limit follows
-	// the exec: under a small sandbox's quota (10m is 1ms per 100ms) the
-	// init's last steps would take tens of milliseconds. The command runs
+	// The memory and pids limits hold before the command runs (the warm
+	// container was made with the agent's default pids limit). The CPU limit
+	// follows the exec: under a small sandbox's quota (10m is 1ms per 100ms)
+	// the init's last steps would take tens of milliseconds. The command runs
 	// unlimited for the microseconds between, within the agent Pod's quota.
-	if err := r.setLimits(ctx, c.id, c.task, limitsOf(0, spec.MemoryBytes)); err != nil {
+	if err := r.setLimits(ctx, c.id, c.task, limitsOf(0, spec.MemoryBytes, spec.PidsLimit)); err != nil {
 		r.forgetID(spec.UID)
 		return giveUp(err)
 	}
@@ -564,7 +565,7 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 		if crashAt(stepWarmConfirmed) {
 			return r.crashWarm(c, status, stepWarmConfirmed), true
 		}
-		if err := r.setLimits(ctx, c.id, c.task, limitsOf(spec.CPUMillis, 0)); err != nil {
+		if err := r.setLimits(ctx, c.id, c.task, limitsOf(spec.CPUMillis, 0, 0)); err != nil {
 			status.State, status.Reason, status.Message = api.StateFailed, api.ReasonCreateFailed, "setting the CPU limit: "+err.Error()
 			status.FinishedAt = &started
 			r.finishClaim(c, warmFailed, status)
