@@ -40,8 +40,6 @@ package poolcontroller
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,6 +55,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apiserver/pkg/storage/names"
 	"k8s.io/client-go/informers"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
@@ -88,7 +87,6 @@ const (
 	EventFailedCreate   = "FailedCreate"
 	EventFailedDelete   = "FailedDelete"
 	EventScalingLimited = "ScalingLimited"
-	EventCreatedSecret  = "CreatedTokenSecret"
 )
 
 // Defaults of Options.
@@ -152,6 +150,7 @@ type Controller struct {
 	drainGrace   time.Duration
 	// namespace is the system namespace, home of every agent Pod.
 	namespace string
+	creds     credentials
 }
 
 // NewController makes a pool controller. podInformer and secretInformer may
@@ -274,6 +273,7 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	if !cache.WaitForNamedCacheSyncWithContext(ctx, c.synced...) {
 		return errors.New("the informers' caches did not sync")
 	}
+	go c.runCredentials(ctx)
 	for range workers {
 		go wait.UntilWithContext(ctx, c.runWorker, time.Second)
 	}
@@ -401,7 +401,8 @@ func (c *Controller) syncPool(ctx context.Context, key string) (time.Duration, e
 
 	errs := []error{cleanupErr}
 	if needsManage {
-		errs = append(errs, c.manage(ctx, pool, active, finished, agents, use, plan))
+		errs = append(errs, c.manage(ctx, pool, active, finished, agents, use, plan),
+			c.syncAgentSecrets(ctx, pool, pods))
 	} else {
 		logger.V(4).Info("Waiting for the informer to show earlier creations and deletions")
 	}
@@ -423,10 +424,6 @@ func (c *Controller) manage(ctx context.Context, pool *v1alpha1.SandboxPool, act
 	agents []Agent, use SlotUse, plan Plan,
 ) error {
 	var errs []error
-	secretName, err := c.ensureTokenSecret(ctx, pool)
-	if err != nil {
-		return err
-	}
 	for _, pod := range finished {
 		msg := fmt.Sprintf("Deleted agent Pod %s: it is %s", pod.Name, pod.Status.Phase)
 		if pod.Status.Reason != "" {
@@ -448,14 +445,14 @@ func (c *Controller) manage(ctx context.Context, pool *v1alpha1.SandboxPool, act
 	}
 
 	if plan.Create > 0 {
-		errs = append(errs, c.createAgents(ctx, pool, secretName, int(plan.Create), use.PendingImages))
+		errs = append(errs, c.createAgents(ctx, pool, int(plan.Create), use.PendingImages))
 	}
 	return errors.Join(errs...)
 }
 
 // createAgents creates n agent Pods, pinned where targeted provisioning finds
 // nodes caching the pending Sandboxes' images.
-func (c *Controller) createAgents(ctx context.Context, pool *v1alpha1.SandboxPool, secretName string, n int, pendingImages []string) error {
+func (c *Controller) createAgents(ctx context.Context, pool *v1alpha1.SandboxPool, n int, pendingImages []string) error {
 	logger := klog.FromContext(ctx)
 	key := poolKey(pool)
 	nodes, err := c.nodeLister.List(labels.Everything())
@@ -485,9 +482,15 @@ func (c *Controller) createAgents(ctx context.Context, pool *v1alpha1.SandboxPoo
 	c.expectations.expectCreations(key, n)
 	now := c.clock.Now().UTC().Format(time.RFC3339)
 	for i, node := range picks {
-		pod := AgentPod(pool, c.namespace, secretName, hostnames[node])
+		// The Pod's name is chosen here, not by the API server, so that its
+		// certificate can name it before it exists.
+		pod := AgentPod(pool, c.namespace, names.SimpleNameGenerator.GenerateName(pool.Name+"-agent-"), hostnames[node])
 		pod.Annotations = map[string]string{AnnotationIdleSince: now}
-		created, err := c.kubeClient.CoreV1().Pods(c.namespace).Create(ctx, pod, metav1.CreateOptions{})
+		err := c.issueAgentSecret(ctx, pool, pod.Name)
+		var created *corev1.Pod
+		if err == nil {
+			created, err = c.kubeClient.CoreV1().Pods(c.namespace).Create(ctx, pod, metav1.CreateOptions{FieldManager: ControllerName})
+		}
 		if err != nil {
 			// The rest will not be created in this round either; their
 			// creations will never show.
@@ -565,31 +568,6 @@ func (c *Controller) syncAnnotations(ctx context.Context, pool *v1alpha1.Sandbox
 		c.recorder.Eventf(pool, corev1.EventTypeNormal, EventDrainCancelled, "Agent Pod %s is needed again; no longer draining", pod.Name)
 	}
 	return nil
-}
-
-// ensureTokenSecret makes sure the pool's agent API token Secret exists and
-// returns its name. An existing Secret of that name is used as it is.
-func (c *Controller) ensureTokenSecret(ctx context.Context, pool *v1alpha1.SandboxPool) (string, error) {
-	name := TokenSecretName(pool)
-	if _, err := c.secretLister.Secrets(c.namespace).Get(name); err == nil {
-		return name, nil
-	} else if !apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("getting Secret %s/%s: %w", c.namespace, name, err)
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return "", fmt.Errorf("making an agent API token: %w", err)
-	}
-	_, err := c.kubeClient.CoreV1().Secrets(c.namespace).Create(ctx, TokenSecret(pool, c.namespace, hex.EncodeToString(raw)), metav1.CreateOptions{})
-	switch {
-	case apierrors.IsAlreadyExists(err):
-		return name, nil
-	case err != nil:
-		c.recorder.Eventf(pool, corev1.EventTypeWarning, EventFailedCreate, "Creating the agent token Secret %s failed: %v", name, err)
-		return "", fmt.Errorf("creating Secret %s/%s: %w", c.namespace, name, err)
-	}
-	c.recorder.Eventf(pool, corev1.EventTypeNormal, EventCreatedSecret, "Created the agent API token Secret %s", name)
-	return name, nil
 }
 
 func (c *Controller) enqueuePool(obj any) {

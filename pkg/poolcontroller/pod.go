@@ -20,24 +20,27 @@ import (
 const (
 	// ContainerName is the name of the agent container.
 	ContainerName = "agent"
-	// APIPort is the port of the agent API, named APIPortName.
+	// APIPort is the port of the agent API (mutual TLS), named APIPortName.
 	APIPort     = 8081
 	APIPortName = "agent-api"
+	// ProbePort serves the agent's /healthz, /readyz and /metrics in plain
+	// HTTP for kubelet's probes and scrapers; nothing else. It is named
+	// ProbePortName.
+	ProbePort     = 8082
+	ProbePortName = "agent-probe"
 	// StateDir is the agent's --state-dir. It is a hostPath mounted at the
 	// same path inside the Pod: containerd's shim, which runs on the host,
 	// writes sandbox logs there, so the path must mean the same on both sides.
 	StateDir = "/var/lib/fast-sandbox/agent"
-	// TokenDir is where the agent API token Secret is mounted; the agent reads
-	// TokenDir/TokenKey.
-	TokenDir = "/var/run/fast-sandbox/agent-token"
-	// TokenKey is the key of the token in the token Secret.
-	TokenKey = "token"
+	// TLSDir is where the agent's certificate Secret is mounted
+	// (tls.crt, tls.key, ca.crt; see pkg/agentpki).
+	TLSDir = "/var/run/fast-sandbox/agent-tls"
 	// HostnameLabel is the node label the agent Pods' node affinity selects on.
 	HostnameLabel = corev1.LabelHostname
 
 	volumeContainerdSocket = "containerd-socket"
 	volumeState            = "state"
-	volumeToken            = "agent-token"
+	volumeTLS              = "agent-tls"
 	// volumeCgroup is the node's cgroup filesystem: the agent reads its
 	// sandboxes' cgroups (OOM kills, usage) by their host paths, which a
 	// container's own cgroup view hides, and writes a warm container's
@@ -64,28 +67,8 @@ const (
 	AnnotationDraining = "fast-sandbox.io/draining"
 )
 
-// TokenSecretName is the name of the Secret holding a pool's agent API token.
-func TokenSecretName(pool *v1alpha1.SandboxPool) string {
-	return pool.Name + "-agent-token"
-}
-
-// poolGVK is the kind of the owner of agent Pods and token Secrets.
+// poolGVK is the kind of the owner of agent Pods and their Secrets.
 var poolGVK = v1alpha1.SchemeGroupVersion.WithKind("SandboxPool")
-
-// TokenSecret is the Secret holding a pool's agent API token, in the system
-// namespace, owned by the pool.
-func TokenSecret(pool *v1alpha1.SandboxPool, namespace, token string) *corev1.Secret {
-	return &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:            TokenSecretName(pool),
-			Namespace:       namespace,
-			Labels:          map[string]string{v1alpha1.LabelPoolName: pool.Name},
-			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(pool, poolGVK)},
-		},
-		Type: corev1.SecretTypeOpaque,
-		Data: map[string][]byte{TokenKey: []byte(token)},
-	}
-}
 
 // nodeVolumes are the node's paths that agent and cleanup Pods mount, each
 // at the same path inside: containerd's socket (see socketVolume), the agent
@@ -149,14 +132,15 @@ func socketVolume(socket string) (corev1.Volume, corev1.VolumeMount, bool) {
 		corev1.VolumeMount{Name: volumeContainerdSocket, MountPath: dir, ReadOnly: true}, true
 }
 
-// AgentPod builds an agent Pod of pool in namespace, the system namespace
-// (tenants' namespaces never hold privileged Pods). secretName is the pool's token
-// Secret. When hostname is not empty the Pod gets a required node affinity to
+// AgentPod builds the agent Pod name of pool in namespace, the system
+// namespace (tenants' namespaces never hold privileged Pods). It mounts the
+// certificate Secret of that name (v1alpha1.AgentTLSSecretName), which must
+// be created first. When hostname is not empty the Pod gets a required node affinity to
 // the node whose kubernetes.io/hostname label has that value; kube-scheduler
 // still places it, so it is still checked for fit. The Pod is owned by the
 // pool (controller reference), so deleting the pool garbage-collects it. It
 // carries FinalizerAgentPodCleanup (see cleanup.go).
-func AgentPod(pool *v1alpha1.SandboxPool, namespace, secretName, hostname string) *corev1.Pod {
+func AgentPod(pool *v1alpha1.SandboxPool, namespace, name, hostname string) *corev1.Pod {
 	spec := pool.Spec.Agent
 	socket := spec.ContainerdSocket
 	if socket == "" {
@@ -190,7 +174,8 @@ func AgentPod(pool *v1alpha1.SandboxPool, namespace, secretName, hostname string
 		{Name: "CONTAINERD_SOCKET", Value: socket},
 		{Name: "CONTAINERD_NAMESPACE", Value: ctrdNamespace},
 		{Name: "AGENT_STATE_DIR", Value: StateDir},
-		{Name: "AGENT_TOKEN_FILE", Value: path.Join(TokenDir, TokenKey)},
+		{Name: "AGENT_TLS_DIR", Value: TLSDir},
+		{Name: "AGENT_PROBE_LISTEN", Value: ":" + strconv.Itoa(ProbePort)},
 	}
 	if pool.Spec.RuntimeHandler != "" {
 		env = append(env, corev1.EnvVar{Name: "DEFAULT_RUNTIME_HANDLER", Value: pool.Spec.RuntimeHandler})
@@ -206,7 +191,7 @@ func AgentPod(pool *v1alpha1.SandboxPool, namespace, secretName, hostname string
 	volumes, mounts := nodeVolumes(socket)
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			GenerateName:    pool.Name + "-agent-",
+			Name:            name,
 			Namespace:       namespace,
 			Labels:          map[string]string{v1alpha1.LabelPoolName: pool.Name},
 			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(pool, poolGVK)},
@@ -218,9 +203,10 @@ func AgentPod(pool *v1alpha1.SandboxPool, namespace, secretName, hostname string
 				Image:           spec.Image,
 				ImagePullPolicy: pullPolicy,
 				Env:             env,
-				Ports: []corev1.ContainerPort{{
-					Name: APIPortName, ContainerPort: APIPort, Protocol: corev1.ProtocolTCP,
-				}},
+				Ports: []corev1.ContainerPort{
+					{Name: APIPortName, ContainerPort: APIPort, Protocol: corev1.ProtocolTCP},
+					{Name: ProbePortName, ContainerPort: ProbePort, Protocol: corev1.ProtocolTCP},
+				},
 				Resources: corev1.ResourceRequirements{Requests: resources, Limits: resources.DeepCopy()},
 				// Ready once the agent adopted what containerd runs, and
 				// while containerd answers (a new agent is ready within a
@@ -228,7 +214,7 @@ func AgentPod(pool *v1alpha1.SandboxPool, namespace, secretName, hostname string
 				// within a few).
 				ReadinessProbe: &corev1.Probe{
 					ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-						Path: "/readyz", Port: intstr.FromInt32(APIPort),
+						Path: "/readyz", Port: intstr.FromInt32(ProbePort),
 					}},
 					PeriodSeconds: 1, FailureThreshold: 3, TimeoutSeconds: 1,
 				},
@@ -240,18 +226,18 @@ func AgentPod(pool *v1alpha1.SandboxPool, namespace, secretName, hostname string
 				// until the agent has started (adopted its sandboxes).
 				LivenessProbe: &corev1.Probe{
 					ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-						Path: "/healthz", Port: intstr.FromInt32(APIPort),
+						Path: "/healthz", Port: intstr.FromInt32(ProbePort),
 					}},
 					PeriodSeconds: 10, FailureThreshold: 3, TimeoutSeconds: 2,
 				},
 				SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
 				VolumeMounts: append(mounts,
-					corev1.VolumeMount{Name: volumeToken, MountPath: TokenDir, ReadOnly: true}),
+					corev1.VolumeMount{Name: volumeTLS, MountPath: TLSDir, ReadOnly: true}),
 				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 			}},
 			Volumes: append(volumes,
-				corev1.Volume{Name: volumeToken, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-					SecretName: secretName, DefaultMode: ptr.To[int32](0o400),
+				corev1.Volume{Name: volumeTLS, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+					SecretName: v1alpha1.AgentTLSSecretName(name), DefaultMode: ptr.To[int32](0o400),
 				}}}),
 			RestartPolicy:                 corev1.RestartPolicyAlways,
 			TerminationGracePeriodSeconds: ptr.To[int64](5),

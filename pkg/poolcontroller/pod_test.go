@@ -62,10 +62,10 @@ func volumeOf(pod *corev1.Pod, name string) *corev1.Volume {
 
 func TestAgentPod(t *testing.T) {
 	pool := testPool()
-	pod := AgentPod(pool, "fast-sandbox-system", "py-agent-token", "node-a")
+	pod := AgentPod(pool, "fast-sandbox-system", "py-agent-x1", "node-a")
 
-	if pod.GenerateName != "py-agent-" || pod.Namespace != "fast-sandbox-system" {
-		t.Errorf("generateName %q namespace %q", pod.GenerateName, pod.Namespace)
+	if pod.Name != "py-agent-x1" || pod.Namespace != "fast-sandbox-system" {
+		t.Errorf("name %q namespace %q", pod.Name, pod.Namespace)
 	}
 	if pod.Labels[v1alpha1.LabelPoolName] != "py" {
 		t.Errorf("labels %v", pod.Labels)
@@ -107,12 +107,22 @@ func TestAgentPod(t *testing.T) {
 	if m := mountOf(c, volumeState); m == nil || m.MountPath != "/var/lib/fast-sandbox/agent" {
 		t.Errorf("state mount %+v", m)
 	}
-	// Token Secret, read-only where the agent reads it.
-	if v := volumeOf(pod, volumeToken); v == nil || v.Secret == nil || v.Secret.SecretName != "py-agent-token" {
-		t.Errorf("token volume %+v", v)
+	// Its own certificate Secret, read-only where the agent reads it.
+	if v := volumeOf(pod, volumeTLS); v == nil || v.Secret == nil || v.Secret.SecretName != "py-agent-x1-tls" {
+		t.Errorf("TLS volume %+v", v)
 	}
-	if m := mountOf(c, volumeToken); m == nil || m.MountPath != "/var/run/fast-sandbox/agent-token" || !m.ReadOnly {
-		t.Errorf("token mount %+v", m)
+	if m := mountOf(c, volumeTLS); m == nil || m.MountPath != "/var/run/fast-sandbox/agent-tls" || !m.ReadOnly {
+		t.Errorf("TLS mount %+v", m)
+	}
+	if e := envOf(c, "AGENT_TLS_DIR"); e == nil || e.Value != "/var/run/fast-sandbox/agent-tls" {
+		t.Errorf("AGENT_TLS_DIR %+v", e)
+	}
+	// Probes go to the plain-HTTP probe port: kubelet has no client certificate.
+	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Port.IntValue() != ProbePort || p.HTTPGet.Scheme == corev1.URISchemeHTTPS {
+		t.Errorf("readiness probe %+v", p)
+	}
+	if p := c.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Port.IntValue() != ProbePort {
+		t.Errorf("liveness probe %+v", p)
 	}
 
 	fieldRefs := map[string]string{
@@ -140,7 +150,7 @@ func TestAgentPod(t *testing.T) {
 	values := map[string]string{
 		"POOL_NAME": "py", "AGENT_SLOTS": "4", "DEFAULT_RUNTIME_HANDLER": "crun",
 		"CONTAINERD_SOCKET": "/run/k3s/containerd/containerd.sock", "CONTAINERD_NAMESPACE": "k8s.io",
-		"AGENT_STATE_DIR": "/var/lib/fast-sandbox/agent", "AGENT_TOKEN_FILE": "/var/run/fast-sandbox/agent-token/token",
+		"AGENT_STATE_DIR": "/var/lib/fast-sandbox/agent", "AGENT_PROBE_LISTEN": ":8082",
 		"WARM_IMAGES": "python:3.12,node:22", "WARM_PER_IMAGE": "3",
 	}
 	for name, want := range values {
@@ -153,16 +163,17 @@ func TestAgentPod(t *testing.T) {
 	if !equality.Semantic.DeepEqual(c.Resources.Requests, wantRes) || !equality.Semantic.DeepEqual(c.Resources.Limits, wantRes) {
 		t.Errorf("resources %+v, want requests = limits = %v", c.Resources, wantRes)
 	}
-	if len(c.Ports) != 1 || c.Ports[0].ContainerPort != 8081 || c.Ports[0].Name != "agent-api" {
+	if len(c.Ports) != 2 || c.Ports[0].ContainerPort != 8081 || c.Ports[0].Name != "agent-api" ||
+		c.Ports[1].ContainerPort != 8082 || c.Ports[1].Name != "agent-probe" {
 		t.Errorf("ports %+v", c.Ports)
 	}
-	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" || p.HTTPGet.Port.IntValue() != 8081 ||
+	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" || p.HTTPGet.Port.IntValue() != 8082 ||
 		p.PeriodSeconds != 1 || p.FailureThreshold != 3 || p.TimeoutSeconds != 1 {
 		t.Errorf("readiness probe %+v", p)
 	}
 	// The agent's /healthz fails after 30 s without containerd; kubelet
 	// restarts it after 20-30 s more of failures, not minutes.
-	if p := c.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.IntValue() != 8081 ||
+	if p := c.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.IntValue() != 8082 ||
 		p.PeriodSeconds != 10 || p.FailureThreshold != 3 || p.TimeoutSeconds != 2 || p.InitialDelaySeconds != 0 {
 		t.Errorf("liveness probe %+v", p)
 	} else if restartAfter := p.PeriodSeconds * p.FailureThreshold; restartAfter > 60 {
@@ -227,10 +238,16 @@ func TestAgentPodDefaults(t *testing.T) {
 	}
 }
 
-func TestTokenSecret(t *testing.T) {
-	s := TokenSecret(testPool(), "fast-sandbox-system", "abc")
-	if s.Name != "py-agent-token" || s.Namespace != "fast-sandbox-system" || string(s.Data["token"]) != "abc" {
-		t.Errorf("secret %s/%s data %v", s.Namespace, s.Name, s.Data)
+func TestAgentTLSSecret(t *testing.T) {
+	s := agentTLSSecret(testPool(), "fast-sandbox-system", "py-agent-x1", []byte("c"), []byte("k"), []byte("ca"))
+	if s.Name != "py-agent-x1-tls" || s.Namespace != "fast-sandbox-system" || s.Type != corev1.SecretTypeTLS {
+		t.Errorf("secret %s/%s type %s", s.Namespace, s.Name, s.Type)
+	}
+	if string(s.Data["tls.crt"]) != "c" || string(s.Data["tls.key"]) != "k" || string(s.Data["ca.crt"]) != "ca" {
+		t.Errorf("data %v", s.Data)
+	}
+	if s.Labels[v1alpha1.LabelPoolName] != "py" || s.Labels[v1alpha1.LabelAgentTLS] != "py-agent-x1" {
+		t.Errorf("labels %v", s.Labels)
 	}
 	if ref := metav1.GetControllerOf(s); ref == nil || ref.UID != "pool-uid" {
 		t.Errorf("controller reference %+v", ref)

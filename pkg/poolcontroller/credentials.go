@@ -1,0 +1,232 @@
+package poolcontroller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/klog/v2"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+)
+
+// The credentials of the agent API. The controller keeps a CA in the
+// system namespace (v1alpha1.AgentCASecretName), issues each agent Pod a
+// server certificate naming it (v1alpha1.AgentTLSSecretName, created before
+// the Pod, mounted only by it) and the scheduler a client certificate
+// (v1alpha1.SchedulerClientSecretName), and renews them before they expire.
+// There is no shared secret: a credential names one Pod or the scheduler.
+
+// Event reasons of the credentials.
+const (
+	EventIssuedCertificate = "IssuedCertificate"
+	EventFailedIssue       = "FailedIssue"
+)
+
+// agentSecretGrace is how long an agent's certificate Secret may exist
+// without its Pod before it is deleted: the Secret is created just before
+// the Pod, which the informer may not show yet.
+const agentSecretGrace = time.Minute
+
+// credentialsCheckPeriod is how often the scheduler's certificate is checked
+// for renewal.
+const credentialsCheckPeriod = 10 * time.Minute
+
+// credentials holds the CA once read or made.
+type credentials struct {
+	mu sync.Mutex
+	ca *agentpki.CA
+}
+
+// ca returns the agent API's CA, reading its Secret or creating it.
+func (c *Controller) ca(ctx context.Context) (*agentpki.CA, error) {
+	c.creds.mu.Lock()
+	defer c.creds.mu.Unlock()
+	if c.creds.ca != nil {
+		return c.creds.ca, nil
+	}
+	secrets := c.kubeClient.CoreV1().Secrets(c.namespace)
+	secret, err := secrets.Get(ctx, v1alpha1.AgentCASecretName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		certPEM, keyPEM, gerr := agentpki.NewCA("fast-sandbox agent API CA", c.clock.Now(), agentpki.DefaultCAValidity)
+		if gerr != nil {
+			return nil, fmt.Errorf("making the agent API CA: %w", gerr)
+		}
+		secret, err = secrets.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.AgentCASecretName, Namespace: c.namespace},
+			Type:       corev1.SecretTypeOpaque,
+			Data:       map[string][]byte{agentpki.KeyCACert: certPEM, agentpki.KeyCAKey: keyPEM},
+		}, metav1.CreateOptions{FieldManager: ControllerName})
+		if apierrors.IsAlreadyExists(err) {
+			secret, err = secrets.Get(ctx, v1alpha1.AgentCASecretName, metav1.GetOptions{})
+		} else if err == nil {
+			klog.FromContext(ctx).Info("Created the agent API CA", "secret", klog.KObj(secret))
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("getting the agent API CA Secret %s/%s: %w", c.namespace, v1alpha1.AgentCASecretName, err)
+	}
+	ca, err := agentpki.ParseCA(secret.Data[agentpki.KeyCACert], secret.Data[agentpki.KeyCAKey])
+	if err != nil {
+		return nil, fmt.Errorf("the agent API CA Secret %s/%s: %w", c.namespace, v1alpha1.AgentCASecretName, err)
+	}
+	c.creds.ca = ca
+	return ca, nil
+}
+
+// ensureSchedulerCredentials makes sure the scheduler's client certificate
+// exists and is not due for renewal.
+func (c *Controller) ensureSchedulerCredentials(ctx context.Context) error {
+	ca, err := c.ca(ctx)
+	if err != nil {
+		return err
+	}
+	secrets := c.kubeClient.CoreV1().Secrets(c.namespace)
+	cur, err := secrets.Get(ctx, v1alpha1.SchedulerClientSecretName, metav1.GetOptions{})
+	exists := err == nil
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("getting Secret %s/%s: %w", c.namespace, v1alpha1.SchedulerClientSecretName, err)
+	}
+	if exists && !agentpki.NeedsRenewal(cur.Data[agentpki.KeyCert], c.clock.Now()) &&
+		string(cur.Data[agentpki.KeyCACert]) == string(ca.CertPEM) {
+		return nil
+	}
+	certPEM, keyPEM, err := ca.IssueScheduler(c.clock.Now(), agentpki.DefaultCertValidity)
+	if err != nil {
+		return fmt.Errorf("issuing the scheduler's client certificate: %w", err)
+	}
+	data := map[string][]byte{agentpki.KeyCert: certPEM, agentpki.KeyKey: keyPEM, agentpki.KeyCACert: ca.CertPEM}
+	if !exists {
+		_, err = secrets.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.SchedulerClientSecretName, Namespace: c.namespace},
+			Type:       corev1.SecretTypeTLS, Data: data,
+		}, metav1.CreateOptions{FieldManager: ControllerName})
+	} else {
+		cur = cur.DeepCopy()
+		cur.Data = data
+		_, err = secrets.Update(ctx, cur, metav1.UpdateOptions{FieldManager: ControllerName})
+	}
+	if err != nil && !apierrors.IsAlreadyExists(err) && !apierrors.IsConflict(err) {
+		return fmt.Errorf("writing Secret %s/%s: %w", c.namespace, v1alpha1.SchedulerClientSecretName, err)
+	}
+	klog.FromContext(ctx).Info("Issued the scheduler's client certificate", "secret", klog.KRef(c.namespace, v1alpha1.SchedulerClientSecretName))
+	return nil
+}
+
+// runCredentials keeps the scheduler's certificate until ctx ends.
+func (c *Controller) runCredentials(ctx context.Context) {
+	for {
+		if err := c.ensureSchedulerCredentials(ctx); err != nil {
+			klog.FromContext(ctx).Error(err, "Keeping the scheduler's client certificate; retrying")
+			select {
+			case <-ctx.Done():
+				return
+			case <-c.clock.After(5 * time.Second):
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.clock.After(credentialsCheckPeriod):
+		}
+	}
+}
+
+// agentTLSSecret is the Secret with the server certificate of the agent Pod
+// named podName, owned by the pool.
+func agentTLSSecret(pool *v1alpha1.SandboxPool, namespace, podName string, certPEM, keyPEM, caPEM []byte) *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      v1alpha1.AgentTLSSecretName(podName),
+			Namespace: namespace,
+			Labels: map[string]string{
+				v1alpha1.LabelPoolName: pool.Name,
+				v1alpha1.LabelAgentTLS: podName,
+			},
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(pool, poolGVK)},
+		},
+		Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{agentpki.KeyCert: certPEM, agentpki.KeyKey: keyPEM, agentpki.KeyCACert: caPEM},
+	}
+}
+
+// issueAgentSecret creates (or, when due, renews) the certificate Secret of
+// the agent Pod named podName.
+func (c *Controller) issueAgentSecret(ctx context.Context, pool *v1alpha1.SandboxPool, podName string) error {
+	ca, err := c.ca(ctx)
+	if err != nil {
+		return err
+	}
+	name := v1alpha1.AgentTLSSecretName(podName)
+	cur, err := c.secretLister.Secrets(c.namespace).Get(name)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("getting Secret %s/%s: %w", c.namespace, name, err)
+	}
+	if cur != nil && !agentpki.NeedsRenewal(cur.Data[agentpki.KeyCert], c.clock.Now()) {
+		return nil
+	}
+	certPEM, keyPEM, err := ca.IssueAgent(c.namespace, podName, c.clock.Now(), agentpki.DefaultCertValidity)
+	if err != nil {
+		return fmt.Errorf("issuing the certificate of agent Pod %s: %w", podName, err)
+	}
+	secret := agentTLSSecret(pool, c.namespace, podName, certPEM, keyPEM, ca.CertPEM)
+	secrets := c.kubeClient.CoreV1().Secrets(c.namespace)
+	if cur == nil {
+		_, err = secrets.Create(ctx, secret, metav1.CreateOptions{FieldManager: ControllerName})
+	} else {
+		updated := cur.DeepCopy()
+		updated.Data = secret.Data
+		_, err = secrets.Update(ctx, updated, metav1.UpdateOptions{FieldManager: ControllerName})
+	}
+	if err != nil {
+		c.recorder.Eventf(pool, corev1.EventTypeWarning, EventFailedIssue, "Issuing the certificate of agent Pod %s failed: %v", podName, err)
+		return fmt.Errorf("writing Secret %s/%s: %w", c.namespace, name, err)
+	}
+	verb := "Issued"
+	if cur != nil {
+		verb = "Renewed"
+	}
+	c.recorder.Eventf(pool, corev1.EventTypeNormal, EventIssuedCertificate, "%s the certificate of agent Pod %s", verb, podName)
+	return nil
+}
+
+// syncAgentSecrets gives every running agent Pod of the pool a valid
+// certificate (issued anew when missing, renewed when due) and deletes the
+// certificates of Pods that are gone (after agentSecretGrace).
+func (c *Controller) syncAgentSecrets(ctx context.Context, pool *v1alpha1.SandboxPool, pods []*corev1.Pod) error {
+	var errs []error
+	live := make(map[string]bool, len(pods))
+	for _, pod := range pods {
+		live[pod.Name] = true
+		if pod.DeletionTimestamp != nil || podFinished(pod) || !metav1.IsControlledBy(pod, pool) {
+			continue
+		}
+		errs = append(errs, c.issueAgentSecret(ctx, pool, pod.Name))
+	}
+	secrets, err := c.secretLister.Secrets(c.namespace).List(labels.SelectorFromSet(labels.Set{v1alpha1.LabelPoolName: pool.Name}))
+	if err != nil {
+		return fmt.Errorf("listing the agent certificate Secrets of %s: %w", pool.Name, err)
+	}
+	for _, s := range secrets {
+		podName := s.Labels[v1alpha1.LabelAgentTLS]
+		switch {
+		case podName == "" || !metav1.IsControlledBy(s, pool) || live[podName]:
+		case c.clock.Since(s.CreationTimestamp.Time) > agentSecretGrace:
+			err := c.kubeClient.CoreV1().Secrets(c.namespace).Delete(ctx, s.Name, metav1.DeleteOptions{
+				Preconditions: &metav1.Preconditions{UID: &s.UID},
+			})
+			if err != nil && !apierrors.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("deleting Secret %s/%s of a gone agent: %w", s.Namespace, s.Name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
