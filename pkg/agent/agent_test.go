@@ -176,8 +176,6 @@ func (f *fakeRuntime) Logs(context.Context, string) (io.ReadCloser, error) {
 func (f *fakeRuntime) Exits() <-chan api.SandboxStatus { return f.exits }
 func (f *fakeRuntime) Close() error                    { return nil }
 
-const token = "0123456789abcdef0123"
-
 // timeoutClient fails a test whose request hangs (a sync stalled on a creation).
 var timeoutClient = &http.Client{Timeout: 5 * time.Second}
 
@@ -194,7 +192,7 @@ func startWith(t *testing.T, rt *fakeRuntime, cfg Config) (*Agent, *httptest.Ser
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(a.Handler(token))
+	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
 	return a, srv
 }
@@ -206,7 +204,7 @@ func sbx(uid string) api.SandboxSpec {
 func TestSyncConverges(t *testing.T) {
 	rt := newFakeRuntime(api.SandboxStatus{UID: "stale", State: api.StateRunning})
 	_, srv := start(t, rt, api.Resources{Slots: 4})
-	c := client.New(srv.URL, token, timeoutClient)
+	c := client.New(srv.URL, timeoutClient)
 	ctx := context.Background()
 
 	req := &api.SyncRequest{Epoch: 1, Revision: 1, Sandboxes: []api.SandboxSpec{sbx("a"), sbx("b")}}
@@ -268,30 +266,24 @@ func TestRequestsRefused(t *testing.T) {
 	tooManyFinished := body(api.SyncRequest{Epoch: 1, Revision: 1, Finished: make([]string, api.MaxFinished+1)})
 	bothLists := body(api.SyncRequest{Epoch: 1, Revision: 1, Sandboxes: []api.SandboxSpec{sbx("a")}, Finished: []string{"a"}})
 	cases := []struct {
-		name, method, path, token, contentType, body string
-		code                                         int
-		contains                                     string
+		name, method, path, contentType, body string
+		code                                  int
+		contains                              string
 	}{
-		{"no token", "GET", api.PathStatus, "", "", "", 401, "bearer token is required"},
-		{"wrong token", "GET", api.PathStatus, "nope-nope-nope-nope", "", "", 403, "not valid"},
-		{"no token on sync", "PUT", api.PathSync, "", "application/json", sync(sbx("a")), 401, "bearer token"},
-		{"malformed JSON", "PUT", api.PathSync, token, "application/json", "{", 400, "malformed body"},
-		{"unknown field", "PUT", api.PathSync, token, "application/json", `{"epoch":1,"sandboxez":[]}`, 400, "unknown field"},
-		{"trailing data", "PUT", api.PathSync, token, "application/json", `{"epoch":1}{}`, 400, "data after"},
-		{"wrong content type", "PUT", api.PathSync, token, "text/plain", sync(), 415, "application/json"},
-		{"oversized", "PUT", api.PathSync, token, "application/json", `{"sandboxes":[` + strings.Repeat(" ", api.MaxRequestBytes) + `]}`, 413, "larger than"},
-		{"duplicate uid", "PUT", api.PathSync, token, "application/json", sync(sbx("a"), sbx("a")), 400, "appears twice"},
-		{"too many sandboxes", "PUT", api.PathSync, token, "application/json", sync(make([]api.SandboxSpec, api.MaxSandboxes+1)...), 422, "at most 1024"},
-		{"too many finished", "PUT", api.PathSync, token, "application/json", tooManyFinished, 422, "at most 16384"},
-		{"in sandboxes and finished", "PUT", api.PathSync, token, "application/json", bothLists, 400, "appears twice"},
-		{"wrong method", "DELETE", api.PathSync, token, "", "", 405, ""},
+		{"malformed JSON", "PUT", api.PathSync, "application/json", "{", 400, "malformed body"},
+		{"unknown field", "PUT", api.PathSync, "application/json", `{"epoch":1,"sandboxez":[]}`, 400, "unknown field"},
+		{"trailing data", "PUT", api.PathSync, "application/json", `{"epoch":1}{}`, 400, "data after"},
+		{"wrong content type", "PUT", api.PathSync, "text/plain", sync(), 415, "application/json"},
+		{"oversized", "PUT", api.PathSync, "application/json", `{"sandboxes":[` + strings.Repeat(" ", api.MaxRequestBytes) + `]}`, 413, "larger than"},
+		{"duplicate uid", "PUT", api.PathSync, "application/json", sync(sbx("a"), sbx("a")), 400, "appears twice"},
+		{"too many sandboxes", "PUT", api.PathSync, "application/json", sync(make([]api.SandboxSpec, api.MaxSandboxes+1)...), 422, "at most 1024"},
+		{"too many finished", "PUT", api.PathSync, "application/json", tooManyFinished, 422, "at most 16384"},
+		{"in sandboxes and finished", "PUT", api.PathSync, "application/json", bothLists, 400, "appears twice"},
+		{"wrong method", "DELETE", api.PathSync, "", "", 405, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader(tc.body))
-			if tc.token != "" {
-				req.Header.Set("Authorization", "Bearer "+tc.token)
-			}
 			if tc.contentType != "" {
 				req.Header.Set("Content-Type", tc.contentType)
 			}
@@ -311,7 +303,8 @@ func TestRequestsRefused(t *testing.T) {
 	if len(rt.creates) != 0 || len(rt.running) != 0 {
 		t.Errorf("refused requests changed the runtime: creates %v running %v", rt.creates, rt.running)
 	}
-	// Probes need no token.
+	// Probes are open (the API port admits only the scheduler's certificate;
+	// see server_tls_test.go).
 	for _, p := range []string{api.PathHealthz, api.PathReadyz, api.PathMetrics} {
 		resp, err := http.Get(srv.URL + p)
 		if err != nil || resp.StatusCode != 200 {
@@ -324,7 +317,7 @@ func TestRequestsRefused(t *testing.T) {
 func TestFinishedSandboxesHoldNoSlot(t *testing.T) {
 	rt := newFakeRuntime()
 	a, srv := start(t, rt, api.Resources{Slots: 1})
-	c := client.New(srv.URL, token, timeoutClient)
+	c := client.New(srv.URL, timeoutClient)
 	ctx := context.Background()
 	if _, err := c.Sync(ctx, &api.SyncRequest{Epoch: 1, Revision: 1, Sandboxes: []api.SandboxSpec{sbx("a")}}); err != nil {
 		t.Fatal(err)
@@ -364,13 +357,12 @@ func TestFinishedSandboxesHoldNoSlot(t *testing.T) {
 // take its sandboxes for lost); health answers.
 func TestNotReadyRefuses(t *testing.T) {
 	a := New(Config{Capacity: api.Resources{Slots: 1}}, newFakeRuntime(), testr.New(t))
-	srv := httptest.NewServer(a.Handler(token))
+	srv := httptest.NewServer(a.Handler())
 	defer srv.Close()
 	for _, tc := range []struct{ method, path string }{
 		{http.MethodGet, api.PathStatus}, {http.MethodPut, api.PathSync}, {http.MethodGet, api.PathReadyz}, {http.MethodGet, api.PathHealthz},
 	} {
 		req, _ := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader(`{"epoch":1,"revision":1,"sandboxes":[]}`))
-		req.Header.Set("Authorization", "Bearer "+token)
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -438,7 +430,7 @@ func TestInvalidSandboxFailsAlone(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rt := newFakeRuntime()
 			a, srv := start(t, rt, api.Resources{Slots: 4})
-			c := client.New(srv.URL, token, timeoutClient)
+			c := client.New(srv.URL, timeoutClient)
 			resp := syncOK(t, c, 1, []api.SandboxSpec{sbx("a"), tc.spec, sbx("b")})
 			got := resp.Sandboxes
 			if got[0].State != api.StateRunning || got[2].State != api.StateRunning {
@@ -493,7 +485,7 @@ func TestNoCapacityPerSandbox(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rt := newFakeRuntime()
 			a, srv := start(t, rt, tc.capacity)
-			c := client.New(srv.URL, token, timeoutClient)
+			c := client.New(srv.URL, timeoutClient)
 			if tc.before != nil {
 				syncOK(t, c, 1, tc.before)
 			}
@@ -521,7 +513,7 @@ func TestNoCapacityPerSandbox(t *testing.T) {
 func TestFinished(t *testing.T) {
 	rt := newFakeRuntime()
 	a, srv := start(t, rt, api.Resources{Slots: 1})
-	c := client.New(srv.URL, token, timeoutClient)
+	c := client.New(srv.URL, timeoutClient)
 	ctx := context.Background()
 	syncOK(t, c, 1, []api.SandboxSpec{sbx("a")})
 
@@ -568,7 +560,7 @@ func TestSlowCreationDoesNotStallSyncs(t *testing.T) {
 	release := rt.blockCreate("slow")
 	defer release()
 	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: 300 * time.Millisecond})
-	c := client.New(srv.URL, token, &http.Client{Timeout: 3 * time.Second})
+	c := client.New(srv.URL, &http.Client{Timeout: 3 * time.Second})
 
 	first := make(chan *api.SyncResponse, 1)
 	go func() {
@@ -616,7 +608,7 @@ func TestDroppedWhileCreating(t *testing.T) {
 			release := rt.blockCreate("x")
 			defer release()
 			a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: 50 * time.Millisecond})
-			c := client.New(srv.URL, token, timeoutClient)
+			c := client.New(srv.URL, timeoutClient)
 			if resp := syncOK(t, c, 1, []api.SandboxSpec{sbx("x")}); resp.Sandboxes[0].State != api.StateCreating {
 				t.Fatalf("answer %+v, want Creating", resp.Sandboxes[0])
 			}
@@ -661,7 +653,7 @@ func TestFinishedWhileCreating(t *testing.T) {
 	release := rt.blockCreate("x")
 	defer release()
 	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: 10 * time.Millisecond})
-	c := client.New(srv.URL, token, timeoutClient)
+	c := client.New(srv.URL, timeoutClient)
 	syncOK(t, c, 1, []api.SandboxSpec{sbx("x")})
 	if resp := syncOK(t, c, 2, nil, "x"); len(resp.Deleting) != 0 {
 		t.Errorf("deleting %v, want none", resp.Deleting)
@@ -682,7 +674,7 @@ func TestExitWhileCreating(t *testing.T) {
 	release := rt.blockCreate("x")
 	defer release()
 	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: 10 * time.Millisecond})
-	c := client.New(srv.URL, token, timeoutClient)
+	c := client.New(srv.URL, timeoutClient)
 	syncOK(t, c, 1, []api.SandboxSpec{sbx("x")})
 	code := int32(3)
 	rt.exits <- api.SandboxStatus{UID: "x", State: api.StateExited, ExitCode: &code, Reason: api.ReasonError}
@@ -701,12 +693,11 @@ func TestExitWhileCreating(t *testing.T) {
 // TestConflictCarriesApplied: a 409 says which epoch and revision were applied.
 func TestConflictCarriesApplied(t *testing.T) {
 	_, srv := start(t, newFakeRuntime(), api.Resources{Slots: 4})
-	c := client.New(srv.URL, token, timeoutClient)
+	c := client.New(srv.URL, timeoutClient)
 	if _, err := c.Sync(context.Background(), &api.SyncRequest{Epoch: 7, Revision: 12}); err != nil {
 		t.Fatal(err)
 	}
 	req, _ := http.NewRequest(http.MethodPut, srv.URL+api.PathSync, strings.NewReader(`{"epoch":7,"revision":11,"sandboxes":[]}`))
-	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -727,7 +718,7 @@ func TestConflictCarriesApplied(t *testing.T) {
 func TestStatusDoesNotWaitOnImages(t *testing.T) {
 	rt := newFakeRuntime()
 	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 1}, ImageRefreshPeriod: 20 * time.Millisecond})
-	c := client.New(srv.URL, token, &http.Client{Timeout: 2 * time.Second})
+	c := client.New(srv.URL, &http.Client{Timeout: 2 * time.Second})
 	block := make(chan struct{})
 	rt.mu.Lock()
 	rt.imagesBlock = block
@@ -762,7 +753,7 @@ func TestCreateTimeout(t *testing.T) {
 	release := rt.blockCreate("x")
 	defer release()
 	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: 10 * time.Millisecond, CreateTimeout: 200 * time.Millisecond})
-	c := client.New(srv.URL, token, timeoutClient)
+	c := client.New(srv.URL, timeoutClient)
 	ctx, cancel := context.WithCancel(context.Background())
 	if _, err := c.Sync(ctx, &api.SyncRequest{Epoch: 1, Revision: 1, Sandboxes: []api.SandboxSpec{sbx("x")}}); err != nil {
 		t.Fatal(err)
@@ -789,7 +780,7 @@ func TestRuntimeUnavailableIsNotFinal(t *testing.T) {
 	rt := newFakeRuntime()
 	rt.unavailable["x"] = 1
 	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: time.Second})
-	c := client.New(srv.URL, token, timeoutClient)
+	c := client.New(srv.URL, timeoutClient)
 	resp := syncOK(t, c, 1, []api.SandboxSpec{sbx("x")})
 	if st := resp.Sandboxes[0]; st.State != api.StateCreating {
 		t.Errorf("answer %+v, want Creating (not a final outcome)", st)

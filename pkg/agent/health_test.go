@@ -57,7 +57,7 @@ func startHealth(t *testing.T, rt runtime.Runtime) (srv *httptest.Server, h *Hea
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	a := New(Config{}, rt, testr.New(t))
 	h = NewHealth(rt, testHealth, testr.New(t))
-	srv = httptest.NewServer(a.Handler(token, WithHealth(h)))
+	srv = httptest.NewServer(a.ProbeHandler(WithHealth(h)))
 	t.Cleanup(srv.Close)
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)

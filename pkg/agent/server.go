@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bytes"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,18 +33,32 @@ func WithHealth(h *Health) HandlerOption {
 	return func(o *handlerOptions) { o.health = h }
 }
 
-// Handler serves the agent's HTTP API. Every /v1 request must carry the
-// bearer token; /healthz, /readyz and /metrics are open for probes and
-// scrapes and reveal nothing about sandboxes. Neither probe waits on the
-// runtime: they answer from what the agent and its Health (WithHealth)
-// already know.
-func (a *Agent) Handler(token string, opts ...HandlerOption) http.Handler {
+// Handler serves the agent's HTTP API. It authenticates nobody itself: it is
+// served only behind mutual TLS that admits the scheduler's certificate
+// alone (agentpki.ServerConfig). It also answers /healthz, /readyz and
+// /metrics, as ProbeHandler does.
+func (a *Agent) Handler(opts ...HandlerOption) http.Handler {
+	return a.handler(true, opts...)
+}
+
+// ProbeHandler serves /healthz, /readyz and /metrics only, for kubelet's
+// probes and scrapers, which have no client certificate; they reveal nothing
+// about sandboxes. Neither probe waits on the runtime: they answer from what
+// the agent and its Health (WithHealth) already know.
+func (a *Agent) ProbeHandler(opts ...HandlerOption) http.Handler {
+	return a.handler(false, opts...)
+}
+
+func (a *Agent) handler(withAPI bool, opts ...HandlerOption) http.Handler {
 	var o handlerOptions
 	for _, opt := range opts {
 		opt(&o)
 	}
 	mux := http.NewServeMux()
-	route := func(pattern string, authenticated bool, h func(http.ResponseWriter, *http.Request) error) {
+	route := func(pattern string, isAPI bool, h func(http.ResponseWriter, *http.Request) error) {
+		if isAPI && !withAPI {
+			return
+		}
 		name := pattern[strings.Index(pattern, " ")+1:]
 		var handler http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
@@ -54,11 +67,6 @@ func (a *Agent) Handler(token string, opts ...HandlerOption) http.Handler {
 			}
 			a.metrics.requests.WithLabelValues(name, strconv.Itoa(rec.code)).Inc()
 		})
-		if authenticated {
-			handler = requireToken(token, handler, func(code int) {
-				a.metrics.requests.WithLabelValues(name, strconv.Itoa(code)).Inc()
-			})
-		}
 		mux.Handle(pattern, handler)
 	}
 	route("GET "+api.PathStatus, true, func(w http.ResponseWriter, r *http.Request) error {
@@ -111,28 +119,6 @@ func (a *Agent) Handler(token string, opts ...HandlerOption) http.Handler {
 	})
 	mux.Handle("GET "+api.PathMetrics, promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}))
 	return mux
-}
-
-// requireToken answers 401 to a request without a bearer token and 403 to
-// one with the wrong token.
-func requireToken(token string, next http.Handler, count func(int)) http.Handler {
-	want := []byte(token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		auth := r.Header.Get("Authorization")
-		got, ok := strings.CutPrefix(auth, "Bearer ")
-		if !ok || got == "" {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="fast-sandbox-agent"`)
-			writeError(w, logr.Discard(), refuse(http.StatusUnauthorized, "a bearer token is required"))
-			count(http.StatusUnauthorized)
-			return
-		}
-		if len(want) == 0 || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
-			writeError(w, logr.Discard(), refuse(http.StatusForbidden, "the bearer token is not valid for this agent"))
-			count(http.StatusForbidden)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 // decodeJSON reads a JSON body strictly: the right content type, at most

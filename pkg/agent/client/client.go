@@ -17,9 +17,8 @@ import (
 
 // Client talks to one agent.
 type Client struct {
-	base  string
-	token string
-	http  *http.Client
+	base string
+	http *http.Client
 }
 
 // DefaultHTTPClient keeps connections to agents alive. It sets no overall
@@ -37,12 +36,16 @@ var DefaultHTTPClient = &http.Client{
 // MaxResponseBytes bounds what is read of an agent's answer.
 const MaxResponseBytes = 64 << 20
 
-// New returns a client for the agent at baseURL (e.g. "http://10.244.0.7:8081").
-func New(baseURL, token string, hc *http.Client) *Client {
+// New returns a client for the agent at baseURL (e.g.
+// "https://10.244.0.7:8081"). hc authenticates both ends: the agent API takes
+// only mutual TLS with the scheduler's certificate, and the caller must
+// verify that the server's certificate names the agent it means to reach
+// (agentpki.ClientCredentials.Transport does both).
+func New(baseURL string, hc *http.Client) *Client {
 	if hc == nil {
 		hc = DefaultHTTPClient
 	}
-	return &Client{base: strings.TrimSuffix(baseURL, "/"), token: token, http: hc}
+	return &Client{base: strings.TrimSuffix(baseURL, "/"), http: hc}
 }
 
 // StatusError is an answer other than 2xx.
@@ -119,7 +122,6 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return fmt.Errorf("%s %s%s: %w", method, c.base, path, err)

@@ -25,7 +25,7 @@ func TestAnswerIsBounded(t *testing.T) {
 	defer srv.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	_, err := New(srv.URL, "token", nil).Status(ctx)
+	_, err := New(srv.URL, nil).Status(ctx)
 	if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), "decoding") {
 		t.Fatalf("an endless answer: err %v (context: %v), want a decoding error once %d bytes are read", err, ctx.Err(), MaxResponseBytes)
 	}
@@ -45,7 +45,7 @@ func TestCallsBoundedByTheirContext(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	if _, err := New(srv.URL, "token", nil).Status(ctx); err == nil {
+	if _, err := New(srv.URL, nil).Status(ctx); err == nil {
 		t.Fatal("a call past its context's deadline succeeded")
 	}
 	if d := time.Since(start); d > 900*time.Millisecond {
