@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -20,13 +21,15 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
 	"github.com/fast-sandbox/fast-sandbox/pkg/cli"
 	"k8s.io/component-base/version"
 )
 
 type options struct {
 	listen              string
-	tokenFile           string
+	probeListen         string
+	tlsDir              string
 	containerdSocket    string
 	containerdNamespace string
 	cgroupParent        string
@@ -48,6 +51,8 @@ type options struct {
 	livenessThreshold   time.Duration
 	cleanupAgentPodUID  string
 	defaultPidsLimit    int64
+	logMaxBytes         int64
+	logMaxFiles         int
 }
 
 func env(name, def string) string {
@@ -91,7 +96,9 @@ func main() {
 		Short: "Runs sandbox containers of one agent Pod through the node's containerd.",
 		AddFlags: func(fs *pflag.FlagSet) {
 			fs.StringVar(&o.listen, "listen", env("AGENT_LISTEN", ":8081"), "address of the agent API")
-			fs.StringVar(&o.tokenFile, "token-file", env("AGENT_TOKEN_FILE", "/var/run/fast-sandbox/agent-token/token"), "file holding the bearer token callers must present")
+			fs.StringVar(&o.probeListen, "probe-listen", env("AGENT_PROBE_LISTEN", ":8082"), "address of /healthz, /readyz and /metrics in plain HTTP (for kubelet's probes); empty: none")
+			fs.StringVar(&o.tlsDir, "tls-dir", env("AGENT_TLS_DIR", "/var/run/fast-sandbox/agent-tls"),
+				"directory of the agent's certificate (tls.crt, tls.key) and of the CA (ca.crt) that issued the scheduler's: the API takes only mutual TLS with the scheduler's certificate")
 			fs.StringVar(&o.containerdSocket, "containerd-socket", env("CONTAINERD_SOCKET", "/run/containerd/containerd.sock"), "containerd's socket")
 			fs.StringVar(&o.containerdNamespace, "containerd-namespace", env("CONTAINERD_NAMESPACE", "k8s.io"), "containerd namespace of the node's images (kubelet's is k8s.io)")
 			fs.StringVar(&o.cgroupParent, "cgroup-parent", os.Getenv("CGROUP_PARENT"), "cgroup for sandboxes; default: the agent Pod's, found through containerd")
@@ -111,6 +118,10 @@ func main() {
 			fs.StringSliceVar(&o.warmImages, "warm-images", splitList(os.Getenv("WARM_IMAGES")), "images kept warm from the start")
 			fs.Int64Var(&o.defaultPidsLimit, "default-pids-limit", envIntDefault("SANDBOX_DEFAULT_PIDS_LIMIT", containerd.DefaultPidsLimit),
 				"processes and threads of a sandbox that sets no pids limit of its own")
+			fs.Int64Var(&o.logMaxBytes, "log-max-bytes", envIntDefault("SANDBOX_LOG_MAX_BYTES", containerd.DefaultLogMaxBytes),
+				"size at which a sandbox's log (stdout and stderr) is rotated")
+			fs.IntVar(&o.logMaxFiles, "log-max-files", int(envIntDefault("SANDBOX_LOG_MAX_FILES", containerd.DefaultLogMaxFiles)),
+				"files a sandbox's log keeps, the current one included: at most log-max-bytes times this on disk")
 			fs.DurationVar(&o.syncWait, "sync-wait", 5*time.Second, "how long a sync waits for its creations before answering Creating for those still under way")
 			fs.DurationVar(&o.createTimeout, "create-timeout", 10*time.Minute, "bound on one sandbox's creation, image pull included")
 			fs.DurationVar(&o.livenessThreshold, "liveness-threshold", agent.DefaultLivenessThreshold,
@@ -129,13 +140,10 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 	if o.cleanupAgentPodUID != "" {
 		return cleanup(ctx, log, o)
 	}
-	token, err := os.ReadFile(o.tokenFile)
+	tlsConfig, err := agentpki.ServerConfig(filepath.Join(o.tlsDir, agentpki.KeyCert), filepath.Join(o.tlsDir, agentpki.KeyKey),
+		filepath.Join(o.tlsDir, agentpki.KeyCACert))
 	if err != nil {
-		return fmt.Errorf("reading the API token: %w", err)
-	}
-	tok := strings.TrimSpace(string(token))
-	if len(tok) < 16 {
-		return fmt.Errorf("the API token in %s is shorter than 16 characters", o.tokenFile)
+		return fmt.Errorf("loading the agent API's credentials: %w", err)
 	}
 	name := o.podName
 	if name == "" {
@@ -146,7 +154,7 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 		PodUID: o.podUID, Agent: name, StateDir: o.stateDir,
 		DefaultRuntimeHandler: o.defaultHandler, RuntimeHandlers: o.handlers,
 		InitBinary: o.sandboxInit, WarmPerImage: o.warmPerImage, WarmImages: o.warmImages,
-		DefaultPidsLimit: o.defaultPidsLimit,
+		DefaultPidsLimit: o.defaultPidsLimit, LogMaxBytes: o.logMaxBytes, LogMaxFiles: o.logMaxFiles,
 	}, log.WithName("containerd"))
 	defer rt.Close()
 	a := agent.New(agent.Config{
@@ -163,10 +171,21 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 	// Kubelet restarts an agent that lost containerd for good (its liveness
 	// probe); one that cannot reach it for now is not ready.
 	health := agent.NewHealth(rt, agent.HealthConfig{LivenessThreshold: o.livenessThreshold}, log.WithName("health"))
-	srv := &http.Server{Handler: a.Handler(tok, agent.WithHealth(health)), ReadHeaderTimeout: 10 * time.Second}
-	errCh := make(chan error, 1)
-	go func() { errCh <- srv.Serve(ln) }()
-	log.Info("agent API listening", "address", ln.Addr().String())
+	srv := &http.Server{Handler: a.Handler(agent.WithHealth(health)), ReadHeaderTimeout: 10 * time.Second, TLSConfig: tlsConfig}
+	errCh := make(chan error, 2)
+	go func() { errCh <- srv.Serve(tls.NewListener(ln, tlsConfig)) }()
+	log.Info("agent API listening (mutual TLS)", "address", ln.Addr().String())
+	servers := []*http.Server{srv}
+	if o.probeListen != "" {
+		pln, err := net.Listen("tcp", o.probeListen)
+		if err != nil {
+			return fmt.Errorf("listening on %s: %w", o.probeListen, err)
+		}
+		probes := &http.Server{Handler: a.ProbeHandler(agent.WithHealth(health)), ReadHeaderTimeout: 10 * time.Second}
+		go func() { errCh <- probes.Serve(pln) }()
+		servers = append(servers, probes)
+		log.Info("probes listening", "address", pln.Addr().String())
+	}
 	// Serve /healthz while starting; /readyz turns ready once sandboxes are adopted.
 	if err := a.Start(ctx); err != nil {
 		return err
@@ -181,7 +200,11 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return srv.Shutdown(shutdownCtx)
+	var errs []error
+	for _, s := range servers {
+		errs = append(errs, s.Shutdown(shutdownCtx))
+	}
+	return errors.Join(errs...)
 }
 
 // cleanup is the cleanup mode: it removes what the agent Pod

@@ -1,13 +1,17 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -29,6 +33,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	sbxfake "github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned/fake"
 )
@@ -37,7 +42,6 @@ const (
 	testNS    = "tenant"
 	testSysNS = v1alpha1.DefaultSystemNamespace
 	testPool  = "pool"
-	testToken = "unit-test-token"
 	testImage = "docker.io/library/busybox:latest"
 )
 
@@ -74,17 +78,76 @@ type testAgent struct {
 	lastSync  *api.SyncRequest
 	requests  int
 	slots     int
+	cpuMillis int64 // capacity; 4000 when 0
 	// faults decides what happens to a request (path is PathStatus or PathSync).
 	faults func(path string) fault
 	// syncDelay holds every sync that long before it is applied.
 	syncDelay time.Duration
 }
 
+// testCA is the agent API's CA of the tests; the scheduler's client
+// certificate and every test agent's server certificate come from it.
+var testCA = sync.OnceValues(func() (*agentpki.CA, error) {
+	certPEM, keyPEM, err := agentpki.NewCA("test agent API CA", time.Now(), time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	return agentpki.ParseCA(certPEM, keyPEM)
+})
+
+// newTestAgent starts a test agent that, like the real one, serves only
+// mutual TLS with a certificate naming its Pod and admits only the
+// scheduler's client certificate.
 func newTestAgent(t *testing.T, name string) *testAgent {
 	a := &testAgent{t: t, name: name, sandboxes: map[string]api.SandboxStatus{}, creates: map[string]int{}, slots: 8}
-	a.srv = httptest.NewServer(http.HandlerFunc(a.serve))
+	a.srv = httptest.NewUnstartedServer(http.HandlerFunc(a.serve))
+	a.srv.TLS = agentTLSConfig(t, name)
+	a.srv.StartTLS()
 	t.Cleanup(a.srv.Close)
 	return a
+}
+
+// agentTLSConfig is the server configuration of the agent Pod name (in the
+// system namespace), as the real agent makes it from its Secret's files.
+func agentTLSConfig(t *testing.T, name string) *tls.Config {
+	t.Helper()
+	ca, err := testCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := ca.IssueAgent(testSysNS, name, time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for file, data := range map[string][]byte{agentpki.KeyCert: certPEM, agentpki.KeyKey: keyPEM, agentpki.KeyCACert: ca.CertPEM} {
+		if err := os.WriteFile(filepath.Join(dir, file), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, err := agentpki.ServerConfig(filepath.Join(dir, agentpki.KeyCert), filepath.Join(dir, agentpki.KeyKey), filepath.Join(dir, agentpki.KeyCACert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// schedulerSecret is the Secret with the scheduler's client certificate, as
+// the pool controller writes it.
+func schedulerSecret(t *testing.T) *v1.Secret {
+	t.Helper()
+	ca, err := testCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := ca.IssueScheduler(time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &v1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.SchedulerClientSecretName, Namespace: testSysNS},
+		Data:       map[string][]byte{agentpki.KeyCert: certPEM, agentpki.KeyKey: keyPEM, agentpki.KeyCACert: ca.CertPEM},
+	}
 }
 
 func (a *testAgent) port() int32 { return int32(a.srv.Listener.Addr().(*net.TCPAddr).Port) }
@@ -134,10 +197,6 @@ func (a *testAgent) requestCount() int {
 }
 
 func (a *testAgent) serve(w http.ResponseWriter, r *http.Request) {
-	if r.Header.Get("Authorization") != "Bearer "+testToken {
-		http.Error(w, `{"code":401,"message":"no token"}`, http.StatusUnauthorized)
-		return
-	}
 	a.mu.Lock()
 	a.requests++
 	f := faultNone
@@ -211,7 +270,7 @@ func (a *testAgent) status() *api.Status {
 	defer a.mu.Unlock()
 	st := &api.Status{
 		Agent:    api.AgentInfo{PodName: a.name, Namespace: testSysNS, Pool: testPool},
-		Capacity: api.Resources{Slots: a.slots, CPUMillis: 4000, MemoryBytes: 4 << 30},
+		Capacity: api.Resources{Slots: a.slots, CPUMillis: cmp.Or(a.cpuMillis, 4000), MemoryBytes: 4 << 30},
 		Images:   []api.Image{{Names: []string{testImage}, Digest: "sha256:0123", Size: 5 << 20}},
 		Healthy:  true, Epoch: a.epoch, Revision: a.revision, Time: time.Now(),
 	}
@@ -308,9 +367,7 @@ func newEnv(t *testing.T) *env {
 	e := &env{t: t, kube: k8sfake.NewClientset(), client: sbxfake.NewSimpleClientset(), agents: map[string]*testAgent{}}
 	withAPISemantics(e.client)
 	ctx := context.Background()
-	if _, err := e.kube.CoreV1().Secrets(testSysNS).Create(ctx, &v1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: testPool + "-agent-token"}, Data: map[string][]byte{"token": []byte(testToken)},
-	}, metav1.CreateOptions{}); err != nil {
+	if _, err := e.kube.CoreV1().Secrets(testSysNS).Create(ctx, schedulerSecret(t), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	pool := &v1alpha1.SandboxPool{ObjectMeta: metav1.ObjectMeta{Name: testPool, UID: "pool-uid"},

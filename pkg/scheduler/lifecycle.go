@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	agentclient "github.com/fast-sandbox/fast-sandbox/pkg/agent/client"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 )
 
@@ -103,29 +105,47 @@ func podGone(pod *v1.Pod) string {
 }
 
 // newClientLocked returns a client for the agent's endpoint, or nil while it
-// has no address or token.
+// has no address or the scheduler has no credentials yet. The client speaks
+// mutual TLS and sends nothing to a server whose certificate does not name
+// this agent Pod (agentpki.ClientCredentials.ConfigFor).
 func (s *Scheduler) newClientLocked(ctx context.Context, a *agentState) *agentclient.Client {
 	if a.podIP == "" {
 		return nil
 	}
-	token, err := s.agentToken(a.namespace, a.pool)
-	if err != nil {
-		klog.FromContext(ctx).V(2).Info("no agent token yet", "agent", a.key(), "err", err)
+	if s.creds == nil {
+		klog.FromContext(ctx).V(2).Info("no agent API credentials yet", "agent", a.key(),
+			"secret", klog.KRef(s.opts.SystemNamespace, v1alpha1.SchedulerClientSecretName))
 		return nil
 	}
-	return agentclient.New("http://"+net.JoinHostPort(a.podIP, strconv.Itoa(a.port)), token, s.opts.HTTPClient)
+	hc := &http.Client{Transport: s.creds.Transport(s.opts.AgentTransport, a.namespace, a.name)}
+	return agentclient.New("https://"+net.JoinHostPort(a.podIP, strconv.Itoa(a.port)), hc)
 }
 
-func (s *Scheduler) agentToken(namespace, pool string) (string, error) {
-	secret, err := s.secrets.Secrets(s.opts.SystemNamespace).Get(s.opts.TokenSecret(pool))
+// credentialsChanged takes the scheduler's client certificate from its
+// Secret. Clients made earlier use the new one from their next connection.
+func (s *Scheduler) credentialsChanged(ctx context.Context, secret *v1.Secret) {
+	logger := klog.FromContext(ctx)
+	cert, key, ca := secret.Data[agentpki.KeyCert], secret.Data[agentpki.KeyKey], secret.Data[agentpki.KeyCACert]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.creds != nil {
+		if err := s.creds.Update(cert, key, ca); err != nil {
+			logger.Error(err, "the agent API credentials in the Secret are not valid; keeping the previous ones", "secret", klog.KObj(secret))
+		}
+		return
+	}
+	creds, err := agentpki.NewClient(cert, key, ca)
 	if err != nil {
-		return "", err
+		logger.Error(err, "the agent API credentials in the Secret are not valid", "secret", klog.KObj(secret))
+		return
 	}
-	token := string(secret.Data["token"])
-	if token == "" {
-		return "", fmt.Errorf("secret %s/%s has no token", namespace, secret.Name)
+	s.creds = creds
+	logger.Info("agent API credentials loaded", "secret", klog.KObj(secret))
+	for _, a := range s.agents {
+		if a.client == nil && !a.deleted {
+			a.client = s.newClientLocked(ctx, a)
+		}
 	}
-	return token, nil
 }
 
 // refreshNodeLocked puts the agent's current view into its pool's cache.

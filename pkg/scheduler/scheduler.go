@@ -21,6 +21,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/fields"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
@@ -39,6 +40,7 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler/metrics"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
 	sbxinformers "github.com/fast-sandbox/fast-sandbox/pkg/generated/informers/externalversions"
@@ -73,15 +75,15 @@ type Options struct {
 	SweepPeriod time.Duration
 	// Parallelism of the Filter and Score runs.
 	Parallelism int
-	// TokenSecret returns the name of the Secret (key "token") holding a
-	// pool's agent API token.
-	TokenSecret func(pool string) string
-	// SystemNamespace is where agent Pods (and their Secrets) live; the
-	// scheduler takes no Pod elsewhere for an agent.
-	// v1alpha1.DefaultSystemNamespace by default.
+	// SystemNamespace is where agent Pods live, and the Secret with the
+	// scheduler's client certificate (v1alpha1.SchedulerClientSecretName);
+	// the scheduler takes no Pod elsewhere for an agent and reads no other
+	// Secret. v1alpha1.DefaultSystemNamespace by default.
 	SystemNamespace string
-	// HTTPClient calls agents; the agent client's default when nil.
-	HTTPClient *http.Client
+	// AgentTransport is the base of the transport to each agent (its TLS
+	// configuration is replaced by the agent's: mutual TLS that requires
+	// the agent Pod's own certificate); a default one when nil.
+	AgentTransport *http.Transport
 	// Clock is the source of the sync epoch; time.Now when nil.
 	Clock func() time.Time
 }
@@ -114,9 +116,6 @@ func (o *Options) setDefaults() {
 	if o.SystemNamespace == "" {
 		o.SystemNamespace = v1alpha1.DefaultSystemNamespace
 	}
-	if o.TokenSecret == nil {
-		o.TokenSecret = func(pool string) string { return pool + "-agent-token" }
-	}
 }
 
 // Scheduler places Sandboxes on agents and keeps agents told.
@@ -139,16 +138,15 @@ type Scheduler struct {
 	learned chan struct{}
 
 	kubeInformers informers.SharedInformerFactory
-	// sysInformers watch the system namespace only (agent Secrets).
-	sysInformers informers.SharedInformerFactory
-	sbxInformers sbxinformers.SharedInformerFactory
-	sandboxes    sbxlisters.SandboxLister
-	sandboxIndex cache.Indexer
-	pools        sbxlisters.SandboxPoolLister
-	nodes        corelisters.NodeLister
-	namespaces   corelisters.NamespaceLister
-	secrets      corelisters.SecretLister
-	agentPods    corelisters.PodLister // set by Run
+	// credsInformers watch one Secret: the scheduler's client certificate.
+	credsInformers informers.SharedInformerFactory
+	sbxInformers   sbxinformers.SharedInformerFactory
+	sandboxes      sbxlisters.SandboxLister
+	sandboxIndex   cache.Indexer
+	pools          sbxlisters.SandboxPoolLister
+	nodes          corelisters.NodeLister
+	namespaces     corelisters.NamespaceLister
+	agentPods      corelisters.PodLister // set by Run
 
 	queue workqueue.TypedRateLimitingInterface[string]
 	// loops are the goroutines Run started (per agent, sweeps, binding
@@ -162,6 +160,9 @@ type Scheduler struct {
 	inflight      map[string]map[string]*inflightSandbox // agent key -> UID -> sandbox being bound
 	unschedulable map[string]bool                        // sandbox keys waiting for room
 	binding       map[string]bool                        // UIDs whose Bind runs: it records their outcome
+	// creds are the scheduler's credentials for the agent API, nil until
+	// their Secret is seen; updated in place when it changes.
+	creds *agentpki.ClientCredentials
 }
 
 // poolState is one pool's agents as the framework sees them.
@@ -181,8 +182,11 @@ func New(ctx context.Context, kube kubernetes.Interface, client versioned.Interf
 	s := &Scheduler{
 		opts: opts, kube: kube, client: client, cfg: cfg, learned: make(chan struct{}),
 		kubeInformers: informers.NewSharedInformerFactory(kube, 0),
-		sysInformers:  informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithNamespace(opts.SystemNamespace)),
-		sbxInformers:  sbxinformers.NewSharedInformerFactory(client, 0),
+		credsInformers: informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithNamespace(opts.SystemNamespace),
+			informers.WithTweakListOptions(func(o *metav1ListOptions) {
+				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", v1alpha1.SchedulerClientSecretName).String()
+			})),
+		sbxInformers: sbxinformers.NewSharedInformerFactory(client, 0),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](50*time.Millisecond, 10*time.Second),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "sandboxes"}),
@@ -218,7 +222,6 @@ func New(ctx context.Context, kube kubernetes.Interface, client versioned.Interf
 	s.pools = s.sbxInformers.Sandbox().V1alpha1().SandboxPools().Lister()
 	s.nodes = s.kubeInformers.Core().V1().Nodes().Lister()
 	s.namespaces = s.kubeInformers.Core().V1().Namespaces().Lister()
-	s.secrets = s.sysInformers.Core().V1().Secrets().Lister()
 	return s, nil
 }
 
@@ -252,17 +255,21 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	poolInformer := s.sbxInformers.Sandbox().V1alpha1().SandboxPools().Informer()
 	s.kubeInformers.Core().V1().Nodes().Informer()
 	nsInformer := s.kubeInformers.Core().V1().Namespaces().Informer()
-	s.sysInformers.Core().V1().Secrets().Informer()
+	credsInformer := s.credsInformers.Core().V1().Secrets().Informer()
+	_, _ = credsInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.credentialsChanged(ctx, obj.(*v1.Secret)) },
+		UpdateFunc: func(_, obj any) { s.credentialsChanged(ctx, obj.(*v1.Secret)) },
+	})
 
 	agentPods.Start(ctx.Done())
 	s.kubeInformers.Start(ctx.Done())
-	s.sysInformers.Start(ctx.Done())
+	s.credsInformers.Start(ctx.Done())
 	s.sbxInformers.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), podInformer.HasSynced, sbxInformer.HasSynced, poolInformer.HasSynced) {
 		return fmt.Errorf("informers did not sync")
 	}
 	s.kubeInformers.WaitForCacheSync(ctx.Done())
-	s.sysInformers.WaitForCacheSync(ctx.Done())
+	s.credsInformers.WaitForCacheSync(ctx.Done())
 
 	// Learn first: every agent Pod, every bound sandbox, every agent's status,
 	// before anything is placed.
