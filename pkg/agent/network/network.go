@@ -29,7 +29,9 @@
 // run in the node's mount namespace: when the agent runs in a container,
 // Config.Dir must lie on a volume mounted with Bidirectional mount
 // propagation, so that the bind mounts the agent makes are seen by the
-// node (and survive the agent's container).
+// node (and survive the agent's container). The Manager needs
+// CAP_NET_ADMIN and CAP_SYS_ADMIN (unshare, setns, mount) and a writable
+// /proc/sys: a privileged agent container.
 //
 // # Restart
 //
@@ -72,7 +74,9 @@
 //     interface that is not a sandbox veth is masqueraded to the Pod's
 //     address.
 //
-// Drops are counted (`nft list table inet fast_sandbox`). The chains accept
+// A new policy (Init with another Config) applies to new connections;
+// established ones stay until they end. Drops are counted (`nft list table
+// inet fast_sandbox`). The chains accept
 // by default, so the table changes nothing but sandbox traffic; another
 // table's drop still applies to sandbox traffic, as always in nftables.
 //
@@ -359,8 +363,12 @@ func (m *Manager) adopt() error {
 		}
 		unwired = append(unwired, sb)
 	}
+	owned := map[string]bool{}
+	for _, sb := range m.ids {
+		owned[sb.veth] = true
+	}
 	for name, l := range veths {
-		if m.ownedVeth(name) {
+		if owned[name] {
 			continue
 		}
 		m.log.Info("Deleting a sandbox veth whose namespace file is gone", "veth", name)
@@ -379,16 +387,6 @@ func (m *Manager) adopt() error {
 		}
 	}
 	return nil
-}
-
-// ownedVeth reports whether a veth name belongs to a known sandbox.
-func (m *Manager) ownedVeth(name string) bool {
-	for _, sb := range m.ids {
-		if sb.veth == name {
-			return true
-		}
-	}
-	return false
 }
 
 // linkBlock returns the block whose Pod-side address a veth holds.
@@ -504,19 +502,20 @@ func (m *Manager) addrs(block uint32) (podSide, sandboxSide netip.Addr) {
 }
 
 // wire (re)creates the veth pair of sb, whose namespace file exists, with a
-// block of its own. The Pod-side address goes last: a veth that has it is
-// complete.
+// block of its own: the one it has, if any, else a free one. The Pod-side
+// address goes last: a veth that has it is complete.
 func (m *Manager) wire(sb *sandbox) (err error) {
-	if sb.wired {
-		delete(m.blocks, sb.block)
-		sb.wired = false
+	if !sb.wired {
+		if err := m.allocate(sb); err != nil {
+			return err
+		}
 	}
-	if err := m.allocate(sb); err != nil {
-		return err
-	}
+	sb.wired = false
 	defer func() {
 		if err != nil {
-			delete(m.blocks, sb.block)
+			if m.blocks[sb.block] == sb.id {
+				delete(m.blocks, sb.block)
+			}
 			if l, lerr := m.host.LinkByName(sb.veth); lerr == nil {
 				_ = m.host.LinkDel(l)
 			}

@@ -330,6 +330,15 @@ func blocked(t *testing.T, nsPath, src, addr string) {
 	}
 }
 
+// parallel runs fns concurrently and waits for them.
+func parallel(fns ...func()) {
+	var wg sync.WaitGroup
+	for _, fn := range fns {
+		wg.Go(fn)
+	}
+	wg.Wait()
+}
+
 // sandboxAddr is the address of eth0 in a sandbox namespace, and its MTU.
 func sandboxAddr(t *testing.T, nsPath string) (netip.Addr, int) {
 	t.Helper()
@@ -398,16 +407,19 @@ func TestEgress(t *testing.T) {
 	e.printRuleset(t)
 
 	t.Run("default policy", func(t *testing.T) {
-		reach(t, e.agent, "127.0.0.1:8081", "")         // the agent API listens
-		reach(t, pathB, "127.0.0.1:9000", "")           // sandbox B listens
-		reach(t, pathA, world, "192.0.2.1")             // NAT to the agent's address
-		blocked(t, pathA, "", denied)                   // default deny
-		blocked(t, pathA, "", gateway(addrA)+":8081")   // agent API on the gateway
-		blocked(t, pathA, "", agentAPI)                 // agent API on the Pod address
-		blocked(t, pathA, "", gateway(addrB)+":8081")   // or on another sandbox's gateway
-		blocked(t, pathA, "", addrB.String()+":9000")   // another sandbox
-		blocked(t, e.world, "", addrB.String()+":9000") // nothing connects into a sandbox
-		blocked(t, e.agent, "", addrB.String()+":9000") // not even the agent
+		reach(t, e.agent, "127.0.0.1:8081", "") // the agent API listens
+		reach(t, pathB, "127.0.0.1:9000", "")   // sandbox B listens
+		reach(t, pathA, world, "192.0.2.1")     // NAT to the agent's address
+		// The timeouts run side by side.
+		parallel(
+			func() { blocked(t, pathA, "", denied) },                   // default deny
+			func() { blocked(t, pathA, "", gateway(addrA)+":8081") },   // agent API on the gateway
+			func() { blocked(t, pathA, "", agentAPI) },                 // agent API on the Pod address
+			func() { blocked(t, pathA, "", gateway(addrB)+":8081") },   // or on another sandbox's gateway
+			func() { blocked(t, pathA, "", addrB.String()+":9000") },   // another sandbox
+			func() { blocked(t, e.world, "", addrB.String()+":9000") }, // nothing connects into a sandbox
+			func() { blocked(t, e.agent, "", addrB.String()+":9000") }, // not even the agent
+		)
 	})
 	t.Run("spoofed source", func(t *testing.T) {
 		// UDP, so that a spoofed datagram shows at the listener although
@@ -481,8 +493,10 @@ func TestEgress(t *testing.T) {
 		serve(t, e.world, "[::]:8083")
 		serve(t, e.agent, "[::]:8084")
 		reach(t, e.agent, "[2001:db8:1::2]:8083", "2001:db8:1::1") // the IPv6 path works
-		blocked(t, path, "", "[2001:db8:1::2]:8083")
-		blocked(t, path, "", "[2001:db8:2::1]:8084")
+		parallel(
+			func() { blocked(t, path, "", "[2001:db8:1::2]:8083") }, // forwarded
+			func() { blocked(t, path, "", "[2001:db8:2::1]:8084") }, // to the agent
+		)
 	})
 	t.Run("no IPv6 in the sandbox", func(t *testing.T) {
 		for _, p := range []string{"all", "default", SandboxInterface} {
@@ -507,6 +521,7 @@ func TestEgress(t *testing.T) {
 	must(t, ah.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: VethPrefix + "0000000000"}, PeerName: "orphanpeer"}))
 	m = e.manager(t, Policy{AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16"), netip.MustParsePrefix("198.18.0.0/15")}})
 
+	var ctC netip.Addr // sandbox C's address, which leaves conntrack entries
 	t.Run("restart", func(t *testing.T) {
 		if n := e.tables(t); n != 1 {
 			t.Errorf("%d tables inet %s after a second Init, want 1", n, TableName)
@@ -527,17 +542,20 @@ func TestEgress(t *testing.T) {
 		pathC, err := m.Prepare("sandbox-c")
 		must(t, err)
 		addrC, _ := sandboxAddr(t, pathC)
+		ctC = addrC
 		if seen := []netip.Addr{addrA, addrB, addrU, addrC}; len(slices.Compact(slices.SortedFunc(slices.Values(seen), netip.Addr.Compare))) != 4 {
 			t.Errorf("an address handed out twice: %v", seen)
 		}
 		reach(t, pathA, world, "192.0.2.1")
 		reach(t, pathC, world, "192.0.2.1")
 		reach(t, filepath.Join(e.netnsDir, "unwired"), world, "192.0.2.1")
-		reach(t, pathA, denied, "192.0.2.1")          // allowed now
-		blocked(t, pathA, "", addrB.String()+":9000") // allow never covers sandboxes
-		blocked(t, pathA, "", outsideSubnet+":8080")  // nor the sandbox subnet
-		blocked(t, pathC, "", gateway(addrC)+":8081")
-		blocked(t, pathC, "", agentAPI)
+		reach(t, pathA, denied, "192.0.2.1") // allowed now
+		parallel(
+			func() { blocked(t, pathA, "", addrB.String()+":9000") }, // allow never covers sandboxes
+			func() { blocked(t, pathA, "", outsideSubnet+":8080") },  // nor the sandbox subnet
+			func() { blocked(t, pathC, "", gateway(addrC)+":8081") },
+			func() { blocked(t, pathC, "", agentAPI) },
+		)
 	})
 
 	t.Run("deny wins over allow", func(t *testing.T) {
@@ -548,6 +566,7 @@ func TestEgress(t *testing.T) {
 		})
 		blocked(t, pathA, "", denied)
 		reach(t, pathA, world, "192.0.2.1")
+		e.printRuleset(t)
 	})
 
 	t.Run("host addresses", func(t *testing.T) {
@@ -569,6 +588,39 @@ func TestEgress(t *testing.T) {
 			t.Errorf("Prepare again: %s %s, want %s %s", again, a, pathA, addrA)
 		}
 		reach(t, pathA, world, "192.0.2.1")
+
+		// A veth gone astray is made again by the next Prepare.
+		pathC := filepath.Join(e.netnsDir, "sandbox-c")
+		l, err := ah.LinkByName(vethName("sandbox-c"))
+		must(t, err)
+		must(t, ah.LinkDel(l))
+		if again, err := m.Prepare("sandbox-c"); err != nil || again != pathC {
+			t.Fatalf("Prepare after the veth vanished: %q, %v", again, err)
+		}
+		if a, _ := sandboxAddr(t, pathC); a != ctC {
+			t.Errorf("sandbox C's address changed on repair: %s -> %s", ctC, a)
+		}
+		reach(t, pathC, world, "192.0.2.1")
+
+		// Release forgets the sandbox's connections.
+		flows := func(a netip.Addr) int {
+			fs, err := ah.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+			must(t, err)
+			n := 0
+			for _, f := range fs {
+				if f.Forward.SrcIP.Equal(net.IP(a.AsSlice())) {
+					n++
+				}
+			}
+			return n
+		}
+		if flows(ctC) == 0 {
+			t.Errorf("no conntrack entry from sandbox C's first address %s", ctC)
+		}
+		must(t, m.Release("sandbox-c"))
+		if n := flows(ctC); n != 0 {
+			t.Errorf("%d conntrack entries from %s after Release", n, ctC)
+		}
 
 		must(t, m.Release("sandbox-b"))
 		must(t, m.Release("sandbox-b"))
@@ -605,7 +657,7 @@ func TestEgress(t *testing.T) {
 		}
 		wg.Wait()
 		must(t, errors.Join(errs...))
-		if got, want := m.List(), []string{"sandbox-a", "sandbox-c", "unwired"}; !slices.Equal(got, want) {
+		if got, want := m.List(), []string{"sandbox-a", "unwired"}; !slices.Equal(got, want) {
 			t.Errorf("List = %v, want %v", got, want)
 		}
 	})
