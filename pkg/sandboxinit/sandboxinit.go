@@ -15,8 +15,12 @@
 // went away before sending a command connects again, so a restarted agent
 // can tell a container that never started its sandbox from one that did.
 //
-// The init imports nothing beyond the standard library and x/sys, to stay
-// small and start fast.
+// The same binary is the logging binary of sandbox containers (see package
+// sandboxlog): containerd's shim runs it with that package's arguments, and
+// Main then writes the container's output to its bounded log instead.
+//
+// The init imports nothing beyond the standard library, x/sys and the
+// standard-library-only sandboxlog, to stay small and start fast.
 package sandboxinit
 
 import (
@@ -35,6 +39,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/sandboxlog"
 )
 
 // Paths inside a warm container.
@@ -70,8 +76,13 @@ type Result struct {
 }
 
 // Main runs the init: it waits for the agent's Start and execs it. It
-// returns only when the start failed, with the exit code to use.
+// returns only when the start failed, with the exit code to use. Started
+// with the arguments of a logging binary (sandboxlog.IsLogger), it runs the
+// logger instead and returns its exit code.
 func Main(socket string, retry time.Duration) int {
+	if sandboxlog.IsLogger(os.Args[1:]) {
+		return sandboxlog.Main(os.Args[1:])
+	}
 	for {
 		conn, err := net.Dial("unix", socket)
 		if err != nil {

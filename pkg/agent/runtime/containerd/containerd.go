@@ -22,8 +22,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -49,6 +51,7 @@ import (
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/sandboxlog"
 )
 
 // Labels on every sandbox container.
@@ -99,7 +102,10 @@ type Config struct {
 	// Snapshotter is containerd's snapshotter ("overlayfs").
 	Snapshotter string
 	// InitBinary is the sandbox init (cmd/sandbox-init) that warm containers
-	// run until they are given a sandbox. Empty disables warm containers.
+	// run until they are given a sandbox, and that writes every sandbox's
+	// bounded log (package sandboxlog). It is installed in StateDir/bin,
+	// where containerd's shim can run it. Empty disables warm containers,
+	// and sandboxes' logs are then written by the shim, unbounded.
 	InitBinary string
 	// WarmPerImage is how many warm containers to keep for each image (with
 	// its runtime handler and network mode) in recent use; 0 disables them.
@@ -111,11 +117,18 @@ type Config struct {
 	// DefaultPidsLimit bounds the processes and threads of a sandbox that
 	// sets no PidsLimit of its own (default 1024).
 	DefaultPidsLimit int64
+	// LogMaxBytes is the size at which a sandbox's log is rotated (default
+	// 10 MiB), LogMaxFiles the files it keeps, the current one included
+	// (default 2): a log never holds more than their product.
+	LogMaxBytes int64
+	LogMaxFiles int
 }
 
 // Defaults of Config.
 const (
-	DefaultPidsLimit = 1024
+	DefaultPidsLimit   = 1024
+	DefaultLogMaxBytes = 10 << 20
+	DefaultLogMaxFiles = 2
 )
 
 // Runtime is the containerd runtime.
@@ -127,6 +140,9 @@ type Runtime struct {
 	cgroupParent string
 	systemd      bool   // cgroupParent is a systemd slice
 	podNetNS     string // the agent Pod's network namespace, for NetworkMode Pod
+	// initPath is the host path of the installed sandbox init, which is also
+	// the sandboxes' logging binary; empty without Config.InitBinary.
+	initPath string
 
 	mu     sync.Mutex
 	exits  chan api.SandboxStatus
@@ -161,6 +177,12 @@ func New(cfg Config, log logr.Logger) *Runtime {
 	}
 	if cfg.DefaultPidsLimit <= 0 {
 		cfg.DefaultPidsLimit = DefaultPidsLimit
+	}
+	if cfg.LogMaxBytes <= 0 {
+		cfg.LogMaxBytes = DefaultLogMaxBytes
+	}
+	if cfg.LogMaxFiles <= 0 {
+		cfg.LogMaxFiles = DefaultLogMaxFiles
 	}
 	return &Runtime{
 		cfg:      cfg,
@@ -198,6 +220,9 @@ func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
 		return runtime.Info{}, err
 	}
 	r.cgroupParent, r.systemd, r.podNetNS = placement.cgroupParent, placement.systemd, placement.netNS
+	if err := r.installInit(); err != nil {
+		return runtime.Info{}, err
+	}
 	if err := r.initWarm(ctx); err != nil {
 		return runtime.Info{}, err
 	}
@@ -207,7 +232,8 @@ func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
 	}
 	r.log.Info("containerd runtime ready", "address", r.cfg.Address, "version", v.Version,
 		"namespace", r.cfg.Namespace, "cgroupParent", r.cgroupParent, "systemdCgroup", r.systemd, "podNetNS", r.podNetNS,
-		"warmPerImage", r.warm.perKey, "warmContainers", r.warm.enabled)
+		"warmPerImage", r.warm.perKey, "warmContainers", r.warm.enabled,
+		"defaultPidsLimit", r.cfg.DefaultPidsLimit, "logMaxBytes", r.cfg.LogMaxBytes, "logMaxFiles", r.cfg.LogMaxFiles)
 	return runtime.Info{Runtime: "containerd " + v.Version, CgroupParent: r.cgroupParent}, nil
 }
 
@@ -245,10 +271,45 @@ func podStateDir(stateDir, podUID string) string {
 	return filepath.Join(stateDir, "pods", podUID)
 }
 
-// logPath is a container's log file: stdout and stderr, written by the shim
-// itself, so output survives an agent restart.
+// logPath is a container's log file: stdout and stderr, written by a
+// logging binary that the shim runs (or the shim itself), so output survives
+// an agent restart. Rotated files are beside it (package sandboxlog).
 func (r *Runtime) logPath(containerID string) string {
 	return filepath.Join(podStateDir(r.cfg.StateDir, r.cfg.PodUID), "logs", containerID+".log")
+}
+
+// installInit installs the sandbox init in the state directory, where the
+// shim runs it as the logging binary and warm containers mount it from. The
+// state directory is a hostPath mounted at the same path in the agent Pod.
+func (r *Runtime) installInit() error {
+	if r.cfg.InitBinary == "" {
+		r.log.Info("no sandbox-init binary: warm containers are off, and sandbox logs are written by the shim, unbounded")
+		return nil
+	}
+	dst := filepath.Join(r.cfg.StateDir, "bin", "sandbox-init")
+	if err := installFile(r.cfg.InitBinary, dst); err != nil {
+		return fmt.Errorf("installing the sandbox init: %w", err)
+	}
+	r.initPath = dst
+	return nil
+}
+
+// newTask creates a container's task, its output going to the container's
+// bounded log: the shim runs the installed sandbox init as the logging
+// binary, which has opened the log when the task is created.
+func (r *Runtime) newTask(ctx context.Context, c client.Container) (client.Task, error) {
+	path := r.logPath(c.ID())
+	if r.initPath == "" {
+		return c.NewTask(ctx, cio.LogFile(path))
+	}
+	task, err := c.NewTask(ctx, cio.BinaryIO(r.initPath, sandboxlog.Args(path, r.cfg.LogMaxBytes, r.cfg.LogMaxFiles)))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(path); err != nil {
+		return task, fmt.Errorf("the sandbox's logger did not open its log: %w", err)
+	}
+	return task, nil
 }
 
 // cgroupPath is the OCI cgroupsPath of a sandbox container.
@@ -521,7 +582,7 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 		}
 	}
 
-	task, err := container.NewTask(ctx, cio.LogFile(r.logPath(id)))
+	task, err := r.newTask(ctx, container)
 	if err != nil {
 		cleanup()
 		return fail(api.ReasonCreateFailed, fmt.Errorf("creating task: %w", err))
@@ -883,7 +944,9 @@ func (r *Runtime) statusOf(ctx context.Context, c client.Container) (api.Sandbox
 	return st, err
 }
 
-// Logs opens the sandbox's log file.
+// Logs reads the sandbox's log: its rotated files, oldest first, then the
+// current one (see package sandboxlog; a rotation while the files are
+// opened may leave out the file rotated meanwhile).
 func (r *Runtime) Logs(ctx context.Context, uid string) (io.ReadCloser, error) {
 	c, err := r.findContainer(r.nsCtx(ctx), uid)
 	if errdefs.IsNotFound(err) {
@@ -892,16 +955,16 @@ func (r *Runtime) Logs(ctx context.Context, uid string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("finding the container of sandbox %s: %w", uid, err)
 	}
-	f, err := os.Open(r.logPath(c.ID()))
-	if os.IsNotExist(err) {
+	rc, err := sandboxlog.Open(r.logPath(c.ID()))
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("logs of sandbox %s: %w", uid, runtime.ErrNotFound)
 	}
-	return f, err
+	return rc, err
 }
 
 // removeFiles removes a container's logs and warm directory.
 func (r *Runtime) removeFiles(id string) {
-	if err := os.Remove(r.logPath(id)); err != nil && !os.IsNotExist(err) {
+	if err := sandboxlog.Remove(r.logPath(id)); err != nil {
 		r.log.Error(err, "removing sandbox logs", "container", id)
 	}
 	if strings.HasPrefix(id, warmIDPrefix) {

@@ -45,12 +45,13 @@ func (e *env) runtime(t testing.TB, warm bool) *containerd.Runtime {
 // runtimeWith starts a runtime whose config configure changes first.
 func (e *env) runtimeWith(t testing.TB, warm bool, configure func(*containerd.Config)) *containerd.Runtime {
 	t.Helper()
+	// The init is the logging binary too: cold runtimes have it as well.
 	cfg := containerd.Config{
 		Address: e.d.Address, Namespace: containerdtest.Namespace, CgroupParent: e.parent,
-		Agent: "agent-test", StateDir: e.state,
+		Agent: "agent-test", StateDir: e.state, InitBinary: containerdtest.SandboxInit(t),
 	}
 	if warm {
-		cfg.InitBinary, cfg.WarmPerImage = containerdtest.SandboxInit(t), 4
+		cfg.WarmPerImage = 4
 	}
 	if configure != nil {
 		configure(&cfg)

@@ -82,9 +82,10 @@ func TestCrashAtEveryStep(t *testing.T) {
 				}
 				t.Cleanup(func() { os.RemoveAll(state) })
 				cfg := Config{Address: d.Address, Namespace: containerdtest.Namespace,
-					CgroupParent: containerdtest.CgroupParent(t, "crash"), Agent: "agent-" + uid, StateDir: state}
+					CgroupParent: containerdtest.CgroupParent(t, "crash"), Agent: "agent-" + uid, StateDir: state,
+					InitBinary: containerdtest.SandboxInit(t)}
 				if rw.warm {
-					cfg.InitBinary, cfg.WarmPerImage = containerdtest.SandboxInit(t), 1
+					cfg.WarmPerImage = 1
 				}
 				tail := "exec sleep 60"
 				if exits {

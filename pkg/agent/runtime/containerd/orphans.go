@@ -12,6 +12,8 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/errdefs"
 	"github.com/go-logr/logr"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/sandboxlog"
 )
 
 // sweepPeriod is how often an agent looks for orphans on its node.
@@ -133,7 +135,10 @@ func (r *Runtime) removeAgentPodContainers(ctx context.Context, podUID, why stri
 // log file or warm directory, removing them once more if it did.
 func (r *Runtime) filesGone(podUID, id string) error {
 	dir := podStateDir(r.cfg.StateDir, podUID)
-	paths := []string{filepath.Join(dir, "logs", id+".log")}
+	paths, err := sandboxlog.Files(filepath.Join(dir, "logs", id+".log"))
+	if err != nil {
+		return fmt.Errorf("listing the log files of container %s: %w", id, err)
+	}
 	if strings.HasPrefix(id, warmIDPrefix) {
 		paths = append(paths, filepath.Join(dir, "warm", id))
 	}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/cgroups/v3"
 
@@ -84,6 +85,121 @@ func TestPidsLimit(t *testing.T) {
 			if _, err := rt.ListSandboxes(ctx); err != nil {
 				t.Errorf("listing sandboxes after the bomb: %v", err)
 			}
+		})
+	}
+}
+
+// logFiles are the files of a container's log in the state directory (of a
+// runtime without a Pod UID), with their sizes.
+func (e *env) logFiles(t *testing.T, id string) map[string]int64 {
+	t.Helper()
+	paths, err := filepath.Glob(filepath.Join(e.state, "logs", id+".log*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sizes := map[string]int64{}
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes[filepath.Base(p)] = fi.Size()
+	}
+	return sizes
+}
+
+// TestLogRotation: a sandbox writing as fast as it can (yes) leaves at most
+// LogMaxBytes*LogMaxFiles on disk, and its newest lines are read, after the
+// rotated file's; a sandbox writing a few lines has all of them; the logger
+// goes on writing while the agent is away. Cold and warm (a warm container's
+// logger is started with it, and logs its sandbox's output).
+func TestLogRotation(t *testing.T) {
+	const maxBytes, maxFiles = 64 << 10, 2
+	e := setup(t)
+	for _, mode := range []string{"cold", "warm"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			configure := func(c *containerd.Config) {
+				c.Agent, c.LogMaxBytes, c.LogMaxFiles = "agent-logs-"+mode, maxBytes, maxFiles
+			}
+			rt := e.runtimeWith(t, mode == "warm", configure)
+			s0 := starter{rt: rt, warm: mode == "warm"}
+
+			t.Run("a fast writer is bounded", func(t *testing.T) {
+				uid := "logs-yes-" + mode
+				st := s0.create(t, spec(uid, "sh", "-c", "yes & sleep 2; kill $!; wait; echo the end; exec sleep 60"))
+				if st.State != api.StateRunning {
+					t.Fatalf("create: %+v", st)
+				}
+				defer rt.DeleteSandbox(ctx, uid)
+				deadline := time.Now().Add(10 * time.Second)
+				out := logs(t, rt, uid, "the end")
+				for !strings.Contains(out, "the end") && time.Now().Before(deadline) {
+					out = logs(t, rt, uid, "the end")
+				}
+				if !strings.HasSuffix(out, "y\nthe end\n") {
+					t.Fatalf("the newest lines are not read (at %d of %d): ...%q", strings.Index(out, "the end"), len(out), out[max(0, len(out)-40):])
+				}
+				lines := strings.Split(strings.TrimSuffix(out, "the end\n"), "\n")
+				for i, l := range lines[:len(lines)-1] {
+					if l != "y" {
+						t.Fatalf("line %d of the log is %q, want y (rotation splits no line)", i, l)
+					}
+				}
+				files := e.logFiles(t, st.ContainerID)
+				var total int64
+				for _, size := range files {
+					total += size
+				}
+				if len(files) != maxFiles || total > maxBytes*maxFiles || int64(len(out)) != total {
+					t.Errorf("log files %v (%d bytes), read %d bytes; want %d files, at most %d bytes, all read",
+						files, total, len(out), maxFiles, maxBytes*maxFiles)
+				}
+			})
+
+			t.Run("a few lines are all there", func(t *testing.T) {
+				uid := "logs-few-" + mode
+				st := s0.create(t, spec(uid, "sh", "-c", "for i in 1 2 3 4 5; do echo line $i; done"))
+				if st.State != api.StateRunning {
+					t.Fatalf("create: %+v", st)
+				}
+				defer rt.DeleteSandbox(ctx, uid)
+				containerd.WaitExit(t, rt, uid)
+				want := "line 1\nline 2\nline 3\nline 4\nline 5\n"
+				if got := logs(t, rt, uid, "line 5"); got != want {
+					t.Errorf("logs %q, want %q", got, want)
+				}
+			})
+
+			t.Run("the logger outlives the agent", func(t *testing.T) {
+				uid := "logs-restart-" + mode
+				first := e.runtimeWith(t, mode == "warm", func(c *containerd.Config) { configure(c); c.Agent += "-restart" })
+				st := starter{rt: first, warm: mode == "warm"}.create(t,
+					spec(uid, "sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done"))
+				if st.State != api.StateRunning {
+					t.Fatalf("create: %+v", st)
+				}
+				logs(t, first, uid, "tick 3")
+				first.Close() // the agent goes away; the sandbox and its logger stay
+				before := e.logFiles(t, st.ContainerID)[st.ContainerID+".log"]
+				time.Sleep(time.Second)
+				if after := e.logFiles(t, st.ContainerID)[st.ContainerID+".log"]; after < before+50 {
+					t.Errorf("the log grew from %d to %d bytes in a second without the agent", before, after)
+				}
+				second := e.runtimeWith(t, mode == "warm", func(c *containerd.Config) { configure(c); c.Agent += "-restart" })
+				if _, err := second.ListSandboxes(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if out := logs(t, second, uid, "tick 20"); !strings.Contains(out, "tick 0\n") || !strings.Contains(out, "tick 20\n") {
+					t.Errorf("logs after the restart: %q", out)
+				}
+				if err := second.DeleteSandbox(ctx, uid); err != nil {
+					t.Fatal(err)
+				}
+				if files := e.logFiles(t, st.ContainerID); len(files) != 0 {
+					t.Errorf("log files left after the delete: %v", files)
+				}
+			})
 		})
 	}
 }

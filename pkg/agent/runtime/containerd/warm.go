@@ -16,7 +16,6 @@ import (
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
-	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
@@ -103,10 +102,9 @@ type warmContainer struct {
 
 // warmPool is the runtime's set of warm containers.
 type warmPool struct {
-	enabled  bool
-	perKey   int
-	maxKeys  int
-	initPath string // host path of the init binary, mounted into warm containers
+	enabled bool
+	perKey  int
+	maxKeys int
 
 	// Guarded by Runtime.mu.
 	free     map[warmKey][]*warmContainer
@@ -134,8 +132,8 @@ func (r *Runtime) warmDir(id string) string {
 	return filepath.Join(podStateDir(r.cfg.StateDir, r.cfg.PodUID), "warm", id)
 }
 
-// initWarm installs the init binary in the state directory (containerd's
-// runtime mounts it from there), removes what a previous agent left and
+// initWarm removes what a previous agent left and, with the init binary
+// installed (installInit; containerd's runtime mounts it from there),
 // starts the refiller.
 func (r *Runtime) initWarm(ctx context.Context) error {
 	w := &r.warm
@@ -148,17 +146,13 @@ func (r *Runtime) initWarm(ctx context.Context) error {
 	if err := r.cleanupWarm(ctx); err != nil {
 		return err
 	}
-	if r.cfg.InitBinary == "" || w.perKey <= 0 {
+	if r.initPath == "" || w.perKey <= 0 {
 		return nil
 	}
 	if err := os.MkdirAll(filepath.Join(podStateDir(r.cfg.StateDir, r.cfg.PodUID), "warm"), 0o700); err != nil {
 		return fmt.Errorf("creating the warm containers' directory: %w", err)
 	}
-	dst := filepath.Join(r.cfg.StateDir, "bin", "sandbox-init")
-	if err := installFile(r.cfg.InitBinary, dst); err != nil {
-		return fmt.Errorf("installing the sandbox init: %w", err)
-	}
-	w.initPath, w.enabled = dst, true
+	w.enabled = true
 	var rctx context.Context
 	rctx, w.stop = context.WithCancel(r.ctx)
 	w.done = make(chan struct{})
@@ -180,7 +174,9 @@ func (r *Runtime) initWarm(ctx context.Context) error {
 	return nil
 }
 
-// installFile copies src to dst atomically, executable.
+// installFile copies src to dst atomically, executable. Agents on a node
+// share the state directory: each writes a file of its own, then renames
+// it, so a process started from dst never runs a half-written file.
 func installFile(src, dst string) error {
 	data, err := os.ReadFile(src)
 	if err != nil {
@@ -189,11 +185,22 @@ func installFile(src, dst string) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
-	tmp := dst + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o755); err != nil {
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, dst)
+	defer os.Remove(tmp.Name()) // once renamed, removes nothing
+	_, err = tmp.Write(data)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), 0o755)
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), dst)
 }
 
 // cleanupWarm removes the unclaimed warm containers of a previous agent.
@@ -458,7 +465,7 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 		oci.WithProcessArgs(sandboxinit.Binary),
 		oci.WithEnv([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}),
 		oci.WithMounts([]specs.Mount{
-			{Destination: sandboxinit.Binary, Type: "bind", Source: r.warm.initPath, Options: []string{"rbind", "ro", "nosuid", "nodev"}},
+			{Destination: sandboxinit.Binary, Type: "bind", Source: r.initPath, Options: []string{"rbind", "ro", "nosuid", "nodev"}},
 			{Destination: sandboxinit.SocketDir, Type: "bind", Source: dir, Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}},
 		}),
 		// The init sets the sandbox's hostname and then drops CAP_SYS_ADMIN
@@ -485,7 +492,7 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 		r.discardWarm(c)
 		return nil, err
 	}
-	task, err := container.NewTask(ctx, cio.LogFile(r.logPath(id)))
+	task, err := r.newTask(ctx, container)
 	if err != nil {
 		return fail(fmt.Errorf("creating task: %w", err))
 	}
