@@ -12,15 +12,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
 
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/cli"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
-	"github.com/fast-sandbox/fast-sandbox/pkg/generated/informers/externalversions"
 	"github.com/fast-sandbox/fast-sandbox/pkg/poolcontroller"
 )
 
@@ -90,28 +87,14 @@ func run(ctx context.Context, logger logr.Logger, o *options) error {
 	}
 
 	runController := func(ctx context.Context) error {
-		// Agent Pods and their Secrets live in the system namespace and
-		// carry the pool label; watch only those.
-		labelled := informers.NewSharedInformerFactoryWithOptions(kube, o.resync,
-			informers.WithNamespace(o.systemNamespace),
-			informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = v1alpha1.LabelPoolName }))
-		nodes := informers.NewSharedInformerFactory(kube, o.resync)
-		sbx := externalversions.NewSharedInformerFactory(sandboxes, o.resync)
-		c, err := poolcontroller.NewController(ctx, kube, sandboxes,
-			labelled.Core().V1().Pods(), nodes.Core().V1().Nodes(), labelled.Core().V1().Secrets(),
-			sbx.Sandbox().V1alpha1().SandboxPools(), sbx.Sandbox().V1alpha1().Sandboxes(),
-			poolcontroller.Options{Metrics: metrics, SystemNamespace: o.systemNamespace})
+		inf := poolcontroller.NewInformers(kube, sandboxes, o.systemNamespace, o.resync)
+		c, err := poolcontroller.NewControllerWithInformers(ctx, kube, sandboxes, inf, o.systemNamespace,
+			poolcontroller.Options{Metrics: metrics})
 		if err != nil {
 			return err
 		}
-		labelled.Start(ctx.Done())
-		nodes.Start(ctx.Done())
-		sbx.Start(ctx.Done())
-		defer func() {
-			labelled.Shutdown()
-			nodes.Shutdown()
-			sbx.Shutdown()
-		}()
+		inf.Start(ctx.Done())
+		defer inf.Shutdown()
 		return c.Run(ctx, o.workers)
 	}
 	return cli.RunAsLeader(ctx, logger, kube, cli.Leader{
