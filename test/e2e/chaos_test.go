@@ -52,7 +52,7 @@ import (
 const (
 	chaosNamespace = "fast-sandbox-chaos"
 	chaosPool      = "chaos"
-	systemNS       = "fast-sandbox-system"
+	systemNS       = v1alpha1.DefaultSystemNamespace
 	// labels of the chaos Sandboxes
 	chaosRoundLabel = "chaos.fast-sandbox.io/round"
 	// what the agent's labels are and where it writes (pkg/agent/runtime/containerd)
@@ -219,7 +219,7 @@ func (c *chaosRun) deploy() {
 			},
 		},
 	}
-	if _, err := c.sbx.SandboxV1alpha1().SandboxPools(chaosNamespace).Create(ctx, pool, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := c.sbx.SandboxV1alpha1().SandboxPools().Create(ctx, pool, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -227,7 +227,7 @@ func (c *chaosRun) deploy() {
 		if err != nil {
 			return false, nil
 		}
-		p, err := c.sbx.SandboxV1alpha1().SandboxPools(chaosNamespace).Get(ctx, chaosPool, metav1.GetOptions{})
+		p, err := c.sbx.SandboxV1alpha1().SandboxPools().Get(ctx, chaosPool, metav1.GetOptions{})
 		return err == nil && len(left.Items) == 0 && p.Status.ReadyAgents == 2, nil
 	})
 	if err != nil {
@@ -374,7 +374,7 @@ func (c *chaosRun) injectFaults(ctx context.Context, round int, window time.Dura
 
 // agentPods lists the pool's agent Pods that run and are not being deleted.
 func (c *chaosRun) agentPods(ctx context.Context) ([]corev1.Pod, error) {
-	pods, err := cluster.Kube.CoreV1().Pods(chaosNamespace).List(ctx, metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=" + chaosPool})
+	pods, err := cluster.Kube.CoreV1().Pods(systemNS).List(ctx, metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=" + chaosPool})
 	if err != nil {
 		return nil, err
 	}
@@ -459,8 +459,8 @@ func (c *chaosRun) inject(ctx context.Context, f faultKind, rng *rand.Rand) erro
 				}
 			}
 		}
-		c.saveLogs(chaosNamespace, p.Name, "before-delete")
-		if err := cluster.Kube.CoreV1().Pods(chaosNamespace).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+		c.saveLogs(systemNS, p.Name, "before-delete")
+		if err := cluster.Kube.CoreV1().Pods(systemNS).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
 			return err
 		}
 		c.logf("FAULT %s: deleted %s (UID %s) with %d unfinished sandboxes bound to it", f, p.Name, p.UID, bound)
@@ -803,14 +803,15 @@ func (c *chaosRun) deleteRound(ctx context.Context, round int, mine []*chaosSand
 // or chaos agent is left on the node.
 func (c *chaosRun) teardown() {
 	ctx := context.Background()
-	if err := c.sbx.SandboxV1alpha1().SandboxPools(chaosNamespace).Delete(ctx, chaosPool, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+	if err := c.sbx.SandboxV1alpha1().SandboxPools().Delete(ctx, chaosPool, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		c.problem("deleting the pool: %v", err)
 		return
 	}
 	c.logf("deleted the pool; waiting for its agent Pods to go and for the node to be clean")
 	var leaks []string
 	err := wait.PollUntilContextTimeout(ctx, time.Second, chaosCleanupTimeout, true, func(ctx context.Context) (bool, error) {
-		pods, err := cluster.Kube.CoreV1().Pods(chaosNamespace).List(ctx, metav1.ListOptions{})
+		pods, err := cluster.Kube.CoreV1().Pods(systemNS).List(ctx, metav1.ListOptions{
+			LabelSelector: v1alpha1.LabelPoolName + "=" + chaosPool})
 		if err != nil {
 			return false, nil
 		}

@@ -52,7 +52,7 @@ func deploy(t *testing.T) *system {
 			},
 		},
 	}
-	if _, err := s.sbx.SandboxV1alpha1().SandboxPools(s.ns).Create(context.Background(), pool, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := s.sbx.SandboxV1alpha1().SandboxPools().Create(context.Background(), pool, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 	s.waitPool(func(p *v1alpha1.SandboxPool) bool { return p.Status.ReadyAgents == 2 }, "2 ready agents")
@@ -92,7 +92,7 @@ func (s *system) waitPool(cond func(*v1alpha1.SandboxPool) bool, what string) *v
 	s.t.Helper()
 	var last *v1alpha1.SandboxPool
 	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := s.sbx.SandboxV1alpha1().SandboxPools(s.ns).Get(ctx, s.pool, metav1.GetOptions{})
+		p, err := s.sbx.SandboxV1alpha1().SandboxPools().Get(ctx, s.pool, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
 		}
@@ -175,7 +175,7 @@ func TestSystem(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("agent Pods run with the containerd socket's directory mounted", func(t *testing.T) {
-		pods, err := cluster.Kube.CoreV1().Pods(s.ns).List(ctx, metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=" + s.pool})
+		pods, err := cluster.Kube.CoreV1().Pods(v1alpha1.DefaultSystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=" + s.pool})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -207,7 +207,7 @@ func TestSystem(t *testing.T) {
 			x.Spec.Resources = v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("200m")), Memory: ptr.To(resource.MustParse("64Mi"))}
 		}, "sh", "-c", "echo hello; sleep 3")
 		r := s.waitSandbox("hello", "Running", phase(v1alpha1.SandboxRunning))
-		agentPod, err := cluster.Kube.CoreV1().Pods(s.ns).Get(ctx, r.Status.Agent, metav1.GetOptions{})
+		agentPod, err := cluster.Kube.CoreV1().Pods(v1alpha1.DefaultSystemNamespace).Get(ctx, r.Status.Agent, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -354,7 +354,7 @@ func TestSystem(t *testing.T) {
 	t.Run("a lost agent fails its sandboxes and is replaced", func(t *testing.T) {
 		s.create("orphaned", nil, "sleep", "300")
 		r := s.waitSandbox("orphaned", "Running", phase(v1alpha1.SandboxRunning))
-		if err := cluster.Kube.CoreV1().Pods(s.ns).Delete(ctx, r.Status.Agent, metav1.DeleteOptions{}); err != nil {
+		if err := cluster.Kube.CoreV1().Pods(v1alpha1.DefaultSystemNamespace).Delete(ctx, r.Status.Agent, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		done := s.waitSandbox("orphaned", "Failed", phase(v1alpha1.SandboxFailed))
@@ -375,12 +375,12 @@ func TestSystem(t *testing.T) {
 		setSize := func(n int32) {
 			// The pool controller writes status meanwhile: retry on conflicts.
 			err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-				p, err := s.sbx.SandboxV1alpha1().SandboxPools(s.ns).Get(ctx, s.pool, metav1.GetOptions{})
+				p, err := s.sbx.SandboxV1alpha1().SandboxPools().Get(ctx, s.pool, metav1.GetOptions{})
 				if err != nil {
 					return err
 				}
 				p.Spec.MinAgents, p.Spec.MaxAgents = n, n
-				_, err = s.sbx.SandboxV1alpha1().SandboxPools(s.ns).Update(ctx, p, metav1.UpdateOptions{})
+				_, err = s.sbx.SandboxV1alpha1().SandboxPools().Update(ctx, p, metav1.UpdateOptions{})
 				return err
 			})
 			if err != nil {
