@@ -53,6 +53,7 @@ type options struct {
 	defaultPidsLimit    int64
 	logMaxBytes         int64
 	logMaxFiles         int
+	storageCheckPeriod  time.Duration
 }
 
 func env(name, def string) string {
@@ -67,6 +68,13 @@ func envInt(name string) int64 { return envIntDefault(name, 0) }
 func envIntDefault(name string, def int64) int64 {
 	if v, err := strconv.ParseInt(os.Getenv(name), 10, 64); err == nil {
 		return v
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
+		return d
 	}
 	return def
 }
@@ -122,6 +130,8 @@ func main() {
 				"size at which a sandbox's log (stdout and stderr) is rotated")
 			fs.IntVar(&o.logMaxFiles, "log-max-files", int(envIntDefault("SANDBOX_LOG_MAX_FILES", containerd.DefaultLogMaxFiles)),
 				"files a sandbox's log keeps, the current one included: at most log-max-bytes times this on disk")
+			fs.DurationVar(&o.storageCheckPeriod, "storage-check-period", envDuration("SANDBOX_STORAGE_CHECK_PERIOD", containerd.DefaultStorageCheckPeriod),
+				"how often the ephemeral storage (writable layer and logs) of sandboxes with a limit is measured; one above its limit is stopped")
 			fs.DurationVar(&o.syncWait, "sync-wait", 5*time.Second, "how long a sync waits for its creations before answering Creating for those still under way")
 			fs.DurationVar(&o.createTimeout, "create-timeout", 10*time.Minute, "bound on one sandbox's creation, image pull included")
 			fs.DurationVar(&o.livenessThreshold, "liveness-threshold", agent.DefaultLivenessThreshold,
@@ -155,6 +165,7 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 		DefaultRuntimeHandler: o.defaultHandler, RuntimeHandlers: o.handlers,
 		InitBinary: o.sandboxInit, WarmPerImage: o.warmPerImage, WarmImages: o.warmImages,
 		DefaultPidsLimit: o.defaultPidsLimit, LogMaxBytes: o.logMaxBytes, LogMaxFiles: o.logMaxFiles,
+		StorageCheckPeriod: o.storageCheckPeriod,
 	}, log.WithName("containerd"))
 	defer rt.Close()
 	a := agent.New(agent.Config{

@@ -122,6 +122,9 @@ type Config struct {
 	// (default 2): a log never holds more than their product.
 	LogMaxBytes int64
 	LogMaxFiles int
+	// StorageCheckPeriod is how often the ephemeral storage of sandboxes
+	// with a limit is measured (default 2 s; see storage.go).
+	StorageCheckPeriod time.Duration
 }
 
 // Defaults of Config.
@@ -184,6 +187,9 @@ func New(cfg Config, log logr.Logger) *Runtime {
 	if cfg.LogMaxFiles <= 0 {
 		cfg.LogMaxFiles = DefaultLogMaxFiles
 	}
+	if cfg.StorageCheckPeriod <= 0 {
+		cfg.StorageCheckPeriod = DefaultStorageCheckPeriod
+	}
 	return &Runtime{
 		cfg:      cfg,
 		log:      log,
@@ -230,6 +236,7 @@ func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
 		r.sweepOrphans(ctx)
 		go r.sweepLoop()
 	}
+	go r.storageLoop()
 	r.log.Info("containerd runtime ready", "address", r.cfg.Address, "version", v.Version,
 		"namespace", r.cfg.Namespace, "cgroupParent", r.cgroupParent, "systemdCgroup", r.systemd, "podNetNS", r.podNetNS,
 		"warmPerImage", r.warm.perKey, "warmContainers", r.warm.enabled,
@@ -435,12 +442,16 @@ func (r *Runtime) forgetID(uid string) {
 
 // sandboxLabels are the labels of a sandbox's container.
 func (r *Runtime) sandboxLabels(spec api.SandboxSpec, created time.Time) map[string]string {
-	return r.ownLabels(map[string]string{
+	l := r.ownLabels(map[string]string{
 		LabelUID: spec.UID, LabelName: spec.Name, LabelNamespace: spec.Namespace,
 		LabelPool: spec.Pool, LabelCreated: created.UTC().Format(time.RFC3339Nano),
 		LabelCPU: fmt.Sprint(spec.CPUMillis), LabelMemory: fmt.Sprint(spec.MemoryBytes),
 		LabelPids: fmt.Sprint(r.pidsLimit(spec)),
 	})
+	if spec.EphemeralStorageBytes > 0 {
+		l[LabelEphemeralStorage] = fmt.Sprint(spec.EphemeralStorageBytes)
+	}
+	return l
 }
 
 // pidsLimit is a sandbox's pids limit: its own, or the agent's default.
@@ -810,9 +821,16 @@ func (r *Runtime) finalStatus(ctx context.Context, c client.Container, st api.Sa
 		at = time.Now()
 	}
 	st.FinishedAt = &at
+	var stopped, stopMessage string
+	if code != 0 {
+		stopped, stopMessage = stopReason(ctx, c)
+	}
 	switch {
 	case code == 0:
 		st.Reason = api.ReasonCompleted
+	case stopped != "":
+		// The runtime stopped it (storage.go), and recorded why.
+		st.Reason, st.Message = stopped, stopMessage
 	case r.oomKilled(c.ID()):
 		st.Reason, st.Message = api.ReasonOOMKilled, "the sandbox exceeded its memory limit and was killed"
 	default:

@@ -2,6 +2,7 @@ package containerd_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -200,6 +201,85 @@ func TestLogRotation(t *testing.T) {
 					t.Errorf("log files left after the delete: %v", files)
 				}
 			})
+		})
+	}
+}
+
+// TestEphemeralStorage: a sandbox with a 16 MiB limit that writes 64 MiB in
+// 1 MiB steps is stopped and fails with EphemeralStorageExceeded and the
+// figures, which a restarted agent reports too; one that stays under its
+// limit runs on. Cold and warm.
+func TestEphemeralStorage(t *testing.T) {
+	e := setup(t)
+	for _, mode := range []string{"cold", "warm"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			configure := func(c *containerd.Config) {
+				c.Agent, c.StorageCheckPeriod = "agent-storage-"+mode, 200*time.Millisecond
+			}
+			rt := e.runtimeWith(t, mode == "warm", configure)
+			s0 := starter{rt: rt, warm: mode == "warm"}
+			writer := func(uid string, mib int) api.SandboxSpec {
+				s := spec(uid, "sh", "-c", fmt.Sprintf(
+					"i=0; while [ $i -lt %d ]; do head -c 1048576 /dev/zero >> /data; i=$((i+1)); sleep 0.05; done; echo wrote $i MiB; exec sleep 60", mib))
+				s.EphemeralStorageBytes = 16 << 20
+				return s
+			}
+
+			over, under := "storage-over-"+mode, "storage-under-"+mode
+			if st := s0.create(t, writer(over, 64)); st.State != api.StateRunning {
+				t.Fatalf("create: %+v", st)
+			}
+			defer rt.DeleteSandbox(ctx, over)
+			if st := s0.create(t, writer(under, 4)); st.State != api.StateRunning {
+				t.Fatalf("create: %+v", st)
+			}
+			defer rt.DeleteSandbox(ctx, under)
+
+			final := containerd.WaitExit(t, rt, over)
+			if final.State != api.StateExited || final.Reason != api.ReasonEphemeralStorageExceeded ||
+				final.ExitCode == nil || *final.ExitCode != 137 || !strings.Contains(final.Message, "limit of 16777216 bytes (16.0 MiB)") {
+				t.Errorf("final status %+v, want Exited 137 EphemeralStorageExceeded with the figures", final)
+			}
+			if out := logs(t, rt, over); strings.Contains(out, "wrote 64 MiB") {
+				t.Errorf("the sandbox wrote everything: %q", out)
+			}
+			t.Logf("stopped: %s", final.Message)
+
+			// Under its limit: it wrote all and still runs.
+			logs(t, rt, under, "wrote 4 MiB")
+			time.Sleep(500 * time.Millisecond)
+			all, err := rt.ListSandboxes(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, st := range all {
+				if st.UID == under && st.State != api.StateRunning {
+					t.Errorf("the sandbox under its limit: %+v", st)
+				}
+			}
+
+			// A restarted agent reports the reason from the container.
+			rt.Close()
+			again := e.runtimeWith(t, mode == "warm", configure)
+			all, err = again.ListSandboxes(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, st := range all {
+				if st.UID == over {
+					found = true
+					if st.Reason != api.ReasonEphemeralStorageExceeded || st.Message != final.Message {
+						t.Errorf("after a restart: %+v, want %s %q", st, api.ReasonEphemeralStorageExceeded, final.Message)
+					}
+				}
+			}
+			if !found {
+				t.Error("the stopped sandbox is not listed after a restart")
+			}
+			_ = again.DeleteSandbox(ctx, over)
+			_ = again.DeleteSandbox(ctx, under)
 		})
 	}
 }
