@@ -54,6 +54,8 @@ type options struct {
 	logMaxBytes         int64
 	logMaxFiles         int
 	storageCheckPeriod  time.Duration
+	readOnlyRootFS      bool
+	runAsNonRoot        bool
 }
 
 func env(name, def string) string {
@@ -70,6 +72,11 @@ func envIntDefault(name string, def int64) int64 {
 		return v
 	}
 	return def
+}
+
+func envBool(name string) bool {
+	v, _ := strconv.ParseBool(os.Getenv(name))
+	return v
 }
 
 func envDuration(name string, def time.Duration) time.Duration {
@@ -132,6 +139,10 @@ func main() {
 				"files a sandbox's log keeps, the current one included: at most log-max-bytes times this on disk")
 			fs.DurationVar(&o.storageCheckPeriod, "storage-check-period", envDuration("SANDBOX_STORAGE_CHECK_PERIOD", containerd.DefaultStorageCheckPeriod),
 				"how often the ephemeral storage (writable layer and logs) of sandboxes with a limit is measured; one above its limit is stopped")
+			fs.BoolVar(&o.readOnlyRootFS, "read-only-rootfs", envBool("SANDBOX_READ_ONLY_ROOTFS"),
+				fmt.Sprintf("mount every sandbox's root filesystem read-only, with a %d MiB tmpfs at /tmp", containerd.TmpSizeBytes>>20))
+			fs.BoolVar(&o.runAsNonRoot, "run-as-non-root", envBool("SANDBOX_RUN_AS_NON_ROOT"),
+				"fail (RunAsNonRootViolation) every sandbox whose image's user is root, before its command runs")
 			fs.DurationVar(&o.syncWait, "sync-wait", 5*time.Second, "how long a sync waits for its creations before answering Creating for those still under way")
 			fs.DurationVar(&o.createTimeout, "create-timeout", 10*time.Minute, "bound on one sandbox's creation, image pull included")
 			fs.DurationVar(&o.livenessThreshold, "liveness-threshold", agent.DefaultLivenessThreshold,
@@ -165,7 +176,7 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 		DefaultRuntimeHandler: o.defaultHandler, RuntimeHandlers: o.handlers,
 		InitBinary: o.sandboxInit, WarmPerImage: o.warmPerImage, WarmImages: o.warmImages,
 		DefaultPidsLimit: o.defaultPidsLimit, LogMaxBytes: o.logMaxBytes, LogMaxFiles: o.logMaxFiles,
-		StorageCheckPeriod: o.storageCheckPeriod,
+		StorageCheckPeriod: o.storageCheckPeriod, ReadOnlyRootFilesystem: o.readOnlyRootFS, RunAsNonRoot: o.runAsNonRoot,
 	}, log.WithName("containerd"))
 	defer rt.Close()
 	a := agent.New(agent.Config{

@@ -79,8 +79,12 @@ func (f *fakeRuntime) CreateSandbox(ctx context.Context, s api.SandboxSpec) api.
 	now := time.Now()
 	st := api.SandboxStatus{UID: s.UID, Name: s.Name, Namespace: s.Namespace, State: api.StateRunning, StartedAt: &now,
 		CPUMillis: s.CPUMillis, MemoryBytes: s.MemoryBytes}
-	if s.Image == "missing" {
+	switch s.Image {
+	case "missing":
 		st = api.SandboxStatus{UID: s.UID, State: api.StateFailed, Reason: api.ReasonImageNotPresent}
+	case "root": // an image whose user is root, on an agent that runs only non-root sandboxes
+		st = api.SandboxStatus{UID: s.UID, Name: s.Name, Namespace: s.Namespace, State: api.StateFailed,
+			Reason: api.ReasonRunAsNonRootViolation, Message: "image root runs as root"}
 	}
 	f.running[s.UID] = st
 	return st
@@ -818,4 +822,40 @@ func TestRuntimeUnavailableIsNotFinal(t *testing.T) {
 	if !eventually(func() bool { return rt.count(rt.deletes, "y") == 1 && statusOf(a, "y").State == "" }) {
 		t.Errorf("y: deletes %d, status %+v; want removed", rt.count(rt.deletes, "y"), statusOf(a, "y"))
 	}
+}
+
+// TestRuntimeReasonsReachStatus: why the runtime refused a sandbox
+// (RunAsNonRootViolation) or stopped one (EphemeralStorageExceeded, an
+// exit) is in the agent's status, with the message, and so it is from an
+// agent that restarted and adopted them.
+func TestRuntimeReasonsReachStatus(t *testing.T) {
+	rt := newFakeRuntime()
+	a, srv := start(t, rt, api.Resources{Slots: 4})
+	c := client.New(srv.URL, timeoutClient)
+	root := sbx("root")
+	root.Image = "root"
+	syncOK(t, c, 1, []api.SandboxSpec{sbx("big"), root})
+	code := int32(137)
+	stopped := api.SandboxStatus{UID: "big", Name: "n-big", Namespace: "ns", State: api.StateExited, ExitCode: &code,
+		Reason: api.ReasonEphemeralStorageExceeded, Message: "it used 17 MiB of ephemeral storage, above its limit of 16 MiB"}
+	rt.exits <- stopped
+	check := func(a *Agent) {
+		t.Helper()
+		if !eventually(func() bool { return statusOf(a, "big").Reason == api.ReasonEphemeralStorageExceeded }) {
+			t.Errorf("status %+v, want %s", statusOf(a, "big"), api.ReasonEphemeralStorageExceeded)
+		}
+		if s := statusOf(a, "big"); s.Message != stopped.Message || s.State != api.StateExited {
+			t.Errorf("status %+v lacks the runtime's message", s)
+		}
+		if s := statusOf(a, "root"); s.State != api.StateFailed || s.Reason != api.ReasonRunAsNonRootViolation || s.Message == "" {
+			t.Errorf("status %+v, want Failed %s", s, api.ReasonRunAsNonRootViolation)
+		}
+	}
+	check(a)
+
+	rt.mu.Lock()
+	listed := []api.SandboxStatus{stopped, rt.running["root"]}
+	rt.mu.Unlock()
+	restarted, _ := start(t, newFakeRuntime(listed...), api.Resources{Slots: 4})
+	check(restarted)
 }

@@ -125,6 +125,12 @@ type Config struct {
 	// StorageCheckPeriod is how often the ephemeral storage of sandboxes
 	// with a limit is measured (default 2 s; see storage.go).
 	StorageCheckPeriod time.Duration
+	// ReadOnlyRootFilesystem mounts every sandbox's root filesystem
+	// read-only, with a writable tmpfs of TmpSizeBytes at /tmp.
+	ReadOnlyRootFilesystem bool
+	// RunAsNonRoot fails (ReasonRunAsNonRootViolation) every sandbox whose
+	// user, its image's USER, is root, before its command runs.
+	RunAsNonRoot bool
 }
 
 // Defaults of Config.
@@ -132,6 +138,9 @@ const (
 	DefaultPidsLimit   = 1024
 	DefaultLogMaxBytes = 10 << 20
 	DefaultLogMaxFiles = 2
+	// TmpSizeBytes bounds the tmpfs at /tmp of a read-only root filesystem
+	// (its pages count against the sandbox's memory limit too).
+	TmpSizeBytes = 64 << 20
 )
 
 // Runtime is the containerd runtime.
@@ -544,6 +553,9 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	if err != nil {
 		return fail(api.ReasonCreateFailed, fmt.Errorf("image %s: %w", ref, err))
 	}
+	if err := r.checkUser(ref.String(), imageConfig.Config.User, user); err != nil {
+		return r.failed(spec, id, api.ReasonRunAsNonRootViolation, err)
+	}
 
 	handler := spec.RuntimeHandler
 	if handler == "" {
@@ -671,6 +683,12 @@ func (r *Runtime) specOpts(spec api.SandboxSpec, img ocispec.ImageConfig, user s
 	if spec.MemoryBytes > 0 {
 		opts = append(opts, oci.WithMemoryLimit(uint64(spec.MemoryBytes)))
 	}
+	if r.cfg.ReadOnlyRootFilesystem {
+		opts = append(opts, oci.WithRootFSReadonly(), oci.WithMounts([]specs.Mount{{
+			Destination: "/tmp", Type: "tmpfs", Source: "tmpfs",
+			Options: []string{"nosuid", "nodev", "mode=1777", fmt.Sprintf("size=%d", TmpSizeBytes)},
+		}}))
+	}
 	// A network namespace of its own (runc and crun bring up loopback in
 	// it). TODO(issue 11): Egress sandboxes get one prepared with a veth.
 	opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace}))
@@ -724,6 +742,16 @@ func numericUser(u string) (specs.User, error) {
 		}
 	}
 	return specs.User{UID: uint32(uid), GID: uint32(gid)}, nil
+}
+
+// checkUser refuses a root user when the agent runs only non-root
+// sandboxes. A sandbox's user is its image's USER (the spec has none of its
+// own); an empty USER is root.
+func (r *Runtime) checkUser(image, imageUser string, u specs.User) error {
+	if !r.cfg.RunAsNonRoot || u.UID != 0 {
+		return nil
+	}
+	return fmt.Errorf("image %s runs as root (USER %q, uid 0) and this agent runs only non-root sandboxes (runAsNonRoot): use an image whose USER is a non-zero uid", image, imageUser)
 }
 
 // specVersion is the OCI runtime spec version sandboxes declare: every

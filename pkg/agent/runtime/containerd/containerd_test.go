@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/distribution/reference"
 	"github.com/go-logr/logr/testr"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
@@ -109,12 +110,16 @@ func (s starter) create(t *testing.T, spec api.SandboxSpec) api.SandboxStatus {
 		if err := s.rt.WaitWarm(wctx, spec); err != nil {
 			t.Fatalf("waiting for a warm container: %v", err)
 		}
+		image, err := reference.ParseDockerRef(spec.Image)
+		if err != nil {
+			t.Fatal(err)
+		}
 		counted := false
 		for _, w := range s.rt.WarmContainers() {
-			counted = counted || (w.Image == containerdtest.TestImage && w.Count > 0)
+			counted = counted || (w.Image == image.String() && w.Count > 0)
 		}
 		if !counted {
-			t.Errorf("WarmContainers %+v does not count the warm container of %s", s.rt.WarmContainers(), containerdtest.TestImage)
+			t.Errorf("WarmContainers %+v does not count the warm container of %s", s.rt.WarmContainers(), image)
 		}
 	}
 	st := s.rt.CreateSandbox(ctx, spec)

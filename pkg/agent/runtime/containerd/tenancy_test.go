@@ -1,6 +1,7 @@
 package containerd_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -11,9 +12,11 @@ import (
 	"time"
 
 	"github.com/containerd/cgroups/v3"
+	"github.com/containerd/containerd/v2/client"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
+	"github.com/fast-sandbox/fast-sandbox/pkg/ociimage"
 )
 
 // cgroupFile is the path of a file of a sandbox container's cgroup in the
@@ -280,6 +283,108 @@ func TestEphemeralStorage(t *testing.T) {
 			}
 			_ = again.DeleteSandbox(ctx, over)
 			_ = again.DeleteSandbox(ctx, under)
+		})
+	}
+}
+
+// nonRootImage is a busybox image whose USER is 1000:1000.
+const nonRootImage = "docker.io/fast-sandbox/testbox-nonroot:latest"
+
+// importImage builds a busybox image with cfg and imports it, unpacked.
+func (e *env) importImage(t *testing.T, ref string, cfg ociimage.Config) {
+	t.Helper()
+	files, err := ociimage.BusyboxFiles("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := ociimage.Build(&buf, ref, cfg, files); err != nil {
+		t.Fatal(err)
+	}
+	ctx := e.d.Context()
+	imgs, err := e.d.Client.Import(ctx, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range imgs {
+		if err := client.NewImage(e.d.Client, img).Unpack(ctx, "overlayfs"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestReadOnlyRootFilesystem: with the agent's ReadOnlyRootFilesystem, a
+// sandbox cannot write its root filesystem and has a bounded tmpfs at /tmp,
+// cold and warm.
+func TestReadOnlyRootFilesystem(t *testing.T) {
+	e := setup(t)
+	for _, mode := range []string{"cold", "warm"} {
+		t.Run(mode, func(t *testing.T) {
+			rt := e.runtimeWith(t, mode == "warm", func(c *containerd.Config) {
+				c.Agent, c.ReadOnlyRootFilesystem = "agent-ro-"+mode, true
+			})
+			uid := "ro-" + mode
+			st := starter{rt: rt, warm: mode == "warm"}.create(t, spec(uid, "sh", "-c",
+				"touch /etc/x 2>&1; echo written > /tmp/f && cat /tmp/f; df -k /tmp | tail -1"))
+			if st.State != api.StateRunning {
+				t.Fatalf("create: %+v", st)
+			}
+			defer rt.DeleteSandbox(context.Background(), uid)
+			if final := containerd.WaitExit(t, rt, uid); final.ExitCode == nil || *final.ExitCode != 0 {
+				t.Errorf("final %+v", final)
+			}
+			out := logs(t, rt, uid, "tmpfs")
+			for _, want := range []string{"Read-only file system", "written\n", fmt.Sprintf("tmpfs %d ", containerd.TmpSizeBytes>>10)} {
+				if !strings.Contains(strings.Join(strings.Fields(out), " ")+"\n", strings.TrimSuffix(want, "\n")) {
+					t.Errorf("output %q lacks %q", out, want)
+				}
+			}
+		})
+	}
+}
+
+// TestRunAsNonRoot: with the agent's RunAsNonRoot, a sandbox of an image
+// whose user is root fails with RunAsNonRootViolation before its command
+// runs (and no warm container is made for that image); one of a non-root
+// image runs as its user, cold and warm.
+func TestRunAsNonRoot(t *testing.T) {
+	e := setup(t)
+	e.importImage(t, nonRootImage, ociimage.Config{Cmd: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}, User: "1000:1000"})
+	for _, mode := range []string{"cold", "warm"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			rt := e.runtimeWith(t, mode == "warm", func(c *containerd.Config) {
+				c.Agent, c.RunAsNonRoot = "agent-nonroot-"+mode, true
+			})
+			marker := filepath.Join(t.TempDir(), "ran")
+			root := spec("root-"+mode, "sh", "-c", "echo ran > "+marker)
+			if mode == "warm" {
+				wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				err := rt.WaitWarm(wctx, root)
+				cancel()
+				if err == nil || !strings.Contains(err.Error(), "runAsNonRoot") {
+					t.Errorf("a warm container for a root image: %v", err)
+				}
+			}
+			st := rt.CreateSandbox(ctx, root)
+			if st.State != api.StateFailed || st.Reason != api.ReasonRunAsNonRootViolation || !strings.Contains(st.Message, "uid 0") {
+				t.Errorf("root sandbox: %+v, want Failed RunAsNonRootViolation", st)
+			}
+			if _, err := e.d.Client.LoadContainer(e.d.Context(), containerd.ContainerID(root.UID)); err == nil {
+				t.Error("a container was made for a sandbox that may not run")
+			}
+
+			uid := "nonroot-" + mode
+			s := spec(uid, "sh", "-c", "echo uid $(id -u) gid $(id -g)")
+			s.Image = nonRootImage
+			if st := (starter{rt: rt, warm: mode == "warm"}).create(t, s); st.State != api.StateRunning {
+				t.Fatalf("non-root sandbox: %+v", st)
+			}
+			defer rt.DeleteSandbox(ctx, uid)
+			containerd.WaitExit(t, rt, uid)
+			if out := logs(t, rt, uid, "uid"); !strings.Contains(out, "uid 1000 gid 1000") {
+				t.Errorf("output %q, want uid 1000 gid 1000", out)
+			}
 		})
 	}
 }

@@ -383,6 +383,11 @@ func (r *Runtime) refillOne(ctx context.Context, key warmKey) {
 		r.warm.notifyLocked()
 		c = nil
 	}
+	if c != nil {
+		// Not wanted (closing, or its key evicted): gone, so that its
+		// monitor does not take the kill for an init that died.
+		c.state = warmGone
+	}
 	r.mu.Unlock()
 	if c != nil {
 		r.discardWarm(c)
@@ -440,6 +445,11 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 	user, err := numericUser(imageConfig.Config.User)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", key.image, err)
+	}
+	// No warm container for an image none of whose sandboxes may run: they
+	// fail in createCold, before anything is made.
+	if err := r.checkUser(key.image, imageConfig.Config.User, user); err != nil {
+		return nil, err
 	}
 	runtimeOpt, err := r.runtimeOpt(key.handler)
 	if err != nil {
