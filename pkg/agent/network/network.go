@@ -1,8 +1,8 @@
-// Package network gives Egress sandboxes a network of their own: a network
-// namespace per sandbox, a veth pair into the agent Pod's network namespace
-// and NAT out of it, filtered by an egress policy. A sandbox never shares the
-// agent Pod's network namespace and never reaches the agent's API, the
-// node, containerd or another sandbox.
+// Package network gives Egress sandboxes a network of their own: a veth
+// pair from the sandbox's network namespace into the agent Pod's network
+// namespace and NAT out of it, filtered by an egress policy. A sandbox never
+// shares the agent Pod's network namespace and never reaches the agent's
+// API, the node, containerd or another sandbox.
 //
 // # Topology
 //
@@ -17,36 +17,55 @@
 // sandboxes): block i is Subnet+4i, the Pod side of the veth has .1 of it,
 // the sandbox side ("eth0") .2, and the sandbox's default route goes through
 // the Pod side. The Pod-side name is VethPrefix plus the first 10 hex digits
-// of the SHA-256 of the sandbox id, so it is known from the id alone. IPv6
+// of the SHA-256 of the sandbox id, so it is known from the id alone; its
+// alias (IFLA_IFALIAS, shown by `ip link`) is AliasPrefix and the id. IPv6
 // is disabled in the sandbox namespace and on the Pod-side veth, and dropped
 // from sandbox veths. The veths get the MTU of the Pod netns's default-route
 // interface (1500 without one).
 //
-// The namespace of sandbox id is created with unshare(CLONE_NEWNET) on a
-// locked OS thread and kept alive by a bind mount onto Config.Dir/<id>, the
-// path that Prepare returns and that the container runtime passes to the
-// OCI runtime as the sandbox's network namespace. Note that runc and crun
-// run in the node's mount namespace: when the agent runs in a container,
-// Config.Dir must lie on a volume mounted with Bidirectional mount
-// propagation, so that the bind mounts the agent makes are seen by the
-// node (and survive the agent's container). The Manager needs
-// CAP_NET_ADMIN and CAP_SYS_ADMIN (unshare, setns, mount) and a writable
-// /proc/sys: a privileged agent container.
+// # Namespaces
+//
+// The Manager creates no namespace and mounts nothing. The OCI runtime
+// creates a sandbox's namespace with its container (a linux.namespaces
+// entry of type network without a path: a new namespace with loopback only)
+// and it lives as long as the container does. The agent learns the
+// container's PID from containerd and hands Attach the namespace's path
+// through the node's /proc mounted into the agent Pod, e.g.
+// /host/proc/<pid>/ns/net; Attach opens it once and wires it. As nothing is
+// bind-mounted, no mount propagation between the agent Pod and the node is
+// needed. When the container's last process exits, the namespace dies and
+// the kernel deletes the veth pair with it. The Manager needs
+// CAP_NET_ADMIN, CAP_SYS_ADMIN (setns), CAP_SYS_PTRACE (another process's
+// namespace files) and a writable /proc/sys: a privileged agent container.
 //
 // # Restart
 //
-// State lives in the kernel and in Config.Dir, nothing in memory matters: a
+// State lives in the kernel, nothing in memory or on disk matters: a
 // restarted agent calls Init again, which replaces the nftables table and
-// adopts every namespace file in Config.Dir. A sandbox's address block is
-// learnt back from the address of its Pod-side veth (named after the id);
-// that address is set last when a sandbox is wired, so a veth with it is
-// complete. A namespace whose veth is missing or unaddressed (an agent that
-// died in Prepare) is wired again with a fresh block; a leftover empty file
-// is removed, and so is a veth with the prefix that belongs to no namespace
-// file. A block is never handed out while a veth holds it, and freed blocks
-// are reused last (allocation goes round the Subnet), so a sandbox never
-// inherits a recent predecessor's connections; Release also deletes the
-// conntrack entries of the address it frees.
+// learns the attached sandboxes back from the Pod-side veths alone: a
+// veth's alias gives the sandbox id back (the name, a hash, cannot), its
+// address the sandbox's block. The alias is set before the address, and the
+// address last of all when a sandbox is wired, so a veth with both is
+// complete. A veth with the prefix that is not complete (an agent that died
+// in Attach), or whose alias names no id hashing to its name, is deleted;
+// the next Attach wires the namespace again. A sandbox whose container died
+// while the agent was down took its veth pair with it, so Init learns
+// nothing stale.
+//
+// The Manager does not know which sandboxes the agent still wants: the
+// agent's reconcile calls Attach for each Egress sandbox it runs (a no-op
+// for one wired to that namespace already) and Detach for each id of List
+// that it no longer runs. While the Manager runs, an id stays attached, its
+// block reserved, until Detach, even when its namespace died: its address
+// goes to no other sandbox meanwhile, and an Attach of the id to a new
+// namespace (the container made again) keeps it. (Init, which knows only
+// veths, forgets such an id.)
+//
+// A block is never handed out while an id or a veth holds it, and freed
+// blocks are reused last (allocation goes round the Subnet). Detach deletes
+// the conntrack entries of the address it frees, and Init those of every
+// Subnet address that no veth holds (sandboxes gone while the agent was
+// down), so a sandbox never inherits a predecessor's connections.
 //
 // # Filtering
 //
@@ -96,8 +115,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -113,6 +130,10 @@ import (
 // VethPrefix starts the name of every Pod-side sandbox veth; the rest of
 // the name is a hash of the sandbox id.
 const VethPrefix = "fsb"
+
+// AliasPrefix starts the alias of every Pod-side sandbox veth; the rest of
+// the alias is the sandbox id.
+const AliasPrefix = "fast-sandbox:"
 
 // SandboxInterface is the name of the veth inside a sandbox's namespace.
 const SandboxInterface = "eth0"
@@ -135,10 +156,6 @@ type Policy struct {
 
 // Config configures a Manager.
 type Config struct {
-	// Dir holds the sandboxes' network namespace files, one per sandbox,
-	// named after its id, e.g. <stateDir>/pods/<podUID>/netns. It is
-	// created if missing and belongs to the Manager alone.
-	Dir string
 	// Subnet is where the sandboxes' veth addresses come from, a /30 per
 	// sandbox; DefaultSubnet when left out. IPv4, at most a /30.
 	Subnet netip.Prefix
@@ -150,8 +167,8 @@ type Config struct {
 	HostNetNS string
 }
 
-// Manager creates and removes the network namespaces of Egress sandboxes
-// and keeps the agent Pod's network namespace set up for them. Its methods
+// Manager wires the network namespaces of Egress sandboxes to the agent
+// Pod's network namespace and keeps that one set up for them. Its methods
 // are safe for concurrent use.
 type Manager struct {
 	cfg Config
@@ -162,28 +179,31 @@ type Manager struct {
 	host   *netlink.Handle // netlink in hostNS
 	mtu    int
 	ids    map[string]*sandbox
-	blocks map[uint32]string // block index -> id
+	blocks map[uint32]string // block index -> id, or detaching
 	next   uint32            // where the search for a free block starts
+
+	flushes sync.WaitGroup // Detaches using host without mu
 }
 
-// sandbox is one namespace file of Dir.
+// detaching holds a block in Manager.blocks while Detach deletes the
+// conntrack entries of its address; it is no sandbox id.
+const detaching = "/detaching"
+
+// sandbox is an attached sandbox: its block is reserved, and its veth made
+// (or gone with a namespace that died, until Detach or a new Attach).
 type sandbox struct {
 	id    string
 	veth  string
 	block uint32
-	wired bool // veth complete, block valid
 }
 
-// validID is what a sandbox id may look like: it names a file of Dir.
+// validID is what a sandbox id may look like; it goes into the veth's alias
+// (at most 255 bytes) and into logs.
 var validID = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$`)
 
 // New validates cfg and returns a Manager; Init must be called before the
 // Manager is used.
 func New(cfg Config, log logr.Logger) (*Manager, error) {
-	if cfg.Dir == "" || !filepath.IsAbs(cfg.Dir) {
-		return nil, fmt.Errorf("network: Dir must be an absolute path, not %q", cfg.Dir)
-	}
-	cfg.Dir = filepath.Clean(cfg.Dir)
 	if !cfg.Subnet.IsValid() {
 		cfg.Subnet = DefaultSubnet
 	}
@@ -236,15 +256,11 @@ func ipv4Prefixes(name string, ps []netip.Prefix, log logr.Logger) ([]netip.Pref
 
 // Init sets up the agent Pod's network namespace, as often as called (a
 // restarted agent calls it again): it enables IPv4 forwarding, replaces the
-// nftables table with one for the Manager's policy, and adopts the
-// namespaces in Dir (see the package comment). A namespace that cannot be
-// wired again is logged and left for Prepare or Release.
+// nftables table with one for the Manager's policy, and learns the attached
+// sandboxes back from the Pod-side veths (see the package comment).
 func (m *Manager) Init() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := os.MkdirAll(m.cfg.Dir, 0o755); err != nil {
-		return fmt.Errorf("network: create %s: %w", m.cfg.Dir, err)
-	}
 	if m.hostNS < 0 {
 		if err := m.open(); err != nil {
 			return err
@@ -261,10 +277,10 @@ func (m *Manager) Init() error {
 		return fmt.Errorf("network: %w", err)
 	}
 	m.mtu = m.defaultMTU()
-	if err := m.adopt(); err != nil {
-		return fmt.Errorf("network: adopt namespaces of %s: %w", m.cfg.Dir, err)
+	if err := m.relearn(); err != nil {
+		return fmt.Errorf("network: learn the attached sandboxes: %w", err)
 	}
-	m.log.Info("Sandbox network ready", "dir", m.cfg.Dir, "subnet", m.cfg.Subnet, "sandboxes", len(m.ids), "mtu", m.mtu,
+	m.log.Info("Sandbox network ready", "subnet", m.cfg.Subnet, "sandboxes", len(m.ids), "mtu", m.mtu,
 		"allow", m.cfg.Policy.AllowCIDRs, "deny", m.cfg.Policy.DenyCIDRs, "hostIPs", m.cfg.Policy.HostIPs)
 	return nil
 }
@@ -316,77 +332,78 @@ func prefixBits(n *net.IPNet) int {
 	return ones
 }
 
-// adopt rebuilds the Manager's view from Dir and the Pod netns's veths.
-func (m *Manager) adopt() error {
+// relearn rebuilds the Manager's view from the Pod netns's veths alone,
+// deletes the incomplete and foreign ones, and the conntrack entries of
+// Subnet addresses that no veth holds.
+func (m *Manager) relearn() error {
 	m.ids, m.blocks = map[string]*sandbox{}, map[uint32]string{}
-	entries, err := os.ReadDir(m.cfg.Dir)
-	if err != nil {
-		return fmt.Errorf("read dir: %w", err)
-	}
 	links, err := retryDump(m.host.LinkList)
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
 	}
-	veths := map[string]netlink.Link{}
-	for _, l := range links {
-		if strings.HasPrefix(l.Attrs().Name, VethPrefix) && l.Type() == "veth" {
-			veths[l.Attrs().Name] = l
-		}
-	}
 	var highest uint32
-	var unwired []*sandbox
-	for _, e := range entries {
-		id, path := e.Name(), filepath.Join(m.cfg.Dir, e.Name())
-		if !validID.MatchString(id) {
-			m.log.Info("Ignoring a file that names no sandbox", "path", path)
+	for _, l := range links {
+		name := l.Attrs().Name
+		if !strings.HasPrefix(name, VethPrefix) || l.Type() != "veth" {
 			continue
 		}
-		if ok, err := isNSMount(path); err != nil || !ok {
-			m.log.Info("Removing a namespace file left half-made", "path", path, "error", err)
-			if err := removeNamedNS(path); err != nil {
-				return err
+		id, ok := strings.CutPrefix(l.Attrs().Alias, AliasPrefix)
+		var reason string
+		switch {
+		case !ok || !validID.MatchString(id) || vethName(id) != name:
+			reason = "its alias names no sandbox of its name"
+		}
+		b, wired := m.linkBlock(l)
+		switch {
+		case reason != "":
+		case !wired:
+			reason = "it has no address: its wiring was cut short"
+		case m.blocks[b] != "":
+			reason = "another veth holds its address"
+		}
+		if reason != "" {
+			m.log.Info("Deleting a sandbox veth", "veth", name, "alias", l.Attrs().Alias, "reason", reason)
+			if err := m.host.LinkDel(l); err != nil && !isNotFound(err) {
+				return fmt.Errorf("delete veth %s: %w", name, err)
 			}
 			continue
 		}
-		sb := &sandbox{id: id, veth: vethName(id)}
-		m.ids[id] = sb
-		if l, ok := veths[sb.veth]; ok {
-			if b, ok := m.linkBlock(l); ok && m.blocks[b] == "" {
-				sb.block, sb.wired = b, true
-				m.blocks[b] = id
-				highest = max(highest, b)
-				if err := m.host.LinkSetUp(l); err != nil {
-					m.log.Error(err, "Bringing up a sandbox veth", "id", id, "veth", sb.veth)
-				}
-				continue
-			}
-		}
-		unwired = append(unwired, sb)
-	}
-	owned := map[string]bool{}
-	for _, sb := range m.ids {
-		owned[sb.veth] = true
-	}
-	for name, l := range veths {
-		if owned[name] {
-			continue
-		}
-		m.log.Info("Deleting a sandbox veth whose namespace file is gone", "veth", name)
-		if err := m.host.LinkDel(l); err != nil && !isNotFound(err) {
-			return fmt.Errorf("delete veth %s: %w", name, err)
+		m.ids[id] = &sandbox{id: id, veth: name, block: b}
+		m.blocks[b] = id
+		highest = max(highest, b)
+		if err := m.host.LinkSetUp(l); err != nil {
+			m.log.Error(err, "Bringing up a sandbox veth", "id", id, "veth", name)
 		}
 	}
 	m.next = highest + 1
 	if len(m.blocks) == 0 {
 		m.next = 0
 	}
-	for _, sb := range unwired {
-		m.log.Info("Wiring again a sandbox namespace found without its veth", "id", sb.id)
-		if err := m.wire(sb); err != nil {
-			m.log.Error(err, "Wiring a sandbox namespace; Prepare or Release it", "id", sb.id)
-		}
+	// Connections of sandboxes that went while no Manager ran.
+	n, err := m.host.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, unheldFilter{m})
+	if err != nil {
+		m.log.V(1).Info("Could not delete the conntrack entries of gone sandboxes", "error", err)
+	} else if n > 0 {
+		m.log.Info("Deleted the conntrack entries of gone sandboxes", "entries", n)
 	}
 	return nil
+}
+
+// unheldFilter matches conntrack entries from a Subnet address that no
+// sandbox holds.
+type unheldFilter struct{ m *Manager }
+
+func (f unheldFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
+	a, ok := netip.AddrFromSlice(flow.Forward.SrcIP)
+	if !ok {
+		return false
+	}
+	a = a.Unmap()
+	if !a.Is4() || !f.m.cfg.Subnet.Contains(a) {
+		return false
+	}
+	_, held := f.m.blocks[(u32(a)-u32(f.m.cfg.Subnet.Addr()))/4]
+	return !held
 }
 
 // linkBlock returns the block whose Pod-side address a veth holds.
@@ -412,68 +429,77 @@ func (m *Manager) linkBlock(l netlink.Link) (uint32, bool) {
 	return 0, false
 }
 
-// Prepare makes the network namespace of sandbox id, wired and ready, and
-// returns the path of its file. For an id already prepared it only checks,
-// and repairs, its wiring, and returns the same path.
-func (m *Manager) Prepare(id string) (nsPath string, err error) {
+// Attach wires the network namespace at nsPath, which someone else made and
+// keeps alive (the OCI runtime, for a container: e.g.
+// /host/proc/<pid>/ns/net), for sandbox id: a veth pair, addresses, routes
+// and sysctls. Attaching an id wired to the same namespace already is a
+// no-op; an id wired to another namespace, or whose veth is gone (its
+// namespace died), is wired again, with the address it had. The namespace
+// must have no SandboxInterface yet: one namespace serves one id.
+//
+// Attach takes a millisecond or two: a veth pair, a dozen netlink requests
+// and two setns. The kernel serializes it with other link changes, so a
+// veth pair being deleted meanwhile (a Detach, a dying namespace: 15 to 30
+// ms each) holds it up.
+func (m *Manager) Attach(id, nsPath string) (err error) {
 	if !validID.MatchString(id) {
-		return "", fmt.Errorf("network: invalid sandbox id %q", id)
+		return fmt.Errorf("network: invalid sandbox id %q", id)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.hostNS < 0 {
-		return "", errors.New("network: Prepare before Init")
+		return errors.New("network: Attach before Init")
 	}
-	path := filepath.Join(m.cfg.Dir, id)
 	veth := vethName(id)
 	for other, sb := range m.ids {
 		if other != id && sb.veth == veth {
-			return "", fmt.Errorf("network: sandbox ids %q and %q hash to the same veth %s", id, other, veth)
+			return fmt.Errorf("network: sandbox ids %q and %q hash to the same veth %s", id, other, veth)
 		}
+	}
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return fmt.Errorf("network: sandbox %s: open network namespace: %w", id, err)
+	}
+	defer ns.Close()
+	if ns.Equal(m.hostNS) {
+		return fmt.Errorf("network: sandbox %s: %s is the agent Pod's own network namespace", id, nsPath)
 	}
 	sb := m.ids[id]
-	mounted, statErr := isNSMount(path)
-	if statErr != nil && !errors.Is(statErr, os.ErrNotExist) {
-		return "", fmt.Errorf("network: %w", statErr)
-	}
-	if !mounted {
-		if sb != nil {
-			m.forget(sb)
-			sb = nil
-		}
-		if statErr == nil { // an empty file left by a failed creation
-			if err := removeNamedNS(path); err != nil {
-				return "", fmt.Errorf("network: %w", err)
+	if sb != nil {
+		l, err := m.host.LinkByName(veth)
+		switch {
+		case err == nil:
+			nsid, err := m.host.GetNetNsIdByFd(int(ns))
+			if err == nil && nsid >= 0 && l.Attrs().NetNsID == nsid {
+				return nil // wired to this namespace already
 			}
+			m.log.Info("Sandbox attached to another namespace; wiring again", "id", id, "veth", veth, "netns", nsPath)
+		case isNotFound(err):
+			m.log.Info("Sandbox veth gone (its namespace died?); wiring again", "id", id, "veth", veth, "netns", nsPath)
+		default:
+			return fmt.Errorf("network: sandbox %s: find veth %s: %w", id, veth, err)
 		}
-		if err := createNamedNS(path); err != nil {
-			return "", fmt.Errorf("network: sandbox %s: %w", id, err)
-		}
-	}
-	created := sb == nil && !mounted
-	if sb == nil {
+	} else {
 		sb = &sandbox{id: id, veth: veth}
+		if err := m.allocate(sb); err != nil {
+			return fmt.Errorf("network: sandbox %s: %w", id, err)
+		}
 		m.ids[id] = sb
+		defer func() {
+			if err != nil { // a new id that failed holds no address
+				m.forget(sb)
+			}
+		}()
 	}
-	if sb.wired {
-		if _, err := m.host.LinkByName(sb.veth); err == nil {
-			return path, nil
-		}
-		m.log.Info("Sandbox veth vanished; wiring again", "id", id, "veth", sb.veth)
+	if err := m.wire(sb, ns); err != nil {
+		return fmt.Errorf("network: sandbox %s: %w", id, err)
 	}
-	if err := m.wire(sb); err != nil {
-		if created {
-			m.forget(sb)
-			err = errors.Join(err, removeNamedNS(path))
-		}
-		return "", fmt.Errorf("network: sandbox %s: %w", id, err)
-	}
-	return path, nil
+	return nil
 }
 
-// forget drops a sandbox from the Manager's view.
+// forget drops a sandbox from the Manager's view and frees its block.
 func (m *Manager) forget(sb *sandbox) {
-	if sb.wired && m.blocks[sb.block] == sb.id {
+	if m.blocks[sb.block] == sb.id {
 		delete(m.blocks, sb.block)
 	}
 	delete(m.ids, sb.id)
@@ -501,79 +527,103 @@ func (m *Manager) addrs(block uint32) (podSide, sandboxSide netip.Addr) {
 	return addrOf(base + 1), addrOf(base + 2)
 }
 
-// wire (re)creates the veth pair of sb, whose namespace file exists, with a
-// block of its own: the one it has, if any, else a free one. The Pod-side
-// address goes last: a veth that has it is complete.
-func (m *Manager) wire(sb *sandbox) (err error) {
-	if !sb.wired {
-		if err := m.allocate(sb); err != nil {
-			return err
+// wire (re)creates the veth pair of sb into the namespace ns, with sb's
+// block. The alias comes before the Pod-side address, which goes last: a
+// veth that has it is complete. On failure, the veth is deleted.
+func (m *Manager) wire(sb *sandbox, ns netns.NsHandle) (err error) {
+	if l, err := m.host.LinkByName(sb.veth); err == nil {
+		if err := m.host.LinkDel(l); err != nil && !isNotFound(err) {
+			return fmt.Errorf("delete veth %s: %w", sb.veth, err)
 		}
+	} else if !isNotFound(err) {
+		return fmt.Errorf("find veth %s: %w", sb.veth, err)
 	}
-	sb.wired = false
 	defer func() {
 		if err != nil {
-			if m.blocks[sb.block] == sb.id {
-				delete(m.blocks, sb.block)
-			}
 			if l, lerr := m.host.LinkByName(sb.veth); lerr == nil {
 				_ = m.host.LinkDel(l)
 			}
 		}
 	}()
 	podSide, sbSide := m.addrs(sb.block)
-	ns, err := netns.GetFromPath(filepath.Join(m.cfg.Dir, sb.id))
-	if err != nil {
-		return fmt.Errorf("open network namespace: %w", err)
+	alias := AliasPrefix + sb.id
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: sb.veth, MTU: m.mtu}, // the peer's too
+		PeerName:      SandboxInterface,
+		PeerNamespace: netlink.NsFd(int(ns)),
 	}
-	defer ns.Close()
-
+	// In the sandbox's namespace, on one thread: no IPv6, the veth pair,
+	// and the sandbox side of it; then, back in the Pod netns, no IPv6 on
+	// the Pod side.
 	if err := inNS(ns, func() error {
 		if err := writeSysctl("net/ipv6/conf/default/disable_ipv6", "1", true); err != nil {
 			return err
 		}
-		return writeSysctl("net/ipv6/conf/all/disable_ipv6", "1", true)
+		if err := writeSysctl("net/ipv6/conf/all/disable_ipv6", "1", true); err != nil {
+			return err
+		}
+		if err := m.host.LinkAdd(veth); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("create veth %s: the namespace has a %s already (attached to another sandbox?): %w", sb.veth, SandboxInterface, err)
+			}
+			return fmt.Errorf("create veth %s: %w", sb.veth, err)
+		}
+		sh, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return fmt.Errorf("netlink in the sandbox: %w", err)
+		}
+		defer sh.Close()
+		if err := m.wireSandboxSide(sh, podSide, sbSide); err != nil {
+			return err
+		}
+		if err := netns.Set(m.hostNS); err != nil {
+			return fmt.Errorf("enter the agent Pod's network namespace: %w", err)
+		}
+		if err := writeSysctl("net/ipv6/conf/"+sb.veth+"/disable_ipv6", "1", true); err != nil {
+			return fmt.Errorf("disable IPv6 on veth %s: %w", sb.veth, err)
+		}
+		return nil
 	}); err != nil {
-		return fmt.Errorf("disable IPv6 in the sandbox: %w", err)
+		return err
 	}
-	if l, err := m.host.LinkByName(sb.veth); err == nil {
-		if err := m.host.LinkDel(l); err != nil {
-			return fmt.Errorf("delete stale veth %s: %w", sb.veth, err)
-		}
+	// The Pod side (LinkAdd found veth's index): the alias (the kernel
+	// ignores one given to RTM_NEWLINK), up, and the address last.
+	if veth.Index == 0 {
+		return fmt.Errorf("veth %s made but not found", sb.veth)
 	}
-	sh, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("netlink in the sandbox: %w", err)
+	if err := m.host.LinkSetAlias(veth, alias); err != nil {
+		return fmt.Errorf("set the alias of veth %s: %w", sb.veth, err)
 	}
-	defer sh.Close()
-	if l, err := sh.LinkByName(SandboxInterface); err == nil { // a stale peer
-		if err := sh.LinkDel(l); err != nil {
-			return fmt.Errorf("delete stale %s in the sandbox: %w", SandboxInterface, err)
-		}
+	if err := m.host.LinkSetUp(veth); err != nil {
+		return fmt.Errorf("bring up veth %s: %w", sb.veth, err)
 	}
+	if err := m.host.AddrReplace(veth, &netlink.Addr{IPNet: ipNet(podSide, 30)}); err != nil {
+		return fmt.Errorf("address veth %s: %w", sb.veth, err)
+	}
+	m.log.V(1).Info("Sandbox network attached", "id", sb.id, "veth", sb.veth, "address", sbSide, "gateway", podSide)
+	return nil
+}
 
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: sb.veth, MTU: m.mtu},
-		PeerName:      SandboxInterface,
-		PeerNamespace: netlink.NsFd(int(ns)),
-	}
-	if err := m.host.LinkAdd(veth); err != nil {
-		return fmt.Errorf("create veth %s: %w", sb.veth, err)
-	}
-	// The sandbox side.
+// wireSandboxSide brings up loopback and SandboxInterface, addresses it and
+// routes through the Pod side, with sh a netlink handle in the sandbox.
+func (m *Manager) wireSandboxSide(sh *netlink.Handle, podSide, sbSide netip.Addr) error {
 	lo, err := sh.LinkByName("lo")
 	if err != nil {
 		return fmt.Errorf("sandbox loopback: %w", err)
 	}
-	if err := sh.LinkSetUp(lo); err != nil {
-		return fmt.Errorf("bring up the sandbox loopback: %w", err)
+	if lo.Attrs().Flags&net.FlagUp == 0 {
+		if err := sh.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("bring up the sandbox loopback: %w", err)
+		}
 	}
 	eth, err := sh.LinkByName(SandboxInterface)
 	if err != nil {
 		return fmt.Errorf("sandbox %s: %w", SandboxInterface, err)
 	}
-	if err := sh.LinkSetMTU(eth, m.mtu); err != nil {
-		return fmt.Errorf("set the MTU of the sandbox %s: %w", SandboxInterface, err)
+	if eth.Attrs().MTU != m.mtu {
+		if err := sh.LinkSetMTU(eth, m.mtu); err != nil {
+			return fmt.Errorf("set the MTU of the sandbox %s: %w", SandboxInterface, err)
+		}
 	}
 	if err := sh.AddrReplace(eth, &netlink.Addr{IPNet: ipNet(sbSide, 30)}); err != nil {
 		return fmt.Errorf("address the sandbox %s: %w", SandboxInterface, err)
@@ -590,24 +640,6 @@ func (m *Manager) wire(sb *sandbox) (err error) {
 	}); err != nil {
 		return fmt.Errorf("sandbox default route: %w", err)
 	}
-	// The Pod side.
-	hl, err := m.host.LinkByName(sb.veth)
-	if err != nil {
-		return fmt.Errorf("veth %s: %w", sb.veth, err)
-	}
-	if err := inNS(m.hostNS, func() error {
-		return writeSysctl("net/ipv6/conf/"+sb.veth+"/disable_ipv6", "1", true)
-	}); err != nil {
-		return fmt.Errorf("disable IPv6 on veth %s: %w", sb.veth, err)
-	}
-	if err := m.host.LinkSetUp(hl); err != nil {
-		return fmt.Errorf("bring up veth %s: %w", sb.veth, err)
-	}
-	if err := m.host.AddrReplace(hl, &netlink.Addr{IPNet: ipNet(podSide, 30)}); err != nil {
-		return fmt.Errorf("address veth %s: %w", sb.veth, err)
-	}
-	sb.wired = true
-	m.log.V(1).Info("Sandbox network prepared", "id", sb.id, "veth", sb.veth, "address", sbSide, "gateway", podSide)
 	return nil
 }
 
@@ -616,48 +648,72 @@ func ipNet(a netip.Addr, bits int) *net.IPNet {
 	return &net.IPNet{IP: net.IP(b[:]), Mask: net.CIDRMask(bits, 32)}
 }
 
-// Release removes the network of sandbox id: its veth pair, the conntrack
-// entries of its address and its namespace file. Releasing an unknown id
-// (or twice) is no error.
-func (m *Manager) Release(id string) error {
+// Detach deletes the veth pair of sandbox id, if any, and the conntrack
+// entries of its address, and forgets id, freeing its address. The
+// namespace is not touched otherwise. Detaching an unknown id (or twice) is
+// no error.
+//
+// Both deletions are slow (the kernel waits for the veths' last users, and
+// the conntrack table is dumped whole), so they run without the Manager's
+// lock, the address held by no id meanwhile: Attach need not wait for them.
+func (m *Manager) Detach(id string) error {
 	if !validID.MatchString(id) {
 		return fmt.Errorf("network: invalid sandbox id %q", id)
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.hostNS < 0 {
-		return errors.New("network: Release before Init")
+		m.mu.Unlock()
+		return errors.New("network: Detach before Init")
 	}
 	veth := vethName(id)
-	if l, err := m.host.LinkByName(veth); err == nil {
-		if err := m.host.LinkDel(l); err != nil && !isNotFound(err) {
-			return fmt.Errorf("network: sandbox %s: delete veth %s: %w", id, veth, err)
-		}
-	} else if !isNotFound(err) {
+	l, err := m.host.LinkByName(veth)
+	if err != nil && !isNotFound(err) {
+		m.mu.Unlock()
 		return fmt.Errorf("network: sandbox %s: find veth %s: %w", id, veth, err)
 	}
-	if sb := m.ids[id]; sb != nil && sb.wired {
-		_, sbSide := m.addrs(sb.block)
-		f := &netlink.ConntrackFilter{}
-		a := sbSide.As4()
-		if err := f.AddIP(netlink.ConntrackOrigSrcIP, net.IP(a[:])); err == nil {
-			if _, err := m.host.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f); err != nil {
-				m.log.V(1).Info("Could not delete a released sandbox's conntrack entries", "id", id, "error", err)
+	sb := m.ids[id]
+	if sb != nil {
+		m.forget(sb)
+		m.blocks[sb.block] = detaching
+	}
+	host := m.host
+	m.flushes.Add(1)
+	defer m.flushes.Done()
+	m.mu.Unlock()
+
+	// By index: a veth an Attach of id makes meanwhile has another one.
+	if l != nil {
+		if err := host.LinkDel(l); err != nil && !isNotFound(err) {
+			m.mu.Lock()
+			if sb != nil && m.ids[id] == nil && m.blocks[sb.block] == detaching {
+				m.ids[id], m.blocks[sb.block] = sb, id
 			}
+			m.mu.Unlock()
+			return fmt.Errorf("network: sandbox %s: delete veth %s: %w", id, veth, err)
 		}
 	}
-	if err := removeNamedNS(filepath.Join(m.cfg.Dir, id)); err != nil {
-		return fmt.Errorf("network: sandbox %s: %w", id, err)
+	if sb == nil {
+		return nil
 	}
-	if sb := m.ids[id]; sb != nil {
-		m.forget(sb)
+	_, sbSide := m.addrs(sb.block)
+	f := &netlink.ConntrackFilter{}
+	a := sbSide.As4()
+	if err := f.AddIP(netlink.ConntrackOrigSrcIP, net.IP(a[:])); err == nil {
+		if _, err := host.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f); err != nil {
+			m.log.V(1).Info("Could not delete a detached sandbox's conntrack entries", "id", id, "error", err)
+		}
 	}
-	m.log.V(1).Info("Sandbox network released", "id", id)
+	m.mu.Lock()
+	if m.blocks[sb.block] == detaching {
+		delete(m.blocks, sb.block)
+	}
+	m.mu.Unlock()
+	m.log.V(1).Info("Sandbox network detached", "id", id)
 	return nil
 }
 
-// List returns the ids of the sandboxes whose namespaces the Manager holds,
-// sorted.
+// List returns the ids of the attached sandboxes, sorted: those attached
+// and not detached since Init, and those Init learnt back.
 func (m *Manager) List() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -669,19 +725,21 @@ func (m *Manager) List() []string {
 	return ids
 }
 
-// Close releases the Manager's handles. The namespaces, veths and the
-// nftables table stay: sandboxes keep their network while an agent
-// restarts, and the next Init adopts them.
+// Close releases the Manager's handles. The veths and the nftables table
+// stay: sandboxes keep their network while an agent restarts, and the next
+// Init learns them back.
 func (m *Manager) Close() error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.hostNS < 0 {
+		m.mu.Unlock()
 		return nil
 	}
-	m.host.Close()
-	err := m.hostNS.Close()
+	ns, host := m.hostNS, m.host
 	m.hostNS, m.host = -1, nil
-	if err != nil {
+	m.mu.Unlock()
+	m.flushes.Wait()
+	host.Close()
+	if err := ns.Close(); err != nil {
 		return fmt.Errorf("network: close the agent Pod's network namespace: %w", err)
 	}
 	return nil

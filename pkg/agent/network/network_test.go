@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,10 +30,7 @@ const (
 )
 
 func TestNewValidates(t *testing.T) {
-	good := Config{Dir: "/tmp/x"}
 	for name, mutate := range map[string]func(*Config){
-		"relative dir":  func(c *Config) { c.Dir = "netns" },
-		"empty dir":     func(c *Config) { c.Dir = "" },
 		"ipv6 subnet":   func(c *Config) { c.Subnet = netip.MustParsePrefix("fd00::/64") },
 		"tiny subnet":   func(c *Config) { c.Subnet = netip.MustParsePrefix("198.18.0.0/31") },
 		"host bits":     func(c *Config) { c.Subnet = netip.MustParsePrefix("198.18.0.1/16") },
@@ -40,20 +38,20 @@ func TestNewValidates(t *testing.T) {
 		"invalid deny":  func(c *Config) { c.Policy.DenyCIDRs = []netip.Prefix{{}} },
 		"invalid host":  func(c *Config) { c.Policy.HostIPs = []netip.Addr{{}} },
 	} {
-		c := good
+		var c Config
 		mutate(&c)
 		if _, err := New(c, logr.Discard()); err == nil {
 			t.Errorf("%s: New accepted %+v", name, c)
 		}
 	}
-	m, err := New(Config{Dir: "/tmp/x/", Policy: Policy{
+	m, err := New(Config{Policy: Policy{
 		AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.10/16"), netip.MustParsePrefix("fc00::/7")},
 		HostIPs:    []netip.Addr{netip.MustParseAddr("::ffff:192.0.2.9"), netip.MustParseAddr("2001:db8::1")},
 	}}, logr.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.cfg.Dir != "/tmp/x" || m.cfg.Subnet != DefaultSubnet {
+	if m.cfg.Subnet != DefaultSubnet {
 		t.Errorf("defaults: %+v", m.cfg)
 	}
 	if want := []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}; !slices.Equal(m.cfg.Policy.AllowCIDRs, want) {
@@ -62,11 +60,17 @@ func TestNewValidates(t *testing.T) {
 	if want := []netip.Addr{netip.MustParseAddr("192.0.2.9")}; !slices.Equal(m.cfg.Policy.HostIPs, want) {
 		t.Errorf("HostIPs = %v, want %v", m.cfg.Policy.HostIPs, want)
 	}
-	if err := m.Release("a"); err == nil {
-		t.Error("Release before Init succeeded")
+	if err := m.Detach("a"); err == nil {
+		t.Error("Detach before Init succeeded")
 	}
-	if _, err := m.Prepare("../etc"); err == nil {
-		t.Error("Prepare accepted an id that is a path")
+	if err := m.Attach("a", "/proc/self/ns/net"); err == nil {
+		t.Error("Attach before Init succeeded")
+	}
+	if err := m.Attach("../etc", "/proc/self/ns/net"); err == nil {
+		t.Error("Attach accepted an invalid id")
+	}
+	if err := m.Attach(strings.Repeat("a", 201), "/proc/self/ns/net"); err == nil {
+		t.Error("Attach accepted an id too long for an alias")
 	}
 }
 
@@ -109,24 +113,23 @@ const outsideSubnet = "198.18.200.2"
 //
 // with the agent routing by default, and to 10.99.0.1, through the world,
 // and the world routing the sandbox subnet back through the agent (so that
-// only the firewall keeps it out of the sandboxes).
+// only the firewall keeps it out of the sandboxes). The sandboxes'
+// namespaces are those of processes (see startNS), as runc makes them.
 type env struct {
-	top                         *testing.T // owns the managers, which outlive subtests
-	dir, agent, world, netnsDir string
+	top          testing.TB // owns the managers, which outlive subtests
+	agent, world string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces, veths and nftables tables")
 	}
 	dir := t.TempDir()
-	e := &env{top: t, dir: dir, agent: filepath.Join(dir, "agent"), world: filepath.Join(dir, "world"), netnsDir: filepath.Join(dir, "netns")}
+	e := &env{top: t, agent: filepath.Join(dir, "agent"), world: filepath.Join(dir, "world")}
+	names.Store(e.agent, "agent")
+	names.Store(e.world, "world")
 	t.Cleanup(func() { // before TempDir's removal
-		entries, _ := os.ReadDir(e.netnsDir)
-		for _, en := range entries {
-			_ = removeNamedNS(filepath.Join(e.netnsDir, en.Name()))
-		}
 		_ = removeNamedNS(e.agent)
 		_ = removeNamedNS(e.world)
 	})
@@ -164,13 +167,108 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-func (e *env) manager(t *testing.T, p Policy) *Manager {
+func (e *env) manager(t testing.TB, p Policy) *Manager {
 	t.Helper()
-	m, err := New(Config{Dir: e.netnsDir, HostNetNS: e.agent, Policy: p}, testr.New(e.top))
+	log := logr.Discard()
+	if tt, ok := e.top.(*testing.T); ok {
+		log = testr.New(tt)
+	}
+	m, err := New(Config{HostNetNS: e.agent, Policy: p}, log)
 	must(t, err)
 	must(t, m.Init())
 	e.top.Cleanup(func() { _ = m.Close() })
 	return m
+}
+
+// createNamedNS creates a new network namespace and keeps it alive by
+// bind-mounting it onto path, a new file, as `ip netns add` does in
+// /run/netns. The file is removed again if that fails.
+func createNamedNS(path string) (err error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return fmt.Errorf("create netns file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("create netns file: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(path)
+		}
+	}()
+	return onLockedThread(func() error {
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("unshare network namespace: %w", err)
+		}
+		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind-mount network namespace onto %s: %w", path, err)
+		}
+		return nil
+	})
+}
+
+// removeNamedNS unmounts and removes a file made by createNamedNS.
+func removeNamedNS(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil &&
+		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount netns file %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove netns file: %w", err)
+	}
+	return nil
+}
+
+// nsProc is a process in a new, empty network namespace, as runc makes a
+// container's; path is its namespace, /proc/<pid>/ns/net.
+type nsProc struct {
+	cmd  *exec.Cmd
+	path string
+	once sync.Once
+}
+
+// names are the labels of namespace paths in test messages, procs the
+// processes of those startNS made.
+var names, procs sync.Map
+
+func nsName(path string) string {
+	if n, ok := names.Load(path); ok {
+		return n.(string)
+	}
+	return path
+}
+
+// startNS starts a sleeping process in a network namespace of its own; it
+// is killed when the test ends, if not before.
+func startNS(t testing.TB, label string) *nsProc {
+	t.Helper()
+	cmd := exec.Command("sleep", "infinity")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	must(t, cmd.Start())
+	p := &nsProc{cmd: cmd, path: fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid)}
+	names.Store(p.path, label)
+	procs.Store(p.path, p)
+	t.Cleanup(p.kill)
+	return p
+}
+
+// kill ends the process, and so its namespace once nothing else holds it.
+func (p *nsProc) kill() {
+	p.once.Do(func() {
+		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Wait()
+	})
+}
+
+// killNS kills the process startNS made for path.
+func killNS(t testing.TB, path string) {
+	t.Helper()
+	p, ok := procs.Load(path)
+	if !ok {
+		t.Fatalf("no process for %s", path)
+	}
+	p.(*nsProc).kill()
 }
 
 func cidr(s string) *net.IPNet {
@@ -181,14 +279,14 @@ func cidr(s string) *net.IPNet {
 	return n
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
 }
 
-func nsHandle(t *testing.T, path string) netns.NsHandle {
+func nsHandle(t testing.TB, path string) netns.NsHandle {
 	t.Helper()
 	ns, err := netns.GetFromPath(path)
 	must(t, err)
@@ -196,7 +294,7 @@ func nsHandle(t *testing.T, path string) netns.NsHandle {
 	return ns
 }
 
-func handle(t *testing.T, path string) *netlink.Handle {
+func handle(t testing.TB, path string) *netlink.Handle {
 	t.Helper()
 	ns, err := netns.GetFromPath(path)
 	must(t, err)
@@ -312,11 +410,11 @@ func reach(t *testing.T, nsPath, addr, wantSeen string) {
 	t.Helper()
 	seen, err := dial(nsPath, "", addr, reachTimeout)
 	if err != nil {
-		t.Errorf("%s -> %s: %v, want a connection", filepath.Base(nsPath), addr, err)
+		t.Errorf("%s -> %s: %v, want a connection", nsName(nsPath), addr, err)
 		return
 	}
 	if wantSeen != "" && seen != wantSeen {
-		t.Errorf("%s -> %s: listener saw %s, want %s", filepath.Base(nsPath), addr, seen, wantSeen)
+		t.Errorf("%s -> %s: listener saw %s, want %s", nsName(nsPath), addr, seen, wantSeen)
 	}
 }
 
@@ -326,7 +424,7 @@ func blocked(t *testing.T, nsPath, src, addr string) {
 	_, err := dial(nsPath, src, addr, blockedTimeout)
 	var ne net.Error
 	if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
-		t.Errorf("%s -> %s (source %q): %v, want a timeout", filepath.Base(nsPath), addr, src, err)
+		t.Errorf("%s -> %s (source %q): %v, want a timeout", nsName(nsPath), addr, src, err)
 	}
 }
 
@@ -340,15 +438,21 @@ func parallel(fns ...func()) {
 }
 
 // sandboxAddr is the address of eth0 in a sandbox namespace, and its MTU.
+// It holds nothing open in the namespace afterwards.
 func sandboxAddr(t *testing.T, nsPath string) (netip.Addr, int) {
 	t.Helper()
-	h := handle(t, nsPath)
+	ns, err := netns.GetFromPath(nsPath)
+	must(t, err)
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	must(t, err)
+	defer h.Close()
 	l, err := h.LinkByName(SandboxInterface)
 	must(t, err)
 	addrs, err := h.AddrList(l, netlink.FAMILY_V4)
 	must(t, err)
 	if len(addrs) != 1 {
-		t.Fatalf("%s: eth0 addresses %v", nsPath, addrs)
+		t.Fatalf("%s: eth0 addresses %v", nsName(nsPath), addrs)
 	}
 	a, _ := netip.AddrFromSlice(addrs[0].IP)
 	return a.Unmap(), l.Attrs().MTU
@@ -381,20 +485,57 @@ func (e *env) printRuleset(t *testing.T) {
 	t.Logf("ruleset in the agent netns:\n%s", out)
 }
 
+// attach attaches a new namespace for id and logs how long Attach took.
+// The process lives as long as the test top (a subtest's parent) does.
+func attach(t *testing.T, top testing.TB, m *Manager, id string) string {
+	t.Helper()
+	p := startNS(top, id)
+	start := time.Now()
+	must(t, m.Attach(id, p.path))
+	t.Logf("Attach %s: %v", id, time.Since(start))
+	return p.path
+}
+
+// gone waits until the agent netns has no veth of id.
+func gone(t *testing.T, h *netlink.Handle, id string) bool {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err := h.LinkByName(vethName(id)); isNotFound(err) {
+			return true
+		}
+	}
+	return false
+}
+
+func linkIndex(t *testing.T, h *netlink.Handle, name string) int {
+	t.Helper()
+	l, err := h.LinkByName(name)
+	must(t, err)
+	return l.Attrs().Index
+}
+
+// learnt is the sandbox address the Manager has for id.
+func learnt(m *Manager, id string) netip.Addr {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sb := m.ids[id]
+	if sb == nil {
+		return netip.Addr{}
+	}
+	_, a := m.addrs(sb.block)
+	return a
+}
+
 func TestEgress(t *testing.T) {
 	e := newEnv(t)
 	serve(t, e.world, "0.0.0.0:8080")
 	serve(t, e.agent, "0.0.0.0:8081") // the agent API
 	world, denied, agentAPI := "192.0.2.2:8080", "10.99.0.1:8080", "192.0.2.1:8081"
+	ah := handle(t, e.agent)
 
 	m := e.manager(t, Policy{})
-	pathA, err := m.Prepare("sandbox-a")
-	must(t, err)
-	pathB, err := m.Prepare("sandbox-b")
-	must(t, err)
-	if pathA != filepath.Join(e.netnsDir, "sandbox-a") {
-		t.Errorf("Prepare path %s", pathA)
-	}
+	pathA := attach(t, t, m, "sandbox-a")
+	pathB := attach(t, t, m, "sandbox-b")
 	addrA, mtu := sandboxAddr(t, pathA)
 	addrB, _ := sandboxAddr(t, pathB)
 	if !DefaultSubnet.Contains(addrA) || !DefaultSubnet.Contains(addrB) || addrA == addrB {
@@ -403,12 +544,15 @@ func TestEgress(t *testing.T) {
 	if mtu != 1400 {
 		t.Errorf("sandbox MTU %d, want the agent's default-route MTU 1400", mtu)
 	}
+	if l, err := ah.LinkByName(vethName("sandbox-a")); err != nil || l.Attrs().Alias != AliasPrefix+"sandbox-a" || l.Attrs().MTU != 1400 {
+		t.Errorf("veth of sandbox A: %v %+v", err, l)
+	}
 	serve(t, pathB, "0.0.0.0:9000")
 	e.printRuleset(t)
 
 	t.Run("default policy", func(t *testing.T) {
 		reach(t, e.agent, "127.0.0.1:8081", "") // the agent API listens
-		reach(t, pathB, "127.0.0.1:9000", "")   // sandbox B listens
+		reach(t, pathB, "127.0.0.1:9000", "")   // sandbox B listens, on its loopback
 		reach(t, pathA, world, "192.0.2.1")     // NAT to the agent's address
 		// The timeouts run side by side.
 		parallel(
@@ -453,9 +597,9 @@ func TestEgress(t *testing.T) {
 	t.Run("IPv6 dropped", func(t *testing.T) {
 		// A sandbox (and its Pod-side veth) with IPv6 enabled again, as if
 		// all else failed: the table still drops its IPv6.
-		path, err := m.Prepare("sandbox-v6")
-		must(t, err)
-		defer func() { must(t, m.Release("sandbox-v6")) }()
+		path := startNS(t, "sandbox-v6").path
+		must(t, m.Attach("sandbox-v6", path))
+		defer func() { must(t, m.Detach("sandbox-v6")) }()
 		must(t, inNS(nsHandle(t, e.agent), func() error {
 			return errors.Join(writeSysctl("net/ipv6/conf/all/forwarding", "1", false),
 				writeSysctl("net/ipv6/conf/"+vethName("sandbox-v6")+"/disable_ipv6", "0", false))
@@ -511,44 +655,115 @@ func TestEgress(t *testing.T) {
 		}
 	})
 
+	t.Run("attach twice", func(t *testing.T) {
+		idx := linkIndex(t, ah, vethName("sandbox-a"))
+		start := time.Now()
+		must(t, m.Attach("sandbox-a", pathA))
+		t.Logf("Attach again (no-op): %v", time.Since(start))
+		if linkIndex(t, ah, vethName("sandbox-a")) != idx {
+			t.Error("Attach of an attached sandbox made its veth again")
+		}
+		if a, _ := sandboxAddr(t, pathA); a != addrA {
+			t.Errorf("address changed: %s -> %s", addrA, a)
+		}
+		// One namespace, one sandbox; and never the agent's own namespace.
+		if err := m.Attach("sandbox-x", pathA); err == nil {
+			t.Error("a namespace attached to two sandboxes")
+		}
+		if err := m.Attach("sandbox-x", e.agent); err == nil {
+			t.Error("the agent's namespace attached")
+		}
+		if err := m.Attach("sandbox-x", "/proc/999999999/ns/net"); err == nil {
+			t.Error("a missing namespace attached")
+		}
+		if _, err := ah.LinkByName(vethName("sandbox-x")); err == nil {
+			t.Error("a failed Attach left a veth")
+		}
+		if got, want := m.List(), []string{"sandbox-a", "sandbox-b"}; !slices.Equal(got, want) {
+			t.Errorf("List = %v, want %v", got, want)
+		}
+		reach(t, pathA, world, "192.0.2.1")
+	})
+
 	// The agent restarts, with a policy that allows 10.99/16 and, in vain,
-	// the sandbox range. Meanwhile: a namespace file whose veth is gone, an
-	// empty file left by a crash and a veth whose namespace file is gone.
+	// the sandbox range. Meanwhile: a veth of no sandbox, a veth whose alias
+	// is not its name's, a veth an agent died wiring (no address) and a
+	// sandbox whose container ends while no agent runs.
+	flows := func(t *testing.T, a netip.Addr) int {
+		fs, err := ah.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		must(t, err)
+		n := 0
+		for _, f := range fs {
+			if f.Forward.SrcIP.Equal(net.IP(a.AsSlice())) {
+				n++
+			}
+		}
+		return n
+	}
+
+	pathD := attach(t, t, m, "sandbox-d")
+	addrD, _ := sandboxAddr(t, pathD)
+	reach(t, pathD, world, "192.0.2.1")
 	must(t, m.Close())
-	must(t, createNamedNS(filepath.Join(e.netnsDir, "unwired")))
-	must(t, os.WriteFile(filepath.Join(e.netnsDir, "halfmade"), nil, 0o444))
-	ah := handle(t, e.agent)
 	must(t, ah.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: VethPrefix + "0000000000"}, PeerName: "orphanpeer"}))
+	must(t, ah.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: vethName("forged")}, PeerName: "forgedpeer"}))
+	l, err := ah.LinkByName(vethName("forged"))
+	must(t, err)
+	must(t, ah.LinkSetAlias(l, AliasPrefix+"sandbox-a"))
+	must(t, ah.AddrAdd(l, &netlink.Addr{IPNet: cidr("198.18.100.1/30")}))
+	half := startNS(t, "sandbox-h")
+	must(t, ah.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: vethName("sandbox-h")}, PeerName: SandboxInterface,
+		PeerNamespace: netlink.NsFd(int(nsHandle(t, half.path)))}))
+	l, err = ah.LinkByName(vethName("sandbox-h"))
+	must(t, err)
+	must(t, ah.LinkSetAlias(l, AliasPrefix+"sandbox-h"))
+	killNS(t, pathD)
+	if !gone(t, ah, "sandbox-d") {
+		t.Fatal("the veth of a dead namespace stayed")
+	}
 	m = e.manager(t, Policy{AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16"), netip.MustParsePrefix("198.18.0.0/15")}})
 
-	var ctC netip.Addr // sandbox C's address, which leaves conntrack entries
+	var addrC netip.Addr
+	var pathC string
 	t.Run("restart", func(t *testing.T) {
 		if n := e.tables(t); n != 1 {
 			t.Errorf("%d tables inet %s after a second Init, want 1", n, TableName)
 		}
-		if got, want := m.List(), []string{"sandbox-a", "sandbox-b", "unwired"}; !slices.Equal(got, want) {
+		if got, want := m.List(), []string{"sandbox-a", "sandbox-b"}; !slices.Equal(got, want) {
 			t.Errorf("List = %v, want %v", got, want)
 		}
-		if _, err := os.Stat(filepath.Join(e.netnsDir, "halfmade")); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("half-made namespace file: %v", err)
+		if a, b := learnt(m, "sandbox-a"), learnt(m, "sandbox-b"); a != addrA || b != addrB {
+			t.Errorf("addresses learnt back: %s %s, want %s %s", a, b, addrA, addrB)
+		}
+		for _, id := range []string{"forged", "sandbox-h"} {
+			if _, err := ah.LinkByName(vethName(id)); err == nil {
+				t.Errorf("veth of %s survived Init", id)
+			}
 		}
 		if _, err := ah.LinkByName(VethPrefix + "0000000000"); err == nil {
 			t.Error("orphan veth survived Init")
 		}
+		if n := flows(t, addrD); n != 0 {
+			t.Errorf("%d conntrack entries of a sandbox gone while no agent ran", n)
+		}
+		idx := linkIndex(t, ah, vethName("sandbox-a"))
+		must(t, m.Attach("sandbox-a", pathA))
+		if linkIndex(t, ah, vethName("sandbox-a")) != idx {
+			t.Error("Attach after a restart made an attached sandbox's veth again")
+		}
 		if a, _ := sandboxAddr(t, pathA); a != addrA {
 			t.Errorf("sandbox A's address changed over a restart: %s -> %s", addrA, a)
 		}
-		addrU, _ := sandboxAddr(t, filepath.Join(e.netnsDir, "unwired"))
-		pathC, err := m.Prepare("sandbox-c")
-		must(t, err)
-		addrC, _ := sandboxAddr(t, pathC)
-		ctC = addrC
-		if seen := []netip.Addr{addrA, addrB, addrU, addrC}; len(slices.Compact(slices.SortedFunc(slices.Values(seen), netip.Addr.Compare))) != 4 {
+		must(t, m.Attach("sandbox-h", half.path)) // wired anew
+		addrH, _ := sandboxAddr(t, half.path)
+		pathC = attach(t, e.top, m, "sandbox-c")
+		addrC, _ = sandboxAddr(t, pathC)
+		if seen := []netip.Addr{addrA, addrB, addrH, addrC}; len(slices.Compact(slices.SortedFunc(slices.Values(seen), netip.Addr.Compare))) != 4 {
 			t.Errorf("an address handed out twice: %v", seen)
 		}
 		reach(t, pathA, world, "192.0.2.1")
 		reach(t, pathC, world, "192.0.2.1")
-		reach(t, filepath.Join(e.netnsDir, "unwired"), world, "192.0.2.1")
+		reach(t, half.path, world, "192.0.2.1")
 		reach(t, pathA, denied, "192.0.2.1") // allowed now
 		parallel(
 			func() { blocked(t, pathA, "", addrB.String()+":9000") }, // allow never covers sandboxes
@@ -556,6 +771,7 @@ func TestEgress(t *testing.T) {
 			func() { blocked(t, pathC, "", gateway(addrC)+":8081") },
 			func() { blocked(t, pathC, "", agentAPI) },
 		)
+		must(t, m.Detach("sandbox-h"))
 	})
 
 	t.Run("deny wins over allow", func(t *testing.T) {
@@ -581,70 +797,82 @@ func TestEgress(t *testing.T) {
 		}
 	})
 
-	t.Run("prepare and release", func(t *testing.T) {
-		again, err := m.Prepare("sandbox-a")
-		must(t, err)
-		if a, _ := sandboxAddr(t, again); again != pathA || a != addrA {
-			t.Errorf("Prepare again: %s %s, want %s %s", again, a, pathA, addrA)
+	t.Run("namespace dies", func(t *testing.T) {
+		// The container ends: its namespace and the veth pair go.
+		pathK := attach(t, t, m, "sandbox-k")
+		addrK, _ := sandboxAddr(t, pathK)
+		reach(t, pathK, world, "192.0.2.1")
+		killNS(t, pathK)
+		if !gone(t, ah, "sandbox-k") {
+			t.Fatal("the veth of a dead namespace stayed")
+		}
+		if !slices.Contains(m.List(), "sandbox-k") {
+			t.Errorf("List = %v: a sandbox whose namespace died is attached until Detach", m.List())
+		}
+		// The container made again: a new namespace for the same id, which
+		// keeps its address.
+		pathK2 := attach(t, t, m, "sandbox-k")
+		if a, _ := sandboxAddr(t, pathK2); a != addrK {
+			t.Errorf("address of a re-attached sandbox %s, want %s", a, addrK)
+		}
+		reach(t, pathK2, world, "192.0.2.1")
+		// Attached to yet another (live) namespace: the veth moves.
+		pathK3 := attach(t, t, m, "sandbox-k")
+		if a, _ := sandboxAddr(t, pathK3); a != addrK {
+			t.Errorf("address of a re-attached sandbox %s, want %s", a, addrK)
+		}
+		sh := handle(t, pathK2)
+		if _, err := sh.LinkByName(SandboxInterface); err == nil {
+			t.Errorf("the previous namespace kept its %s", SandboxInterface)
+		}
+		reach(t, pathK3, world, "192.0.2.1")
+
+		// Detach deletes the veth pair and forgets the connections.
+		if flows(t, addrK) == 0 {
+			t.Errorf("no conntrack entry from sandbox K's address %s", addrK)
+		}
+		must(t, m.Detach("sandbox-k"))
+		if n := flows(t, addrK); n != 0 {
+			t.Errorf("%d conntrack entries from %s after Detach", n, addrK)
+		}
+		if _, err := ah.LinkByName(vethName("sandbox-k")); err == nil {
+			t.Error("veth after Detach")
+		}
+		if _, err := handle(t, pathK3).LinkByName(SandboxInterface); err == nil {
+			t.Errorf("%s in the namespace after Detach", SandboxInterface)
+		}
+		if slices.Contains(m.List(), "sandbox-k") {
+			t.Errorf("List after Detach: %v", m.List())
+		}
+		must(t, m.Detach("sandbox-k"))
+		must(t, m.Detach("never-attached"))
+	})
+
+	t.Run("detach", func(t *testing.T) {
+		must(t, m.Detach("sandbox-b"))
+		if _, err := ah.LinkByName(vethName("sandbox-b")); err == nil {
+			t.Error("veth after Detach")
+		}
+		if _, err := handle(t, pathB).LinkByName(SandboxInterface); err == nil {
+			t.Errorf("%s in the namespace after Detach", SandboxInterface)
 		}
 		reach(t, pathA, world, "192.0.2.1")
 
-		// A veth gone astray is made again by the next Prepare.
-		pathC := filepath.Join(e.netnsDir, "sandbox-c")
-		l, err := ah.LinkByName(vethName("sandbox-c"))
-		must(t, err)
-		must(t, ah.LinkDel(l))
-		if again, err := m.Prepare("sandbox-c"); err != nil || again != pathC {
-			t.Fatalf("Prepare after the veth vanished: %q, %v", again, err)
-		}
-		if a, _ := sandboxAddr(t, pathC); a != ctC {
-			t.Errorf("sandbox C's address changed on repair: %s -> %s", ctC, a)
-		}
-		reach(t, pathC, world, "192.0.2.1")
-
-		// Release forgets the sandbox's connections.
-		flows := func(a netip.Addr) int {
-			fs, err := ah.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
-			must(t, err)
-			n := 0
-			for _, f := range fs {
-				if f.Forward.SrcIP.Equal(net.IP(a.AsSlice())) {
-					n++
-				}
-			}
-			return n
-		}
-		if flows(ctC) == 0 {
-			t.Errorf("no conntrack entry from sandbox C's first address %s", ctC)
-		}
-		must(t, m.Release("sandbox-c"))
-		if n := flows(ctC); n != 0 {
-			t.Errorf("%d conntrack entries from %s after Release", n, ctC)
-		}
-
-		must(t, m.Release("sandbox-b"))
-		must(t, m.Release("sandbox-b"))
-		must(t, m.Release("never-prepared"))
-		if _, err := os.Stat(pathB); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("namespace file after Release: %v", err)
-		}
-		if _, err := ah.LinkByName(vethName("sandbox-b")); err == nil {
-			t.Error("veth after Release")
-		}
-		if slices.Contains(m.List(), "sandbox-b") {
-			t.Errorf("List after Release: %v", m.List())
-		}
-
-		// Concurrent Prepares get addresses of their own.
+		// Concurrent Attaches get addresses of their own.
 		var wg sync.WaitGroup
-		paths := make([]string, 6)
-		errs := make([]error, 6)
+		paths := make([]string, 8)
+		errs := make([]error, len(paths))
 		for i := range paths {
-			wg.Go(func() { paths[i], errs[i] = m.Prepare(fmt.Sprintf("burst-%d", i)) })
+			paths[i] = startNS(t, fmt.Sprintf("burst-%d", i)).path
+		}
+		start := time.Now()
+		for i := range paths {
+			wg.Go(func() { errs[i] = m.Attach(fmt.Sprintf("burst-%d", i), paths[i]) })
 		}
 		wg.Wait()
+		t.Logf("%d concurrent Attaches: %v", len(paths), time.Since(start))
 		must(t, errors.Join(errs...))
-		seen := map[netip.Addr]bool{addrA: true}
+		seen := map[netip.Addr]bool{addrA: true, addrC: true}
 		for _, p := range paths {
 			a, _ := sandboxAddr(t, p)
 			if seen[a] {
@@ -652,13 +880,40 @@ func TestEgress(t *testing.T) {
 			}
 			seen[a] = true
 		}
+		// Detaches, slow, do not hold up an Attach meanwhile.
+		late := startNS(t, "late").path
+		start = time.Now()
 		for i := range paths {
-			wg.Go(func() { errs[i] = m.Release(fmt.Sprintf("burst-%d", i)) })
+			wg.Go(func() { errs[i] = m.Detach(fmt.Sprintf("burst-%d", i)) })
 		}
+		time.Sleep(time.Millisecond)
+		attachStart := time.Now()
+		must(t, m.Attach("late", late))
+		took := time.Since(attachStart)
 		wg.Wait()
+		t.Logf("Attach during %d concurrent Detaches: %v; Detaches: %v", len(paths), took, time.Since(start))
 		must(t, errors.Join(errs...))
-		if got, want := m.List(), []string{"sandbox-a", "unwired"}; !slices.Equal(got, want) {
+		if a, _ := sandboxAddr(t, late); seen[a] {
+			t.Errorf("address %s of a detaching sandbox handed out", a)
+		}
+		must(t, m.Detach("late"))
+		if got, want := m.List(), []string{"sandbox-a", "sandbox-c"}; !slices.Equal(got, want) {
 			t.Errorf("List = %v, want %v", got, want)
 		}
 	})
+}
+
+// BenchmarkAttach measures Attach of a new id to a namespace (Detach, which
+// undoes it, is not measured).
+func BenchmarkAttach(b *testing.B) {
+	e := newEnv(b)
+	m := e.manager(b, Policy{})
+	p := startNS(b, "bench")
+	for i := range b.N {
+		id := fmt.Sprintf("bench-%d", i)
+		must(b, m.Attach(id, p.path))
+		b.StopTimer()
+		must(b, m.Detach(id))
+		b.StartTimer()
+	}
 }
