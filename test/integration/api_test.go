@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -63,13 +65,31 @@ func TestAPI(t *testing.T) {
 		if sbx.Spec.NetworkMode != v1alpha1.NetworkModeNone {
 			t.Errorf("networkMode defaulted to %q, want %q", sbx.Spec.NetworkMode, v1alpha1.NetworkModeNone)
 		}
-		raw, err := cp.Sandbox.SandboxV1alpha1().RESTClient().Post().Namespace(ns).Resource("sandboxpools").
+		// The new limits and network mode are accepted as given.
+		full := validSandbox("full")
+		full.Spec.NetworkMode = v1alpha1.NetworkModeEgress
+		full.Spec.Resources.Pids = ptr.To[int64](16)
+		full.Spec.Resources.EphemeralStorage = ptr.To(resource.MustParse("1Mi"))
+		full, err = cp.Sandbox.SandboxV1alpha1().Sandboxes(ns).Create(ctx, full, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("creating a Sandbox with networkMode Egress, pids and ephemeralStorage: %v", err)
+		}
+		if full.Spec.NetworkMode != v1alpha1.NetworkModeEgress || ptr.Deref(full.Spec.Resources.Pids, 0) != 16 ||
+			full.Spec.Resources.EphemeralStorage == nil || full.Spec.Resources.EphemeralStorage.Cmp(resource.MustParse("1Mi")) != 0 {
+			t.Errorf("stored spec %+v", full.Spec)
+		}
+
+		// SandboxPools are cluster-scoped: created without a namespace.
+		raw, err := cp.Sandbox.SandboxV1alpha1().RESTClient().Post().Resource("sandboxpools").
 			Body([]byte(`{"apiVersion":"fast-sandbox.io/v1alpha1","kind":"SandboxPool","metadata":{"name":"defaults"},
 			  "spec":{"agent":{"image":"a","resources":{"cpu":"1","memory":"1Gi"}}}}`)).Do(ctx).Get()
 		if err != nil {
 			t.Fatalf("creating a minimal SandboxPool: %v", err)
 		}
 		got := raw.(*v1alpha1.SandboxPool)
+		if got.Namespace != "" {
+			t.Errorf("a cluster-scoped pool got namespace %q", got.Namespace)
+		}
 		want := v1alpha1.SandboxPoolSpec{
 			MinAgents: 1, MaxAgents: 10, SlotsPerAgent: v1alpha1.DefaultSlotsPerAgent,
 			ScaleDownDelaySeconds: v1alpha1.DefaultScaleDownDelay, ImagePullPolicy: v1alpha1.PullNever,
@@ -84,6 +104,52 @@ func TestAPI(t *testing.T) {
 		}
 		if got.Spec.Scheduling.SchedulerName != v1alpha1.DefaultSchedulerName {
 			t.Errorf("schedulerName defaulted to %q, want %q", got.Spec.Scheduling.SchedulerName, v1alpha1.DefaultSchedulerName)
+		}
+		// The sandbox log bounds and the hardening default to what the
+		// components assume when they are absent.
+		logs := got.Spec.SandboxLogs
+		if logs.MaxFiles != v1alpha1.DefaultLogMaxFiles || logs.MaxSize == nil || logs.MaxSize.Value() != v1alpha1.DefaultLogMaxBytes ||
+			logs.MaxSize.String() != "10Mi" {
+			t.Errorf("sandboxLogs defaulted to %+v (maxSize %v), want maxFiles %d, maxSize 10Mi", logs, logs.MaxSize, v1alpha1.DefaultLogMaxFiles)
+		}
+		if sec := got.Spec.Security; sec.UserNamespaces != v1alpha1.UserNamespaceAuto || sec.ReadOnlyRootFilesystem || sec.RunAsNonRoot {
+			t.Errorf("security defaulted to %+v, want userNamespaces Auto and nothing else", sec)
+		}
+		if got.Spec.NamespaceSelector != nil || len(got.Spec.AllowedImages) != 0 || len(got.Spec.AllowedRuntimeHandlers) != 0 {
+			t.Errorf("tenancy restrictions defaulted: namespaceSelector %v allowedImages %v allowedRuntimeHandlers %v",
+				got.Spec.NamespaceSelector, got.Spec.AllowedImages, got.Spec.AllowedRuntimeHandlers)
+		}
+		if r := got.Spec.SandboxDefaults.Resources; r.CPU != nil || r.Memory != nil || r.Pids != nil || r.EphemeralStorage != nil {
+			t.Errorf("sandboxDefaults defaulted to %+v, want none set", r)
+		}
+		if e := got.Spec.Network.Egress; len(e.AllowCIDRs) != 0 || len(e.DenyCIDRs) != 0 {
+			t.Errorf("egress policy defaulted to %+v, want empty", e)
+		}
+
+		// Set fields are kept as given.
+		fp := validPool("full")
+		fp.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"tenant": "a"}}
+		fp.Spec.AllowedImages = []string{"docker.io/library/*", "docker.io/library/python:3.12"}
+		fp.Spec.AllowedRuntimeHandlers = []string{"runc", "crun"}
+		fp.Spec.SandboxDefaults.Resources = v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("250m")),
+			Memory: ptr.To(resource.MustParse("64Mi")), Pids: ptr.To[int64](256), EphemeralStorage: ptr.To(resource.MustParse("1Gi"))}
+		fp.Spec.SandboxLogs = v1alpha1.SandboxLogs{MaxSize: ptr.To(resource.MustParse("4Ki")), MaxFiles: 10}
+		fp.Spec.Security = v1alpha1.SandboxSecurity{UserNamespaces: v1alpha1.UserNamespaceRequired, ReadOnlyRootFilesystem: true, RunAsNonRoot: true}
+		fp.Spec.Network.Egress = v1alpha1.EgressPolicy{AllowCIDRs: []string{"10.96.0.10/32", "fd00::/8", "2001:0db8:85a3:0000:0000:8a2e:0370:7334/128"}, DenyCIDRs: []string{"203.0.113.0/24"}}
+		fp.Spec.Agent.ContainerdSocket = "/run/k3s/containerd/containerd.sock"
+		stored, err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Create(ctx, fp, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("creating a pool with every new field set: %v", err)
+		}
+		if !equality.Semantic.DeepEqual(stored.Spec.NamespaceSelector, fp.Spec.NamespaceSelector) ||
+			!equality.Semantic.DeepEqual(stored.Spec.AllowedImages, fp.Spec.AllowedImages) ||
+			!equality.Semantic.DeepEqual(stored.Spec.AllowedRuntimeHandlers, fp.Spec.AllowedRuntimeHandlers) ||
+			!equality.Semantic.DeepEqual(stored.Spec.SandboxDefaults, fp.Spec.SandboxDefaults) ||
+			!equality.Semantic.DeepEqual(stored.Spec.SandboxLogs, fp.Spec.SandboxLogs) ||
+			stored.Spec.Security != fp.Spec.Security ||
+			!equality.Semantic.DeepEqual(stored.Spec.Network, fp.Spec.Network) ||
+			stored.Spec.Agent.ContainerdSocket != fp.Spec.Agent.ContainerdSocket {
+			t.Errorf("stored spec %+v, want the new fields as sent: %+v", stored.Spec, fp.Spec)
 		}
 	})
 
@@ -100,6 +166,12 @@ func TestAPI(t *testing.T) {
 			{"zero cpu", func(s *v1alpha1.Sandbox) { s.Spec.Resources.CPU = ptr.To(resource.MustParse("0")) }, "cpu must be positive"},
 			{"tiny memory", func(s *v1alpha1.Sandbox) { s.Spec.Resources.Memory = ptr.To(resource.MustParse("1Ki")) }, "memory must be at least 4Mi"},
 			{"unknown network mode", func(s *v1alpha1.Sandbox) { s.Spec.NetworkMode = "Host" }, `spec.networkMode: Unsupported value: "Host"`},
+			{"network mode Pod is gone", func(s *v1alpha1.Sandbox) { s.Spec.NetworkMode = "Pod" }, `spec.networkMode: Unsupported value: "Pod"`},
+			{"pids below 16", func(s *v1alpha1.Sandbox) { s.Spec.Resources.Pids = ptr.To[int64](15) }, "spec.resources.pids"},
+			{"pids above the maximum", func(s *v1alpha1.Sandbox) { s.Spec.Resources.Pids = ptr.To[int64](1<<20 + 1) }, "spec.resources.pids"},
+			{"tiny ephemeral storage", func(s *v1alpha1.Sandbox) {
+				s.Spec.Resources.EphemeralStorage = ptr.To(resource.MustParse("512Ki"))
+			}, "ephemeralStorage must be at least 1Mi"},
 			{"zero deadline", func(s *v1alpha1.Sandbox) { s.Spec.ActiveDeadlineSeconds = ptr.To[int64](0) }, "spec.activeDeadlineSeconds"},
 			{"negative ttl", func(s *v1alpha1.Sandbox) { s.Spec.TTLSecondsAfterFinished = ptr.To[int32](-1) }, "spec.ttlSecondsAfterFinished"},
 			{"env name with =", func(s *v1alpha1.Sandbox) { s.Spec.Env = []v1alpha1.EnvVar{{Name: "A=B"}} }, "spec.env[0].name"},
@@ -127,7 +199,6 @@ func TestAPI(t *testing.T) {
 	})
 
 	t.Run("invalid pools are refused with a clear message", func(t *testing.T) {
-		ns := cp.CreateNamespace(t, "invalid-pool")
 		cases := []struct {
 			name   string
 			mutate func(*v1alpha1.SandboxPool)
@@ -139,6 +210,40 @@ func TestAPI(t *testing.T) {
 			{"no agent image", func(p *v1alpha1.SandboxPool) { p.Spec.Agent.Image = "" }, "spec.agent.image"},
 			{"agent without memory", func(p *v1alpha1.SandboxPool) { p.Spec.Agent.Resources.Memory = nil }, "agent resources need both cpu and memory"},
 			{"relative socket path", func(p *v1alpha1.SandboxPool) { p.Spec.Agent.ContainerdSocket = "run/containerd.sock" }, "spec.agent.containerdSocket"},
+			{"socket path not a socket", func(p *v1alpha1.SandboxPool) { p.Spec.Agent.ContainerdSocket = "/etc/shadow" }, "spec.agent.containerdSocket"},
+			{"socket path is a directory", func(p *v1alpha1.SandboxPool) { p.Spec.Agent.ContainerdSocket = "/run/containerd/" }, "spec.agent.containerdSocket"},
+			{"socket path with ..", func(p *v1alpha1.SandboxPool) {
+				p.Spec.Agent.ContainerdSocket = "/run/containerd/../../etc/evil.sock"
+			}, "containerdSocket must be a clean path"},
+			{"socket path with .", func(p *v1alpha1.SandboxPool) {
+				p.Spec.Agent.ContainerdSocket = "/run/./containerd.sock"
+			}, "containerdSocket must be a clean path"},
+			{"allowed CIDR not a CIDR", func(p *v1alpha1.SandboxPool) {
+				p.Spec.Network.Egress.AllowCIDRs = []string{"10.96.0.10/32", "nope"}
+			}, "must be a CIDR"},
+			{"denied CIDR is an address", func(p *v1alpha1.SandboxPool) {
+				p.Spec.Network.Egress.DenyCIDRs = []string{"203.0.113.7"}
+			}, "must be a CIDR"},
+			{"log size below 4Ki", func(p *v1alpha1.SandboxPool) {
+				p.Spec.SandboxLogs.MaxSize = ptr.To(resource.MustParse("1Ki"))
+			}, "maxSize must be between 4Ki and 1Gi"},
+			{"log size above 1Gi", func(p *v1alpha1.SandboxPool) {
+				p.Spec.SandboxLogs.MaxSize = ptr.To(resource.MustParse("2Gi"))
+			}, "maxSize must be between 4Ki and 1Gi"},
+			{"too many log files", func(p *v1alpha1.SandboxPool) { p.Spec.SandboxLogs.MaxFiles = 11 }, "spec.sandboxLogs.maxFiles"},
+			{"unknown user namespace mode", func(p *v1alpha1.SandboxPool) {
+				p.Spec.Security.UserNamespaces = "Sometimes"
+			}, `spec.security.userNamespaces: Unsupported value: "Sometimes"`},
+			{"default pids below 16", func(p *v1alpha1.SandboxPool) {
+				p.Spec.SandboxDefaults.Resources.Pids = ptr.To[int64](8)
+			}, "spec.sandboxDefaults.resources.pids"},
+			{"default memory too small", func(p *v1alpha1.SandboxPool) {
+				p.Spec.SandboxDefaults.Resources.Memory = ptr.To(resource.MustParse("1Ki"))
+			}, "memory must be at least 4Mi"},
+			{"bad allowed runtime handler", func(p *v1alpha1.SandboxPool) {
+				p.Spec.AllowedRuntimeHandlers = []string{"runc", "Run C"}
+			}, "spec.allowedRuntimeHandlers[1]"},
+			{"empty allowed image", func(p *v1alpha1.SandboxPool) { p.Spec.AllowedImages = []string{""} }, "spec.allowedImages[0]"},
 			{"score weight out of range", func(p *v1alpha1.SandboxPool) {
 				p.Spec.Scheduling.ScoreWeights = map[string]int32{"ImageAffinity": 200}
 			}, "score weights must be between 0 and 100"},
@@ -148,7 +253,7 @@ func TestAPI(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				p := validPool("bad")
 				tc.mutate(p)
-				_, err := cp.Sandbox.SandboxV1alpha1().SandboxPools(ns).Create(ctx, p, metav1.CreateOptions{})
+				_, err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Create(ctx, p, metav1.CreateOptions{})
 				if err == nil {
 					t.Fatalf("accepted an invalid SandboxPool, want an error containing %q", tc.want)
 				}
@@ -156,6 +261,9 @@ func TestAPI(t *testing.T) {
 					t.Errorf("error %q does not contain %q", err, tc.want)
 				}
 			})
+		}
+		if _, err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Get(ctx, "bad", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("refused pools must leave nothing behind: get %v", err)
 		}
 	})
 
@@ -175,6 +283,8 @@ func TestAPI(t *testing.T) {
 			{"pool", func(s *v1alpha1.Sandbox) { s.Spec.PoolName = "other" }, "poolName is immutable"},
 			{"command", func(s *v1alpha1.Sandbox) { s.Spec.Command = []string{"sh"} }, "command is immutable"},
 			{"resources", func(s *v1alpha1.Sandbox) { s.Spec.Resources.CPU = ptr.To(resource.MustParse("1")) }, "resources are immutable"},
+			{"pids", func(s *v1alpha1.Sandbox) { s.Spec.Resources.Pids = ptr.To[int64](64) }, "resources are immutable"},
+			{"network mode", func(s *v1alpha1.Sandbox) { s.Spec.NetworkMode = v1alpha1.NetworkModeEgress }, "networkMode is immutable"},
 			{"longer deadline", func(s *v1alpha1.Sandbox) { s.Spec.ActiveDeadlineSeconds = ptr.To[int64](600) }, "activeDeadlineSeconds may only be shortened"},
 		}
 		for _, tc := range cases {
@@ -243,6 +353,7 @@ func TestAPI(t *testing.T) {
 
 	t.Run("informers and listers see the objects", func(t *testing.T) {
 		ns := cp.CreateNamespace(t, "informers")
+		// The namespace narrows the Sandbox informer; pools are cluster-scoped.
 		factory := externalversions.NewSharedInformerFactoryWithOptions(cp.Sandbox, 0, externalversions.WithNamespace(ns))
 		sandboxes := factory.Sandbox().V1alpha1().Sandboxes()
 		pools := factory.Sandbox().V1alpha1().SandboxPools()
@@ -253,7 +364,7 @@ func TestAPI(t *testing.T) {
 		factory.Start(stop)
 		factory.WaitForCacheSync(stop)
 
-		if _, err := cp.Sandbox.SandboxV1alpha1().SandboxPools(ns).Create(ctx, validPool("p"), metav1.CreateOptions{}); err != nil {
+		if _, err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Create(ctx, validPool("informed"), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := cp.Sandbox.SandboxV1alpha1().Sandboxes(ns).Create(ctx, validSandbox("s"), metav1.CreateOptions{}); err != nil {
@@ -261,7 +372,7 @@ func TestAPI(t *testing.T) {
 		}
 		err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
 			_, errS := sandboxes.Lister().Sandboxes(ns).Get("s")
-			_, errP := pools.Lister().SandboxPools(ns).Get("p")
+			_, errP := pools.Lister().Get("informed")
 			return errS == nil && errP == nil, nil
 		})
 		if err != nil {

@@ -334,17 +334,19 @@ func (ct *containerTracker) containers(uid string) []string {
 	return ids
 }
 
-// agentClient is an agent API client for an agent Pod started by startAgent.
+// agentClient is an agent API client for an agent Pod started by startAgent:
+// mutual TLS with the scheduler's certificate, talking only to a server
+// whose certificate names that Pod (in the system namespace).
 func (e *schedEnv) agentClient(name string) *agentclient.Client {
 	e.t.Helper()
-	pod, err := e.cp.Kube.CoreV1().Pods(e.ns).Get(context.Background(), name, metav1.GetOptions{})
+	pod, err := e.cp.Kube.CoreV1().Pods(e.sysNS).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	for _, c := range pod.Spec.Containers {
 		for _, p := range c.Ports {
 			if p.Name == scheduler.AgentPortName {
-				return agentclient.New("http://127.0.0.1:"+strconv.Itoa(int(p.ContainerPort)), agentToken, nil)
+				return agentclient.New("https://127.0.0.1:"+strconv.Itoa(int(p.ContainerPort)), e.creds.ClientFor(name))
 			}
 		}
 	}

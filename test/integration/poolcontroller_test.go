@@ -1,11 +1,16 @@
 package integration
 
 import (
+	"bytes"
 	"context"
-	"encoding/hex"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,17 +21,19 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
-	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2/ktesting"
 	"k8s.io/kubernetes/pkg/capabilities"
+	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 
+	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/informers/externalversions"
 	"github.com/fast-sandbox/fast-sandbox/pkg/poolcontroller"
@@ -36,11 +43,19 @@ import (
 // TestPoolController runs the pool controller against a real kube-apiserver.
 // There is no kubelet, kube-scheduler or garbage collector: the test plays
 // the kubelet (Pod status) and the fast-sandbox scheduler (Sandbox status).
+//
+// SandboxPools are cluster-scoped and every agent Pod, cleanup Pod and
+// certificate Secret lives in the system namespace, which all subtests
+// share: each subtest uses pools of its own names, and removes its pools,
+// Pods and Secrets when it ends (after its controller stopped), so that
+// the next subtest's controller does not manage them.
 func TestPoolController(t *testing.T) {
 	cp := framework.Start(t)
 	allowPrivileged(t)
+	systemNamespace(t, cp)
 
-	t.Run("min agents, token secret and status", func(t *testing.T) { testPoolMinAgents(t, cp) })
+	t.Run("min agents, certificates and status", func(t *testing.T) { testPoolMinAgents(t, cp) })
+	t.Run("certificates renewed, reissued and collected", func(t *testing.T) { testPoolCertificates(t, cp) })
 	t.Run("grows for pending sandboxes up to max", func(t *testing.T) { testPoolGrowth(t, cp) })
 	t.Run("targeted node choice", func(t *testing.T) { testPoolTargetedNode(t, cp) })
 	t.Run("scale-down drains idle agents only", func(t *testing.T) { testPoolScaleDown(t, cp) })
@@ -82,50 +97,134 @@ const (
 	pollTimeout  = 15 * time.Second
 )
 
-// startPoolController runs a controller that watches only namespace ns (and
-// all Nodes). With podWatchDelay > 0 its Pod informer sees every change that
-// much later.
-func startPoolController(t *testing.T, cp *framework.ControlPlane, ns string, podWatchDelay time.Duration) {
+// systemNS is the system namespace: the agent Pods, their cleanup Pods and
+// their Secrets are there (and nowhere else).
+const systemNS = v1alpha1.DefaultSystemNamespace
+
+// systemNamespace makes the system namespace with the "default"
+// ServiceAccount that Pod admission wants.
+func systemNamespace(t *testing.T, cp *framework.ControlPlane) {
+	t.Helper()
+	if ns := cp.SystemNamespace(t); ns != systemNS {
+		t.Fatalf("system namespace %q, want %q", ns, systemNS)
+	}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
+	if _, err := cp.Kube.CoreV1().ServiceAccounts(systemNS).Create(context.Background(), sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("creating the default ServiceAccount of %s: %v", systemNS, err)
+	}
+}
+
+// removePoolsWhenDone removes, when the test ends, every SandboxPool and
+// every Pod and agent certificate Secret of the system namespace (the CA
+// and the scheduler's Secret stay, as they would across controller
+// restarts). Call it before startPoolController, so that it runs once the
+// controller has stopped.
+func removePoolsWhenDone(t *testing.T, cp *framework.ControlPlane) {
+	t.Helper()
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if err := cp.Sandbox.SandboxV1alpha1().SandboxPools().DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+			t.Errorf("deleting the pools: %v", err)
+		}
+		pods, err := cp.Kube.CoreV1().Pods(systemNS).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Errorf("listing the Pods of %s: %v", systemNS, err)
+			return
+		}
+		for _, pod := range pods.Items {
+			if len(pod.Finalizers) > 0 {
+				patch := []byte(`{"metadata":{"finalizers":null}}`)
+				if _, err := cp.Kube.CoreV1().Pods(systemNS).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil && !apierrors.IsNotFound(err) {
+					t.Errorf("removing the finalizers of Pod %s: %v", pod.Name, err)
+				}
+			}
+			if err := cp.Kube.CoreV1().Pods(systemNS).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil && !apierrors.IsNotFound(err) {
+				t.Errorf("deleting Pod %s: %v", pod.Name, err)
+			}
+		}
+		err = cp.Kube.CoreV1().Secrets(systemNS).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName})
+		if err != nil {
+			t.Errorf("deleting the agent Secrets: %v", err)
+		}
+	})
+}
+
+// startPoolController runs a controller as cmd/pool-controller does: its Pod
+// and Secret informers show only the system namespace's objects labelled
+// with a pool name, its cleanup Pod informer only the system namespace's
+// cleanup Pods; Sandboxes, pools and Nodes are watched everywhere. With
+// podWatchDelay > 0 its Pod informer sees every change that much later.
+func startPoolController(t *testing.T, cp *framework.ControlPlane, podWatchDelay time.Duration) {
+	t.Helper()
+	startPoolControllerWithClock(t, cp, podWatchDelay, nil)
+}
+
+// startPoolControllerWithClock is startPoolController with the controller
+// on the given clock (the real one when nil). It returns a function that
+// stops the controller before the test ends.
+func startPoolControllerWithClock(t *testing.T, cp *framework.ControlPlane, podWatchDelay time.Duration, clk clock.WithTicker) (stop func()) {
 	t.Helper()
 	_, ctx := ktesting.NewTestContext(t)
 	ctx, cancel := context.WithCancel(ctx)
-	selectPool := informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = v1alpha1.LabelPoolName })
-	labelled := informers.NewSharedInformerFactoryWithOptions(cp.Kube, 0, informers.WithNamespace(ns), selectPool)
-	nodes := informers.NewSharedInformerFactory(cp.Kube, 0)
-	sbx := externalversions.NewSharedInformerFactoryWithOptions(cp.Sandbox, 0, externalversions.WithNamespace(ns))
-	cleanup := informers.NewSharedInformerFactoryWithOptions(cp.Kube, 0, informers.WithNamespace(ns),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = v1alpha1.LabelCleanupAgentPodUID }))
-	var pods coreinformers.PodInformer = labelled.Core().V1().Pods()
-	if podWatchDelay > 0 {
-		pods = newSlowPodInformer(cp.Kube, ns, podWatchDelay)
+	opts := poolcontroller.Options{Clock: clk}
+	var (
+		c        *poolcontroller.Controller
+		err      error
+		start    func(stop <-chan struct{})
+		shutdown func()
+		wg       sync.WaitGroup
+	)
+	if podWatchDelay == 0 {
+		// The informers of cmd/pool-controller.
+		inf := poolcontroller.NewInformers(cp.Kube, cp.Sandbox, systemNS, 0)
+		c, err = poolcontroller.NewControllerWithInformers(ctx, cp.Kube, cp.Sandbox, inf, systemNS, opts)
+		start, shutdown = inf.Start, inf.Shutdown
+	} else {
+		// The same (see poolcontroller.NewInformers), but for the Pod
+		// informer, which lags.
+		selectPool := informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = v1alpha1.LabelPoolName })
+		labelled := informers.NewSharedInformerFactoryWithOptions(cp.Kube, 0, informers.WithNamespace(systemNS), selectPool)
+		nodes := informers.NewSharedInformerFactory(cp.Kube, 0)
+		sbx := externalversions.NewSharedInformerFactory(cp.Sandbox, 0)
+		cleanup := informers.NewSharedInformerFactoryWithOptions(cp.Kube, 0, informers.WithNamespace(systemNS),
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = v1alpha1.LabelCleanupAgentPodUID }))
+		pods := newSlowPodInformer(cp.Kube, systemNS, podWatchDelay)
+		opts.SystemNamespace, opts.CleanupPods = systemNS, cleanup.Core().V1().Pods()
+		c, err = poolcontroller.NewController(ctx, cp.Kube, cp.Sandbox, pods, nodes.Core().V1().Nodes(),
+			labelled.Core().V1().Secrets(), sbx.Sandbox().V1alpha1().SandboxPools(), sbx.Sandbox().V1alpha1().Sandboxes(), opts)
+		start = func(stop <-chan struct{}) {
+			labelled.Start(stop)
+			nodes.Start(stop)
+			sbx.Start(stop)
+			cleanup.Start(stop)
+			wg.Go(func() { pods.Informer().RunWithContext(ctx) })
+		}
+		shutdown = func() {
+			labelled.Shutdown()
+			nodes.Shutdown()
+			sbx.Shutdown()
+			cleanup.Shutdown()
+		}
 	}
-	c, err := poolcontroller.NewController(ctx, cp.Kube, cp.Sandbox, pods, nodes.Core().V1().Nodes(),
-		labelled.Core().V1().Secrets(), sbx.Sandbox().V1alpha1().SandboxPools(), sbx.Sandbox().V1alpha1().Sandboxes(),
-		poolcontroller.Options{CleanupPods: cleanup.Core().V1().Pods()})
 	if err != nil {
 		t.Fatalf("NewController: %v", err)
 	}
-	labelled.Start(ctx.Done())
-	nodes.Start(ctx.Done())
-	sbx.Start(ctx.Done())
-	cleanup.Start(ctx.Done())
-	var wg sync.WaitGroup
-	if podWatchDelay > 0 {
-		wg.Go(func() { pods.Informer().RunWithContext(ctx) })
-	}
+	start(ctx.Done())
 	wg.Go(func() {
 		if err := c.Run(ctx, 2); err != nil {
 			t.Errorf("controller: %v", err)
 		}
 	})
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		labelled.Shutdown()
-		nodes.Shutdown()
-		sbx.Shutdown()
-		cleanup.Shutdown()
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			wg.Wait()
+			shutdown()
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 func testPool(name string, minAgents, maxAgents, slots int32) *v1alpha1.SandboxPool {
@@ -137,9 +236,9 @@ func testPool(name string, minAgents, maxAgents, slots int32) *v1alpha1.SandboxP
 	return p
 }
 
-func createPool(t *testing.T, cp *framework.ControlPlane, ns string, p *v1alpha1.SandboxPool) *v1alpha1.SandboxPool {
+func createPool(t *testing.T, cp *framework.ControlPlane, p *v1alpha1.SandboxPool) *v1alpha1.SandboxPool {
 	t.Helper()
-	got, err := cp.Sandbox.SandboxV1alpha1().SandboxPools(ns).Create(context.Background(), p, metav1.CreateOptions{})
+	got, err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Create(context.Background(), p, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("creating pool %s: %v", p.Name, err)
 	}
@@ -175,9 +274,10 @@ func bindSandbox(t *testing.T, cp *framework.ControlPlane, s *v1alpha1.Sandbox, 
 	return got
 }
 
-func listAgents(t *testing.T, cp *framework.ControlPlane, ns, pool string) []corev1.Pod {
+// listAgents lists the agent Pods of a pool (in the system namespace).
+func listAgents(t *testing.T, cp *framework.ControlPlane, pool string) []corev1.Pod {
 	t.Helper()
-	l, err := cp.Kube.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=" + pool})
+	l, err := cp.Kube.CoreV1().Pods(systemNS).List(context.Background(), metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=" + pool})
 	if err != nil {
 		t.Fatalf("listing agent Pods: %v", err)
 	}
@@ -186,11 +286,11 @@ func listAgents(t *testing.T, cp *framework.ControlPlane, ns, pool string) []cor
 }
 
 // waitForAgents waits until the pool has exactly n agent Pods.
-func waitForAgents(t *testing.T, cp *framework.ControlPlane, ns, pool string, n int) []corev1.Pod {
+func waitForAgents(t *testing.T, cp *framework.ControlPlane, pool string, n int) []corev1.Pod {
 	t.Helper()
 	var pods []corev1.Pod
 	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		pods = listAgents(t, cp, ns, pool)
+		pods = listAgents(t, cp, pool)
 		return len(pods) == n, nil
 	})
 	if err != nil {
@@ -200,10 +300,10 @@ func waitForAgents(t *testing.T, cp *framework.ControlPlane, ns, pool string, n 
 }
 
 // consistentlyAgents checks the pool keeps n agent Pods for d.
-func consistentlyAgents(t *testing.T, cp *framework.ControlPlane, ns, pool string, n int, d time.Duration) {
+func consistentlyAgents(t *testing.T, cp *framework.ControlPlane, pool string, n int, d time.Duration) {
 	t.Helper()
 	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if pods := listAgents(t, cp, ns, pool); len(pods) != n {
+		if pods := listAgents(t, cp, pool); len(pods) != n {
 			t.Fatalf("pool %s has %d agent Pods, want %d to stay", pool, len(pods), n)
 		}
 	}
@@ -220,12 +320,12 @@ func markReady(t *testing.T, cp *framework.ControlPlane, pod *corev1.Pod) {
 	}
 }
 
-func waitForPool(t *testing.T, cp *framework.ControlPlane, ns, name, what string, cond func(*v1alpha1.SandboxPool) bool) *v1alpha1.SandboxPool {
+func waitForPool(t *testing.T, cp *framework.ControlPlane, name, what string, cond func(*v1alpha1.SandboxPool) bool) *v1alpha1.SandboxPool {
 	t.Helper()
 	var pool *v1alpha1.SandboxPool
 	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(ctx context.Context) (bool, error) {
 		var err error
-		pool, err = cp.Sandbox.SandboxV1alpha1().SandboxPools(ns).Get(ctx, name, metav1.GetOptions{})
+		pool, err = cp.Sandbox.SandboxV1alpha1().SandboxPools().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}
@@ -237,11 +337,13 @@ func waitForPool(t *testing.T, cp *framework.ControlPlane, ns, name, what string
 	return pool
 }
 
-func waitForEvent(t *testing.T, cp *framework.ControlPlane, ns, pool, reason string) {
+// waitForEvent waits for an event about the pool. Pools are cluster-scoped:
+// their events are recorded in the "default" namespace.
+func waitForEvent(t *testing.T, cp *framework.ControlPlane, pool, reason string) {
 	t.Helper()
 	var reasons []string
 	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(ctx context.Context) (bool, error) {
-		l, err := cp.Kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+		l, err := cp.Kube.CoreV1().Events(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, err
 		}
@@ -261,27 +363,18 @@ func waitForEvent(t *testing.T, cp *framework.ControlPlane, ns, pool, reason str
 func testPoolMinAgents(t *testing.T, cp *framework.ControlPlane) {
 	ctx := context.Background()
 	ns := newNamespace(t, cp, "pc-min")
-	startPoolController(t, cp, ns, 0)
-	pool := createPool(t, cp, ns, testPool("py", 2, 4, 3))
+	removePoolsWhenDone(t, cp)
+	startPoolController(t, cp, 0)
+	pool := createPool(t, cp, testPool("py", 2, 4, 3))
 	// A Sandbox of a pool that does not exist is left alone.
 	ghost := createPendingSandbox(t, cp, ns, "ghost", "ghost-orphan", "busybox")
 
-	pods := waitForAgents(t, cp, ns, "py", 2)
-	secret, err := cp.Kube.CoreV1().Secrets(ns).Get(ctx, "py-agent-token", metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("the token Secret: %v", err)
-	}
-	if tok := secret.Data["token"]; len(tok) != 64 {
-		t.Errorf("token %q: want 32 random bytes in hex", tok)
-	} else if _, err := hex.DecodeString(string(tok)); err != nil {
-		t.Errorf("token is not hex: %v", err)
-	}
-	if !metav1.IsControlledBy(secret, pool) {
-		t.Errorf("the Secret is not owned by the pool: %+v", secret.OwnerReferences)
-	}
+	pods := waitForAgents(t, cp, "py", 2)
+	ca := agentCA(t, cp)
 	for _, pod := range pods {
-		if pod.GenerateName != "py-agent-" || pod.Labels[v1alpha1.LabelPoolName] != "py" {
-			t.Errorf("Pod %s: generateName %q labels %v", pod.Name, pod.GenerateName, pod.Labels)
+		if pod.Namespace != systemNS || pod.GenerateName != "" || !strings.HasPrefix(pod.Name, "py-agent-") || pod.Labels[v1alpha1.LabelPoolName] != "py" {
+			t.Errorf("Pod %s/%s: generateName %q labels %v, want a name py-agent-xxxxx chosen by the controller in %s",
+				pod.Namespace, pod.Name, pod.GenerateName, pod.Labels, systemNS)
 		}
 		// Without a garbage collector here, the owner reference is what deleting the pool relies on.
 		ref := metav1.GetControllerOf(&pod)
@@ -291,16 +384,19 @@ func testPoolMinAgents(t *testing.T, cp *framework.ControlPlane) {
 		if _, ok := pod.Annotations[poolcontroller.AnnotationIdleSince]; !ok {
 			t.Errorf("Pod %s has no %s annotation", pod.Name, poolcontroller.AnnotationIdleSince)
 		}
-		found := false
-		for _, v := range pod.Spec.Volumes {
-			found = found || v.Secret != nil && v.Secret.SecretName == secret.Name
-		}
-		if !found {
-			t.Errorf("Pod %s does not mount the token Secret", pod.Name)
+		checkAgentPorts(t, &pod)
+		// Each agent Pod has its own certificate, naming it, issued before
+		// the Pod, and mounts only that.
+		if s := checkAgentSecret(t, cp, ca, pool, &pod); s != nil && s.CreationTimestamp.After(pod.CreationTimestamp.Time) {
+			t.Errorf("Secret %s was created at %v, after its Pod (%v)", s.Name, s.CreationTimestamp, pod.CreationTimestamp)
 		}
 	}
+	checkSchedulerSecret(t, cp, ca)
+	// No shared credential: the pool's Secrets are its agents' certificates, one each.
+	checkPoolSecrets(t, cp, "py", pods)
+	waitForEvent(t, cp, "py", poolcontroller.EventIssuedCertificate)
 
-	got := waitForPool(t, cp, ns, "py", "agents=2, Ready=False", func(p *v1alpha1.SandboxPool) bool {
+	got := waitForPool(t, cp, "py", "agents=2, Ready=False", func(p *v1alpha1.SandboxPool) bool {
 		c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.PoolConditionReady)
 		return p.Status.Agents == 2 && c != nil && c.Status == metav1.ConditionFalse
 	})
@@ -310,7 +406,7 @@ func testPoolMinAgents(t *testing.T, cp *framework.ControlPlane) {
 	for i := range pods {
 		markReady(t, cp, &pods[i])
 	}
-	got = waitForPool(t, cp, ns, "py", "two ready agents", func(p *v1alpha1.SandboxPool) bool {
+	got = waitForPool(t, cp, "py", "two ready agents", func(p *v1alpha1.SandboxPool) bool {
 		return p.Status.ReadyAgents == 2 && meta.IsStatusConditionTrue(p.Status.Conditions, v1alpha1.PoolConditionReady)
 	})
 	st := got.Status
@@ -324,54 +420,405 @@ func testPoolMinAgents(t *testing.T, cp *framework.ControlPlane) {
 	if meta.IsStatusConditionTrue(st.Conditions, v1alpha1.PoolConditionScalingLimited) {
 		t.Errorf("ScalingLimited is True: %+v", st.Conditions)
 	}
-	waitForEvent(t, cp, ns, "py", poolcontroller.EventCreatedAgent)
+	waitForEvent(t, cp, "py", poolcontroller.EventCreatedAgent)
 
 	// Raising min is a spec change: observedGeneration follows.
 	got.Spec.MinAgents = 3
-	if _, err := cp.Sandbox.SandboxV1alpha1().SandboxPools(ns).Update(ctx, got, metav1.UpdateOptions{}); err != nil {
+	if _, err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Update(ctx, got, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitForAgents(t, cp, ns, "py", 3)
-	waitForPool(t, cp, ns, "py", "the new generation observed", func(p *v1alpha1.SandboxPool) bool {
+	pods = waitForAgents(t, cp, "py", 3)
+	waitForPool(t, cp, "py", "the new generation observed", func(p *v1alpha1.SandboxPool) bool {
 		return p.Status.ObservedGeneration == p.Generation && p.Generation > 1 && p.Status.Agents == 3
 	})
+	for _, pod := range pods {
+		checkAgentSecret(t, cp, ca, pool, &pod)
+	}
+	checkPoolSecrets(t, cp, "py", pods)
 
 	g, err := cp.Sandbox.SandboxV1alpha1().Sandboxes(ns).Get(ctx, "ghost-orphan", metav1.GetOptions{})
 	if err != nil || g.ResourceVersion != ghost.ResourceVersion {
 		t.Errorf("the Sandbox of a missing pool was touched: %v, resourceVersion %s -> %s", err, ghost.ResourceVersion, g.ResourceVersion)
 	}
-	if pods := listAgents(t, cp, ns, "ghost"); len(pods) != 0 {
+	if pods := listAgents(t, cp, "ghost"); len(pods) != 0 {
 		t.Errorf("%d agent Pods for a missing pool", len(pods))
+	}
+	if l := listPoolSecrets(t, cp, "ghost"); len(l) != 0 {
+		t.Errorf("%d Secrets for a missing pool", len(l))
+	}
+}
+
+// agentCA waits for the CA Secret of the agent API in the system namespace
+// and parses it.
+func agentCA(t *testing.T, cp *framework.ControlPlane) *agentpki.CA {
+	t.Helper()
+	var secret *corev1.Secret
+	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(ctx context.Context) (bool, error) {
+		var err error
+		secret, err = cp.Kube.CoreV1().Secrets(systemNS).Get(ctx, v1alpha1.AgentCASecretName, metav1.GetOptions{})
+		return err == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("no CA Secret %s/%s", systemNS, v1alpha1.AgentCASecretName)
+	}
+	ca, err := agentpki.ParseCA(secret.Data[agentpki.KeyCACert], secret.Data[agentpki.KeyCAKey])
+	if err != nil {
+		t.Fatalf("the CA Secret: %v", err)
+	}
+	return ca
+}
+
+// verifyCert checks that certPEM is signed by ca for usage, valid now, that
+// keyPEM is its key, that caPEM is ca, and that it names want.
+func verifyCert(ca *agentpki.CA, certPEM, keyPEM, caPEM []byte, usage x509.ExtKeyUsage, want string) error {
+	block, _ := pem.Decode(certPEM)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return fmt.Errorf("%s holds no PEM certificate", agentpki.KeyCert)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+		return fmt.Errorf("the certificate does not verify against the CA: %w", err)
+	}
+	if id, err := agentpki.IdentityOf(cert); err != nil || id != want {
+		return fmt.Errorf("identity %q (%v), want %q", id, err, want)
+	}
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		return fmt.Errorf("%s does not match %s: %w", agentpki.KeyKey, agentpki.KeyCert, err)
+	}
+	block, _ = pem.Decode(caPEM)
+	if block == nil || !bytes.Equal(block.Bytes, ca.Cert.Raw) {
+		return fmt.Errorf("%s is not the CA of %s", agentpki.KeyCACert, v1alpha1.AgentCASecretName)
+	}
+	return nil
+}
+
+// checkAgentSecret checks the agent Pod's certificate Secret
+// ("<pod>-tls"), and that the Pod mounts it and no other Secret.
+func checkAgentSecret(t *testing.T, cp *framework.ControlPlane, ca *agentpki.CA, pool *v1alpha1.SandboxPool, pod *corev1.Pod) *corev1.Secret {
+	t.Helper()
+	secret, problems := agentSecretProblems(cp, ca, pool, pod)
+	for _, p := range problems {
+		t.Error(p)
+	}
+	return secret
+}
+
+// waitForAgentSecret waits until checkAgentSecret would find nothing wrong.
+func waitForAgentSecret(t *testing.T, cp *framework.ControlPlane, ca *agentpki.CA, pool *v1alpha1.SandboxPool, pod *corev1.Pod) *corev1.Secret {
+	t.Helper()
+	var secret *corev1.Secret
+	var problems []string
+	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
+		secret, problems = agentSecretProblems(cp, ca, pool, pod)
+		return len(problems) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("the certificate Secret of agent Pod %s: %v", pod.Name, problems)
+	}
+	return secret
+}
+
+// agentSecretProblems says what is wrong with the certificate Secret of an
+// agent Pod and the Pod's mount of it.
+func agentSecretProblems(cp *framework.ControlPlane, ca *agentpki.CA, pool *v1alpha1.SandboxPool, pod *corev1.Pod) (*corev1.Secret, []string) {
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	name := v1alpha1.AgentTLSSecretName(pod.Name)
+	if name != pod.Name+"-tls" {
+		bad("the certificate Secret of %s is named %q, want %q", pod.Name, name, pod.Name+"-tls")
+	}
+	secret, err := cp.Kube.CoreV1().Secrets(systemNS).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		bad("the certificate Secret of agent Pod %s: %v", pod.Name, err)
+		return nil, problems
+	}
+	if secret.Type != corev1.SecretTypeTLS || secret.Labels[v1alpha1.LabelPoolName] != pool.Name || secret.Labels[v1alpha1.LabelAgentTLS] != pod.Name {
+		bad("Secret %s: type %q labels %v", name, secret.Type, secret.Labels)
+	}
+	if !metav1.IsControlledBy(secret, pool) {
+		bad("Secret %s is not owned by the pool: %+v", name, secret.OwnerReferences)
+	}
+	if len(secret.Data) != 3 {
+		bad("Secret %s has keys %v, want %s, %s, %s", name, slices.Sorted(maps.Keys(secret.Data)), agentpki.KeyCert, agentpki.KeyKey, agentpki.KeyCACert)
+	}
+	if err := verifyCert(ca, secret.Data[agentpki.KeyCert], secret.Data[agentpki.KeyKey], secret.Data[agentpki.KeyCACert],
+		x509.ExtKeyUsageServerAuth, agentpki.AgentIdentity(systemNS, pod.Name)); err != nil {
+		bad("Secret %s of agent Pod %s: %v", name, pod.Name, err)
+	}
+
+	var mounted []string
+	volume := ""
+	for _, v := range pod.Spec.Volumes {
+		if v.Secret != nil {
+			mounted = append(mounted, v.Secret.SecretName)
+			volume = v.Name
+		}
+	}
+	if len(mounted) != 1 || mounted[0] != name {
+		bad("Pod %s mounts Secrets %v, want exactly %s", pod.Name, mounted, name)
+		return secret, problems
+	}
+	var at []string
+	for _, m := range pod.Spec.Containers[0].VolumeMounts {
+		if m.Name == volume {
+			at = append(at, m.MountPath)
+			if !m.ReadOnly {
+				bad("Pod %s mounts its certificate writable", pod.Name)
+			}
+		}
+	}
+	if len(at) != 1 || at[0] != poolcontroller.TLSDir {
+		bad("Pod %s mounts its certificate at %v, want %s", pod.Name, at, poolcontroller.TLSDir)
+	}
+	return secret, problems
+}
+
+// checkAgentPorts checks that the agent API is served on its own port and
+// kubelet's probes use the plain probe port.
+func checkAgentPorts(t *testing.T, pod *corev1.Pod) {
+	t.Helper()
+	c := pod.Spec.Containers[0]
+	ports := map[string]int32{}
+	for _, p := range c.Ports {
+		ports[p.Name] = p.ContainerPort
+	}
+	if ports[poolcontroller.APIPortName] != poolcontroller.APIPort || ports[poolcontroller.ProbePortName] != poolcontroller.ProbePort ||
+		len(ports) != 2 {
+		t.Errorf("Pod %s ports %v, want %s %d and %s %d", pod.Name, ports, poolcontroller.APIPortName, poolcontroller.APIPort,
+			poolcontroller.ProbePortName, poolcontroller.ProbePort)
+	}
+	for what, probe := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Port.IntValue() != poolcontroller.ProbePort {
+			t.Errorf("Pod %s: the %s probe %+v is not on the probe port %d", pod.Name, what, probe, poolcontroller.ProbePort)
+		}
+	}
+}
+
+// checkSchedulerSecret waits for the scheduler's client certificate Secret
+// and checks it.
+func checkSchedulerSecret(t *testing.T, cp *framework.ControlPlane, ca *agentpki.CA) {
+	t.Helper()
+	var secret *corev1.Secret
+	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(ctx context.Context) (bool, error) {
+		var err error
+		secret, err = cp.Kube.CoreV1().Secrets(systemNS).Get(ctx, v1alpha1.SchedulerClientSecretName, metav1.GetOptions{})
+		return err == nil, nil
+	})
+	if err != nil {
+		t.Errorf("no scheduler Secret %s/%s", systemNS, v1alpha1.SchedulerClientSecretName)
+		return
+	}
+	if secret.Type != corev1.SecretTypeTLS {
+		t.Errorf("the scheduler's Secret has type %q", secret.Type)
+	}
+	if err := verifyCert(ca, secret.Data[agentpki.KeyCert], secret.Data[agentpki.KeyKey], secret.Data[agentpki.KeyCACert],
+		x509.ExtKeyUsageClientAuth, agentpki.SchedulerIdentity); err != nil {
+		t.Errorf("the scheduler's Secret: %v", err)
+	}
+}
+
+// listPoolSecrets lists the Secrets labelled with the pool's name.
+func listPoolSecrets(t *testing.T, cp *framework.ControlPlane, pool string) []corev1.Secret {
+	t.Helper()
+	l, err := cp.Kube.CoreV1().Secrets(systemNS).List(context.Background(), metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=" + pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Items
+}
+
+// checkPoolSecrets checks that the pool's Secrets are exactly the
+// certificate Secrets of pods.
+func checkPoolSecrets(t *testing.T, cp *framework.ControlPlane, pool string, pods []corev1.Pod) {
+	t.Helper()
+	var got, want []string
+	for _, s := range listPoolSecrets(t, cp, pool) {
+		got = append(got, s.Name)
+	}
+	for _, p := range pods {
+		want = append(want, v1alpha1.AgentTLSSecretName(p.Name))
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("pool %s has Secrets %v, want one per agent Pod: %v", pool, got, want)
+	}
+}
+
+// aheadClock is the real clock, ahead by a fixed offset.
+type aheadClock struct {
+	clock.RealClock
+	ahead time.Duration
+}
+
+func (c aheadClock) Now() time.Time                  { return time.Now().Add(c.ahead) }
+func (c aheadClock) Since(t time.Time) time.Duration { return c.Now().Sub(t) }
+
+// testPoolCertificates covers the lives of agent certificates after their
+// issue: renewal when due, a deleted one issued again, and the collection of
+// a gone agent's Secret. The controller deletes that Secret once it is a
+// minute old (it is made just before its Pod, which the controller's
+// informer may not show yet); rather than wait for that minute, the test
+// restarts the controller on a clock two minutes ahead. (Certificates are
+// valid from five minutes before they are issued, so they verify by the
+// real clock.)
+func testPoolCertificates(t *testing.T, cp *framework.ControlPlane) {
+	ctx := context.Background()
+	removePoolsWhenDone(t, cp)
+	stop := startPoolControllerWithClock(t, cp, 0, nil)
+	pool := createPool(t, cp, testPool("certs", 2, 2, 2))
+	pods := waitForAgents(t, cp, "certs", 2)
+	ca := agentCA(t, cp)
+	secrets := map[string]*corev1.Secret{}
+	for _, pod := range pods {
+		secrets[pod.Name] = checkAgentSecret(t, cp, ca, pool, &pod)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	getSecret := func(name string) (*corev1.Secret, bool) {
+		s, err := cp.Kube.CoreV1().Secrets(systemNS).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil, false
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, true
+	}
+	// poke makes the controller reconcile the pool (a Secret's update is no
+	// event it acts on).
+	poke := func(i int) {
+		t.Helper()
+		err := wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(ctx context.Context) (bool, error) {
+			p, err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Get(ctx, "certs", metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			metav1.SetMetaDataAnnotation(&p.ObjectMeta, "test/poke", fmt.Sprint(i))
+			_, err = cp.Sandbox.SandboxV1alpha1().SandboxPools().Update(ctx, p, metav1.UpdateOptions{})
+			return err == nil, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A certificate due for renewal (here: expired) is renewed on the next
+	// reconcile, in place.
+	dueCert, dueKey, err := ca.IssueAgent(systemNS, pods[0].Name, time.Now().Add(-10*time.Minute), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	due := secrets[pods[0].Name].DeepCopy()
+	due.Data[agentpki.KeyCert], due.Data[agentpki.KeyKey] = dueCert, dueKey
+	if due, err = cp.Kube.CoreV1().Secrets(systemNS).Update(ctx, due, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poke(1)
+	var renewed *corev1.Secret
+	err = wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
+		var ok bool
+		renewed, ok = getSecret(due.Name)
+		return ok && !bytes.Equal(renewed.Data[agentpki.KeyCert], dueCert), nil
+	})
+	if err != nil {
+		t.Fatalf("the due certificate of %s was not renewed", pods[0].Name)
+	}
+	if renewed.UID != due.UID {
+		t.Errorf("Secret %s was replaced, not updated", due.Name)
+	}
+	checkAgentSecret(t, cp, ca, pool, &pods[0])
+	if agentpki.NeedsRenewal(renewed.Data[agentpki.KeyCert], time.Now()) {
+		t.Errorf("the renewed certificate of %s is due for renewal", pods[0].Name)
+	}
+
+	// A live agent's Secret that is deleted is issued again.
+	if err := cp.Kube.CoreV1().Secrets(systemNS).Delete(ctx, secrets[pods[1].Name].Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
+		s, ok := getSecret(secrets[pods[1].Name].Name)
+		return ok && s.UID != secrets[pods[1].Name].UID, nil
+	})
+	if err != nil {
+		t.Fatalf("the deleted Secret of live agent %s was not issued again", pods[1].Name)
+	}
+	secrets[pods[1].Name] = checkAgentSecret(t, cp, ca, pool, &pods[1])
+
+	// Two minutes later (by the restarted controller's clock) an agent Pod
+	// goes (it never had a node: its finalizer goes at once). The gone
+	// Pod's Secret is deleted; the live agent's Secret is kept as it is;
+	// the replacement gets a certificate of its own.
+	stop()
+	startPoolControllerWithClock(t, cp, 0, aheadClock{ahead: 2 * time.Minute})
+	if err := cp.Kube.CoreV1().Pods(systemNS).Delete(ctx, pods[0].Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitForPodGone(t, cp, systemNS, pods[0].Name)
+	err = wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
+		_, ok := getSecret(due.Name)
+		return !ok, nil
+	})
+	if err != nil {
+		t.Fatalf("the Secret of gone agent Pod %s was not deleted", pods[0].Name)
+	}
+	var now []corev1.Pod
+	err = wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
+		now = listAgents(t, cp, "certs")
+		return len(now) == 2 && !slices.ContainsFunc(now, func(p corev1.Pod) bool { return p.Name == pods[0].Name }), nil
+	})
+	if err != nil {
+		t.Fatalf("the gone agent was not replaced: %v", now)
+	}
+	for _, pod := range now {
+		s := waitForAgentSecret(t, cp, ca, pool, &pod)
+		if pod.Name == pods[1].Name && (s.UID != secrets[pod.Name].UID || s.ResourceVersion != secrets[pod.Name].ResourceVersion) {
+			t.Errorf("the Secret of live agent %s changed: %s/%s -> %s/%s", pod.Name, secrets[pod.Name].UID,
+				secrets[pod.Name].ResourceVersion, s.UID, s.ResourceVersion)
+		}
+	}
+	poke(2)
+	time.Sleep(500 * time.Millisecond)
+	checkPoolSecrets(t, cp, "certs", now)
+	for _, pod := range now {
+		checkAgentSecret(t, cp, ca, pool, &pod)
 	}
 }
 
 func testPoolGrowth(t *testing.T, cp *framework.ControlPlane) {
 	ns := newNamespace(t, cp, "pc-grow")
-	startPoolController(t, cp, ns, 0)
-	createPool(t, cp, ns, testPool("grow", 1, 3, 2))
-	pods := waitForAgents(t, cp, ns, "grow", 1)
+	removePoolsWhenDone(t, cp)
+	startPoolController(t, cp, 0)
+	createPool(t, cp, testPool("grow", 1, 3, 2))
+	pods := waitForAgents(t, cp, "grow", 1)
 	markReady(t, cp, &pods[0])
 
 	// 3 pending sandboxes need 2 agents of 2 slots.
 	for i := range 3 {
 		createPendingSandbox(t, cp, ns, "grow", fmt.Sprintf("s%d", i), "docker.io/example/grow-only:v1")
 	}
-	waitForAgents(t, cp, ns, "grow", 2)
-	consistentlyAgents(t, cp, ns, "grow", 2, 500*time.Millisecond)
+	waitForAgents(t, cp, "grow", 2)
+	consistentlyAgents(t, cp, "grow", 2, 500*time.Millisecond)
 
 	// 10 pending want 5 agents; max is 3.
 	for i := 3; i < 10; i++ {
 		createPendingSandbox(t, cp, ns, "grow", fmt.Sprintf("s%d", i), "docker.io/example/grow-only:v1")
 	}
-	waitForAgents(t, cp, ns, "grow", 3)
-	got := waitForPool(t, cp, ns, "grow", "ScalingLimited=True", func(p *v1alpha1.SandboxPool) bool {
+	waitForAgents(t, cp, "grow", 3)
+	got := waitForPool(t, cp, "grow", "ScalingLimited=True", func(p *v1alpha1.SandboxPool) bool {
 		return meta.IsStatusConditionTrue(p.Status.Conditions, v1alpha1.PoolConditionScalingLimited)
 	})
 	if c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.PoolConditionScalingLimited); c.Reason != poolcontroller.ReasonMaxAgentsReached {
 		t.Errorf("ScalingLimited reason %q", c.Reason)
 	}
-	waitForEvent(t, cp, ns, "grow", poolcontroller.EventScalingLimited)
-	consistentlyAgents(t, cp, ns, "grow", 3, time.Second)
+	waitForEvent(t, cp, "grow", poolcontroller.EventScalingLimited)
+	consistentlyAgents(t, cp, "grow", 3, time.Second)
 }
 
 // createNode creates a Ready, schedulable Node with the given images.
@@ -423,15 +870,16 @@ func testPoolTargetedNode(t *testing.T, cp *framework.ControlPlane) {
 	ns := newNamespace(t, cp, "pc-target")
 	createNode(t, cp, "pc-node-cached", "docker.io/example/targeted:v1", "docker.io/library/python:3.12")
 	createNode(t, cp, "pc-node-empty", "docker.io/library/python:3.12")
-	startPoolController(t, cp, ns, 0)
+	removePoolsWhenDone(t, cp)
+	startPoolController(t, cp, 0)
 
-	createPool(t, cp, ns, testPool("target", 0, 2, 4))
-	createPool(t, cp, ns, testPool("anywhere", 0, 2, 4))
-	consistentlyAgents(t, cp, ns, "target", 0, 300*time.Millisecond)
+	createPool(t, cp, testPool("target", 0, 2, 4))
+	createPool(t, cp, testPool("anywhere", 0, 2, 4))
+	consistentlyAgents(t, cp, "target", 0, 300*time.Millisecond)
 
 	// Only pc-node-cached has the image; the reference is written short.
 	createPendingSandbox(t, cp, ns, "target", "t1", "example/targeted:v1")
-	pods := waitForAgents(t, cp, ns, "target", 1)
+	pods := waitForAgents(t, cp, "target", 1)
 	if got := pinnedHostname(&pods[0]); got != "pc-node-cached" {
 		t.Errorf("the new agent is pinned to %q, want pc-node-cached; affinity %+v", got, pods[0].Spec.Affinity)
 	}
@@ -441,7 +889,7 @@ func testPoolTargetedNode(t *testing.T, cp *framework.ControlPlane) {
 
 	// No node has this image: kube-scheduler picks.
 	createPendingSandbox(t, cp, ns, "anywhere", "a1", "docker.io/example/nowhere:v1")
-	pods = waitForAgents(t, cp, ns, "anywhere", 1)
+	pods = waitForAgents(t, cp, "anywhere", 1)
 	if pods[0].Spec.Affinity != nil {
 		t.Errorf("an agent for an image no node has got an affinity: %+v", pods[0].Spec.Affinity)
 	}
@@ -449,7 +897,7 @@ func testPoolTargetedNode(t *testing.T, cp *framework.ControlPlane) {
 
 func getPod(t *testing.T, cp *framework.ControlPlane, ns, name string) (*corev1.Pod, bool) {
 	t.Helper()
-	pod, err := cp.Kube.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+	pod, err := cp.Kube.CoreV1().Pods(systemNS).Get(context.Background(), name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, false
 	}
@@ -462,16 +910,17 @@ func getPod(t *testing.T, cp *framework.ControlPlane, ns, name string) (*corev1.
 func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 	ctx := context.Background()
 	ns := newNamespace(t, cp, "pc-down")
-	startPoolController(t, cp, ns, 0)
+	removePoolsWhenDone(t, cp)
+	startPoolController(t, cp, 0)
 	p := testPool("down", 1, 3, 1)
 	p.Spec.ScaleDownDelaySeconds = 1
-	createPool(t, cp, ns, p)
+	createPool(t, cp, p)
 
 	var sandboxes []*v1alpha1.Sandbox
 	for i := range 3 {
 		sandboxes = append(sandboxes, createPendingSandbox(t, cp, ns, "down", fmt.Sprintf("s%d", i), "docker.io/example/down:v1"))
 	}
-	pods := waitForAgents(t, cp, ns, "down", 3)
+	pods := waitForAgents(t, cp, "down", 3)
 	for i := range pods {
 		markReady(t, cp, &pods[i])
 	}
@@ -485,7 +934,7 @@ func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 	// The idle agent is marked draining, then deleted.
 	idle := pods[2].Name
 	err := wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		pod, ok := getPod(t, cp, ns, idle)
+		pod, ok := getPod(t, cp, systemNS, idle)
 		if !ok {
 			return false, fmt.Errorf("agent %s deleted before it was seen draining", idle)
 		}
@@ -496,16 +945,16 @@ func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 		t.Fatalf("idle agent %s was never marked draining: %v", idle, err)
 	}
 	err = wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		_, ok := getPod(t, cp, ns, idle)
+		_, ok := getPod(t, cp, systemNS, idle)
 		return !ok, nil
 	})
 	if err != nil {
 		t.Fatalf("drained agent %s was never deleted", idle)
 	}
-	waitForEvent(t, cp, ns, "down", poolcontroller.EventDrainingAgent)
-	waitForEvent(t, cp, ns, "down", poolcontroller.EventDeletedAgent)
+	waitForEvent(t, cp, "down", poolcontroller.EventDrainingAgent)
+	waitForEvent(t, cp, "down", poolcontroller.EventDeletedAgent)
 	for _, pod := range pods[:2] {
-		got, ok := getPod(t, cp, ns, pod.Name)
+		got, ok := getPod(t, cp, systemNS, pod.Name)
 		if !ok {
 			t.Fatalf("agent %s with a running Sandbox was deleted", pod.Name)
 		}
@@ -518,7 +967,7 @@ func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 	// to it within the grace (a bind racing the mark) cancels the drain.
 	bindSandbox(t, cp, busy1, &pods[1], v1alpha1.SandboxSucceeded)
 	err = wait.PollUntilContextTimeout(ctx, 5*time.Millisecond, pollTimeout, true, func(context.Context) (bool, error) {
-		pod, ok := getPod(t, cp, ns, pods[1].Name)
+		pod, ok := getPod(t, cp, systemNS, pods[1].Name)
 		if !ok {
 			return false, fmt.Errorf("agent %s deleted before it was seen draining", pods[1].Name)
 		}
@@ -531,7 +980,7 @@ func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 	late := createPendingSandbox(t, cp, ns, "down", "late", "docker.io/example/down:v1")
 	bindSandbox(t, cp, late, &pods[1], v1alpha1.SandboxScheduled)
 	err = wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		pod, ok := getPod(t, cp, ns, pods[1].Name)
+		pod, ok := getPod(t, cp, systemNS, pods[1].Name)
 		if !ok {
 			return false, fmt.Errorf("agent %s was deleted with a Sandbox bound", pods[1].Name)
 		}
@@ -541,53 +990,67 @@ func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 	if err != nil {
 		t.Fatalf("the draining mark of %s was not removed: %v", pods[1].Name, err)
 	}
-	waitForEvent(t, cp, ns, "down", poolcontroller.EventDrainCancelled)
-	consistentlyAgents(t, cp, ns, "down", 2, 3*time.Second)
-	if pod, _ := getPod(t, cp, ns, pods[0].Name); pod == nil || pod.Annotations[poolcontroller.AnnotationDraining] != "" {
+	waitForEvent(t, cp, "down", poolcontroller.EventDrainCancelled)
+	consistentlyAgents(t, cp, "down", 2, 3*time.Second)
+	if pod, _ := getPod(t, cp, systemNS, pods[0].Name); pod == nil || pod.Annotations[poolcontroller.AnnotationDraining] != "" {
 		t.Errorf("agent %s with a running Sandbox (%s) was drained", pods[0].Name, busy0.Name)
 	}
-	waitForPool(t, cp, ns, "down", "usedSlots=2", func(p *v1alpha1.SandboxPool) bool {
+	waitForPool(t, cp, "down", "usedSlots=2", func(p *v1alpha1.SandboxPool) bool {
 		return p.Status.Agents == 2 && p.Status.UsedSlots == 2 && p.Status.FreeSlots == 0
 	})
 }
 
 func testPoolReplacesFailed(t *testing.T, cp *framework.ControlPlane) {
-	ns := newNamespace(t, cp, "pc-fail")
-	startPoolController(t, cp, ns, 0)
-	createPool(t, cp, ns, testPool("fail", 1, 2, 2))
-	pods := waitForAgents(t, cp, ns, "fail", 1)
+	removePoolsWhenDone(t, cp)
+	startPoolController(t, cp, 0)
+	pool := createPool(t, cp, testPool("fail", 1, 2, 2))
+	pods := waitForAgents(t, cp, "fail", 1)
+	ca := agentCA(t, cp)
+	failedSecret := checkAgentSecret(t, cp, ca, pool, &pods[0])
 
 	failed := pods[0].DeepCopy()
 	failed.Status.Phase, failed.Status.Reason = corev1.PodFailed, "Evicted"
-	if _, err := cp.Kube.CoreV1().Pods(ns).UpdateStatus(context.Background(), failed, metav1.UpdateOptions{}); err != nil {
+	if _, err := cp.Kube.CoreV1().Pods(systemNS).UpdateStatus(context.Background(), failed, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	var now []corev1.Pod
 	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		pods := listAgents(t, cp, ns, "fail")
-		return len(pods) == 1 && pods[0].UID != failed.UID, nil
+		now = listAgents(t, cp, "fail")
+		return len(now) == 1 && now[0].UID != failed.UID, nil
 	})
 	if err != nil {
-		t.Fatalf("the failed agent was not replaced: %v", listAgents(t, cp, ns, "fail"))
+		t.Fatalf("the failed agent was not replaced: %v", listAgents(t, cp, "fail"))
 	}
-	waitForEvent(t, cp, ns, "fail", poolcontroller.EventDeletedAgent)
-	consistentlyAgents(t, cp, ns, "fail", 1, 500*time.Millisecond)
+	waitForEvent(t, cp, "fail", poolcontroller.EventDeletedAgent)
+	consistentlyAgents(t, cp, "fail", 1, 500*time.Millisecond)
+	// The replacement has a certificate of its own; the failed agent's
+	// Secret is kept for a minute after it was made (the controller's
+	// informer may show a Pod after its Secret; testPoolCertificates sees it
+	// deleted after that).
+	checkAgentSecret(t, cp, ca, pool, &now[0])
+	if failedSecret != nil {
+		s, err := cp.Kube.CoreV1().Secrets(systemNS).Get(context.Background(), failedSecret.Name, metav1.GetOptions{})
+		if err != nil || s.UID != failedSecret.UID {
+			t.Errorf("the Secret of the failed agent went within a minute of its creation: %v", err)
+		}
+	}
 }
 
 func testPoolSlowInformer(t *testing.T, cp *framework.ControlPlane) {
 	ctx := context.Background()
-	ns := newNamespace(t, cp, "pc-slow")
-	startPoolController(t, cp, ns, 2*time.Second)
-	createPool(t, cp, ns, testPool("slow", 3, 10, 2))
-	waitForAgents(t, cp, ns, "slow", 3)
+	removePoolsWhenDone(t, cp)
+	startPoolController(t, cp, 2*time.Second)
+	createPool(t, cp, testPool("slow", 3, 10, 2))
+	waitForAgents(t, cp, "slow", 3)
 	// Force reconciles while the informer has not shown the new Pods yet.
 	for i := range 5 {
 		err := wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(ctx context.Context) (bool, error) {
-			p, err := cp.Sandbox.SandboxV1alpha1().SandboxPools(ns).Get(ctx, "slow", metav1.GetOptions{})
+			p, err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Get(ctx, "slow", metav1.GetOptions{})
 			if err != nil {
 				return false, err
 			}
 			metav1.SetMetaDataAnnotation(&p.ObjectMeta, "test/poke", fmt.Sprint(i))
-			_, err = cp.Sandbox.SandboxV1alpha1().SandboxPools(ns).Update(ctx, p, metav1.UpdateOptions{})
+			_, err = cp.Sandbox.SandboxV1alpha1().SandboxPools().Update(ctx, p, metav1.UpdateOptions{})
 			return err == nil, nil
 		})
 		if err != nil {
@@ -595,8 +1058,10 @@ func testPoolSlowInformer(t *testing.T, cp *framework.ControlPlane) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	consistentlyAgents(t, cp, ns, "slow", 3, 3*time.Second)
-	waitForPool(t, cp, ns, "slow", "three agents", func(p *v1alpha1.SandboxPool) bool { return p.Status.Agents == 3 })
+	consistentlyAgents(t, cp, "slow", 3, 3*time.Second)
+	waitForPool(t, cp, "slow", "three agents", func(p *v1alpha1.SandboxPool) bool { return p.Status.Agents == 3 })
+	// Nor a certificate issued twice, or for a Pod that was never made.
+	checkPoolSecrets(t, cp, "slow", listAgents(t, cp, "slow"))
 }
 
 // slowPodInformer is a Pod informer whose watch delivers every event late,
@@ -726,7 +1191,7 @@ func waitForPodGone(t *testing.T, cp *framework.ControlPlane, ns, name string) {
 	var last *corev1.Pod
 	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
 		var ok bool
-		last, ok = getPod(t, cp, ns, name)
+		last, ok = getPod(t, cp, systemNS, name)
 		return !ok, nil
 	})
 	if err != nil {
@@ -734,9 +1199,11 @@ func waitForPodGone(t *testing.T, cp *framework.ControlPlane, ns, name string) {
 	}
 }
 
-func listCleanupPods(t *testing.T, cp *framework.ControlPlane, ns string) []corev1.Pod {
+// listCleanupPods lists the cleanup Pods of a pool's agents.
+func listCleanupPods(t *testing.T, cp *framework.ControlPlane, pool string) []corev1.Pod {
 	t.Helper()
-	l, err := cp.Kube.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: v1alpha1.LabelCleanupAgentPodUID})
+	l, err := cp.Kube.CoreV1().Pods(systemNS).List(context.Background(), metav1.ListOptions{
+		LabelSelector: v1alpha1.LabelCleanupAgentPodUID + "," + v1alpha1.LabelCleanupPoolName + "=" + pool})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -745,25 +1212,25 @@ func listCleanupPods(t *testing.T, cp *framework.ControlPlane, ns string) []core
 
 func testPoolCleansNode(t *testing.T, cp *framework.ControlPlane) {
 	ctx := context.Background()
-	ns := newNamespace(t, cp, "pc-clean")
 	createNode(t, cp, "pc-node-clean")
-	startPoolController(t, cp, ns, 0)
-	pool := createPool(t, cp, ns, testPool("clean", 1, 2, 2))
-	agent := waitForAgents(t, cp, ns, "clean", 1)[0]
+	removePoolsWhenDone(t, cp)
+	startPoolController(t, cp, 0)
+	pool := createPool(t, cp, testPool("clean", 1, 2, 2))
+	agent := waitForAgents(t, cp, "clean", 1)[0]
 	if !slices.Contains(agent.Finalizers, v1alpha1.FinalizerAgentPodCleanup) {
 		t.Fatalf("agent Pod %s has finalizers %v, want %s", agent.Name, agent.Finalizers, v1alpha1.FinalizerAgentPodCleanup)
 	}
 	running := bindToNode(t, cp, &agent, "pc-node-clean")
 
 	// Deleted, its agent still running: nothing happens yet.
-	if err := cp.Kube.CoreV1().Pods(ns).Delete(ctx, agent.Name, metav1.DeleteOptions{}); err != nil {
+	if err := cp.Kube.CoreV1().Pods(systemNS).Delete(ctx, agent.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond)
-	if l := listCleanupPods(t, cp, ns); len(l) != 0 {
+	if l := listCleanupPods(t, cp, "clean"); len(l) != 0 {
 		t.Fatalf("cleanup Pods while the agent container runs: %v", l)
 	}
-	if _, ok := getPod(t, cp, ns, agent.Name); !ok {
+	if _, ok := getPod(t, cp, systemNS, agent.Name); !ok {
 		t.Fatal("the agent Pod went while its container ran")
 	}
 
@@ -773,13 +1240,13 @@ func testPoolCleansNode(t *testing.T, cp *framework.ControlPlane) {
 	var cleanup *corev1.Pod
 	err := wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
 		var ok bool
-		cleanup, ok = getPod(t, cp, ns, name)
+		cleanup, ok = getPod(t, cp, systemNS, name)
 		return ok, nil
 	})
 	if err != nil {
-		t.Fatalf("no cleanup Pod %s; cleanup Pods: %v", name, listCleanupPods(t, cp, ns))
+		t.Fatalf("no cleanup Pod %s; cleanup Pods: %v", name, listCleanupPods(t, cp, "clean"))
 	}
-	waitForEvent(t, cp, ns, "clean", poolcontroller.EventCleaningUp)
+	waitForEvent(t, cp, "clean", poolcontroller.EventCleaningUp)
 	if cleanup.Spec.NodeName != "pc-node-clean" {
 		t.Errorf("cleanup Pod on node %q, want pc-node-clean", cleanup.Spec.NodeName)
 	}
@@ -796,45 +1263,45 @@ func testPoolCleansNode(t *testing.T, cp *framework.ControlPlane) {
 	}
 	// The pool is still kept: a new agent replaces the deleted one; the
 	// cleanup Pod is no agent.
-	waitForPool(t, cp, ns, "clean", "one agent", func(p *v1alpha1.SandboxPool) bool { return p.Status.Agents == 1 })
+	waitForPool(t, cp, "clean", "one agent", func(p *v1alpha1.SandboxPool) bool { return p.Status.Agents == 1 })
 
 	// The cleanup runs, then fails: kubelet would restart it (OnFailure);
 	// the agent Pod stays until it succeeds.
 	cleanup.Status.Phase = corev1.PodRunning
-	if cleanup, err = cp.Kube.CoreV1().Pods(ns).UpdateStatus(ctx, cleanup, metav1.UpdateOptions{}); err != nil {
+	if cleanup, err = cp.Kube.CoreV1().Pods(systemNS).UpdateStatus(ctx, cleanup, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
-	if got, ok := getPod(t, cp, ns, agent.Name); !ok || !slices.Contains(got.Finalizers, v1alpha1.FinalizerAgentPodCleanup) {
+	if got, ok := getPod(t, cp, systemNS, agent.Name); !ok || !slices.Contains(got.Finalizers, v1alpha1.FinalizerAgentPodCleanup) {
 		t.Fatalf("the agent Pod lost its finalizer before the cleanup succeeded: %v", got)
 	}
 
 	cleanup.Status.Phase = corev1.PodSucceeded
-	if _, err := cp.Kube.CoreV1().Pods(ns).UpdateStatus(ctx, cleanup, metav1.UpdateOptions{}); err != nil {
+	if _, err := cp.Kube.CoreV1().Pods(systemNS).UpdateStatus(ctx, cleanup, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitForPodGone(t, cp, ns, agent.Name)
-	waitForPodGone(t, cp, ns, name)
-	waitForEvent(t, cp, ns, "clean", poolcontroller.EventCleanedUp)
+	waitForPodGone(t, cp, systemNS, agent.Name)
+	waitForPodGone(t, cp, systemNS, name)
+	waitForEvent(t, cp, "clean", poolcontroller.EventCleanedUp)
 	time.Sleep(300 * time.Millisecond)
-	if l := listCleanupPods(t, cp, ns); len(l) != 0 {
+	if l := listCleanupPods(t, cp, "clean"); len(l) != 0 {
 		t.Errorf("cleanup Pods left: %v", l)
 	}
 }
 
 func testPoolCleanupNotNeeded(t *testing.T, cp *framework.ControlPlane) {
 	ctx := context.Background()
-	ns := newNamespace(t, cp, "pc-noclean")
 	createNode(t, cp, "pc-node-gone")
-	startPoolController(t, cp, ns, 0)
-	createPool(t, cp, ns, testPool("noclean", 2, 2, 2))
-	agents := waitForAgents(t, cp, ns, "noclean", 2)
+	removePoolsWhenDone(t, cp)
+	startPoolController(t, cp, 0)
+	createPool(t, cp, testPool("noclean", 2, 2, 2))
+	agents := waitForAgents(t, cp, "noclean", 2)
 
 	// Never got a node: the deletion goes through.
-	if err := cp.Kube.CoreV1().Pods(ns).Delete(ctx, agents[0].Name, metav1.DeleteOptions{}); err != nil {
+	if err := cp.Kube.CoreV1().Pods(systemNS).Delete(ctx, agents[0].Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitForPodGone(t, cp, ns, agents[0].Name)
+	waitForPodGone(t, cp, systemNS, agents[0].Name)
 
 	// Its Node is gone, its container said to run (no kubelet will say
 	// otherwise): the deletion goes through too.
@@ -842,30 +1309,30 @@ func testPoolCleanupNotNeeded(t *testing.T, cp *framework.ControlPlane) {
 	if err := cp.Kube.CoreV1().Nodes().Delete(ctx, "pc-node-gone", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := cp.Kube.CoreV1().Pods(ns).Delete(ctx, agents[1].Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
+	if err := cp.Kube.CoreV1().Pods(systemNS).Delete(ctx, agents[1].Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
 		t.Fatal(err)
 	}
-	waitForPodGone(t, cp, ns, agents[1].Name)
-	waitForEvent(t, cp, ns, "noclean", poolcontroller.EventCleanupSkipped)
-	if l := listCleanupPods(t, cp, ns); len(l) != 0 {
+	waitForPodGone(t, cp, systemNS, agents[1].Name)
+	waitForEvent(t, cp, "noclean", poolcontroller.EventCleanupSkipped)
+	if l := listCleanupPods(t, cp, "noclean"); len(l) != 0 {
 		t.Errorf("cleanup Pods made: %v", l)
 	}
 }
 
 func testPoolCleanupAfterPool(t *testing.T, cp *framework.ControlPlane) {
 	ctx := context.Background()
-	ns := newNamespace(t, cp, "pc-gone")
 	createNode(t, cp, "pc-node-gone-pool")
-	startPoolController(t, cp, ns, 0)
-	createPool(t, cp, ns, testPool("gone", 1, 1, 2))
-	agent := waitForAgents(t, cp, ns, "gone", 1)[0]
+	removePoolsWhenDone(t, cp)
+	startPoolController(t, cp, 0)
+	createPool(t, cp, testPool("gone", 1, 1, 2))
+	agent := waitForAgents(t, cp, "gone", 1)[0]
 	running := bindToNode(t, cp, &agent, "pc-node-gone-pool")
 
 	// The pool goes; the garbage collector (played here) deletes its agent.
-	if err := cp.Sandbox.SandboxV1alpha1().SandboxPools(ns).Delete(ctx, "gone", metav1.DeleteOptions{}); err != nil {
+	if err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Delete(ctx, "gone", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := cp.Kube.CoreV1().Pods(ns).Delete(ctx, agent.Name, metav1.DeleteOptions{}); err != nil {
+	if err := cp.Kube.CoreV1().Pods(systemNS).Delete(ctx, agent.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	stopAgent(t, cp, running)
@@ -873,7 +1340,7 @@ func testPoolCleanupAfterPool(t *testing.T, cp *framework.ControlPlane) {
 	var cleanup *corev1.Pod
 	err := wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
 		var ok bool
-		cleanup, ok = getPod(t, cp, ns, name)
+		cleanup, ok = getPod(t, cp, systemNS, name)
 		return ok, nil
 	})
 	if err != nil {
@@ -883,9 +1350,9 @@ func testPoolCleanupAfterPool(t *testing.T, cp *framework.ControlPlane) {
 		t.Errorf("cleanup Pod owners %+v node %q: want none (the pool is gone), pc-node-gone-pool", cleanup.OwnerReferences, cleanup.Spec.NodeName)
 	}
 	cleanup.Status.Phase = corev1.PodSucceeded
-	if _, err := cp.Kube.CoreV1().Pods(ns).UpdateStatus(ctx, cleanup, metav1.UpdateOptions{}); err != nil {
+	if _, err := cp.Kube.CoreV1().Pods(systemNS).UpdateStatus(ctx, cleanup, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitForPodGone(t, cp, ns, agent.Name)
-	waitForPodGone(t, cp, ns, name)
+	waitForPodGone(t, cp, systemNS, agent.Name)
+	waitForPodGone(t, cp, systemNS, name)
 }

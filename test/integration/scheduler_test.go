@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -30,15 +31,15 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/test/integration/framework"
 )
 
-const agentToken = "integration-test-token-0123456789"
-
 // schedEnv is a real kube-apiserver, a real containerd, real agents serving
 // their API on loopback, and the scheduler.
 type schedEnv struct {
 	t      *testing.T
 	cp     *framework.ControlPlane
 	d      *containerdtest.Daemon
-	ns     string
+	ns     string // the tenant namespace of the Sandboxes
+	sysNS  string // the system namespace of the agent Pods
+	creds  *framework.AgentCredentials
 	cancel context.CancelFunc // stops the scheduler
 }
 
@@ -46,12 +47,10 @@ func newSchedEnv(t *testing.T) *schedEnv {
 	containerdtest.Skip(t)
 	e := &schedEnv{t: t, cp: framework.Start(t), d: containerdtest.Start(t)}
 	e.ns = e.cp.CreateNamespace(t, "sched")
-	_, err := e.cp.Kube.CoreV1().Secrets(e.ns).Create(context.Background(), &v1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "pool-agent-token"}, Data: map[string][]byte{"token": []byte(agentToken)},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The system namespace, with the ServiceAccount Pod admission wants.
+	systemNamespace(t, e.cp)
+	e.sysNS = systemNS
+	e.creds = e.cp.AgentCredentials(t)
 	return e
 }
 
@@ -59,7 +58,7 @@ func (e *schedEnv) createPool(name string, slots int32) {
 	e.t.Helper()
 	p := validPool(name)
 	p.Spec.SlotsPerAgent = slots
-	if _, err := e.cp.Sandbox.SandboxV1alpha1().SandboxPools(e.ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+	if _, err := e.cp.Sandbox.SandboxV1alpha1().SandboxPools().Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -83,23 +82,30 @@ func (e *schedEnv) startAgent(name, pool, ctrNamespace string, slots int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: a.Handler(agentToken)}
-	go srv.Serve(ln)
+	// The agent API as cmd/agent serves it: mutual TLS only.
+	tlsConfig := e.creds.ServerTLS(t, name)
+	srv := &http.Server{Handler: a.Handler(), TLSConfig: tlsConfig}
+	go srv.Serve(tls.NewListener(ln, tlsConfig))
 	t.Cleanup(func() { srv.Close(); cancel(); rt.Close() })
 
 	port := ln.Addr().(*net.TCPAddr).Port
+	p, err := e.cp.Sandbox.SandboxV1alpha1().SandboxPools().Get(context.Background(), pool, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	pod := &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{v1alpha1.LabelPoolName: pool}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{v1alpha1.LabelPoolName: pool},
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(p, v1alpha1.SchemeGroupVersion.WithKind("SandboxPool"))}},
 		Spec: v1.PodSpec{Containers: []v1.Container{{Name: "agent", Image: "fast-sandbox/agent:test",
 			Ports: []v1.ContainerPort{{Name: scheduler.AgentPortName, ContainerPort: int32(port)}}}}},
 	}
-	pod, err = e.cp.Kube.CoreV1().Pods(e.ns).Create(context.Background(), pod, metav1.CreateOptions{})
+	pod, err = e.cp.Kube.CoreV1().Pods(e.sysNS).Create(context.Background(), pod, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	pod.Status = v1.PodStatus{Phase: v1.PodRunning, PodIP: "127.0.0.1",
 		Conditions: []v1.PodCondition{{Type: v1.PodReady, Status: v1.ConditionTrue}}}
-	if _, err := e.cp.Kube.CoreV1().Pods(e.ns).UpdateStatus(context.Background(), pod, metav1.UpdateOptions{}); err != nil {
+	if _, err := e.cp.Kube.CoreV1().Pods(e.sysNS).UpdateStatus(context.Background(), pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -306,7 +312,7 @@ func TestSchedulerRestartAndAgentLoss(t *testing.T) {
 	}
 
 	// The agent Pod goes away: its sandboxes fail with AgentLost.
-	if err := e.cp.Kube.CoreV1().Pods(e.ns).Delete(ctx, "agent-a", metav1.DeleteOptions{}); err != nil {
+	if err := e.cp.Kube.CoreV1().Pods(e.sysNS).Delete(ctx, "agent-a", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 6; i++ {
