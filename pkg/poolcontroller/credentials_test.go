@@ -1,0 +1,245 @@
+package poolcontroller
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	k8sfake "k8s.io/client-go/kubernetes/fake"
+	"k8s.io/klog/v2/ktesting"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+	sbxfake "github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned/fake"
+)
+
+const testSysNS = "fast-sandbox-system"
+
+// credsEnv is a controller over fake clients with a fake clock, its
+// informers running.
+type credsEnv struct {
+	t     *testing.T
+	ctx   context.Context
+	kube  *k8sfake.Clientset
+	clock *clocktesting.FakeClock
+	c     *Controller
+}
+
+func newCredsEnv(t *testing.T, kube *k8sfake.Clientset, now time.Time) *credsEnv {
+	t.Helper()
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	client := sbxfake.NewSimpleClientset()
+	clock := clocktesting.NewFakeClock(now)
+	inf := NewInformers(kube, client, testSysNS, 0)
+	c, err := NewControllerWithInformers(ctx, kube, client, inf, testSysNS, Options{Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inf.Start(ctx.Done())
+	t.Cleanup(func() { cancel(); inf.Shutdown() })
+	for _, synced := range c.synced {
+		if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 5*time.Second, true,
+			func(context.Context) (bool, error) { return synced(), nil }); err != nil {
+			t.Fatal("informers did not sync")
+		}
+	}
+	return &credsEnv{t: t, ctx: ctx, kube: kube, clock: clock, c: c}
+}
+
+func (e *credsEnv) secret(name string) *corev1.Secret {
+	e.t.Helper()
+	s, err := e.kube.CoreV1().Secrets(testSysNS).Get(e.ctx, name, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatalf("Secret %s: %v", name, err)
+	}
+	return s
+}
+
+// waitSeen waits until the controller's Secret informer shows name (or,
+// with gone, no longer shows it).
+func (e *credsEnv) waitSeen(name string, gone bool) {
+	e.t.Helper()
+	err := wait.PollUntilContextTimeout(e.ctx, 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		_, err := e.c.secretLister.Secrets(testSysNS).Get(name)
+		return gone == apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		e.t.Fatalf("informer never showed Secret %s (gone=%v)", name, gone)
+	}
+}
+
+func identity(t *testing.T, certPEM, caPEM []byte) string {
+	t.Helper()
+	block, _ := pem.Decode(certPEM)
+	if block == nil {
+		t.Fatal("no certificate")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: cert.NotBefore.Add(time.Hour),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("certificate does not verify against the CA: %v", err)
+	}
+	id, err := agentpki.IdentityOf(cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// The CA is made once and kept: a restarted controller issues from the same
+// one, so certificates already mounted stay valid.
+func TestCAIsMadeOnceAndKept(t *testing.T) {
+	kube := k8sfake.NewClientset()
+	now := time.Now()
+	e := newCredsEnv(t, kube, now)
+	if err := e.c.ensureSchedulerCredentials(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	ca := e.secret(v1alpha1.AgentCASecretName)
+	sched := e.secret(v1alpha1.SchedulerClientSecretName)
+	if got := identity(t, sched.Data[agentpki.KeyCert], ca.Data[agentpki.KeyCACert]); got != agentpki.SchedulerIdentity {
+		t.Errorf("scheduler identity %q", got)
+	}
+	if !bytes.Equal(sched.Data[agentpki.KeyCACert], ca.Data[agentpki.KeyCACert]) {
+		t.Error("the scheduler's Secret does not carry the CA")
+	}
+
+	restarted := newCredsEnv(t, kube, now)
+	if err := restarted.c.ensureSchedulerCredentials(restarted.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if again := restarted.secret(v1alpha1.AgentCASecretName); !bytes.Equal(again.Data[agentpki.KeyCACert], ca.Data[agentpki.KeyCACert]) {
+		t.Error("a restarted controller made a new CA")
+	}
+	if again := restarted.secret(v1alpha1.SchedulerClientSecretName); !bytes.Equal(again.Data[agentpki.KeyCert], sched.Data[agentpki.KeyCert]) {
+		t.Error("a restarted controller reissued a scheduler certificate that was not due")
+	}
+}
+
+// Certificates are renewed once less than a third of their life is left,
+// not before.
+func TestCertificatesAreRenewedWhenDue(t *testing.T) {
+	kube := k8sfake.NewClientset()
+	e := newCredsEnv(t, kube, time.Now())
+	pool := &v1alpha1.SandboxPool{ObjectMeta: metav1.ObjectMeta{Name: "py", UID: "pool-uid"}}
+	if err := e.c.ensureSchedulerCredentials(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.issueAgentSecret(e.ctx, pool, "py-agent-x1"); err != nil {
+		t.Fatal(err)
+	}
+	agentName := v1alpha1.AgentTLSSecretName("py-agent-x1")
+	e.waitSeen(agentName, false)
+	sched0, agent0 := e.secret(v1alpha1.SchedulerClientSecretName), e.secret(agentName)
+	caPEM := e.secret(v1alpha1.AgentCASecretName).Data[agentpki.KeyCACert]
+	if got := identity(t, agent0.Data[agentpki.KeyCert], caPEM); got != agentpki.AgentIdentity(testSysNS, "py-agent-x1") {
+		t.Errorf("agent identity %q", got)
+	}
+
+	e.clock.Step(200 * 24 * time.Hour) // 165 of 365 days left
+	if err := e.c.ensureSchedulerCredentials(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.issueAgentSecret(e.ctx, pool, "py-agent-x1"); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(e.secret(v1alpha1.SchedulerClientSecretName).Data[agentpki.KeyCert], sched0.Data[agentpki.KeyCert]) ||
+		!bytes.Equal(e.secret(agentName).Data[agentpki.KeyCert], agent0.Data[agentpki.KeyCert]) {
+		t.Error("renewed with more than a third of the lifetime left")
+	}
+
+	e.clock.Step(100 * 24 * time.Hour) // 65 days left
+	if err := e.c.ensureSchedulerCredentials(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.issueAgentSecret(e.ctx, pool, "py-agent-x1"); err != nil {
+		t.Fatal(err)
+	}
+	sched1, agent1 := e.secret(v1alpha1.SchedulerClientSecretName), e.secret(agentName)
+	if bytes.Equal(sched1.Data[agentpki.KeyCert], sched0.Data[agentpki.KeyCert]) {
+		t.Error("the scheduler's certificate was not renewed")
+	}
+	if bytes.Equal(agent1.Data[agentpki.KeyCert], agent0.Data[agentpki.KeyCert]) {
+		t.Error("the agent's certificate was not renewed")
+	}
+	if got := identity(t, agent1.Data[agentpki.KeyCert], caPEM); got != agentpki.AgentIdentity(testSysNS, "py-agent-x1") {
+		t.Errorf("renewed agent identity %q", got)
+	}
+}
+
+// A running agent Pod keeps (or gets back) its certificate; the certificate
+// of a Pod that is gone is deleted once the grace for a Pod not yet seen has
+// passed.
+func TestAgentSecretsFollowTheirPods(t *testing.T) {
+	kube := k8sfake.NewClientset()
+	e := newCredsEnv(t, kube, time.Now())
+	pool := &v1alpha1.SandboxPool{ObjectMeta: metav1.ObjectMeta{Name: "py", UID: "pool-uid"}}
+	live := AgentPod(pool, testSysNS, "py-agent-live", "")
+	for _, name := range []string{"py-agent-live", "py-agent-gone"} {
+		if err := e.c.issueAgentSecret(e.ctx, pool, name); err != nil {
+			t.Fatal(err)
+		}
+		e.waitSeen(v1alpha1.AgentTLSSecretName(name), false)
+	}
+	// The fake API server sets no creationTimestamp: the clock decides.
+	for _, name := range []string{"py-agent-live", "py-agent-gone"} {
+		s := e.secret(v1alpha1.AgentTLSSecretName(name))
+		s.CreationTimestamp = metav1.NewTime(e.clock.Now())
+		if _, err := kube.CoreV1().Secrets(testSysNS).Update(e.ctx, s, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := wait.PollUntilContextTimeout(e.ctx, 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		for _, name := range []string{"py-agent-live", "py-agent-gone"} {
+			s, err := e.c.secretLister.Secrets(testSysNS).Get(v1alpha1.AgentTLSSecretName(name))
+			if err != nil || s.CreationTimestamp.IsZero() {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatal("the informer never showed the creation times")
+	}
+
+	// Within the grace: both kept.
+	if err := e.c.syncAgentSecrets(e.ctx, pool, []*corev1.Pod{live}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().Secrets(testSysNS).Get(e.ctx, v1alpha1.AgentTLSSecretName("py-agent-gone"), metav1.GetOptions{}); err != nil {
+		t.Errorf("deleted within the grace: %v", err)
+	}
+	// After it: the gone Pod's goes, the live one's stays.
+	e.clock.Step(2 * agentSecretGrace)
+	if err := e.c.syncAgentSecrets(e.ctx, pool, []*corev1.Pod{live}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().Secrets(testSysNS).Get(e.ctx, v1alpha1.AgentTLSSecretName("py-agent-gone"), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the gone agent's Secret: %v, want NotFound", err)
+	}
+	e.secret(v1alpha1.AgentTLSSecretName("py-agent-live"))
+
+	// A live Pod whose Secret was deleted gets a new one.
+	if err := kube.CoreV1().Secrets(testSysNS).Delete(e.ctx, v1alpha1.AgentTLSSecretName("py-agent-live"), metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitSeen(v1alpha1.AgentTLSSecretName("py-agent-live"), true)
+	if err := e.c.syncAgentSecrets(e.ctx, pool, []*corev1.Pod{live}); err != nil {
+		t.Fatal(err)
+	}
+	e.secret(v1alpha1.AgentTLSSecretName("py-agent-live"))
+}
