@@ -48,6 +48,13 @@ const (
 	// runtime's update spawns a process). The agent is privileged anyway.
 	volumeCgroup = "cgroup"
 	cgroupRoot   = "/sys/fs/cgroup"
+	// volumeHostProc is the node's /proc, read-only at HostProcDir: the
+	// agent reaches a sandbox container's network namespace (made by the
+	// OCI runtime) at HostProcDir/<host PID>/ns/net to wire its veth
+	// (networkMode Egress); its own /proc shows only its Pod's processes.
+	volumeHostProc = "host-proc"
+	// HostProcDir is where agent Pods see the node's /proc.
+	HostProcDir = "/host/proc"
 )
 
 // Annotations the controller keeps on agent Pods.
@@ -175,6 +182,7 @@ func AgentPod(pool *v1alpha1.SandboxPool, namespace, name, hostname string) *cor
 		{Name: "CONTAINERD_NAMESPACE", Value: ctrdNamespace},
 		{Name: "AGENT_STATE_DIR", Value: StateDir},
 		{Name: "AGENT_TLS_DIR", Value: TLSDir},
+		{Name: "HOST_PROC", Value: HostProcDir},
 		{Name: "AGENT_PROBE_LISTEN", Value: ":" + strconv.Itoa(ProbePort)},
 	}
 	if pool.Spec.RuntimeHandler != "" {
@@ -232,13 +240,15 @@ func AgentPod(pool *v1alpha1.SandboxPool, namespace, name, hostname string) *cor
 				},
 				SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
 				VolumeMounts: append(mounts,
-					corev1.VolumeMount{Name: volumeTLS, MountPath: TLSDir, ReadOnly: true}),
+					corev1.VolumeMount{Name: volumeTLS, MountPath: TLSDir, ReadOnly: true},
+					corev1.VolumeMount{Name: volumeHostProc, MountPath: HostProcDir, ReadOnly: true}),
 				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 			}},
 			Volumes: append(volumes,
 				corev1.Volume{Name: volumeTLS, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 					SecretName: v1alpha1.AgentTLSSecretName(name), DefaultMode: ptr.To[int32](0o400),
-				}}}),
+				}}},
+				hostPathVolume(volumeHostProc, "/proc", corev1.HostPathDirectory)),
 			RestartPolicy:                 corev1.RestartPolicyAlways,
 			TerminationGracePeriodSeconds: ptr.To[int64](5),
 			EnableServiceLinks:            ptr.To(false),
