@@ -56,6 +56,7 @@ type options struct {
 	storageCheckPeriod  time.Duration
 	readOnlyRootFS      bool
 	runAsNonRoot        bool
+	userNamespaces      string
 }
 
 func env(name, def string) string {
@@ -143,6 +144,9 @@ func main() {
 				fmt.Sprintf("mount every sandbox's root filesystem read-only, with a %d MiB tmpfs at /tmp", containerd.TmpSizeBytes>>20))
 			fs.BoolVar(&o.runAsNonRoot, "run-as-non-root", envBool("SANDBOX_RUN_AS_NON_ROOT"),
 				"fail (RunAsNonRootViolation) every sandbox whose image's user is root, before its command runs")
+			fs.StringVar(&o.userNamespaces, "user-namespaces", env("SANDBOX_USER_NAMESPACES", containerd.UserNamespacesAuto),
+				"whether each sandbox gets a user namespace of its own (root inside is an unprivileged host user): "+
+					"Auto (when the node allows), Required (the agent does not start otherwise) or Disabled")
 			fs.DurationVar(&o.syncWait, "sync-wait", 5*time.Second, "how long a sync waits for its creations before answering Creating for those still under way")
 			fs.DurationVar(&o.createTimeout, "create-timeout", 10*time.Minute, "bound on one sandbox's creation, image pull included")
 			fs.DurationVar(&o.livenessThreshold, "liveness-threshold", agent.DefaultLivenessThreshold,
@@ -177,6 +181,7 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 		InitBinary: o.sandboxInit, WarmPerImage: o.warmPerImage, WarmImages: o.warmImages,
 		DefaultPidsLimit: o.defaultPidsLimit, LogMaxBytes: o.logMaxBytes, LogMaxFiles: o.logMaxFiles,
 		StorageCheckPeriod: o.storageCheckPeriod, ReadOnlyRootFilesystem: o.readOnlyRootFS, RunAsNonRoot: o.runAsNonRoot,
+		UserNamespaces: o.userNamespaces,
 	}, log.WithName("containerd"))
 	defer rt.Close()
 	a := agent.New(agent.Config{

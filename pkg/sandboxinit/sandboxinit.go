@@ -55,6 +55,11 @@ const (
 	SocketName = "ctl.sock"
 )
 
+// ProbeArg, as the init's only argument, makes it exit 0 at once: the agent
+// runs it so in a container to check that the node runs containers as the
+// agent makes them (e.g. with user namespaces).
+const ProbeArg = "--probe"
+
 // ExitStartFailed is the init's exit code when the command could not be
 // started (like a shell's "command not found").
 const ExitStartFailed = 127
@@ -78,10 +83,13 @@ type Result struct {
 // Main runs the init: it waits for the agent's Start and execs it. It
 // returns only when the start failed, with the exit code to use. Started
 // with the arguments of a logging binary (sandboxlog.IsLogger), it runs the
-// logger instead and returns its exit code.
+// logger instead and returns its exit code; with ProbeArg, it returns 0.
 func Main(socket string, retry time.Duration) int {
 	if sandboxlog.IsLogger(os.Args[1:]) {
 		return sandboxlog.Main(os.Args[1:])
+	}
+	if len(os.Args) == 2 && os.Args[1] == ProbeArg {
+		return 0
 	}
 	for {
 		conn, err := net.Dial("unix", socket)

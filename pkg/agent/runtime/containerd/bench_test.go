@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
 	containerdtest "github.com/fast-sandbox/fast-sandbox/test/containerd"
 )
 
@@ -18,7 +20,9 @@ import (
 //	go test ./pkg/agent/runtime/containerd/ -run '^$' -bench Start -benchtime 30x
 //
 // "warm" starts each sandbox in a warm container made beforehand (outside
-// the timer); "cold" creates a container for it.
+// the timer); "cold" creates a container for it. Both run with the default
+// configuration (user namespaces when the node allows, bounded logs); the
+// "-no-userns" variants without user namespaces.
 func BenchmarkStart(b *testing.B) {
 	e := setup(b)
 	ctx := context.Background()
@@ -43,14 +47,20 @@ func BenchmarkStart(b *testing.B) {
 			b.StartTimer()
 		}
 	})
-	for _, mode := range []string{"cold", "warm"} {
+	for _, mode := range []string{"cold", "warm", "cold-no-userns", "warm-no-userns"} {
+		warm := strings.HasPrefix(mode, "warm")
 		b.Run(mode, func(b *testing.B) {
-			rt := e.runtime(b, mode == "warm")
+			rt := e.runtimeWith(b, warm, func(c *containerd.Config) {
+				c.Agent = "agent-bench-" + mode
+				if strings.HasSuffix(mode, "-no-userns") {
+					c.UserNamespaces = containerd.UserNamespacesDisabled
+				}
+			})
 			defer rt.Close()
 			for i := 0; i < b.N; i++ {
 				s := spec(fmt.Sprintf("bench-%s-%d", mode, i), "sleep", "60")
 				s.CPUMillis, s.MemoryBytes = 100, 64<<20
-				if mode == "warm" {
+				if warm {
 					wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 					if err := rt.WaitWarm(wctx, s); err != nil {
 						b.Fatal(err)

@@ -28,7 +28,7 @@ import (
 // still runs, then removes exactly a's containers with their snapshots, logs
 // and warm directories, leaves b's alone (still running), and is idempotent.
 func TestCleanupAgentPod(t *testing.T) {
-	d := containerdtest.Start(t)
+	d := startContainerd(t)
 	ctx := context.Background()
 	dctx := d.Context()
 	// Short: warm containers' init sockets are in it (108 bytes at most).

@@ -131,6 +131,10 @@ type Config struct {
 	// RunAsNonRoot fails (ReasonRunAsNonRootViolation) every sandbox whose
 	// user, its image's USER, is root, before its command runs.
 	RunAsNonRoot bool
+	// UserNamespaces is UserNamespacesAuto (the default), Required or
+	// Disabled: whether each container gets a user namespace of its own
+	// (see userns.go).
+	UserNamespaces string
 }
 
 // Defaults of Config.
@@ -155,6 +159,8 @@ type Runtime struct {
 	// initPath is the host path of the installed sandbox init, which is also
 	// the sandboxes' logging binary; empty without Config.InitBinary.
 	initPath string
+	// userns: containers get user namespaces (decided by Initialize).
+	userns bool
 
 	mu     sync.Mutex
 	exits  chan api.SandboxStatus
@@ -199,6 +205,9 @@ func New(cfg Config, log logr.Logger) *Runtime {
 	if cfg.StorageCheckPeriod <= 0 {
 		cfg.StorageCheckPeriod = DefaultStorageCheckPeriod
 	}
+	if cfg.UserNamespaces == "" {
+		cfg.UserNamespaces = UserNamespacesAuto
+	}
 	return &Runtime{
 		cfg:      cfg,
 		log:      log,
@@ -238,6 +247,9 @@ func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
 	if err := r.installInit(); err != nil {
 		return runtime.Info{}, err
 	}
+	if err := r.initUserNS(ctx); err != nil {
+		return runtime.Info{}, err
+	}
 	if err := r.initWarm(ctx); err != nil {
 		return runtime.Info{}, err
 	}
@@ -249,7 +261,7 @@ func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
 	r.log.Info("containerd runtime ready", "address", r.cfg.Address, "version", v.Version,
 		"namespace", r.cfg.Namespace, "cgroupParent", r.cgroupParent, "systemdCgroup", r.systemd, "podNetNS", r.podNetNS,
 		"warmPerImage", r.warm.perKey, "warmContainers", r.warm.enabled,
-		"defaultPidsLimit", r.cfg.DefaultPidsLimit, "logMaxBytes", r.cfg.LogMaxBytes, "logMaxFiles", r.cfg.LogMaxFiles)
+		"userNamespaces", r.userns, "defaultPidsLimit", r.cfg.DefaultPidsLimit, "logMaxBytes", r.cfg.LogMaxBytes, "logMaxFiles", r.cfg.LogMaxFiles)
 	return runtime.Info{Runtime: "containerd " + v.Version, CgroupParent: r.cgroupParent}, nil
 }
 
@@ -483,7 +495,11 @@ func (r *Runtime) ownLabels(l map[string]string) map[string]string {
 // withLease keeps containerd's GC away from what a creation uses until the
 // container references it.
 func (r *Runtime) withLease(ctx context.Context) (context.Context, func(context.Context) error, error) {
-	ctx, done, err := r.client.WithLease(ctx, leases.WithRandomID(), leases.WithExpiration(time.Minute))
+	expiry := time.Minute
+	if r.userns {
+		expiry = 10 * time.Minute // the remapped copy of a large image takes a while
+	}
+	ctx, done, err := r.client.WithLease(ctx, leases.WithRandomID(), leases.WithExpiration(expiry))
 	if err != nil {
 		return ctx, nil, fmt.Errorf("taking a containerd lease: %w", err)
 	}
@@ -566,15 +582,22 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 		return fail(api.ReasonCreateFailed, err)
 	}
 
+	fs, err := r.newRootfs(ctx, id, image)
+	if err != nil {
+		return fail(api.ReasonCreateFailed, err)
+	}
 	now := time.Now()
 	container, err := r.client.NewContainer(ctx, id,
-		client.WithContainerLabels(r.sandboxLabels(spec, now)),
+		client.WithContainerLabels(withLabels(r.sandboxLabels(spec, now), fs.labels)),
 		client.WithImageName(image.Name()),
 		client.WithSnapshotter(r.cfg.Snapshotter),
-		client.WithNewSnapshot(id, image),
+		fs.snapshot,
 		runtimeOpt,
-		client.WithNewSpec(r.specOpts(spec, imageConfig.Config, user, id)...),
+		client.WithNewSpec(append(r.specOpts(spec, imageConfig.Config, user, id), fs.spec...)...),
 	)
+	if err != nil {
+		r.abandon(ctx, fs)
+	}
 	if errdefs.IsAlreadyExists(err) {
 		// Made meanwhile by another runtime over the same containerd (this
 		// one's creates of a UID take turns): report what it made.
@@ -917,9 +940,14 @@ func (r *Runtime) DeleteSandbox(ctx context.Context, uid string) error {
 }
 
 // removeContainer kills a container's task and removes the container, its
-// snapshot, logs and warm directory.
+// snapshot, logs and warm directory, and what its user namespace held.
 func (r *Runtime) removeContainer(ctx context.Context, c client.Container) error {
 	id := c.ID()
+	info, err := c.Info(ctx, client.WithoutRefreshedMetadata)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("reading container %s: %w", id, err)
+	}
+	parent := r.remappedParent(ctx, info)
 	if task, err := c.Task(ctx, nil); err == nil {
 		if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("killing task of %s: %w", id, err)
@@ -929,6 +957,9 @@ func (r *Runtime) removeContainer(ctx context.Context, c client.Container) error
 	}
 	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("deleting container %s: %w", id, err)
+	}
+	if err := r.releaseRange(ctx, info.Labels, info.Snapshotter, parent); err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
 	}
 	r.removeFiles(id)
 	return nil

@@ -33,7 +33,7 @@ type env struct {
 
 func setup(t testing.TB) *env {
 	t.Helper()
-	d := containerdtest.Start(t)
+	d := containerd.StartContainerd(t)
 	return &env{d: d, parent: containerdtest.CgroupParent(t, "runtime"), state: t.TempDir()}
 }
 

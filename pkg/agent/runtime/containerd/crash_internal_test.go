@@ -46,8 +46,12 @@ func die(r *Runtime) {
 // Row "lost" plays a started sandbox whose task containerd lost while the
 // agent was away: it is ContainerLost and is not run again.
 func TestCrashAtEveryStep(t *testing.T) {
-	d := containerdtest.Start(t)
+	d := startContainerd(t)
 	countDir := t.TempDir()
+	// Sandboxes may run as an unprivileged host user (user namespaces).
+	if err := os.Chmod(countDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
 	extraSpecOpts = []oci.SpecOpts{oci.WithMounts([]specs.Mount{
 		{Destination: "/count", Type: "bind", Source: countDir, Options: []string{"rbind", "rw"}},
 	})}

@@ -120,6 +120,10 @@ func (r *Runtime) removeAgentPodContainers(ctx context.Context, podUID, why stri
 		}
 		removed++
 	}
+	// Ranges of user ids its agent took for containers it never made.
+	if len(errs) == 0 && podUID != r.cfg.PodUID {
+		r.sweepRangeLeases(ctx, fmt.Sprintf("labels.%q==%q", LabelAgentPodUID, podUID))
+	}
 	// Whatever else of the Pod's files is left (no container names it any
 	// more). Never this agent's own, while it runs.
 	if len(errs) == 0 && podUID != r.cfg.PodUID {

@@ -18,7 +18,7 @@ import (
 // TestUnavailable: which create errors are containerd's absence (not final)
 // and which are final.
 func TestUnavailable(t *testing.T) {
-	d := containerdtest.Start(t)
+	d := startContainerd(t)
 	state := t.TempDir()
 	r := New(Config{Address: d.Address, Namespace: containerdtest.Namespace, Agent: "agent-unavailable", StateDir: state,
 		CgroupParent: containerdtest.CgroupParent(t, "unavailable")}, testr.New(t))

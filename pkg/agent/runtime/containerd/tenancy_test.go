@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/snapshots"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
@@ -386,5 +387,163 @@ func TestRunAsNonRoot(t *testing.T) {
 				t.Errorf("output %q, want uid 1000 gid 1000", out)
 			}
 		})
+	}
+}
+
+// hostUID is the real uid, on the host, of a container's process.
+func (e *env) hostUID(t *testing.T, id string) uint32 {
+	t.Helper()
+	ctx := e.d.Context()
+	c, err := e.d.Client.LoadContainer(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := c.Task(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", task.Pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
+			var uid uint32
+			fmt.Sscan(rest, &uid)
+			return uid
+		}
+	}
+	t.Fatalf("no Uid in the status of the process of %s", id)
+	return 0
+}
+
+func (e *env) snapshots(t *testing.T) int {
+	t.Helper()
+	n := 0
+	if err := e.d.Client.SnapshotService("overlayfs").Walk(e.d.Context(), func(context.Context, snapshots.Info) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestUserNamespaces: with user namespaces, root in a sandbox is a host uid
+// of a range of 65536 that no other sandbox has, even after an agent
+// restart, and its image's files are its own; with them disabled root is
+// root. Deleting the sandboxes leaves no range taken and no copy of the
+// image. Cold and warm.
+func TestUserNamespaces(t *testing.T) {
+	e := setup(t)
+	snapshotsBefore := e.snapshots(t)
+	ranges := map[uint32]string{}
+	for _, mode := range []string{"cold", "warm"} {
+		for _, userns := range []string{containerd.UserNamespacesRequired, containerd.UserNamespacesDisabled} {
+			t.Run(mode+"/"+userns, func(t *testing.T) {
+				ctx := context.Background()
+				configure := func(c *containerd.Config) {
+					c.Agent, c.UserNamespaces = "agent-userns-"+mode+"-"+userns, userns
+				}
+				rt := e.runtimeWith(t, mode == "warm", configure)
+				create := func(rt *containerd.Runtime, uid string) {
+					t.Helper()
+					st := starter{rt: rt, warm: mode == "warm"}.create(t, spec(uid, "sh", "-c",
+						"echo uid_map $(cat /proc/self/uid_map); echo owner $(stat -c %u:%g /bin/busybox) id $(id -u):$(id -g); exec sleep 60"))
+					if st.State != api.StateRunning {
+						t.Fatalf("create: %+v", st)
+					}
+					out := logs(t, rt, uid, " id ")
+					var inside, host, size uint64
+					fmt.Sscanf(out, "uid_map %d %d %d", &inside, &host, &size)
+					proc := e.hostUID(t, st.ContainerID)
+					if !strings.Contains(out, "owner 0:0 id 0:0") {
+						t.Errorf("%s: output %q: the image's files and the process should be root's inside", uid, out)
+					}
+					if userns == containerd.UserNamespacesDisabled {
+						if inside != 0 || host != 0 || size != 1<<32-1 || proc != 0 {
+							t.Errorf("%s: uid_map %d %d %d, host uid %d; want no user namespace", uid, inside, host, size, proc)
+						}
+						return
+					}
+					if inside != 0 || host < 1<<31 || size != 65536 || uint64(proc) != host {
+						t.Errorf("%s: uid_map %d %d %d, host uid %d; want root mapped to an unprivileged range of 65536", uid, inside, host, size, proc)
+					}
+					if other, taken := ranges[uint32(host)]; taken {
+						t.Errorf("%s has the range of %s", uid, other)
+					}
+					ranges[uint32(host)] = uid
+				}
+				base := "userns-" + mode + "-" + strings.ToLower(userns)
+				create(rt, base+"-1")
+				create(rt, base+"-2")
+				// An agent restart: the ranges taken stay taken.
+				rt.Close()
+				rt = e.runtimeWith(t, mode == "warm", configure)
+				create(rt, base+"-3")
+				for _, n := range []string{"-1", "-2", "-3"} {
+					if err := rt.DeleteSandbox(ctx, base+n); err != nil {
+						t.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+	ls, err := e.d.Client.LeasesService().List(e.d.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		t.Errorf("lease %s left (labels %v)", l.ID, l.Labels)
+	}
+	if n := e.snapshots(t); n != snapshotsBefore {
+		t.Errorf("%d snapshots after removing every sandbox, %d before", n, snapshotsBefore)
+	}
+}
+
+// TestDefaultSecurity: inside a sandbox /proc/sys is read-only, /proc/kcore
+// and /proc/keys are masked, and the effective capabilities are containerd's
+// default set less CAP_NET_RAW, CAP_MKNOD, CAP_AUDIT_WRITE, CAP_SETFCAP and
+// CAP_SYS_CHROOT (so no CAP_SYS_ADMIN, which a warm container's init holds
+// until the exec, nor CAP_SYS_MODULE), with and without user namespaces,
+// cold and warm.
+func TestDefaultSecurity(t *testing.T) {
+	// CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE.
+	const wantCaps = "00000000000005fb"
+	e := setup(t)
+	for _, mode := range []string{"cold", "warm"} {
+		for _, userns := range []string{containerd.UserNamespacesAuto, containerd.UserNamespacesDisabled} {
+			t.Run(mode+"/"+userns, func(t *testing.T) {
+				rt := e.runtimeWith(t, mode == "warm", func(c *containerd.Config) {
+					c.Agent, c.UserNamespaces = "agent-security-"+mode+"-"+userns, userns
+				})
+				uid := "security-" + mode + "-" + strings.ToLower(userns)
+				st := starter{rt: rt, warm: mode == "warm"}.create(t, spec(uid, "sh", "-c",
+					"grep -E '^Cap(Eff|Prm|Bnd):' /proc/self/status; (echo x > /proc/sys/kernel/domainname) 2>&1 && echo proc-sys-written; "+
+						"for f in /proc/kcore /proc/keys /proc/timer_list; do echo $f $(stat -c '%F %t:%T' $f 2>&1); done; echo done"))
+				if st.State != api.StateRunning {
+					t.Fatalf("create: %+v", st)
+				}
+				defer rt.DeleteSandbox(context.Background(), uid)
+				containerd.WaitExit(t, rt, uid)
+				out := logs(t, rt, uid, "done")
+				wants := []string{"CapEff:\t" + wantCaps, "CapPrm:\t" + wantCaps, "CapBnd:\t" + wantCaps, "Read-only file system"}
+				masked := 0
+				for _, f := range []string{"/proc/kcore", "/proc/keys", "/proc/timer_list"} {
+					if _, err := os.Stat(f); err == nil { // this kernel has it: the sandbox sees /dev/null
+						wants = append(wants, f+" character special file 1:3")
+						masked++
+					}
+				}
+				if masked == 0 {
+					t.Error("none of the masked files to check is on this node")
+				}
+				for _, want := range wants {
+					if !strings.Contains(out, want) {
+						t.Errorf("output %q lacks %q", out, want)
+					}
+				}
+				if strings.Contains(out, "proc-sys-written") {
+					t.Errorf("/proc/sys was written: %q", out)
+				}
+			})
+		}
 	}
 }

@@ -149,8 +149,18 @@ func (r *Runtime) initWarm(ctx context.Context) error {
 	if r.initPath == "" || w.perKey <= 0 {
 		return nil
 	}
-	if err := os.MkdirAll(filepath.Join(podStateDir(r.cfg.StateDir, r.cfg.PodUID), "warm"), 0o700); err != nil {
+	warmDir := filepath.Join(podStateDir(r.cfg.StateDir, r.cfg.PodUID), "warm")
+	if err := os.MkdirAll(warmDir, 0o700); err != nil {
 		return fmt.Errorf("creating the warm containers' directory: %w", err)
+	}
+	if r.userns {
+		// The OCI runtime mounts a warm container's directory and the init
+		// from within the container's user namespace, as an unprivileged
+		// host user: it must be able to traverse their parents (not to list
+		// or read them).
+		if err := searchable(r.cfg.StateDir, podStateDir(r.cfg.StateDir, r.cfg.PodUID), warmDir); err != nil {
+			return err
+		}
 	}
 	w.enabled = true
 	var rctx context.Context
@@ -169,6 +179,23 @@ func (r *Runtime) initWarm(ctx context.Context) error {
 		}
 		if err := r.WaitWarm(wctx, spec); err != nil {
 			r.log.Error(err, "no warm container for a warm image; its sandboxes start the ordinary way until one is made", "image", img)
+		}
+	}
+	return nil
+}
+
+// searchable lets anyone traverse dirs (adds the execute bits of group and
+// others).
+func searchable(dirs ...string) error {
+	for _, d := range dirs {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if mode := fi.Mode().Perm(); mode&0o011 != 0o011 {
+			if err := os.Chmod(d, mode|0o011); err != nil {
+				return fmt.Errorf("letting user namespaces traverse %s: %w", d, err)
+			}
 		}
 	}
 	return nil
@@ -242,9 +269,8 @@ func (r *Runtime) initWaiting(id string) bool {
 	if _, err := os.Stat(dir); err != nil {
 		return false
 	}
-	sock := filepath.Join(dir, sandboxinit.SocketName)
-	_ = os.Remove(sock)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	_ = os.Remove(filepath.Join(dir, sandboxinit.SocketName))
+	ln, err := listenInit(dir)
 	if err != nil {
 		return false
 	}
@@ -256,6 +282,24 @@ func (r *Runtime) initWaiting(id string) bool {
 	}
 	conn.Close()
 	return true
+}
+
+// listenInit listens on the socket of a warm container's directory. The
+// init may run as an unprivileged host user (a user namespace's root), so
+// the directory can be traversed and the socket written by anyone: only
+// root reaches the directory's parent on the host, and only this
+// container has it mounted.
+func listenInit(dir string) (*net.UnixListener, error) {
+	sock := filepath.Join(dir, sandboxinit.SocketName)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	if err := errors.Join(os.Chmod(dir, 0o711), os.Chmod(sock, 0o666)); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }
 
 // keyOf is the warm key a sandbox needs.
@@ -463,12 +507,17 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", dir, err)
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, sandboxinit.SocketName), Net: "unix"})
+	ln, err := listenInit(dir)
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("listening for the init: %w", err)
 	}
 	defer ln.Close() // also removes the socket: nothing in the container can call it later
+	fs, err := r.newRootfs(ctx, id, image)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
 
 	placeholder := api.SandboxSpec{Name: "sandbox", NetworkMode: key.network}
 	opts := append(r.specOpts(placeholder, ocispec.ImageConfig{}, specs.User{}, id),
@@ -485,14 +534,15 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 		withSeccompAllowed("sethostname"),
 	)
 	container, err := r.client.NewContainer(ctx, id,
-		client.WithContainerLabels(r.ownLabels(map[string]string{LabelWarm: "true"})),
+		client.WithContainerLabels(withLabels(r.ownLabels(map[string]string{LabelWarm: "true"}), fs.labels)),
 		client.WithImageName(image.Name()),
 		client.WithSnapshotter(r.cfg.Snapshotter),
-		client.WithNewSnapshot(id, image),
+		fs.snapshot,
 		runtimeOpt,
-		client.WithNewSpec(opts...),
+		client.WithNewSpec(append(opts, fs.spec...)...),
 	)
 	if err != nil {
+		r.abandon(ctx, fs)
 		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("creating container: %w", err)
 	}

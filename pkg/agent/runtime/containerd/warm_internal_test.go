@@ -16,7 +16,7 @@ import (
 // over it with perImage warm containers per image; every runtime made from
 // it plays the same agent (a restart).
 func warmTestConfig(t *testing.T, name string, perImage int) (*containerdtest.Daemon, Config) {
-	d := containerdtest.Start(t)
+	d := startContainerd(t)
 	return d, Config{Address: d.Address, Namespace: containerdtest.Namespace, CgroupParent: containerdtest.CgroupParent(t, name),
 		Agent: "agent-test", StateDir: t.TempDir(), InitBinary: containerdtest.SandboxInit(t), WarmPerImage: perImage}
 }
