@@ -400,9 +400,13 @@ func (c *Controller) syncPool(ctx context.Context, key string) (time.Duration, e
 		"desired", plan.Desired, "create", plan.Create, "drain", plan.Drain, "undrain", plan.Undrain, "delete", plan.Delete)
 
 	errs := []error{cleanupErr}
+	var secretsRequeue time.Duration
 	if needsManage {
-		errs = append(errs, c.manage(ctx, pool, active, finished, agents, use, plan),
-			c.syncAgentSecrets(ctx, pool, pods))
+		// Certificates first: the Pods about to be created get theirs in
+		// createAgents, and are in the list by the next time this runs.
+		var err error
+		secretsRequeue, err = c.syncAgentSecrets(ctx, pool, pods)
+		errs = append(errs, err, c.manage(ctx, pool, active, finished, agents, use, plan))
 	} else {
 		logger.V(4).Info("Waiting for the informer to show earlier creations and deletions")
 	}
@@ -412,8 +416,10 @@ func (c *Controller) syncPool(ctx context.Context, key string) (time.Duration, e
 	}
 	errs = append(errs, c.updateStatus(ctx, pool, computeStatus(pool, agents, plan, now)))
 	requeue := plan.RequeueAfter
-	if cleanupRequeue > 0 && (requeue <= 0 || cleanupRequeue < requeue) {
-		requeue = cleanupRequeue
+	for _, d := range []time.Duration{cleanupRequeue, secretsRequeue} {
+		if d > 0 && (requeue <= 0 || d < requeue) {
+			requeue = d
+		}
 	}
 	return requeue, errors.Join(errs...)
 }
@@ -490,6 +496,9 @@ func (c *Controller) createAgents(ctx context.Context, pool *v1alpha1.SandboxPoo
 		var created *corev1.Pod
 		if err == nil {
 			created, err = c.kubeClient.CoreV1().Pods(c.namespace).Create(ctx, pod, metav1.CreateOptions{FieldManager: ControllerName})
+			if err != nil {
+				c.deleteAgentSecret(ctx, pod.Name) // no Pod will mount it
+			}
 		}
 		if err != nil {
 			// The rest will not be created in this round either; their

@@ -39,10 +39,13 @@ const agentSecretGrace = time.Minute
 // for renewal.
 const credentialsCheckPeriod = 10 * time.Minute
 
-// credentials holds the CA once read or made.
+// credentials holds the CA once read or made, and since when (by the
+// controller's clock) each agent certificate Secret has been seen without
+// its Pod.
 type credentials struct {
-	mu sync.Mutex
-	ca *agentpki.CA
+	mu       sync.Mutex
+	ca       *agentpki.CA
+	orphaned map[string]map[string]time.Time // by pool, then Secret name and UID
 }
 
 // ca returns the agent API's CA, reading its Secret or creating it.
@@ -200,8 +203,11 @@ func (c *Controller) issueAgentSecret(ctx context.Context, pool *v1alpha1.Sandbo
 
 // syncAgentSecrets gives every running agent Pod of the pool a valid
 // certificate (issued anew when missing, renewed when due) and deletes the
-// certificates of Pods that are gone (after agentSecretGrace).
-func (c *Controller) syncAgentSecrets(ctx context.Context, pool *v1alpha1.SandboxPool, pods []*corev1.Pod) error {
+// certificates of Pods that are gone, once seen so for agentSecretGrace by
+// the controller's own clock (a Secret is made just before its Pod, which
+// an informer may show later). The duration, when positive, is when to look
+// again for one still in its grace.
+func (c *Controller) syncAgentSecrets(ctx context.Context, pool *v1alpha1.SandboxPool, pods []*corev1.Pod) (time.Duration, error) {
 	var errs []error
 	live := make(map[string]bool, len(pods))
 	for _, pod := range pods {
@@ -213,20 +219,53 @@ func (c *Controller) syncAgentSecrets(ctx context.Context, pool *v1alpha1.Sandbo
 	}
 	secrets, err := c.secretLister.Secrets(c.namespace).List(labels.SelectorFromSet(labels.Set{v1alpha1.LabelPoolName: pool.Name}))
 	if err != nil {
-		return fmt.Errorf("listing the agent certificate Secrets of %s: %w", pool.Name, err)
+		return 0, fmt.Errorf("listing the agent certificate Secrets of %s: %w", pool.Name, err)
 	}
+	now := c.clock.Now()
+	var requeue time.Duration
+	c.creds.mu.Lock()
+	defer c.creds.mu.Unlock()
+	if c.creds.orphaned == nil {
+		c.creds.orphaned = map[string]map[string]time.Time{}
+	}
+	// Only the Secrets orphaned now are remembered.
+	orphaned, next := c.creds.orphaned[pool.Name], map[string]time.Time{}
+	defer func() { c.creds.orphaned[pool.Name] = next }()
 	for _, s := range secrets {
 		podName := s.Labels[v1alpha1.LabelAgentTLS]
-		switch {
-		case podName == "" || !metav1.IsControlledBy(s, pool) || live[podName]:
-		case c.clock.Since(s.CreationTimestamp.Time) > agentSecretGrace:
-			err := c.kubeClient.CoreV1().Secrets(c.namespace).Delete(ctx, s.Name, metav1.DeleteOptions{
-				Preconditions: &metav1.Preconditions{UID: &s.UID},
-			})
-			if err != nil && !apierrors.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("deleting Secret %s/%s of a gone agent: %w", s.Namespace, s.Name, err))
-			}
+		key := s.Name + "/" + string(s.UID)
+		if podName == "" || !metav1.IsControlledBy(s, pool) || live[podName] {
+			continue
 		}
+		since, seen := orphaned[key]
+		if !seen {
+			since = now
+		}
+		next[key] = since
+		if left := agentSecretGrace - now.Sub(since); left > 0 {
+			if requeue <= 0 || left < requeue {
+				requeue = left
+			}
+			continue
+		}
+		err := c.kubeClient.CoreV1().Secrets(c.namespace).Delete(ctx, s.Name, metav1.DeleteOptions{
+			Preconditions: &metav1.Preconditions{UID: &s.UID},
+		})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("deleting Secret %s/%s of a gone agent: %w", s.Namespace, s.Name, err))
+			continue
+		}
+		delete(next, key)
 	}
-	return errors.Join(errs...)
+	return requeue, errors.Join(errs...)
+}
+
+// deleteAgentSecret deletes the certificate Secret of the agent Pod named
+// podName, whose creation failed; the collection above removes it otherwise.
+func (c *Controller) deleteAgentSecret(ctx context.Context, podName string) {
+	name := v1alpha1.AgentTLSSecretName(podName)
+	err := c.kubeClient.CoreV1().Secrets(c.namespace).Delete(ctx, name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		klog.FromContext(ctx).Error(err, "Deleting the certificate of an agent Pod that was not created", "secret", klog.KRef(c.namespace, name))
+	}
 }

@@ -195,37 +195,28 @@ func TestAgentSecretsFollowTheirPods(t *testing.T) {
 		}
 		e.waitSeen(v1alpha1.AgentTLSSecretName(name), false)
 	}
-	// The fake API server sets no creationTimestamp: the clock decides.
-	for _, name := range []string{"py-agent-live", "py-agent-gone"} {
-		s := e.secret(v1alpha1.AgentTLSSecretName(name))
-		s.CreationTimestamp = metav1.NewTime(e.clock.Now())
-		if _, err := kube.CoreV1().Secrets(testSysNS).Update(e.ctx, s, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	err := wait.PollUntilContextTimeout(e.ctx, 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
-		for _, name := range []string{"py-agent-live", "py-agent-gone"} {
-			s, err := e.c.secretLister.Secrets(testSysNS).Get(v1alpha1.AgentTLSSecretName(name))
-			if err != nil || s.CreationTimestamp.IsZero() {
-				return false, nil
-			}
-		}
-		return true, nil
-	})
+	// Within the grace (from when the controller first saw it orphaned, by
+	// its own clock): both kept, and a look again is asked for.
+	requeue, err := e.c.syncAgentSecrets(e.ctx, pool, []*corev1.Pod{live})
 	if err != nil {
-		t.Fatal("the informer never showed the creation times")
-	}
-
-	// Within the grace: both kept.
-	if err := e.c.syncAgentSecrets(e.ctx, pool, []*corev1.Pod{live}); err != nil {
 		t.Fatal(err)
+	}
+	if requeue <= 0 || requeue > agentSecretGrace {
+		t.Errorf("requeue %v, want within the grace %v", requeue, agentSecretGrace)
 	}
 	if _, err := kube.CoreV1().Secrets(testSysNS).Get(e.ctx, v1alpha1.AgentTLSSecretName("py-agent-gone"), metav1.GetOptions{}); err != nil {
 		t.Errorf("deleted within the grace: %v", err)
 	}
 	// After it: the gone Pod's goes, the live one's stays.
-	e.clock.Step(2 * agentSecretGrace)
-	if err := e.c.syncAgentSecrets(e.ctx, pool, []*corev1.Pod{live}); err != nil {
+	e.clock.Step(agentSecretGrace / 2)
+	if _, err := e.c.syncAgentSecrets(e.ctx, pool, []*corev1.Pod{live}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().Secrets(testSysNS).Get(e.ctx, v1alpha1.AgentTLSSecretName("py-agent-gone"), metav1.GetOptions{}); err != nil {
+		t.Errorf("deleted half way through the grace: %v", err)
+	}
+	e.clock.Step(agentSecretGrace)
+	if _, err := e.c.syncAgentSecrets(e.ctx, pool, []*corev1.Pod{live}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := kube.CoreV1().Secrets(testSysNS).Get(e.ctx, v1alpha1.AgentTLSSecretName("py-agent-gone"), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
@@ -238,7 +229,7 @@ func TestAgentSecretsFollowTheirPods(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitSeen(v1alpha1.AgentTLSSecretName("py-agent-live"), true)
-	if err := e.c.syncAgentSecrets(e.ctx, pool, []*corev1.Pod{live}); err != nil {
+	if _, err := e.c.syncAgentSecrets(e.ctx, pool, []*corev1.Pod{live}); err != nil {
 		t.Fatal(err)
 	}
 	e.secret(v1alpha1.AgentTLSSecretName("py-agent-live"))

@@ -158,6 +158,7 @@ func TestTenantRBAC(t *testing.T) {
 // reach the tenant as status: a namespace the pool does not select waits
 // with NamespaceNotAllowed, an image it does not allow fails.
 func TestComponentsUnderRBAC(t *testing.T) {
+	allowPrivileged(t)
 	cp := framework.StartWithRBAC(t)
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), testr.New(t)))
 	defer cancel()

@@ -25,6 +25,12 @@ func (cp *ControlPlane) SystemNamespace(t *testing.T) string {
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatalf("creating the system namespace: %v", err)
 	}
+	// No controller-manager runs: make the default ServiceAccount that Pod admission looks for.
+	_, err = cp.Kube.CoreV1().ServiceAccounts(v1alpha1.DefaultSystemNamespace).Create(context.Background(),
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("creating the system namespace's default ServiceAccount: %v", err)
+	}
 	return v1alpha1.DefaultSystemNamespace
 }
 

@@ -43,6 +43,9 @@ func StartWithRBAC(t *testing.T) *ControlPlane {
 	t.Cleanup(srv.TearDownFn)
 	cfg := rest.CopyConfig(srv.ClientConfig)
 	cfg.QPS, cfg.Burst = 1000, 2000
+	// The loopback configuration asks for protobuf, which custom resources
+	// do not speak.
+	cfg.ContentType, cfg.AcceptContentTypes = "application/json", ""
 	cp := &ControlPlane{Config: cfg, Kube: kubernetes.NewForConfigOrDie(cfg), Sandbox: versioned.NewForConfigOrDie(cfg)}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -54,6 +57,7 @@ func StartWithRBAC(t *testing.T) *ControlPlane {
 			t.Fatalf("applying %s: %v", f, err)
 		}
 	}
+	cp.SystemNamespace(t)
 	return cp
 }
 

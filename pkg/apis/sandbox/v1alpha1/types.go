@@ -590,6 +590,7 @@ type EgressPolicy struct {
 	// +optional
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=64
 	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self)",message="must be a CIDR, e.g. 10.96.0.10/32"
 	AllowCIDRs []string `json:"allowCIDRs,omitempty"`
 	// DenyCIDRs are destinations refused on top of the default ones (e.g.
@@ -597,6 +598,7 @@ type EgressPolicy struct {
 	// +optional
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=64
 	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self)",message="must be a CIDR, e.g. 203.0.113.0/24"
 	DenyCIDRs []string `json:"denyCIDRs,omitempty"`
 }
