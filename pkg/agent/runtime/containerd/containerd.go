@@ -161,6 +161,9 @@ type Runtime struct {
 	initPath string
 	// userns: containers get user namespaces (decided by Initialize).
 	userns bool
+	// appArmorProfile is the AppArmor profile of containers, "" for none
+	// (see apparmor.go).
+	appArmorProfile string
 
 	mu     sync.Mutex
 	exits  chan api.SandboxStatus
@@ -247,6 +250,7 @@ func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
 	if err := r.installInit(); err != nil {
 		return runtime.Info{}, err
 	}
+	r.initAppArmor()
 	if err := r.initUserNS(ctx); err != nil {
 		return runtime.Info{}, err
 	}
@@ -261,7 +265,7 @@ func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
 	r.log.Info("containerd runtime ready", "address", r.cfg.Address, "version", v.Version,
 		"namespace", r.cfg.Namespace, "cgroupParent", r.cgroupParent, "systemdCgroup", r.systemd, "podNetNS", r.podNetNS,
 		"warmPerImage", r.warm.perKey, "warmContainers", r.warm.enabled,
-		"userNamespaces", r.userns, "defaultPidsLimit", r.cfg.DefaultPidsLimit, "logMaxBytes", r.cfg.LogMaxBytes, "logMaxFiles", r.cfg.LogMaxFiles)
+		"userNamespaces", r.userns, "appArmorProfile", r.appArmorProfile, "defaultPidsLimit", r.cfg.DefaultPidsLimit, "logMaxBytes", r.cfg.LogMaxBytes, "logMaxFiles", r.cfg.LogMaxFiles)
 	return runtime.Info{Runtime: "containerd " + v.Version, CgroupParent: r.cgroupParent}, nil
 }
 
@@ -705,6 +709,9 @@ func (r *Runtime) specOpts(spec api.SandboxSpec, img ocispec.ImageConfig, user s
 	}
 	if spec.MemoryBytes > 0 {
 		opts = append(opts, oci.WithMemoryLimit(uint64(spec.MemoryBytes)))
+	}
+	if r.appArmorProfile != "" {
+		opts = append(opts, oci.WithApparmorProfile(r.appArmorProfile))
 	}
 	if r.cfg.ReadOnlyRootFilesystem {
 		opts = append(opts, oci.WithRootFSReadonly(), oci.WithMounts([]specs.Mount{{
