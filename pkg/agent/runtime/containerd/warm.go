@@ -158,7 +158,11 @@ func (r *Runtime) initWarm(ctx context.Context) error {
 		// from within the container's user namespace, as an unprivileged
 		// host user: it must be able to traverse their parents (not to list
 		// or read them).
-		if err := searchable(r.cfg.StateDir, podStateDir(r.cfg.StateDir, r.cfg.PodUID), warmDir); err != nil {
+		dirs := []string{r.cfg.StateDir}
+		for d := warmDir; d != r.cfg.StateDir && d != filepath.Dir(d); d = filepath.Dir(d) {
+			dirs = append(dirs, d)
+		}
+		if err := searchable(dirs...); err != nil {
 			return err
 		}
 	}
