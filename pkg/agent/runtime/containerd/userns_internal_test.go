@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/go-logr/logr/testr"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -113,5 +117,57 @@ func TestUserNamespacesProbe(t *testing.T) {
 				t.Errorf("leases left: %v (%v)", ls, err)
 			}
 		})
+	}
+}
+
+// TestLeakedRangeIsReleased: a range an agent took for a container it never
+// made (it died in between) is released by the next agent of its name, and
+// by the cleanup of its agent Pod; a range whose container exists is kept.
+func TestLeakedRangeIsReleased(t *testing.T) {
+	d := startContainerd(t)
+	ctx := d.Context()
+	ls := d.Client.LeasesService()
+	take := func(name, agent, pod, container string) {
+		t.Helper()
+		labels := map[string]string{LabelManagedBy: managedBy, LabelAgent: agent, LabelAgentPodUID: pod, labelLeaseContainer: container}
+		if _, err := ls.Create(ctx, leases.WithID(usernsLeasePrefix+name), leases.WithLabels(labels)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.Client.NewContainer(ctx, "fsbx-live", client.WithNewSpec(oci.WithDefaultSpec())); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if c, err := d.Client.LoadContainer(ctx, "fsbx-live"); err == nil {
+			_ = c.Delete(ctx)
+		}
+	}()
+	take("1", "agent-leak", "pod-leak", "fsbx-never-made")
+	take("2", "agent-leak", "pod-leak", "fsbx-live")
+	take("3", "agent-gone", "pod-gone", "fsbx-never-made-either")
+	left := func() []string {
+		all, err := ls.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, l := range all {
+			ids = append(ids, strings.TrimPrefix(l.ID, usernsLeasePrefix))
+		}
+		slices.Sort(ids)
+		return ids
+	}
+
+	r := initialized(t, Config{Address: d.Address, Namespace: containerdtest.Namespace, CgroupParent: containerdtest.CgroupParent(t, "leak"),
+		Agent: "agent-leak", StateDir: t.TempDir(), UserNamespaces: UserNamespacesRequired})
+	defer r.Close()
+	if got := left(); !slices.Equal(got, []string{"2", "3"}) {
+		t.Errorf("leases after the agent's restart: %v, want 2 (its container lives) and 3 (another agent's)", got)
+	}
+	if _, err := r.removeAgentPodContainers(context.Background(), "pod-gone", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if got := left(); !slices.Equal(got, []string{"2"}) {
+		t.Errorf("leases after the cleanup of pod-gone: %v, want 2", got)
 	}
 }
