@@ -91,8 +91,9 @@ const (
 
 // Defaults of Options.
 const (
-	DefaultDrainGrace          = 2 * time.Second
-	DefaultExpectationsTimeout = 5 * time.Minute
+	DefaultDrainGrace               = 2 * time.Second
+	DefaultExpectationsTimeout      = 5 * time.Minute
+	DefaultOrphanedCertificateGrace = time.Minute
 )
 
 const sandboxPoolIndex = "fast-sandbox.io/pool"
@@ -114,6 +115,11 @@ type Options struct {
 	// ExpectationsTimeout bounds how long the controller waits for its Pod
 	// informer to show the Pods it created or deleted.
 	ExpectationsTimeout time.Duration
+	// OrphanedCertificateGrace is how long an agent's certificate Secret
+	// may be seen without its Pod before it is deleted (the Secret is made
+	// just before the Pod, which the informer may show later);
+	// DefaultOrphanedCertificateGrace by default.
+	OrphanedCertificateGrace time.Duration
 	// SystemNamespace is where agent Pods, cleanup Pods and Secrets live;
 	// v1alpha1.DefaultSystemNamespace by default. The Pod and Secret
 	// informers need show no other namespace.
@@ -151,6 +157,7 @@ type Controller struct {
 	// namespace is the system namespace, home of every agent Pod.
 	namespace string
 	creds     credentials
+	certGrace time.Duration
 }
 
 // NewController makes a pool controller. podInformer and secretInformer may
@@ -170,6 +177,9 @@ func NewController(ctx context.Context, kubeClient kubernetes.Interface, sandbox
 	}
 	if opts.ExpectationsTimeout <= 0 {
 		opts.ExpectationsTimeout = DefaultExpectationsTimeout
+	}
+	if opts.OrphanedCertificateGrace <= 0 {
+		opts.OrphanedCertificateGrace = DefaultOrphanedCertificateGrace
 	}
 	if opts.SystemNamespace == "" {
 		opts.SystemNamespace = v1alpha1.DefaultSystemNamespace
@@ -211,6 +221,7 @@ func NewController(ctx context.Context, kubeClient kubernetes.Interface, sandbox
 		metrics:      opts.Metrics,
 		drainGrace:   opts.DrainGrace,
 		namespace:    opts.SystemNamespace,
+		certGrace:    opts.OrphanedCertificateGrace,
 	}
 
 	if err := sandboxInformer.Informer().AddIndexers(cache.Indexers{sandboxPoolIndex: indexSandboxByPool}); err != nil {

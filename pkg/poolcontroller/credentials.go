@@ -30,11 +30,6 @@ const (
 	EventFailedIssue       = "FailedIssue"
 )
 
-// agentSecretGrace is how long an agent's certificate Secret may exist
-// without its Pod before it is deleted: the Secret is created just before
-// the Pod, which the informer may not show yet.
-const agentSecretGrace = time.Minute
-
 // credentialsCheckPeriod is how often the scheduler's certificate is checked
 // for renewal.
 const credentialsCheckPeriod = 10 * time.Minute
@@ -203,7 +198,7 @@ func (c *Controller) issueAgentSecret(ctx context.Context, pool *v1alpha1.Sandbo
 
 // syncAgentSecrets gives every running agent Pod of the pool a valid
 // certificate (issued anew when missing, renewed when due) and deletes the
-// certificates of Pods that are gone, once seen so for agentSecretGrace by
+// certificates of Pods that are gone, once seen so for Options.OrphanedCertificateGrace by
 // the controller's own clock (a Secret is made just before its Pod, which
 // an informer may show later). The duration, when positive, is when to look
 // again for one still in its grace.
@@ -242,7 +237,7 @@ func (c *Controller) syncAgentSecrets(ctx context.Context, pool *v1alpha1.Sandbo
 			since = now
 		}
 		next[key] = since
-		if left := agentSecretGrace - now.Sub(since); left > 0 {
+		if left := c.certGrace - now.Sub(since); left > 0 {
 			if requeue <= 0 || left < requeue {
 				requeue = left
 			}

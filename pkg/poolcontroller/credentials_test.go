@@ -201,21 +201,21 @@ func TestAgentSecretsFollowTheirPods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if requeue <= 0 || requeue > agentSecretGrace {
-		t.Errorf("requeue %v, want within the grace %v", requeue, agentSecretGrace)
+	if requeue <= 0 || requeue > DefaultOrphanedCertificateGrace {
+		t.Errorf("requeue %v, want within the grace %v", requeue, DefaultOrphanedCertificateGrace)
 	}
 	if _, err := kube.CoreV1().Secrets(testSysNS).Get(e.ctx, v1alpha1.AgentTLSSecretName("py-agent-gone"), metav1.GetOptions{}); err != nil {
 		t.Errorf("deleted within the grace: %v", err)
 	}
 	// After it: the gone Pod's goes, the live one's stays.
-	e.clock.Step(agentSecretGrace / 2)
+	e.clock.Step(DefaultOrphanedCertificateGrace / 2)
 	if _, err := e.c.syncAgentSecrets(e.ctx, pool, []*corev1.Pod{live}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := kube.CoreV1().Secrets(testSysNS).Get(e.ctx, v1alpha1.AgentTLSSecretName("py-agent-gone"), metav1.GetOptions{}); err != nil {
 		t.Errorf("deleted half way through the grace: %v", err)
 	}
-	e.clock.Step(agentSecretGrace)
+	e.clock.Step(DefaultOrphanedCertificateGrace)
 	if _, err := e.c.syncAgentSecrets(e.ctx, pool, []*corev1.Pod{live}); err != nil {
 		t.Fatal(err)
 	}

@@ -164,9 +164,14 @@ func startPoolController(t *testing.T, cp *framework.ControlPlane, podWatchDelay
 // stops the controller before the test ends.
 func startPoolControllerWithClock(t *testing.T, cp *framework.ControlPlane, podWatchDelay time.Duration, clk clock.WithTicker) (stop func()) {
 	t.Helper()
+	return startPoolControllerWithOptions(t, cp, podWatchDelay, poolcontroller.Options{Clock: clk})
+}
+
+// startPoolControllerWithOptions is startPoolController with opts.
+func startPoolControllerWithOptions(t *testing.T, cp *framework.ControlPlane, podWatchDelay time.Duration, opts poolcontroller.Options) (stop func()) {
+	t.Helper()
 	_, ctx := ktesting.NewTestContext(t)
 	ctx, cancel := context.WithCancel(ctx)
-	opts := poolcontroller.Options{Clock: clk}
 	var (
 		c        *poolcontroller.Controller
 		err      error
@@ -751,12 +756,12 @@ func testPoolCertificates(t *testing.T, cp *framework.ControlPlane) {
 	}
 	secrets[pods[1].Name] = checkAgentSecret(t, cp, ca, pool, &pods[1])
 
-	// Two minutes later (by the restarted controller's clock) an agent Pod
-	// goes (it never had a node: its finalizer goes at once). The gone
-	// Pod's Secret is deleted; the live agent's Secret is kept as it is;
-	// the replacement gets a certificate of its own.
+	// With a short grace for orphaned certificates, an agent Pod goes (it
+	// never had a node: its finalizer goes at once). The gone Pod's Secret
+	// is deleted once the grace has passed; the live agent's Secret is kept
+	// as it is; the replacement gets a certificate of its own.
 	stop()
-	startPoolControllerWithClock(t, cp, 0, aheadClock{ahead: 2 * time.Minute})
+	startPoolControllerWithOptions(t, cp, 0, poolcontroller.Options{OrphanedCertificateGrace: 2 * time.Second})
 	if err := cp.Kube.CoreV1().Pods(systemNS).Delete(ctx, pods[0].Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
