@@ -681,5 +681,5 @@ func (a *Agent) Logs(ctx context.Context, uid string) ([]byte, error) {
 		return nil, err
 	}
 	defer rc.Close()
-	return readLimited(rc, maxLogBytes)
+	return readTail(rc, maxLogBytes)
 }

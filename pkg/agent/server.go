@@ -177,6 +177,26 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
-func readLimited(r io.Reader, limit int64) ([]byte, error) {
-	return io.ReadAll(io.LimitReader(r, limit))
+// readTail reads r to its end and returns its last limit bytes: a log's
+// newest lines are the ones worth serving.
+func readTail(r io.Reader, limit int) ([]byte, error) {
+	buf := make([]byte, 0, min(limit, 64<<10))
+	chunk := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(chunk)
+		buf = append(buf, chunk[:n]...)
+		if len(buf) > 2*limit {
+			buf = append(buf[:0], buf[len(buf)-limit:]...)
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if len(buf) > limit {
+		buf = buf[len(buf)-limit:]
+	}
+	return buf, nil
 }
