@@ -34,6 +34,7 @@ var (
 	image      = flag.String("image", "docker.io/fast-sandbox/testbox:latest", "image present on the node")
 	agentImage = flag.String("agent-image", "docker.io/fast-sandbox/agent:v0.1.0", "agent image of the bench pools")
 	socket     = flag.String("containerd-socket", "/run/fast-sandbox/containerd/containerd.sock", "the node's containerd socket")
+	ctrdRoot   = flag.String("containerd-root", "/var/lib/fast-sandbox/cluster/containerd/root", "the node's containerd root directory")
 	sequential = flag.Int("n", 100, "objects created one at a time")
 	burst      = flag.Int("burst", 20, "objects per burst")
 	bursts     = flag.Int("bursts", 3, "number of bursts")
@@ -249,7 +250,7 @@ func ensurePool(ctx context.Context, c versioned.Interface, name, handler string
 	pool := &v1alpha1.SandboxPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1alpha1.SandboxPoolSpec{
 		MinAgents: 1, MaxAgents: 1, SlotsPerAgent: int32(*burst) + 4, RuntimeHandler: handler, ImagePullPolicy: v1alpha1.PullNever,
 		ScaleDownDelaySeconds: 600, WarmContainersPerImage: &warm, WarmImages: []string{*image},
-		Agent: v1alpha1.AgentTemplate{Image: *agentImage, ImagePullPolicy: corev1.PullNever, ContainerdSocket: *socket,
+		Agent: v1alpha1.AgentTemplate{Image: *agentImage, ImagePullPolicy: corev1.PullNever, ContainerdSocket: *socket, ContainerdRoot: *ctrdRoot,
 			Resources: v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse(*agentCPU)), Memory: ptr.To(resource.MustParse("1Gi"))}},
 	}}
 	_, err := c.SandboxV1alpha1().SandboxPools().Create(ctx, pool, metav1.CreateOptions{})

@@ -76,7 +76,7 @@ func createScalePool(ctx context.Context, c versioned.Interface, name string, mi
 	pool := &v1alpha1.SandboxPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1alpha1.SandboxPoolSpec{
 		MinAgents: minAgents, MaxAgents: maxAgents, SlotsPerAgent: slots, ImagePullPolicy: v1alpha1.PullNever,
 		ScaleDownDelaySeconds: 600,
-		Agent: v1alpha1.AgentTemplate{Image: *agentImage, ImagePullPolicy: corev1.PullNever, ContainerdSocket: *socket,
+		Agent: v1alpha1.AgentTemplate{Image: *agentImage, ImagePullPolicy: corev1.PullNever, ContainerdSocket: *socket, ContainerdRoot: *ctrdRoot,
 			Resources: v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("250m")), Memory: ptr.To(resource.MustParse("256Mi"))}},
 	}}
 	_, err := c.SandboxV1alpha1().SandboxPools().Create(ctx, pool, metav1.CreateOptions{})

@@ -147,7 +147,7 @@ start kube-scheduler "$BIN_DIR/kube-scheduler" \
 log "starting containerd ($CONTAINERD_SOCK)"
 cat > "$CLUSTER_DIR/containerd/config.toml" <<EOF
 version = 2
-root = "$CLUSTER_DIR/containerd/root"
+root = "$CONTAINERD_ROOT"
 state = "$RUN_DIR/containerd/state"
 [grpc]
   address = "$CONTAINERD_SOCK"

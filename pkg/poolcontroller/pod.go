@@ -53,6 +53,10 @@ const (
 	// OCI runtime) at HostProcDir/<host PID>/ns/net to wire its veth
 	// (networkMode Egress); its own /proc shows only its Pod's processes.
 	volumeHostProc = "host-proc"
+	// volumeContainerdRoot is containerd's root directory at the same path:
+	// the agent mounts snapshots from it to give a user namespace's root
+	// filesystem to the remapped ids.
+	volumeContainerdRoot = "containerd-root"
 	// HostProcDir is where agent Pods see the node's /proc.
 	HostProcDir = "/host/proc"
 )
@@ -197,6 +201,12 @@ func AgentPod(pool *v1alpha1.SandboxPool, namespace, name, hostname string) *cor
 	}
 
 	volumes, mounts := nodeVolumes(socket)
+	root := spec.ContainerdRoot
+	if root == "" {
+		root = v1alpha1.DefaultContainerdRoot
+	}
+	volumes = append(volumes, hostPathVolume(volumeContainerdRoot, root, corev1.HostPathDirectoryOrCreate))
+	mounts = append(mounts, corev1.VolumeMount{Name: volumeContainerdRoot, MountPath: root})
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:            name,

@@ -216,6 +216,7 @@ func (c *chaosRun) deploy() {
 				Image: "docker.io/fast-sandbox/agent:" + mustSetting(t, "VERSION"), ImagePullPolicy: corev1.PullNever,
 				Resources:        v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("500m")), Memory: ptr.To(resource.MustParse("512Mi"))},
 				ContainerdSocket: c.sock,
+				ContainerdRoot:   mustSetting(t, "CONTAINERD_ROOT"),
 			},
 		},
 	}

@@ -78,6 +78,7 @@ func securityEnv(t *testing.T) (s *system, agent, server *corev1.Pod) {
 				Image: "docker.io/fast-sandbox/agent:" + mustSetting(t, "VERSION"), ImagePullPolicy: corev1.PullNever,
 				Resources:        v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("500m")), Memory: ptr.To(resource.MustParse("512Mi"))},
 				ContainerdSocket: mustSetting(t, "CONTAINERD_SOCK"),
+				ContainerdRoot:   mustSetting(t, "CONTAINERD_ROOT"),
 			},
 		},
 	}

@@ -49,6 +49,7 @@ func deploy(t *testing.T) *system {
 				Image: "docker.io/fast-sandbox/agent:" + mustSetting(t, "VERSION"), ImagePullPolicy: corev1.PullNever,
 				Resources:        v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("500m")), Memory: ptr.To(resource.MustParse("512Mi"))},
 				ContainerdSocket: mustSetting(t, "CONTAINERD_SOCK"),
+				ContainerdRoot:   mustSetting(t, "CONTAINERD_ROOT"),
 			},
 		},
 	}

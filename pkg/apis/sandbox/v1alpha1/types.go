@@ -53,6 +53,7 @@ const (
 const (
 	DefaultContainerdSocket    = "/run/containerd/containerd.sock"
 	DefaultContainerdNamespace = "k8s.io"
+	DefaultContainerdRoot      = "/var/lib/containerd"
 	DefaultSchedulerName       = "fast-sandbox"
 	DefaultSlotsPerAgent       = 8
 	DefaultScaleDownDelay      = 300
@@ -630,6 +631,16 @@ type AgentTemplate struct {
 	// +kubebuilder:validation:Pattern=`^/[^\x00]*[^/]\.sock$`
 	// +kubebuilder:validation:XValidation:rule="!self.contains('/../') && !self.contains('/./')",message="containerdSocket must be a clean path"
 	ContainerdSocket string `json:"containerdSocket,omitempty"`
+	// ContainerdRoot is containerd's root directory on the node. Agents
+	// mount it at the same path to prepare the user-namespace root
+	// filesystems of sandboxes (security.userNamespaces); without it, Auto
+	// runs sandboxes without user namespaces.
+	// +optional
+	// +kubebuilder:default="/var/lib/containerd"
+	// +kubebuilder:validation:Pattern=`^/[^\x00]*[^/]$`
+	// +kubebuilder:validation:XValidation:rule="!self.contains('/../') && !self.contains('/./') && !self.endsWith('/..') && !self.endsWith('/.')",message="containerdRoot must be a clean path"
+	// +kubebuilder:validation:XValidation:rule="!(self in ['/', '/etc', '/usr', '/bin', '/sbin', '/lib', '/proc', '/sys', '/dev', '/root', '/home', '/var', '/var/lib'])",message="containerdRoot must be containerd's own directory"
+	ContainerdRoot string `json:"containerdRoot,omitempty"`
 	// ContainerdNamespace is the containerd namespace whose images the agent
 	// uses; kubelet's is "k8s.io".
 	// +optional
