@@ -36,11 +36,8 @@ const (
 // returns the pool's agent Pod and that server Pod.
 func securityEnv(t *testing.T) (s *system, agent, server *corev1.Pod) {
 	t.Helper()
-	requireCluster(t)
+	deployComponents(t)
 	ctx := context.Background()
-	for _, d := range []string{"fast-sandbox-scheduler", "fast-sandbox-pool-controller"} {
-		kubectl(t, "-n", v1alpha1.DefaultSystemNamespace, "rollout", "status", "deployment/"+d, "--timeout=120s")
-	}
 	if _, err := cluster.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: securityNS}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}

@@ -32,13 +32,20 @@ type system struct {
 	pool string
 }
 
-func deploy(t *testing.T) *system {
+// deployComponents applies manifests/local and waits for the scheduler and
+// the pool controller.
+func deployComponents(t *testing.T) {
 	t.Helper()
 	requireCluster(t)
 	kubectl(t, "apply", "-k", filepath.Join(framework.RepoRoot(), "manifests", "local"))
 	for _, d := range []string{"fast-sandbox-scheduler", "fast-sandbox-pool-controller"} {
-		kubectl(t, "-n", "fast-sandbox-system", "rollout", "status", "deployment/"+d, "--timeout=120s")
+		kubectl(t, "-n", v1alpha1.DefaultSystemNamespace, "rollout", "status", "deployment/"+d, "--timeout=120s")
 	}
+}
+
+func deploy(t *testing.T) *system {
+	t.Helper()
+	deployComponents(t)
 	s := &system{t: t, sbx: versioned.NewForConfigOrDie(cluster.Config), ns: "default", pool: "e2e"}
 	pool := &v1alpha1.SandboxPool{
 		ObjectMeta: metav1.ObjectMeta{Name: s.pool},
