@@ -31,5 +31,7 @@ VERSION=${VERSION:-v0.1.0}
 log() { printf '%s [cluster] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-kubectl_() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+# Discovery is cached per cluster: a cache of an earlier cluster (e.g. with
+# SandboxPool still namespaced) would send requests to the wrong URLs.
+kubectl_() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" --cache-dir "$CLUSTER_DIR/kubectl-cache" "$@"; }
 ctr_() { ctr -a "$CONTAINERD_SOCK" "$@"; }

@@ -87,7 +87,8 @@ func kubectl(t *testing.T, args ...string) string {
 
 func kubectlErr(args ...string) (string, error) {
 	bin := filepath.Join(mustSettingNoT("BIN_DIR"), "kubectl")
-	out, err := exec.Command(bin, append([]string{"--kubeconfig", cluster.Kubeconfig}, args...)...).CombinedOutput()
+	cacheDir := filepath.Join(mustSettingNoT("CLUSTER_DIR"), "kubectl-cache")
+	out, err := exec.Command(bin, append([]string{"--kubeconfig", cluster.Kubeconfig, "--cache-dir", cacheDir}, args...)...).CombinedOutput()
 	return string(out), err
 }
 
