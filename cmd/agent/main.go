@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/network"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
 	"github.com/fast-sandbox/fast-sandbox/pkg/cli"
@@ -57,6 +59,11 @@ type options struct {
 	readOnlyRootFS      bool
 	runAsNonRoot        bool
 	userNamespaces      string
+	hostProc            string
+	hostIPs             []string
+	egressAllow         []string
+	egressDeny          []string
+	egressSubnet        string
 }
 
 func env(name, def string) string {
@@ -147,6 +154,16 @@ func main() {
 			fs.StringVar(&o.userNamespaces, "user-namespaces", env("SANDBOX_USER_NAMESPACES", containerd.UserNamespacesAuto),
 				"whether each sandbox gets a user namespace of its own (root inside is an unprivileged host user): "+
 					"Auto (when the node allows), Required (the agent does not start otherwise) or Disabled")
+			fs.StringVar(&o.hostProc, "host-proc", env("HOST_PROC", "/proc"),
+				"where the node's /proc is visible to the agent (the pool controller mounts it at /host/proc): an Egress sandbox's network namespace is <host-proc>/<pid>/ns/net")
+			fs.StringSliceVar(&o.hostIPs, "host-ip", splitList(os.Getenv("HOST_IP")),
+				"the node's addresses (downward API status.hostIP), denied to Egress sandboxes unless --egress-allow-cidrs lists them")
+			fs.StringSliceVar(&o.egressAllow, "egress-allow-cidrs", splitList(os.Getenv("EGRESS_ALLOW_CIDRS")),
+				"destinations Egress sandboxes may reach although default-denied (private, link-local, the node's...); a resolver a sandbox uses, e.g. the cluster DNS Service, must be listed")
+			fs.StringSliceVar(&o.egressDeny, "egress-deny-cidrs", splitList(os.Getenv("EGRESS_DENY_CIDRS")),
+				"destinations Egress sandboxes may not reach; win over --egress-allow-cidrs")
+			fs.StringVar(&o.egressSubnet, "egress-subnet", env("EGRESS_SUBNET", network.DefaultSubnet.String()),
+				"IPv4 range of the Egress sandboxes' veth addresses, a /30 per sandbox, inside the agent Pod's network namespace")
 			fs.DurationVar(&o.syncWait, "sync-wait", 5*time.Second, "how long a sync waits for its creations before answering Creating for those still under way")
 			fs.DurationVar(&o.createTimeout, "create-timeout", 10*time.Minute, "bound on one sandbox's creation, image pull included")
 			fs.DurationVar(&o.livenessThreshold, "liveness-threshold", agent.DefaultLivenessThreshold,
@@ -174,6 +191,7 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 	if name == "" {
 		name, _ = os.Hostname()
 	}
+	egress, egressErr := egressConfig(o)
 	rt := containerd.New(containerd.Config{
 		Address: o.containerdSocket, Namespace: o.containerdNamespace, CgroupParent: o.cgroupParent,
 		PodUID: o.podUID, Agent: name, StateDir: o.stateDir,
@@ -182,6 +200,8 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 		DefaultPidsLimit: o.defaultPidsLimit, LogMaxBytes: o.logMaxBytes, LogMaxFiles: o.logMaxFiles,
 		StorageCheckPeriod: o.storageCheckPeriod, ReadOnlyRootFilesystem: o.readOnlyRootFS, RunAsNonRoot: o.runAsNonRoot,
 		UserNamespaces: o.userNamespaces,
+		// The Manager works in the agent's own network namespace, the Pod's.
+		Egress: &egress, EgressError: egressErr, HostProc: o.hostProc,
 	}, log.WithName("containerd"))
 	defer rt.Close()
 	a := agent.New(agent.Config{
@@ -232,6 +252,64 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 		errs = append(errs, s.Shutdown(shutdownCtx))
 	}
 	return errors.Join(errs...)
+}
+
+// egressConfig is the network configuration of Egress sandboxes from the
+// flags. A malformed setting does not stop the agent: it is returned as the
+// error that Egress sandboxes then fail with, and None sandboxes run.
+func egressConfig(o *options) (network.Config, error) {
+	var cfg network.Config
+	var errs []error
+	if s := strings.TrimSpace(o.egressSubnet); s != "" {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--egress-subnet: %w", err))
+		}
+		cfg.Subnet = p
+	}
+	prefixes := func(flag string, ss []string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			p, err := parsePrefix(s)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--%s: %w", flag, err))
+				continue
+			}
+			out = append(out, p)
+		}
+		return out
+	}
+	cfg.Policy.AllowCIDRs = prefixes("egress-allow-cidrs", o.egressAllow)
+	cfg.Policy.DenyCIDRs = prefixes("egress-deny-cidrs", o.egressDeny)
+	for _, s := range o.hostIPs {
+		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--host-ip: %w", err))
+			continue
+		}
+		cfg.Policy.HostIPs = append(cfg.Policy.HostIPs, a)
+	}
+	if len(errs) == 0 {
+		return cfg, nil
+	}
+	msgs := make([]string, len(errs))
+	for i, err := range errs {
+		msgs[i] = err.Error()
+	}
+	return cfg, errors.New(strings.Join(msgs, "; "))
+}
+
+// parsePrefix parses a CIDR, or a single address as its host prefix.
+func parsePrefix(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	return netip.ParsePrefix(s)
 }
 
 // cleanup is the cleanup mode: it removes what the agent Pod

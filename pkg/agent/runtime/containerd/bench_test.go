@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,14 +18,21 @@ import (
 // BenchmarkStart measures one sandbox start (create → process running) on a
 // real containerd, side by side with `ctr run -d` on the same daemon:
 //
-//	go test ./pkg/agent/runtime/containerd/ -run '^$' -bench Start -benchtime 30x
+//	go test ./pkg/agent/runtime/containerd/ -run '^$' -bench Start -benchtime 50x
 //
 // "warm" starts each sandbox in a warm container made beforehand (outside
 // the timer); "cold" creates a container for it. Both run with the default
 // configuration (user namespaces when the node allows, bounded logs); the
-// "-no-userns" variants without user namespaces.
+// "-no-userns" variants without user namespaces. The "-egress" variants
+// start networkMode Egress sandboxes, with the network Manager in a
+// throwaway agent netns: cold ones pay for the veth's wiring (Attach) on
+// the start path, reported as attach-p50-ms, warm ones were wired when
+// made. Cold starts with user namespaces vary by tens of milliseconds from
+// run to run (the copy of the remapped root filesystem); compare the
+// "-no-userns" pairs, or attach-p50-ms, for what Egress adds.
 func BenchmarkStart(b *testing.B) {
 	e := setup(b)
+	n := newNetEnv(b)
 	ctx := context.Background()
 	b.Run("ctr-run", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
@@ -47,19 +55,47 @@ func BenchmarkStart(b *testing.B) {
 			b.StartTimer()
 		}
 	})
-	for _, mode := range []string{"cold", "warm", "cold-no-userns", "warm-no-userns"} {
+	// Each None mode is followed by its Egress variant: a run leaves work
+	// behind (the removed containers' snapshots and namespaces) that slows
+	// the next one down, whatever its network.
+	for _, mode := range []string{"cold", "cold-egress", "warm", "warm-egress",
+		"cold-no-userns", "cold-egress-no-userns", "warm-no-userns", "warm-egress-no-userns"} {
 		warm := strings.HasPrefix(mode, "warm")
+		egress := strings.Contains(mode, "-egress")
 		b.Run(mode, func(b *testing.B) {
+			// The Attaches of the timed cold creates (attach-p50-ms: the
+			// part of an Egress cold start that wires the network). Warm
+			// starts attach nothing: the refiller does, meanwhile.
+			var attachMu sync.Mutex
+			var attaches []time.Duration
+			timing := false
+			containerd.OnAttach(func(_ string, took time.Duration) {
+				attachMu.Lock()
+				if timing {
+					attaches = append(attaches, took)
+				}
+				attachMu.Unlock()
+			})
+			defer containerd.OnAttach(nil)
+			setTiming := func(on bool) {
+				attachMu.Lock()
+				timing = on
+				attachMu.Unlock()
+			}
 			rt := e.runtimeWith(b, warm, func(c *containerd.Config) {
 				c.Agent = "agent-bench-" + mode
 				if strings.HasSuffix(mode, "-no-userns") {
 					c.UserNamespaces = containerd.UserNamespacesDisabled
 				}
+				c.Egress = n.config()
 			})
 			defer rt.Close()
 			for i := 0; i < b.N; i++ {
 				s := spec(fmt.Sprintf("bench-%s-%d", mode, i), "sleep", "60")
 				s.CPUMillis, s.MemoryBytes = 100, 64<<20
+				if egress {
+					s.NetworkMode = api.NetworkEgress
+				}
 				if warm {
 					wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 					if err := rt.WaitWarm(wctx, s); err != nil {
@@ -67,13 +103,23 @@ func BenchmarkStart(b *testing.B) {
 					}
 					cancel()
 				}
+				setTiming(!warm)
 				start := time.Now()
 				st := rt.CreateSandbox(ctx, s)
 				elapsed := time.Since(start)
+				setTiming(false)
 				if st.State != api.StateRunning {
 					b.Fatalf("create: %+v", st)
 				}
 				b.ReportMetric(0, "ns/op")
+				if i == b.N-1 && egress && !warm {
+					attachMu.Lock()
+					slices.Sort(attaches)
+					if len(attaches) > 0 {
+						b.ReportMetric(float64(attaches[len(attaches)/2].Microseconds())/1000, "attach-p50-ms")
+					}
+					attachMu.Unlock()
+				}
 				report(b, i, elapsed)
 				b.StopTimer()
 				_ = rt.DeleteSandbox(ctx, s.UID)

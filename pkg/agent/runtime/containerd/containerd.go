@@ -16,6 +16,17 @@
 // and its labels name the sandbox, its namespace, pool and agent. The labels
 // are the source of truth: a restarted agent lists containers by label and
 // finds every sandbox again.
+//
+// Network: every sandbox has a network namespace of its own, made by the OCI
+// runtime with its container: loopback only for networkMode None, and for
+// Egress wired by package network (a veth into the agent Pod's namespace,
+// NAT, the pool's egress policy) between the task's creation and its start,
+// or when a warm container is made (see egress.go). Config.HostProc is where
+// the node's /proc is visible, to reach a task's namespace by its PID. A
+// sandbox keeps its image's /etc/resolv.conf: there is no DNS proxy, so the
+// resolvers it names must be reachable through the egress policy (a cluster
+// DNS Service or a node-local resolver is default-denied and must be listed
+// in the pool's allowCIDRs).
 package containerd
 
 import (
@@ -50,6 +61,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/network"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/sandboxlog"
 )
@@ -135,6 +147,24 @@ type Config struct {
 	// Disabled: whether each container gets a user namespace of its own
 	// (see userns.go).
 	UserNamespaces string
+	// Egress configures the networking of networkMode Egress sandboxes
+	// (package network: subnet, egress policy, and HostNetNS, the agent Pod's
+	// network namespace, "" for the agent's own). Initialize makes the
+	// Manager and initializes it; Close closes it. If either fails, Egress
+	// sandboxes fail with the reason and None sandboxes run (see egress.go).
+	// Nil leaves every network namespace alone (Egress sandboxes fail): the
+	// Manager changes the one it works in (forwarding, an nftables table),
+	// which must be the agent Pod's, never a node's.
+	Egress *network.Config
+	// EgressError, when set, makes egress networking unavailable for that
+	// reason (e.g. the agent's egress settings did not parse): Egress
+	// sandboxes fail with it.
+	EgressError error
+	// HostProc is where the node's /proc is visible to the agent ("/proc"
+	// when empty, right when the agent runs in the node's PID namespace): a
+	// task's network namespace is <HostProc>/<PID>/ns/net, its PID being
+	// the node's.
+	HostProc string
 }
 
 // Defaults of Config.
@@ -164,6 +194,12 @@ type Runtime struct {
 	// appArmorProfile is the AppArmor profile of containers, "" for none
 	// (see apparmor.go).
 	appArmorProfile string
+	// egress wires Egress sandboxes' networks; nil when unavailable, and
+	// egressErr then says why (see egress.go). hostProc is Config.HostProc
+	// or its default.
+	egress    *network.Manager
+	egressErr error
+	hostProc  string
 
 	mu     sync.Mutex
 	exits  chan api.SandboxStatus
@@ -254,6 +290,8 @@ func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
 	if err := r.initUserNS(ctx); err != nil {
 		return runtime.Info{}, err
 	}
+	// Before the warm containers: they are removed or made with their networks.
+	r.initEgress(ctx)
 	if err := r.initWarm(ctx); err != nil {
 		return runtime.Info{}, err
 	}
@@ -265,12 +303,13 @@ func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
 	r.log.Info("containerd runtime ready", "address", r.cfg.Address, "version", v.Version,
 		"namespace", r.cfg.Namespace, "cgroupParent", r.cgroupParent, "systemdCgroup", r.systemd, "podNetNS", r.podNetNS,
 		"warmPerImage", r.warm.perKey, "warmContainers", r.warm.enabled,
-		"userNamespaces", r.userns, "appArmorProfile", r.appArmorProfile, "defaultPidsLimit", r.cfg.DefaultPidsLimit, "logMaxBytes", r.cfg.LogMaxBytes, "logMaxFiles", r.cfg.LogMaxFiles)
+		"userNamespaces", r.userns, "appArmorProfile", r.appArmorProfile, "egress", r.egress != nil, "hostProc", r.hostProc, "defaultPidsLimit", r.cfg.DefaultPidsLimit, "logMaxBytes", r.cfg.LogMaxBytes, "logMaxFiles", r.cfg.LogMaxFiles)
 	return runtime.Info{Runtime: "containerd " + v.Version, CgroupParent: r.cgroupParent}, nil
 }
 
 // Close removes the free warm containers, stops waiting for exits and
-// closes the connection. Sandboxes keep running.
+// closes the network Manager and the connection. Sandboxes keep running,
+// with their networks.
 func (r *Runtime) Close() error {
 	if r.client != nil && r.warm.enabled {
 		r.discardAllWarm()
@@ -278,10 +317,11 @@ func (r *Runtime) Close() error {
 	if r.cancel != nil {
 		r.cancel()
 	}
+	err := r.closeEgress()
 	if r.client != nil {
-		return r.client.Close()
+		err = errors.Join(err, r.client.Close())
 	}
-	return nil
+	return err
 }
 
 // Exits delivers the final status of sandboxes whose process ended.
@@ -379,6 +419,9 @@ func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.S
 	case !errdefs.IsNotFound(err):
 		return r.failedCreate(spec, ContainerID(spec.UID), api.ReasonCreateFailed, fmt.Errorf("looking for the container of sandbox %s: %w", spec.UID, err))
 	}
+	if networkOf(spec) == api.NetworkEgress && r.egress == nil {
+		return r.failed(spec, ContainerID(spec.UID), api.ReasonCreateFailed, r.egressUnavailable())
+	}
 	key, err := r.keyOf(spec)
 	if err != nil {
 		return r.failed(spec, ContainerID(spec.UID), api.ReasonCreateFailed, fmt.Errorf("invalid image %q: %w", spec.Image, err))
@@ -471,7 +514,7 @@ func (r *Runtime) sandboxLabels(spec api.SandboxSpec, created time.Time) map[str
 		LabelUID: spec.UID, LabelName: spec.Name, LabelNamespace: spec.Namespace,
 		LabelPool: spec.Pool, LabelCreated: created.UTC().Format(time.RFC3339Nano),
 		LabelCPU: fmt.Sprint(spec.CPUMillis), LabelMemory: fmt.Sprint(spec.MemoryBytes),
-		LabelPids: fmt.Sprint(r.pidsLimit(spec)),
+		LabelPids: fmt.Sprint(r.pidsLimit(spec)), LabelNetwork: networkOf(spec),
 	})
 	if spec.EphemeralStorageBytes > 0 {
 		l[LabelEphemeralStorage] = fmt.Sprint(spec.EphemeralStorageBytes)
@@ -640,6 +683,15 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	if crashAt(stepColdTask) {
 		return crashed(status, stepColdTask)
 	}
+	// The task's namespace exists (the OCI runtime made it with the
+	// container's process, which waits to start): wire it before the
+	// command runs.
+	if networkOf(spec) == api.NetworkEgress {
+		if err := r.attachEgress(id, task); err != nil {
+			cleanup()
+			return fail(api.ReasonCreateFailed, fmt.Errorf("attaching the sandbox's network: %w", err))
+		}
+	}
 	exitCh, err := task.Wait(r.ctx)
 	if err != nil {
 		cleanup()
@@ -720,7 +772,7 @@ func (r *Runtime) specOpts(spec api.SandboxSpec, img ocispec.ImageConfig, user s
 		}}))
 	}
 	// A network namespace of its own (runc and crun bring up loopback in
-	// it). TODO(issue 11): Egress sandboxes get one prepared with a veth.
+	// it); an Egress sandbox's is wired once its task exists (egress.go).
 	opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace}))
 	return append(opts, extraSpecOpts...)
 }
@@ -961,6 +1013,9 @@ func (r *Runtime) removeContainer(ctx context.Context, c client.Container) error
 		}
 	} else if !errdefs.IsNotFound(err) {
 		return fmt.Errorf("loading task of %s: %w", id, err)
+	}
+	if info.Labels[LabelNetwork] == api.NetworkEgress && info.Labels[LabelAgent] == r.cfg.Agent {
+		r.detachEgress(id)
 	}
 	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("deleting container %s: %w", id, err)

@@ -211,13 +211,17 @@ func (r *Runtime) attach(c client.Container) (<-chan client.ExitStatus, waitEnd,
 	return ch, 0, nil
 }
 
-// endWait reports what a wait on a running sandbox's task came to.
+// endWait reports what a wait on a running sandbox's task came to. A
+// sandbox that ended is detached from its network (its namespace died with
+// its process; egress.go).
 func (r *Runtime) endWait(c client.Container, st api.SandboxStatus, es client.ExitStatus, end waitEnd) {
 	switch end {
 	case waitExited:
 		r.deliverExit(c, st, es)
+		r.detachEgress(c.ID())
 	case waitNoTask:
 		r.report(r.lostStatus(c, st))
+		r.detachEgress(c.ID())
 	case waitNoContainer:
 		r.mu.Lock()
 		delete(r.waited, st.UID)

@@ -538,7 +538,7 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 		withSeccompAllowed("sethostname"),
 	)
 	container, err := r.client.NewContainer(ctx, id,
-		client.WithContainerLabels(withLabels(r.ownLabels(map[string]string{LabelWarm: "true"}), fs.labels)),
+		client.WithContainerLabels(withLabels(r.ownLabels(map[string]string{LabelWarm: "true", LabelNetwork: key.network}), fs.labels)),
 		client.WithImageName(image.Name()),
 		client.WithSnapshotter(r.cfg.Snapshotter),
 		fs.snapshot,
@@ -561,6 +561,13 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 		return fail(fmt.Errorf("creating task: %w", err))
 	}
 	c.task = task
+	// Its network is wired now, off the start path: a claim does nothing
+	// network-related (egress.go).
+	if key.network == api.NetworkEgress {
+		if err := r.attachEgress(id, task); err != nil {
+			return fail(fmt.Errorf("attaching the network: %w", err))
+		}
+	}
 	if c.exitCh, err = task.Wait(r.ctx); err != nil {
 		return fail(fmt.Errorf("waiting on task: %w", err))
 	}
@@ -794,6 +801,9 @@ func (r *Runtime) WaitWarm(ctx context.Context, spec api.SandboxSpec) error {
 	}
 	if !r.warm.enabled {
 		return errors.New("warm containers are disabled")
+	}
+	if key.network == api.NetworkEgress && r.egress == nil {
+		return r.egressUnavailable()
 	}
 	r.noteKey(key)
 	for {
