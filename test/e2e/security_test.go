@@ -26,15 +26,13 @@ import (
 // sandboxes (each network mode) and as the sandbox that once squatted the
 // agent's port to steal its credential.
 
-const (
-	securityPool = "e2e-security"
-	securityNS   = "e2e-security"
-)
+const securityNS = "e2e-security"
 
-// securityEnv deploys a one-agent pool whose egress policy allows one
-// address (a Pod serving on 8080, the positive control of Egress) and
-// returns the pool's agent Pod and that server Pod.
-func securityEnv(t *testing.T) (s *system, agent, server *corev1.Pod) {
+// securityEnv deploys a one-agent pool of its own (name: each test's own,
+// so that one test's pool being deleted never meets the next one's) whose
+// egress policy allows one address (a Pod serving on 8080, the positive
+// control of Egress) and returns the pool's agent Pod and that server Pod.
+func securityEnv(t *testing.T, name string) (s *system, agent, server *corev1.Pod) {
 	t.Helper()
 	deployComponents(t)
 	ctx := context.Background()
@@ -43,7 +41,7 @@ func securityEnv(t *testing.T) (s *system, agent, server *corev1.Pod) {
 	}
 	// The positive control: a Pod on the cluster network that answers on 8080.
 	server = &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "egress-target", Namespace: securityNS},
+		ObjectMeta: metav1.ObjectMeta{Name: name + "-target", Namespace: securityNS},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{
 			Name: "serve", Image: cluster.TestImage, ImagePullPolicy: corev1.PullNever,
 			Command: []string{"sh", "-c", "while true; do echo reached | nc -l -p 8080; done"},
@@ -64,9 +62,9 @@ func securityEnv(t *testing.T) (s *system, agent, server *corev1.Pod) {
 		t.Fatalf("the egress target Pod never ran: %v", err)
 	}
 
-	s = &system{t: t, sbx: versioned.NewForConfigOrDie(cluster.Config), ns: securityNS, pool: securityPool}
+	s = &system{t: t, sbx: versioned.NewForConfigOrDie(cluster.Config), ns: securityNS, pool: name}
 	pool := &v1alpha1.SandboxPool{
-		ObjectMeta: metav1.ObjectMeta{Name: securityPool},
+		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: v1alpha1.SandboxPoolSpec{
 			MinAgents: 1, MaxAgents: 1, SlotsPerAgent: 8, ScaleDownDelaySeconds: 60,
 			ImagePullPolicy: v1alpha1.PullNever, WarmImages: []string{cluster.TestImage},
@@ -83,7 +81,7 @@ func securityEnv(t *testing.T) (s *system, agent, server *corev1.Pod) {
 		t.Fatal(err)
 	}
 	s.waitPool(func(p *v1alpha1.SandboxPool) bool { return p.Status.ReadyAgents == 1 }, "1 ready agent")
-	pods, err := cluster.Kube.CoreV1().Pods(v1alpha1.DefaultSystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=" + securityPool})
+	pods, err := cluster.Kube.CoreV1().Pods(v1alpha1.DefaultSystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=" + name})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +95,7 @@ func securityEnv(t *testing.T) (s *system, agent, server *corev1.Pod) {
 	}
 	t.Cleanup(func() {
 		_ = s.sbx.SandboxV1alpha1().Sandboxes(securityNS).DeleteCollection(context.Background(), metav1.DeleteOptions{}, metav1.ListOptions{})
-		_ = s.sbx.SandboxV1alpha1().SandboxPools().Delete(context.Background(), securityPool, metav1.DeleteOptions{})
+		_ = s.sbx.SandboxV1alpha1().SandboxPools().Delete(context.Background(), name, metav1.DeleteOptions{})
 		_ = cluster.Kube.CoreV1().Pods(securityNS).Delete(context.Background(), server.Name, metav1.DeleteOptions{})
 	})
 	return s, agent, server
@@ -129,7 +127,7 @@ func probeScript(targets map[string]int) string {
 }
 
 func TestSandboxCannotReachTheNode(t *testing.T) {
-	s, agent, server := securityEnv(t)
+	s, agent, server := securityEnv(t, "e2e-reach")
 	agentAPI := net.JoinHostPort(agent.Status.PodIP, "8081")
 	agentProbe := net.JoinHostPort(agent.Status.PodIP, "8082")
 	kubelet := net.JoinHostPort(agent.Status.HostIP, "10250")
@@ -175,7 +173,7 @@ func TestSandboxCannotReachTheNode(t *testing.T) {
 // (and, once, the pool's bearer token). Now the sandbox's port is its own:
 // the agent comes back healthy, and nothing reaches the sandbox.
 func TestPortSquatGetsNothing(t *testing.T) {
-	s, agent, _ := securityEnv(t)
+	s, agent, _ := securityEnv(t, "e2e-squat")
 	ctx := context.Background()
 	for _, mode := range []v1alpha1.SandboxNetworkMode{v1alpha1.NetworkModeNone, v1alpha1.NetworkModeEgress} {
 		name := "squat-" + strings.ToLower(string(mode))
@@ -222,7 +220,7 @@ func TestPortSquatGetsNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		if sbx.Status.Phase != v1alpha1.SandboxRunning {
-			t.Errorf("%s: %s, want still Running", name, sbx.Status.Phase)
+			t.Errorf("%s: %s (%s: %s, exit %v), want still Running", name, sbx.Status.Phase, sbx.Status.Reason, sbx.Status.Message, ptrVal(sbx.Status.ExitCode))
 		}
 		log := sandboxLog(t, sbx)
 		for _, leak := range []string{"Authorization", "Bearer", "PRIVATE KEY", "CERTIFICATE", "GET /v1", "PUT /v1", "connection ended"} {
