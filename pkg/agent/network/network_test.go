@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -22,11 +21,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-)
 
-const (
-	blockedTimeout = 300 * time.Millisecond
-	reachTimeout   = 3 * time.Second
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/network/nettest"
 )
 
 func TestNewValidates(t *testing.T) {
@@ -107,7 +103,8 @@ func TestVethName(t *testing.T) {
 // the world's: a sandbox must not reach it, whatever AllowCIDRs says.
 const outsideSubnet = "198.18.200.2"
 
-// env is a throwaway agent Pod netns connected to a throwaway world netns:
+// env is a throwaway agent Pod netns connected to a throwaway world netns
+// (a nettest.Pair):
 //
 //	agent eth0 192.0.2.1/24 (MTU 1400) ── world eth0 192.0.2.2/24 + 10.99.0.1/32 + 198.18.200.2/32
 //
@@ -122,49 +119,8 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, veths and nftables tables")
-	}
-	dir := t.TempDir()
-	e := &env{top: t, agent: filepath.Join(dir, "agent"), world: filepath.Join(dir, "world")}
-	names.Store(e.agent, "agent")
-	names.Store(e.world, "world")
-	t.Cleanup(func() { // before TempDir's removal
-		_ = removeNamedNS(e.agent)
-		_ = removeNamedNS(e.world)
-	})
-	for _, p := range []string{e.agent, e.world} {
-		if err := createNamedNS(p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ah, wh := handle(t, e.agent), handle(t, e.world)
-	wns := nsHandle(t, e.world)
-	must(t, ah.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0", MTU: 1400}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(wns))}))
-	for _, side := range []struct {
-		h     *netlink.Handle
-		addrs []string
-	}{{ah, []string{"192.0.2.1/24"}}, {wh, []string{"192.0.2.2/24", "10.99.0.1/32", outsideSubnet + "/32"}}} {
-		lo, err := side.h.LinkByName("lo")
-		must(t, err)
-		must(t, side.h.LinkSetUp(lo))
-		eth, err := side.h.LinkByName("eth0")
-		must(t, err)
-		for _, a := range side.addrs {
-			addr, err := netlink.ParseAddr(a)
-			must(t, err)
-			must(t, side.h.AddrAdd(eth, addr))
-		}
-		must(t, side.h.LinkSetUp(eth))
-	}
-	eth, err := ah.LinkByName("eth0")
-	must(t, err)
-	must(t, ah.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: cidr("10.99.0.1/32"), Gw: net.ParseIP("192.0.2.2")}))
-	must(t, ah.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: cidr("0.0.0.0/0"), Gw: net.ParseIP("192.0.2.2")}))
-	weth, err := wh.LinkByName("eth0")
-	must(t, err)
-	must(t, wh.RouteAdd(&netlink.Route{LinkIndex: weth.Attrs().Index, Dst: cidr("198.18.0.0/15"), Gw: net.ParseIP("192.0.2.1")}))
-	return e
+	p := nettest.NewPair(t, nettest.PairOptions{MTU: 1400, WorldAddrs: []string{outsideSubnet + "/32"}})
+	return &env{top: t, agent: p.Agent, world: p.World}
 }
 
 func (e *env) manager(t testing.TB, p Policy) *Manager {
@@ -180,46 +136,6 @@ func (e *env) manager(t testing.TB, p Policy) *Manager {
 	return m
 }
 
-// createNamedNS creates a new network namespace and keeps it alive by
-// bind-mounting it onto path, a new file, as `ip netns add` does in
-// /run/netns. The file is removed again if that fails.
-func createNamedNS(path string) (err error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
-	if err != nil {
-		return fmt.Errorf("create netns file: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("create netns file: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(path)
-		}
-	}()
-	return onLockedThread(func() error {
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			return fmt.Errorf("unshare network namespace: %w", err)
-		}
-		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
-			return fmt.Errorf("bind-mount network namespace onto %s: %w", path, err)
-		}
-		return nil
-	})
-}
-
-// removeNamedNS unmounts and removes a file made by createNamedNS.
-func removeNamedNS(path string) error {
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil &&
-		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmount netns file %s: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove netns file: %w", err)
-	}
-	return nil
-}
-
 // nsProc is a process in a new, empty network namespace, as runc makes a
 // container's; path is its namespace, /proc/<pid>/ns/net.
 type nsProc struct {
@@ -228,16 +144,8 @@ type nsProc struct {
 	once sync.Once
 }
 
-// names are the labels of namespace paths in test messages, procs the
-// processes of those startNS made.
-var names, procs sync.Map
-
-func nsName(path string) string {
-	if n, ok := names.Load(path); ok {
-		return n.(string)
-	}
-	return path
-}
+// procs are the processes of the namespaces startNS made.
+var procs sync.Map
 
 // startNS starts a sleeping process in a network namespace of its own; it
 // is killed when the test ends, if not before.
@@ -247,7 +155,7 @@ func startNS(t testing.TB, label string) *nsProc {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
 	must(t, cmd.Start())
 	p := &nsProc{cmd: cmd, path: fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid)}
-	names.Store(p.path, label)
+	nettest.SetLabel(p.path, label)
 	procs.Store(p.path, p)
 	t.Cleanup(p.kill)
 	return p
@@ -271,20 +179,8 @@ func killNS(t testing.TB, path string) {
 	p.(*nsProc).kill()
 }
 
-func cidr(s string) *net.IPNet {
-	_, n, err := net.ParseCIDR(s)
-	if err != nil {
-		panic(err)
-	}
-	return n
-}
-
-func must(t testing.TB, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
+// must fails the test at once if err is not nil.
+var must = nettest.Must
 
 func nsHandle(t testing.TB, path string) netns.NsHandle {
 	t.Helper()
@@ -292,49 +188,6 @@ func nsHandle(t testing.TB, path string) netns.NsHandle {
 	must(t, err)
 	t.Cleanup(func() { _ = ns.Close() })
 	return ns
-}
-
-func handle(t testing.TB, path string) *netlink.Handle {
-	t.Helper()
-	ns, err := netns.GetFromPath(path)
-	must(t, err)
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	must(t, err)
-	t.Cleanup(h.Close)
-	return h
-}
-
-// serve listens on addr in the namespace at nsPath and answers every
-// connection with the address it came from.
-func serve(t *testing.T, nsPath, addr string) {
-	t.Helper()
-	ns := nsHandle(t, nsPath)
-	var l net.Listener
-	must(t, inNS(ns, func() (err error) {
-		l, err = net.Listen(tcpNet(addr), addr)
-		return err
-	}))
-	t.Cleanup(func() { _ = l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-			_, _ = io.WriteString(c, host)
-			_ = c.Close()
-		}
-	}()
-}
-
-// tcpNet is "tcp6" for an address in brackets, else "tcp4".
-func tcpNet(addr string) string {
-	if strings.HasPrefix(addr, "[") {
-		return "tcp6"
-	}
-	return "tcp4"
 }
 
 // udpSink receives datagrams on addr in the namespace at nsPath and sends
@@ -381,53 +234,6 @@ func sendUDP(t *testing.T, nsPath, src, addr, payload string) {
 	}))
 }
 
-// dial connects from the namespace at nsPath (optionally from source
-// address src) and returns what the listener answered: the address it saw.
-func dial(nsPath, src, addr string, timeout time.Duration) (string, error) {
-	ns, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return "", err
-	}
-	defer ns.Close()
-	var c net.Conn
-	d := net.Dialer{Timeout: timeout}
-	if src != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
-	}
-	if err := inNS(ns, func() (err error) {
-		c, err = d.Dial(tcpNet(addr), addr)
-		return err
-	}); err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(reachTimeout))
-	b, err := io.ReadAll(c)
-	return string(b), err
-}
-
-func reach(t *testing.T, nsPath, addr, wantSeen string) {
-	t.Helper()
-	seen, err := dial(nsPath, "", addr, reachTimeout)
-	if err != nil {
-		t.Errorf("%s -> %s: %v, want a connection", nsName(nsPath), addr, err)
-		return
-	}
-	if wantSeen != "" && seen != wantSeen {
-		t.Errorf("%s -> %s: listener saw %s, want %s", nsName(nsPath), addr, seen, wantSeen)
-	}
-}
-
-// blocked checks that a connection times out: its packets are dropped.
-func blocked(t *testing.T, nsPath, src, addr string) {
-	t.Helper()
-	_, err := dial(nsPath, src, addr, blockedTimeout)
-	var ne net.Error
-	if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
-		t.Errorf("%s -> %s (source %q): %v, want a timeout", nsName(nsPath), addr, src, err)
-	}
-}
-
 // parallel runs fns concurrently and waits for them.
 func parallel(fns ...func()) {
 	var wg sync.WaitGroup
@@ -452,7 +258,7 @@ func sandboxAddr(t *testing.T, nsPath string) (netip.Addr, int) {
 	addrs, err := h.AddrList(l, netlink.FAMILY_V4)
 	must(t, err)
 	if len(addrs) != 1 {
-		t.Fatalf("%s: eth0 addresses %v", nsName(nsPath), addrs)
+		t.Fatalf("%s: eth0 addresses %v", nettest.Label(nsPath), addrs)
 	}
 	a, _ := netip.AddrFromSlice(addrs[0].IP)
 	return a.Unmap(), l.Attrs().MTU
@@ -528,10 +334,10 @@ func learnt(m *Manager, id string) netip.Addr {
 
 func TestEgress(t *testing.T) {
 	e := newEnv(t)
-	serve(t, e.world, "0.0.0.0:8080")
-	serve(t, e.agent, "0.0.0.0:8081") // the agent API
+	nettest.Serve(t, e.world, "0.0.0.0:8080")
+	nettest.Serve(t, e.agent, "0.0.0.0:8081") // the agent API
 	world, denied, agentAPI := "192.0.2.2:8080", "10.99.0.1:8080", "192.0.2.1:8081"
-	ah := handle(t, e.agent)
+	ah := nettest.Handle(t, e.agent)
 
 	m := e.manager(t, Policy{})
 	pathA := attach(t, t, m, "sandbox-a")
@@ -547,29 +353,29 @@ func TestEgress(t *testing.T) {
 	if l, err := ah.LinkByName(vethName("sandbox-a")); err != nil || l.Attrs().Alias != AliasPrefix+"sandbox-a" || l.Attrs().MTU != 1400 {
 		t.Errorf("veth of sandbox A: %v %+v", err, l)
 	}
-	serve(t, pathB, "0.0.0.0:9000")
+	nettest.Serve(t, pathB, "0.0.0.0:9000")
 	e.printRuleset(t)
 
 	t.Run("default policy", func(t *testing.T) {
-		reach(t, e.agent, "127.0.0.1:8081", "") // the agent API listens
-		reach(t, pathB, "127.0.0.1:9000", "")   // sandbox B listens, on its loopback
-		reach(t, pathA, world, "192.0.2.1")     // NAT to the agent's address
+		nettest.Reach(t, e.agent, "127.0.0.1:8081", "") // the agent API listens
+		nettest.Reach(t, pathB, "127.0.0.1:9000", "")   // sandbox B listens, on its loopback
+		nettest.Reach(t, pathA, world, "192.0.2.1")     // NAT to the agent's address
 		// The timeouts run side by side.
 		parallel(
-			func() { blocked(t, pathA, "", denied) },                   // default deny
-			func() { blocked(t, pathA, "", gateway(addrA)+":8081") },   // agent API on the gateway
-			func() { blocked(t, pathA, "", agentAPI) },                 // agent API on the Pod address
-			func() { blocked(t, pathA, "", gateway(addrB)+":8081") },   // or on another sandbox's gateway
-			func() { blocked(t, pathA, "", addrB.String()+":9000") },   // another sandbox
-			func() { blocked(t, e.world, "", addrB.String()+":9000") }, // nothing connects into a sandbox
-			func() { blocked(t, e.agent, "", addrB.String()+":9000") }, // not even the agent
+			func() { nettest.Blocked(t, pathA, "", denied) },                   // default deny
+			func() { nettest.Blocked(t, pathA, "", gateway(addrA)+":8081") },   // agent API on the gateway
+			func() { nettest.Blocked(t, pathA, "", agentAPI) },                 // agent API on the Pod address
+			func() { nettest.Blocked(t, pathA, "", gateway(addrB)+":8081") },   // or on another sandbox's gateway
+			func() { nettest.Blocked(t, pathA, "", addrB.String()+":9000") },   // another sandbox
+			func() { nettest.Blocked(t, e.world, "", addrB.String()+":9000") }, // nothing connects into a sandbox
+			func() { nettest.Blocked(t, e.agent, "", addrB.String()+":9000") }, // not even the agent
 		)
 	})
 	t.Run("spoofed source", func(t *testing.T) {
 		// UDP, so that a spoofed datagram shows at the listener although
 		// no answer could come back.
 		got := udpSink(t, e.world, "0.0.0.0:8082")
-		h := handle(t, pathA)
+		h := nettest.Handle(t, pathA)
 		eth, err := h.LinkByName(SandboxInterface)
 		must(t, err)
 		for _, src := range []string{"203.0.113.7", addrB.String()} {
@@ -584,7 +390,7 @@ func TestEgress(t *testing.T) {
 			if msg != "genuine from 192.0.2.1" {
 				t.Errorf("world got %q, want only the genuine datagram", msg)
 			}
-		case <-time.After(reachTimeout):
+		case <-time.After(nettest.ReachTimeout):
 			t.Error("the genuine datagram never arrived")
 		}
 		select {
@@ -592,7 +398,7 @@ func TestEgress(t *testing.T) {
 			t.Errorf("world also got %q", msg)
 		case <-time.After(100 * time.Millisecond):
 		}
-		reach(t, pathA, world, "192.0.2.1")
+		nettest.Reach(t, pathA, world, "192.0.2.1")
 	})
 	t.Run("IPv6 dropped", func(t *testing.T) {
 		// A sandbox (and its Pod-side veth) with IPv6 enabled again, as if
@@ -615,17 +421,17 @@ func TestEgress(t *testing.T) {
 			ad.Flags = unix.IFA_F_NODAD
 			must(t, h.AddrAdd(l, ad))
 		}
-		ah, wh, sh := handle(t, e.agent), handle(t, e.world), handle(t, path)
+		ah, wh, sh := nettest.Handle(t, e.agent), nettest.Handle(t, e.world), nettest.Handle(t, path)
 		addr6(ah, "eth0", "2001:db8:1::1/64")
 		addr6(wh, "eth0", "2001:db8:1::2/64")
 		addr6(ah, vethName("sandbox-v6"), "2001:db8:2::1/64")
 		addr6(sh, SandboxInterface, "2001:db8:2::2/64")
 		weth, err := wh.LinkByName("eth0")
 		must(t, err)
-		must(t, wh.RouteAdd(&netlink.Route{LinkIndex: weth.Attrs().Index, Dst: cidr("2001:db8:2::/64"), Gw: net.ParseIP("2001:db8:1::1")}))
+		must(t, wh.RouteAdd(&netlink.Route{LinkIndex: weth.Attrs().Index, Dst: nettest.CIDR("2001:db8:2::/64"), Gw: net.ParseIP("2001:db8:1::1")}))
 		seth, err := sh.LinkByName(SandboxInterface)
 		must(t, err)
-		must(t, sh.RouteAdd(&netlink.Route{LinkIndex: seth.Attrs().Index, Dst: cidr("::/0"), Gw: net.ParseIP("2001:db8:2::1")}))
+		must(t, sh.RouteAdd(&netlink.Route{LinkIndex: seth.Attrs().Index, Dst: nettest.CIDR("::/0"), Gw: net.ParseIP("2001:db8:2::1")}))
 		// Static neighbours: the input chain drops the sandbox's neighbour
 		// discovery, which would hide whether forwarding is dropped.
 		hveth, err := ah.LinkByName(vethName("sandbox-v6"))
@@ -634,12 +440,12 @@ func TestEgress(t *testing.T) {
 			IP: net.ParseIP("2001:db8:2::1"), HardwareAddr: hveth.Attrs().HardwareAddr}))
 		must(t, ah.NeighAdd(&netlink.Neigh{LinkIndex: hveth.Attrs().Index, Family: netlink.FAMILY_V6, State: netlink.NUD_PERMANENT,
 			IP: net.ParseIP("2001:db8:2::2"), HardwareAddr: seth.Attrs().HardwareAddr}))
-		serve(t, e.world, "[::]:8083")
-		serve(t, e.agent, "[::]:8084")
-		reach(t, e.agent, "[2001:db8:1::2]:8083", "2001:db8:1::1") // the IPv6 path works
+		nettest.Serve(t, e.world, "[::]:8083")
+		nettest.Serve(t, e.agent, "[::]:8084")
+		nettest.Reach(t, e.agent, "[2001:db8:1::2]:8083", "2001:db8:1::1") // the IPv6 path works
 		parallel(
-			func() { blocked(t, path, "", "[2001:db8:1::2]:8083") }, // forwarded
-			func() { blocked(t, path, "", "[2001:db8:2::1]:8084") }, // to the agent
+			func() { nettest.Blocked(t, path, "", "[2001:db8:1::2]:8083") }, // forwarded
+			func() { nettest.Blocked(t, path, "", "[2001:db8:2::1]:8084") }, // to the agent
 		)
 	})
 	t.Run("no IPv6 in the sandbox", func(t *testing.T) {
@@ -682,7 +488,7 @@ func TestEgress(t *testing.T) {
 		if got, want := m.List(), []string{"sandbox-a", "sandbox-b"}; !slices.Equal(got, want) {
 			t.Errorf("List = %v, want %v", got, want)
 		}
-		reach(t, pathA, world, "192.0.2.1")
+		nettest.Reach(t, pathA, world, "192.0.2.1")
 	})
 
 	// The agent restarts, with a policy that allows 10.99/16 and, in vain,
@@ -703,14 +509,14 @@ func TestEgress(t *testing.T) {
 
 	pathD := attach(t, t, m, "sandbox-d")
 	addrD, _ := sandboxAddr(t, pathD)
-	reach(t, pathD, world, "192.0.2.1")
+	nettest.Reach(t, pathD, world, "192.0.2.1")
 	must(t, m.Close())
 	must(t, ah.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: VethPrefix + "0000000000"}, PeerName: "orphanpeer"}))
 	must(t, ah.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: vethName("forged")}, PeerName: "forgedpeer"}))
 	l, err := ah.LinkByName(vethName("forged"))
 	must(t, err)
 	must(t, ah.LinkSetAlias(l, AliasPrefix+"sandbox-a"))
-	must(t, ah.AddrAdd(l, &netlink.Addr{IPNet: cidr("198.18.100.1/30")}))
+	must(t, ah.AddrAdd(l, &netlink.Addr{IPNet: nettest.CIDR("198.18.100.1/30")}))
 	half := startNS(t, "sandbox-h")
 	must(t, ah.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: vethName("sandbox-h")}, PeerName: SandboxInterface,
 		PeerNamespace: netlink.NsFd(int(nsHandle(t, half.path)))}))
@@ -761,15 +567,15 @@ func TestEgress(t *testing.T) {
 		if seen := []netip.Addr{addrA, addrB, addrH, addrC}; len(slices.Compact(slices.SortedFunc(slices.Values(seen), netip.Addr.Compare))) != 4 {
 			t.Errorf("an address handed out twice: %v", seen)
 		}
-		reach(t, pathA, world, "192.0.2.1")
-		reach(t, pathC, world, "192.0.2.1")
-		reach(t, half.path, world, "192.0.2.1")
-		reach(t, pathA, denied, "192.0.2.1") // allowed now
+		nettest.Reach(t, pathA, world, "192.0.2.1")
+		nettest.Reach(t, pathC, world, "192.0.2.1")
+		nettest.Reach(t, half.path, world, "192.0.2.1")
+		nettest.Reach(t, pathA, denied, "192.0.2.1") // allowed now
 		parallel(
-			func() { blocked(t, pathA, "", addrB.String()+":9000") }, // allow never covers sandboxes
-			func() { blocked(t, pathA, "", outsideSubnet+":8080") },  // nor the sandbox subnet
-			func() { blocked(t, pathC, "", gateway(addrC)+":8081") },
-			func() { blocked(t, pathC, "", agentAPI) },
+			func() { nettest.Blocked(t, pathA, "", addrB.String()+":9000") }, // allow never covers sandboxes
+			func() { nettest.Blocked(t, pathA, "", outsideSubnet+":8080") },  // nor the sandbox subnet
+			func() { nettest.Blocked(t, pathC, "", gateway(addrC)+":8081") },
+			func() { nettest.Blocked(t, pathC, "", agentAPI) },
 		)
 		must(t, m.Detach("sandbox-h"))
 	})
@@ -780,18 +586,18 @@ func TestEgress(t *testing.T) {
 			AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16")},
 			DenyCIDRs:  []netip.Prefix{netip.MustParsePrefix("10.99.0.1/32")},
 		})
-		blocked(t, pathA, "", denied)
-		reach(t, pathA, world, "192.0.2.1")
+		nettest.Blocked(t, pathA, "", denied)
+		nettest.Reach(t, pathA, world, "192.0.2.1")
 		e.printRuleset(t)
 	})
 
 	t.Run("host addresses", func(t *testing.T) {
 		m.Close()
 		m = e.manager(t, Policy{HostIPs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}})
-		blocked(t, pathA, "", world)
+		nettest.Blocked(t, pathA, "", world)
 		m.Close()
 		m = e.manager(t, Policy{HostIPs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}, AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("192.0.2.2/32")}})
-		reach(t, pathA, world, "192.0.2.1")
+		nettest.Reach(t, pathA, world, "192.0.2.1")
 		if n := e.tables(t); n != 1 {
 			t.Errorf("%d tables after several Inits, want 1", n)
 		}
@@ -801,7 +607,7 @@ func TestEgress(t *testing.T) {
 		// The container ends: its namespace and the veth pair go.
 		pathK := attach(t, t, m, "sandbox-k")
 		addrK, _ := sandboxAddr(t, pathK)
-		reach(t, pathK, world, "192.0.2.1")
+		nettest.Reach(t, pathK, world, "192.0.2.1")
 		killNS(t, pathK)
 		if !gone(t, ah, "sandbox-k") {
 			t.Fatal("the veth of a dead namespace stayed")
@@ -815,17 +621,17 @@ func TestEgress(t *testing.T) {
 		if a, _ := sandboxAddr(t, pathK2); a != addrK {
 			t.Errorf("address of a re-attached sandbox %s, want %s", a, addrK)
 		}
-		reach(t, pathK2, world, "192.0.2.1")
+		nettest.Reach(t, pathK2, world, "192.0.2.1")
 		// Attached to yet another (live) namespace: the veth moves.
 		pathK3 := attach(t, t, m, "sandbox-k")
 		if a, _ := sandboxAddr(t, pathK3); a != addrK {
 			t.Errorf("address of a re-attached sandbox %s, want %s", a, addrK)
 		}
-		sh := handle(t, pathK2)
+		sh := nettest.Handle(t, pathK2)
 		if _, err := sh.LinkByName(SandboxInterface); err == nil {
 			t.Errorf("the previous namespace kept its %s", SandboxInterface)
 		}
-		reach(t, pathK3, world, "192.0.2.1")
+		nettest.Reach(t, pathK3, world, "192.0.2.1")
 
 		// Detach deletes the veth pair and forgets the connections.
 		if flows(t, addrK) == 0 {
@@ -838,7 +644,7 @@ func TestEgress(t *testing.T) {
 		if _, err := ah.LinkByName(vethName("sandbox-k")); err == nil {
 			t.Error("veth after Detach")
 		}
-		if _, err := handle(t, pathK3).LinkByName(SandboxInterface); err == nil {
+		if _, err := nettest.Handle(t, pathK3).LinkByName(SandboxInterface); err == nil {
 			t.Errorf("%s in the namespace after Detach", SandboxInterface)
 		}
 		if slices.Contains(m.List(), "sandbox-k") {
@@ -853,10 +659,10 @@ func TestEgress(t *testing.T) {
 		if _, err := ah.LinkByName(vethName("sandbox-b")); err == nil {
 			t.Error("veth after Detach")
 		}
-		if _, err := handle(t, pathB).LinkByName(SandboxInterface); err == nil {
+		if _, err := nettest.Handle(t, pathB).LinkByName(SandboxInterface); err == nil {
 			t.Errorf("%s in the namespace after Detach", SandboxInterface)
 		}
-		reach(t, pathA, world, "192.0.2.1")
+		nettest.Reach(t, pathA, world, "192.0.2.1")
 
 		// Concurrent Attaches get addresses of their own.
 		var wg sync.WaitGroup

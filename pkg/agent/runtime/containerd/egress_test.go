@@ -16,6 +16,7 @@ import (
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/network"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/network/nettest"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
 )
 
@@ -150,8 +151,8 @@ func testEgress(t *testing.T, e *env, n *netEnv, attaches *attachLog, warm bool)
 		t.Errorf("attached %v, want %s among them", containerd.EgressAttached(rt), id)
 	}
 	gateway := addr.Prev().String()
-	reach(t, path, worldAddr, agentIP) // NAT to the agent's address
-	blocked(t, path, agentAPI, gateway+":8081", deniedAddr)
+	nettest.Reach(t, path, worldAddr, agentIP) // NAT to the agent's address
+	nettest.Blocked(t, path, "", agentAPI, gateway+":8081", deniedAddr)
 
 	t.Run("from the sandbox's processes", func(t *testing.T) {
 		// The image's resolv.conf stays; nc needs none with addresses.
@@ -237,7 +238,7 @@ func testEgress(t *testing.T, e *env, n *netEnv, attaches *attachLog, warm bool)
 		must(t, m.Attach("fsbx-stray", fmt.Sprintf("/proc/%d/ns/net", stray.Process.Pid)))
 		must(t, m.Close())
 		if !warm {
-			must(t, nlHandle(t, n.agent).LinkDel(before))
+			must(t, nettest.Handle(t, n.agent).LinkDel(before))
 			if !n.vethGone(t, id) {
 				t.Fatal("the deleted veth stayed")
 			}
@@ -269,8 +270,8 @@ func testEgress(t *testing.T, e *env, n *netEnv, attaches *attachLog, warm bool)
 		if _, a := links(t, path); !network.DefaultSubnet.Contains(a) {
 			t.Errorf("eth0 address after the restart: %v", a)
 		}
-		reach(t, path, worldAddr, agentIP)
-		blocked(t, path, agentAPI, deniedAddr)
+		nettest.Reach(t, path, worldAddr, agentIP)
+		nettest.Blocked(t, path, "", agentAPI, deniedAddr)
 
 		must(t, rt2.DeleteSandbox(ctx, sp.UID))
 		if !n.vethGone(t, id) {
@@ -281,7 +282,7 @@ func testEgress(t *testing.T, e *env, n *netEnv, attaches *attachLog, warm bool)
 		}
 		rt2.Close()
 		// Closing removed the free warm containers, and their veths.
-		links, err := nlHandle(t, n.agent).LinkList()
+		links, err := nettest.Handle(t, n.agent).LinkList()
 		must(t, err)
 		for _, l := range links {
 			if strings.HasPrefix(l.Attrs().Name, network.VethPrefix) {
