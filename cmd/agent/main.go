@@ -24,6 +24,7 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/network"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/cli"
 	"k8s.io/component-base/version"
 )
@@ -118,8 +119,8 @@ func main() {
 		Name:  "agent",
 		Short: "Runs sandbox containers of one agent Pod through the node's containerd.",
 		AddFlags: func(fs *pflag.FlagSet) {
-			fs.StringVar(&o.listen, "listen", env("AGENT_LISTEN", ":8081"), "address of the agent API")
-			fs.StringVar(&o.probeListen, "probe-listen", env("AGENT_PROBE_LISTEN", ":8082"), "address of /healthz, /readyz and /metrics in plain HTTP (for kubelet's probes); empty: none")
+			fs.StringVar(&o.listen, "listen", env("AGENT_LISTEN", ":"+strconv.Itoa(v1alpha1.AgentAPIPort)), "address of the agent API")
+			fs.StringVar(&o.probeListen, "probe-listen", env("AGENT_PROBE_LISTEN", ":"+strconv.Itoa(v1alpha1.AgentProbePort)), "address of /healthz, /readyz and /metrics in plain HTTP (for kubelet's probes); empty: none")
 			fs.StringVar(&o.tlsDir, "tls-dir", env("AGENT_TLS_DIR", "/var/run/fast-sandbox/agent-tls"),
 				"directory of the agent's certificate (tls.crt, tls.key) and of the CA (ca.crt) that issued the scheduler's: the API takes only mutual TLS with the scheduler's certificate")
 			fs.StringVar(&o.containerdSocket, "containerd-socket", env("CONTAINERD_SOCKET", "/run/containerd/containerd.sock"), "containerd's socket")

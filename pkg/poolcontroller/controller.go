@@ -25,7 +25,7 @@
 // MinAgents and never one with a Sandbox bound; agents on nodes under
 // pressure go first, then the one idle longest. Removal takes two steps
 // against a concurrent bind: the controller marks the Pod with
-// AnnotationDraining (value: the RFC 3339 time of the mark), which tells the
+// v1alpha1.AnnotationDraining (value: the RFC 3339 time of the mark), which tells the
 // scheduler to place nothing there; at least DrainGrace later it deletes the
 // Pod if it still sees no Sandbox bound, and otherwise removes the mark.
 //
@@ -562,9 +562,9 @@ func (c *Controller) syncAnnotations(ctx context.Context, pool *v1alpha1.Sandbox
 	}
 	switch {
 	case drain:
-		patch[AnnotationDraining] = c.clock.Now().UTC().Format(time.RFC3339Nano)
+		patch[v1alpha1.AnnotationDraining] = c.clock.Now().UTC().Format(time.RFC3339Nano)
 	case undrain:
-		patch[AnnotationDraining] = nil
+		patch[v1alpha1.AnnotationDraining] = nil
 	}
 	if len(patch) == 0 {
 		return nil

@@ -20,14 +20,6 @@ import (
 const (
 	// ContainerName is the name of the agent container.
 	ContainerName = "agent"
-	// APIPort is the port of the agent API (mutual TLS), named APIPortName.
-	APIPort     = 8081
-	APIPortName = "agent-api"
-	// ProbePort serves the agent's /healthz, /readyz and /metrics in plain
-	// HTTP for kubelet's probes and scrapers; nothing else. It is named
-	// ProbePortName.
-	ProbePort     = 8082
-	ProbePortName = "agent-probe"
 	// StateDir is the agent's --state-dir. It is a hostPath mounted at the
 	// same path inside the Pod: containerd's shim, which runs on the host,
 	// writes sandbox logs there, so the path must mean the same on both sides.
@@ -68,14 +60,6 @@ const (
 	// idle (its creation time for a new agent). The controller removes it when
 	// it sees a Sandbox bound to the agent.
 	AnnotationIdleSince = "fast-sandbox.io/idle-since"
-	// AnnotationDraining marks an agent Pod the controller is about to delete.
-	// Its value is the RFC 3339 time the mark was set; a value that does not
-	// parse counts as set long ago. The scheduler must not bind a Sandbox to
-	// an agent Pod that carries this annotation, whatever its value. The
-	// controller deletes a draining agent no sooner than DrainGrace after the
-	// mark and only if it then sees no Sandbox bound to it; otherwise it
-	// removes the mark.
-	AnnotationDraining = "fast-sandbox.io/draining"
 )
 
 // poolGVK is the kind of the owner of agent Pods and their Secrets.
@@ -187,7 +171,7 @@ func AgentPod(pool *v1alpha1.SandboxPool, namespace, name, hostname string) *cor
 		{Name: "AGENT_STATE_DIR", Value: StateDir},
 		{Name: "AGENT_TLS_DIR", Value: TLSDir},
 		{Name: "HOST_PROC", Value: HostProcDir},
-		{Name: "AGENT_PROBE_LISTEN", Value: ":" + strconv.Itoa(ProbePort)},
+		{Name: "AGENT_PROBE_LISTEN", Value: ":" + strconv.Itoa(v1alpha1.AgentProbePort)},
 	}
 	if pool.Spec.RuntimeHandler != "" {
 		env = append(env, corev1.EnvVar{Name: "DEFAULT_RUNTIME_HANDLER", Value: pool.Spec.RuntimeHandler})
@@ -222,8 +206,8 @@ func AgentPod(pool *v1alpha1.SandboxPool, namespace, name, hostname string) *cor
 				ImagePullPolicy: pullPolicy,
 				Env:             env,
 				Ports: []corev1.ContainerPort{
-					{Name: APIPortName, ContainerPort: APIPort, Protocol: corev1.ProtocolTCP},
-					{Name: ProbePortName, ContainerPort: ProbePort, Protocol: corev1.ProtocolTCP},
+					{Name: v1alpha1.AgentAPIPortName, ContainerPort: v1alpha1.AgentAPIPort, Protocol: corev1.ProtocolTCP},
+					{Name: v1alpha1.AgentProbePortName, ContainerPort: v1alpha1.AgentProbePort, Protocol: corev1.ProtocolTCP},
 				},
 				Resources: corev1.ResourceRequirements{Requests: resources, Limits: resources.DeepCopy()},
 				// Ready once the agent adopted what containerd runs, and
@@ -232,7 +216,7 @@ func AgentPod(pool *v1alpha1.SandboxPool, namespace, name, hostname string) *cor
 				// within a few).
 				ReadinessProbe: &corev1.Probe{
 					ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-						Path: "/readyz", Port: intstr.FromInt32(ProbePort),
+						Path: "/readyz", Port: intstr.FromInt32(v1alpha1.AgentProbePort),
 					}},
 					PeriodSeconds: 1, FailureThreshold: 3, TimeoutSeconds: 1,
 				},
@@ -244,7 +228,7 @@ func AgentPod(pool *v1alpha1.SandboxPool, namespace, name, hostname string) *cor
 				// until the agent has started (adopted its sandboxes).
 				LivenessProbe: &corev1.Probe{
 					ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-						Path: "/healthz", Port: intstr.FromInt32(ProbePort),
+						Path: "/healthz", Port: intstr.FromInt32(v1alpha1.AgentProbePort),
 					}},
 					PeriodSeconds: 10, FailureThreshold: 3, TimeoutSeconds: 2,
 				},

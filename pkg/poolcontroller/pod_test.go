@@ -118,10 +118,10 @@ func TestAgentPod(t *testing.T) {
 		t.Errorf("AGENT_TLS_DIR %+v", e)
 	}
 	// Probes go to the plain-HTTP probe port: kubelet has no client certificate.
-	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Port.IntValue() != ProbePort || p.HTTPGet.Scheme == corev1.URISchemeHTTPS {
+	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Port.IntValue() != v1alpha1.AgentProbePort || p.HTTPGet.Scheme == corev1.URISchemeHTTPS {
 		t.Errorf("readiness probe %+v", p)
 	}
-	if p := c.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Port.IntValue() != ProbePort {
+	if p := c.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Port.IntValue() != v1alpha1.AgentProbePort {
 		t.Errorf("liveness probe %+v", p)
 	}
 

@@ -25,7 +25,7 @@ type Agent struct {
 	Bound int32
 	// IdleSince is when the agent became idle; it means nothing when Bound > 0.
 	IdleSince time.Time
-	// Draining says the Pod carries AnnotationDraining, set at DrainingSince.
+	// Draining says the Pod carries v1alpha1.AnnotationDraining, set at DrainingSince.
 	Draining      bool
 	DrainingSince time.Time
 	// NodePressure says the agent's node reports MemoryPressure, DiskPressure
@@ -322,7 +322,7 @@ func AgentFromPod(pod *corev1.Pod, use SlotUse, node *corev1.Node, now time.Time
 		Bound:        use.Bound[pod.Name],
 		NodePressure: nodeUnderPressure(node),
 	}
-	a.DrainingSince, a.Draining = parseTime(pod.Annotations, AnnotationDraining)
+	a.DrainingSince, a.Draining = parseTime(pod.Annotations, v1alpha1.AnnotationDraining)
 	if a.Bound == 0 {
 		idle, ok := parseTime(pod.Annotations, AnnotationIdleSince)
 		if !ok {

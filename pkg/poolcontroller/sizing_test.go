@@ -295,8 +295,8 @@ func TestCountSlotUse(t *testing.T) {
 func TestAgentFromPod(t *testing.T) {
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "a", Annotations: map[string]string{
-			AnnotationIdleSince: t0.Add(-time.Hour).Format(time.RFC3339),
-			AnnotationDraining:  t0.Format(time.RFC3339Nano),
+			AnnotationIdleSince:         t0.Add(-time.Hour).Format(time.RFC3339),
+			v1alpha1.AnnotationDraining: t0.Format(time.RFC3339Nano),
 		}},
 		Status: corev1.PodStatus{Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
 	}
@@ -309,7 +309,7 @@ func TestAgentFromPod(t *testing.T) {
 		t.Errorf("AgentFromPod = %+v, want %+v", a, want)
 	}
 
-	pod.Annotations = map[string]string{AnnotationDraining: "true"}
+	pod.Annotations = map[string]string{v1alpha1.AnnotationDraining: "true"}
 	a = AgentFromPod(pod, SlotUse{Bound: map[string]int32{"a": 2}}, nil, t0)
 	if !a.Draining || !a.DrainingSince.IsZero() || a.Bound != 2 || a.NodePressure || !a.IdleSince.IsZero() {
 		t.Errorf("AgentFromPod = %+v", a)

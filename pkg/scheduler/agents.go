@@ -15,17 +15,6 @@ import (
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 )
 
-// AgentPort is the port of the agent API in agent Pods that do not name a
-// container port "agent-api".
-const AgentPort = 8081
-
-// AgentPortName names the agent API's container port.
-const AgentPortName = "agent-api"
-
-// AnnotationDraining on an agent Pod tells the scheduler to place nothing
-// more there; the pool controller sets it before removing an idle agent.
-const AnnotationDraining = "fast-sandbox.io/draining"
-
 // Bounds of the backoff between failed syncs of one agent.
 const (
 	syncBackoffMin = 100 * time.Millisecond
@@ -102,17 +91,17 @@ func (a *agentState) holds(sbx *v1alpha1.Sandbox) bool {
 // updateFromPod refreshes what the Pod says (of the same Pod: same UID); it
 // reports whether the agent's endpoint changed.
 func (a *agentState) updateFromPod(pod *v1.Pod) bool {
-	port := AgentPort
+	port := v1alpha1.AgentAPIPort
 	for _, c := range pod.Spec.Containers {
 		for _, p := range c.Ports {
-			if p.Name == AgentPortName {
+			if p.Name == v1alpha1.AgentAPIPortName {
 				port = int(p.ContainerPort)
 			}
 		}
 	}
 	changed := a.podIP != pod.Status.PodIP || a.port != port
 	a.podIP, a.nodeName, a.port = pod.Status.PodIP, pod.Spec.NodeName, port
-	a.draining = pod.Annotations[AnnotationDraining] != ""
+	a.draining = pod.Annotations[v1alpha1.AnnotationDraining] != ""
 	a.podReady = false
 	for _, c := range pod.Status.Conditions {
 		if c.Type == v1.PodReady && c.Status == v1.ConditionTrue {

@@ -28,7 +28,7 @@ func (e *env) addPod(name string, a *testAgent, mutate func(*v1.Pod)) {
 			Labels:          map[string]string{v1alpha1.LabelPoolName: testPool},
 			OwnerReferences: []metav1.OwnerReference{testPoolRef()}},
 		Spec: v1.PodSpec{NodeName: "node-1", Containers: []v1.Container{{Name: "agent",
-			Ports: []v1.ContainerPort{{Name: AgentPortName, ContainerPort: a.port()}}}}},
+			Ports: []v1.ContainerPort{{Name: v1alpha1.AgentAPIPortName, ContainerPort: a.port()}}}}},
 		Status: v1.PodStatus{Phase: v1.PodRunning, PodIP: "127.0.0.1",
 			Conditions: []v1.PodCondition{{Type: v1.PodReady, Status: v1.ConditionTrue}}},
 	}

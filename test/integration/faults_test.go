@@ -30,7 +30,6 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
-	"github.com/fast-sandbox/fast-sandbox/pkg/scheduler"
 	containerdtest "github.com/fast-sandbox/fast-sandbox/test/containerd"
 )
 
@@ -345,12 +344,12 @@ func (e *schedEnv) agentClient(name string) *agentclient.Client {
 	}
 	for _, c := range pod.Spec.Containers {
 		for _, p := range c.Ports {
-			if p.Name == scheduler.AgentPortName {
+			if p.Name == v1alpha1.AgentAPIPortName {
 				return agentclient.New("https://127.0.0.1:"+strconv.Itoa(int(p.ContainerPort)), e.creds.ClientFor(name))
 			}
 		}
 	}
-	e.t.Fatalf("agent Pod %s has no %s port", name, scheduler.AgentPortName)
+	e.t.Fatalf("agent Pod %s has no %s port", name, v1alpha1.AgentAPIPortName)
 	return nil
 }
 

@@ -592,14 +592,14 @@ func checkAgentPorts(t *testing.T, pod *corev1.Pod) {
 	for _, p := range c.Ports {
 		ports[p.Name] = p.ContainerPort
 	}
-	if ports[poolcontroller.APIPortName] != poolcontroller.APIPort || ports[poolcontroller.ProbePortName] != poolcontroller.ProbePort ||
+	if ports[v1alpha1.AgentAPIPortName] != v1alpha1.AgentAPIPort || ports[v1alpha1.AgentProbePortName] != v1alpha1.AgentProbePort ||
 		len(ports) != 2 {
-		t.Errorf("Pod %s ports %v, want %s %d and %s %d", pod.Name, ports, poolcontroller.APIPortName, poolcontroller.APIPort,
-			poolcontroller.ProbePortName, poolcontroller.ProbePort)
+		t.Errorf("Pod %s ports %v, want %s %d and %s %d", pod.Name, ports, v1alpha1.AgentAPIPortName, v1alpha1.AgentAPIPort,
+			v1alpha1.AgentProbePortName, v1alpha1.AgentProbePort)
 	}
 	for what, probe := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
-		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Port.IntValue() != poolcontroller.ProbePort {
-			t.Errorf("Pod %s: the %s probe %+v is not on the probe port %d", pod.Name, what, probe, poolcontroller.ProbePort)
+		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Port.IntValue() != v1alpha1.AgentProbePort {
+			t.Errorf("Pod %s: the %s probe %+v is not on the probe port %d", pod.Name, what, probe, v1alpha1.AgentProbePort)
 		}
 	}
 }
@@ -943,7 +943,7 @@ func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 		if !ok {
 			return false, fmt.Errorf("agent %s deleted before it was seen draining", idle)
 		}
-		_, draining := pod.Annotations[poolcontroller.AnnotationDraining]
+		_, draining := pod.Annotations[v1alpha1.AnnotationDraining]
 		return draining, nil
 	})
 	if err != nil {
@@ -963,7 +963,7 @@ func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 		if !ok {
 			t.Fatalf("agent %s with a running Sandbox was deleted", pod.Name)
 		}
-		if _, draining := got.Annotations[poolcontroller.AnnotationDraining]; draining {
+		if _, draining := got.Annotations[v1alpha1.AnnotationDraining]; draining {
 			t.Errorf("agent %s with a running Sandbox is draining", pod.Name)
 		}
 	}
@@ -976,7 +976,7 @@ func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 		if !ok {
 			return false, fmt.Errorf("agent %s deleted before it was seen draining", pods[1].Name)
 		}
-		_, draining := pod.Annotations[poolcontroller.AnnotationDraining]
+		_, draining := pod.Annotations[v1alpha1.AnnotationDraining]
 		return draining, nil
 	})
 	if err != nil {
@@ -989,7 +989,7 @@ func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 		if !ok {
 			return false, fmt.Errorf("agent %s was deleted with a Sandbox bound", pods[1].Name)
 		}
-		_, draining := pod.Annotations[poolcontroller.AnnotationDraining]
+		_, draining := pod.Annotations[v1alpha1.AnnotationDraining]
 		return !draining, nil
 	})
 	if err != nil {
@@ -997,7 +997,7 @@ func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 	}
 	waitForEvent(t, cp, "down", poolcontroller.EventDrainCancelled)
 	consistentlyAgents(t, cp, "down", 2, 3*time.Second)
-	if pod, _ := getPod(t, cp, systemNS, pods[0].Name); pod == nil || pod.Annotations[poolcontroller.AnnotationDraining] != "" {
+	if pod, _ := getPod(t, cp, systemNS, pods[0].Name); pod == nil || pod.Annotations[v1alpha1.AnnotationDraining] != "" {
 		t.Errorf("agent %s with a running Sandbox (%s) was drained", pods[0].Name, busy0.Name)
 	}
 	waitForPool(t, cp, "down", "usedSlots=2", func(p *v1alpha1.SandboxPool) bool {

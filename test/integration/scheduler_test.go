@@ -97,7 +97,7 @@ func (e *schedEnv) startAgent(name, pool, ctrNamespace string, slots int) {
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{v1alpha1.LabelPoolName: pool},
 			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(p, v1alpha1.SchemeGroupVersion.WithKind("SandboxPool"))}},
 		Spec: v1.PodSpec{Containers: []v1.Container{{Name: "agent", Image: "fast-sandbox/agent:test",
-			Ports: []v1.ContainerPort{{Name: scheduler.AgentPortName, ContainerPort: int32(port)}}}}},
+			Ports: []v1.ContainerPort{{Name: v1alpha1.AgentAPIPortName, ContainerPort: int32(port)}}}}},
 	}
 	pod, err = e.cp.Kube.CoreV1().Pods(e.sysNS).Create(context.Background(), pod, metav1.CreateOptions{})
 	if err != nil {

@@ -64,16 +64,17 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/network"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/sandboxlog"
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 )
 
 // Labels on every sandbox container.
 const (
 	LabelManagedBy = "fast-sandbox.io/managed-by"
-	LabelUID       = "fast-sandbox.io/sandbox-uid"
-	LabelName      = "fast-sandbox.io/sandbox-name"
-	LabelNamespace = "fast-sandbox.io/sandbox-namespace"
-	LabelPool      = "fast-sandbox.io/pool-name"
-	LabelAgent     = "fast-sandbox.io/agent-name"
+	LabelUID       = v1alpha1.LabelSandboxUID
+	LabelName      = v1alpha1.LabelSandboxName
+	LabelNamespace = v1alpha1.LabelSandboxNamespace
+	LabelPool      = v1alpha1.LabelPoolName
+	LabelAgent     = v1alpha1.LabelAgentName
 	// LabelAgentPodUID is the UID of the agent Pod whose cgroup the container
 	// is in: once that Pod is gone from the node, the container is an orphan.
 	LabelAgentPodUID = "fast-sandbox.io/agent-pod-uid"

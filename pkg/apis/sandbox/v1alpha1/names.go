@@ -19,6 +19,29 @@ const (
 	LabelAgentTLS = "fast-sandbox.io/agent-tls"
 )
 
+// The agent Pod's contract with the scheduler (the agent's flags and the
+// pool controller's Pod template are the other halves).
+const (
+	// AgentAPIPort is the port of the agent API (mutual TLS), named
+	// AgentAPIPortName in the agent container; the scheduler reaches an
+	// agent at the port of that name, or at AgentAPIPort.
+	AgentAPIPort     = 8081
+	AgentAPIPortName = "agent-api"
+	// AgentProbePort serves the agent's /healthz, /readyz and /metrics in
+	// plain HTTP for kubelet's probes and scrapers, nothing else; it is
+	// named AgentProbePortName.
+	AgentProbePort     = 8082
+	AgentProbePortName = "agent-probe"
+	// AnnotationDraining marks an agent Pod the pool controller is about to
+	// delete. Its value is the RFC 3339 time the mark was set; a value that
+	// does not parse counts as set long ago. The scheduler binds no Sandbox
+	// to an agent Pod that carries it, whatever its value. The controller
+	// deletes a draining agent no sooner than its drain grace after the mark
+	// and only if it then sees no Sandbox bound to it; otherwise it removes
+	// the mark.
+	AnnotationDraining = "fast-sandbox.io/draining"
+)
+
 // AgentTLSSecretName is the name of the Secret holding the server
 // certificate of the agent Pod named pod.
 func AgentTLSSecretName(pod string) string { return pod + AgentTLSSecretSuffix }
