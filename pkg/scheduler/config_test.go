@@ -99,3 +99,67 @@ func TestPickBest(t *testing.T) {
 		t.Errorf("ties must be shared, picked %v", seen)
 	}
 }
+
+// TestUnknownPluginArgFieldIsAnError: our plugins' args are decoded
+// strictly, so a misspelt field fails LoadConfig naming the field, and bad
+// values fail with the field's path in the configuration.
+func TestUnknownPluginArgFieldIsAnError(t *testing.T) {
+	const head = `apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+profiles:
+- schedulerName: fast-sandbox
+  plugins:
+    multiPoint:
+      enabled:
+      - name: AgentFit
+      - name: ImageAffinity
+      - name: SandboxBinder
+  pluginConfig:
+`
+	cases := []struct{ name, pluginConfig, want string }{
+		{"misspelt ImageAffinity field", `  - name: ImageAffinity
+    args:
+      spredFactor: 0.2
+`, `unknown field "spredFactor"`},
+		{"misspelt AgentFit field", `  - name: AgentFit
+    args:
+      ignoreResource: true
+`, `unknown field "ignoreResource"`},
+		{"ImageAffinity value out of range", `  - name: AgentFit
+    args: {}
+  - name: ImageAffinity
+    args:
+      spreadFactor: 2
+`, "profiles[0].pluginConfig[1].args.spreadFactor: Invalid value: 2"},
+		{"args of another kind", `  - name: AgentFit
+    args:
+      kind: ImageAffinityArgs
+`, "profiles[0].pluginConfig[0].args.kind: Invalid value"},
+		{"valid args", `  - name: AgentFit
+    args:
+      ignoreResources: true
+  - name: ImageAffinity
+    args:
+      spreadFactor: 0
+      requireImage: true
+`, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "config.yaml")
+			if err := os.WriteFile(path, []byte(head+tc.pluginConfig), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := LoadConfig(path)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}

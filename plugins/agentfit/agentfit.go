@@ -10,8 +10,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	fwk "k8s.io/kube-scheduler/framework"
-	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 )
 
 // Name is the plugin's name in a KubeSchedulerConfiguration.
@@ -47,11 +47,11 @@ var (
 
 // New builds the plugin from its arguments.
 func New(_ context.Context, obj runtime.Object, _ fwk.Handle) (fwk.Plugin, error) {
-	args := AgentFitArgs{}
-	if err := frameworkruntime.DecodeInto(obj, &args); err != nil {
-		return nil, fmt.Errorf("decoding %sArgs: %w", Name, err)
+	args, err := DecodeArgs(field.NewPath("args"), obj)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
-	return &AgentFit{args: args}, nil
+	return &AgentFit{args: *args}, nil
 }
 
 // Name returns the plugin's name.
@@ -69,6 +69,20 @@ func (pl *AgentFit) PreFilter(_ context.Context, cs fwk.CycleState, pod *v1.Pod,
 	return nil, nil
 }
 
+// getPreFilterState reads what PreFilter wrote; like noderesources' Fit,
+// a missing or foreign state is an error, not a silent recompute.
+func getPreFilterState(cs fwk.CycleState) (*request, error) {
+	c, err := cs.Read(stateKey)
+	if err != nil {
+		return nil, fmt.Errorf("reading %q from cycle state: %w", stateKey, err)
+	}
+	r, ok := c.(*request)
+	if !ok {
+		return nil, fmt.Errorf("%+v cannot be converted to %s.request", c, Name)
+	}
+	return r, nil
+}
+
 func requestOf(pod *v1.Pod) *request {
 	r := &request{}
 	for _, c := range pod.Spec.Containers {
@@ -82,7 +96,7 @@ func requestOf(pod *v1.Pod) *request {
 func (pl *AgentFit) PreFilterExtensions() fwk.PreFilterExtensions { return nil }
 
 // Filter checks health, draining, slots and resources, in that order.
-func (pl *AgentFit) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, nodeInfo fwk.NodeInfo) *fwk.Status {
+func (pl *AgentFit) Filter(_ context.Context, cs fwk.CycleState, _ *v1.Pod, nodeInfo fwk.NodeInfo) *fwk.Status {
 	node := nodeInfo.Node()
 	if node == nil {
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, ReasonNotReady)
@@ -100,10 +114,9 @@ func (pl *AgentFit) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, no
 	if pl.args.IgnoreResources {
 		return nil
 	}
-	r, err := cs.Read(stateKey)
-	req, ok := r.(*request)
-	if err != nil || !ok {
-		req = requestOf(pod)
+	req, err := getPreFilterState(cs)
+	if err != nil {
+		return fwk.AsStatus(err)
 	}
 	used := nodeInfo.GetRequested()
 	var reasons []string

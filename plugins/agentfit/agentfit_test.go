@@ -2,11 +2,13 @@ package agentfit
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
@@ -72,6 +74,78 @@ func TestFilter(t *testing.T) {
 			}
 			if st.IsSuccess() || len(st.Reasons()) != 1 || st.Reasons()[0] != tc.reason {
 				t.Errorf("reasons %v, want %q", st.Reasons(), tc.reason)
+			}
+		})
+	}
+}
+
+func TestArgs(t *testing.T) {
+	cases := []struct {
+		name, raw  string
+		wantErr    string // "" = accepted
+		wantIgnore bool
+	}{
+		{name: "no args take the defaults"},
+		{name: "empty object takes the defaults", raw: `{}`},
+		{name: "ignoreResources", raw: `{"ignoreResources":true}`, wantIgnore: true},
+		{name: "kind and apiVersion may be given", raw: `{"apiVersion":"kubescheduler.config.k8s.io/v1","kind":"AgentFitArgs"}`},
+		{name: "misspelt field", raw: `{"ignoreResource":true}`, wantErr: `unknown field "ignoreResource"`},
+		{name: "another plugin's kind", raw: `{"kind":"ImageAffinityArgs"}`, wantErr: "args.kind: Invalid value"},
+		{name: "wrong type", raw: `{"ignoreResources":"yes"}`, wantErr: "decoding args"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var obj runtime.Object
+			if tc.raw != "" {
+				obj = &runtime.Unknown{Raw: []byte(tc.raw), ContentType: runtime.ContentTypeJSON}
+			}
+			p, err := New(context.Background(), obj, nil)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := p.(*AgentFit).args.IgnoreResources; got != tc.wantIgnore {
+				t.Errorf("ignoreResources %v, want %v", got, tc.wantIgnore)
+			}
+		})
+	}
+}
+
+type foreignState struct{}
+
+func (foreignState) Clone() fwk.StateData { return foreignState{} }
+
+// TestMissingPreFilterState: Filter reads the requests PreFilter summed
+// through a checked getter; without them (or with another type under the
+// key) it fails with an error instead of recomputing or panicking.
+func TestMissingPreFilterState(t *testing.T) {
+	cases := []struct {
+		name  string
+		state func() fwk.CycleState
+		want  string
+	}{
+		{"no state", func() fwk.CycleState { return framework.NewCycleState() }, `reading "AgentFit" from cycle state`},
+		{"foreign state", func() fwk.CycleState {
+			cs := framework.NewCycleState()
+			cs.Write(stateKey, foreignState{})
+			return cs
+		}, "cannot be converted to AgentFit.request"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := New(context.Background(), nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := pod("s", "500m", "256Mi")
+			st := p.(*AgentFit).Filter(context.Background(), tc.state(), s, agent(true, false, 2, "2", "1Gi"))
+			if st.Code() != fwk.Error || !strings.Contains(st.Message(), tc.want) {
+				t.Errorf("status %v %q, want Error containing %q", st.Code(), st.Message(), tc.want)
 			}
 		})
 	}

@@ -15,8 +15,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	fwk "k8s.io/kube-scheduler/framework"
-	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 )
 
 // Name is the plugin's name in a KubeSchedulerConfiguration.
@@ -50,22 +50,6 @@ type ImageAffinityArgs struct {
 	SpreadFactor *float64 `json:"spreadFactor,omitempty"`
 }
 
-// SetDefaults fills what is unset.
-func (a *ImageAffinityArgs) SetDefaults() {
-	if a.SpreadFactor == nil {
-		f := 0.5
-		a.SpreadFactor = &f
-	}
-}
-
-// Validate checks the arguments.
-func (a *ImageAffinityArgs) Validate() error {
-	if a.SpreadFactor != nil && (*a.SpreadFactor < 0 || *a.SpreadFactor > 1) {
-		return fmt.Errorf("%s: spreadFactor %v must be between 0 and 1", Name, *a.SpreadFactor)
-	}
-	return nil
-}
-
 // ImageAffinity scores agents by the image of the sandbox.
 type ImageAffinity struct {
 	args ImageAffinityArgs
@@ -80,15 +64,11 @@ var (
 
 // New builds the plugin from its arguments.
 func New(_ context.Context, obj runtime.Object, _ fwk.Handle) (fwk.Plugin, error) {
-	args := ImageAffinityArgs{}
-	if err := frameworkruntime.DecodeInto(obj, &args); err != nil {
-		return nil, fmt.Errorf("decoding %sArgs: %w", Name, err)
+	args, err := DecodeArgs(field.NewPath("args"), obj)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
-	args.SetDefaults()
-	if err := args.Validate(); err != nil {
-		return nil, err
-	}
-	return &ImageAffinity{args: args}, nil
+	return &ImageAffinity{args: *args}, nil
 }
 
 // Name returns the plugin's name.
@@ -127,33 +107,39 @@ func (pl *ImageAffinity) PreFilter(_ context.Context, cs fwk.CycleState, pod *v1
 // PreFilterExtensions is not used.
 func (pl *ImageAffinity) PreFilterExtensions() fwk.PreFilterExtensions { return nil }
 
-func imageOf(cs fwk.CycleState, pod *v1.Pod) string {
-	if s, err := cs.Read(stateKey); err == nil {
-		return s.(*state).image
+// getPreFilterState reads what PreFilter wrote; like noderesources' Fit,
+// a missing or foreign state is an error, not a silent recompute.
+func getPreFilterState(cs fwk.CycleState) (*state, error) {
+	c, err := cs.Read(stateKey)
+	if err != nil {
+		return nil, fmt.Errorf("reading %q from cycle state: %w", stateKey, err)
 	}
-	img, _ := Normalize(pod.Spec.Containers[0].Image)
-	return img
+	s, ok := c.(*state)
+	if !ok {
+		return nil, fmt.Errorf("%+v cannot be converted to %s.state", c, Name)
+	}
+	return s, nil
 }
 
 // Filter refuses agents without the image when RequireImage is set.
-func (pl *ImageAffinity) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, nodeInfo fwk.NodeInfo) *fwk.Status {
+func (pl *ImageAffinity) Filter(_ context.Context, cs fwk.CycleState, _ *v1.Pod, nodeInfo fwk.NodeInfo) *fwk.Status {
 	if !pl.args.RequireImage {
 		return nil
 	}
-	if _, ok := nodeInfo.GetImageStates()[imageOf(cs, pod)]; !ok {
+	s, err := getPreFilterState(cs)
+	if err != nil {
+		return fwk.AsStatus(err)
+	}
+	if _, ok := nodeInfo.GetImageStates()[s.image]; !ok {
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, ErrReasonImageNotPresent)
 	}
 	return nil
 }
 
-// PreScore does nothing but makes the plugin's cycle state available to Score.
-func (pl *ImageAffinity) PreScore(_ context.Context, cs fwk.CycleState, pod *v1.Pod, _ []fwk.NodeInfo) *fwk.Status {
-	if _, err := cs.Read(stateKey); err != nil {
-		img, err := Normalize(pod.Spec.Containers[0].Image)
-		if err != nil {
-			return fwk.AsStatus(err)
-		}
-		cs.Write(stateKey, &state{image: img})
+// PreScore checks that PreFilter left the sandbox's image for Score.
+func (pl *ImageAffinity) PreScore(_ context.Context, cs fwk.CycleState, _ *v1.Pod, _ []fwk.NodeInfo) *fwk.Status {
+	if _, err := getPreFilterState(cs); err != nil {
+		return fwk.AsStatus(err)
 	}
 	return nil
 }
@@ -161,8 +147,12 @@ func (pl *ImageAffinity) PreScore(_ context.Context, cs fwk.CycleState, pod *v1.
 // Score is 0 for an agent without the image; with it, the image's size
 // (clamped like ImageLocality: bigger images matter more) scaled to
 // [0, MaxNodeScore], lowered by how busy the agent is.
-func (pl *ImageAffinity) Score(_ context.Context, cs fwk.CycleState, pod *v1.Pod, nodeInfo fwk.NodeInfo) (int64, *fwk.Status) {
-	image := imageOf(cs, pod)
+func (pl *ImageAffinity) Score(_ context.Context, cs fwk.CycleState, _ *v1.Pod, nodeInfo fwk.NodeInfo) (int64, *fwk.Status) {
+	s, err := getPreFilterState(cs)
+	if err != nil {
+		return 0, fwk.AsStatus(err)
+	}
+	image := s.image
 	summary, ok := nodeInfo.GetImageStates()[image]
 	warm := hasWarm(nodeInfo.Node(), image)
 	if !ok && !warm {

@@ -143,13 +143,95 @@ func TestFilter(t *testing.T) {
 }
 
 func TestArgs(t *testing.T) {
-	for _, raw := range []string{`{"spreadFactor":1.5}`, `{"spreadFactor":-1}`} {
-		if _, err := New(context.Background(), &runtime.Unknown{Raw: []byte(raw), ContentType: runtime.ContentTypeJSON}, nil); err == nil {
-			t.Errorf("args %s accepted", raw)
-		}
+	cases := []struct {
+		name, raw   string
+		contentType string
+		wantErr     string // "" = accepted
+		wantSpread  float64
+		wantRequire bool
+	}{
+		{name: "no args take the defaults", wantSpread: DefaultSpreadFactor},
+		{name: "empty object takes the defaults", raw: `{}`, wantSpread: DefaultSpreadFactor},
+		{name: "spreadFactor 0 is kept, not defaulted", raw: `{"spreadFactor":0}`, wantSpread: 0},
+		{name: "spreadFactor 1", raw: `{"spreadFactor":1,"requireImage":true}`, wantSpread: 1, wantRequire: true},
+		{name: "YAML", raw: "spreadFactor: 0.25\n", contentType: runtime.ContentTypeYAML, wantSpread: 0.25},
+		{name: "kind and apiVersion may be given", raw: `{"apiVersion":"kubescheduler.config.k8s.io/v1","kind":"ImageAffinityArgs"}`, wantSpread: DefaultSpreadFactor},
+		{name: "spreadFactor above 1", raw: `{"spreadFactor":1.5}`, wantErr: "args.spreadFactor: Invalid value: 1.5: must be between 0 and 1"},
+		{name: "negative spreadFactor", raw: `{"spreadFactor":-1}`, wantErr: "args.spreadFactor: Invalid value: -1"},
+		{name: "misspelt field", raw: `{"spredFactor":0.2}`, wantErr: `unknown field "spredFactor"`},
+		{name: "another plugin's kind", raw: `{"kind":"AgentFitArgs"}`, wantErr: "args.kind: Invalid value"},
+		{name: "wrong type", raw: `{"spreadFactor":"half"}`, wantErr: "decoding args"},
+		{name: "unsupported content type", raw: `x`, contentType: "application/vnd.kubernetes.protobuf", wantErr: "unsupported content type"},
 	}
-	p := newPlugin(t, "")
-	if *p.args.SpreadFactor != 0.5 || p.args.RequireImage {
-		t.Errorf("defaults %+v", p.args)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var obj runtime.Object
+			if tc.raw != "" {
+				ct := tc.contentType
+				if ct == "" {
+					ct = runtime.ContentTypeJSON
+				}
+				obj = &runtime.Unknown{Raw: []byte(tc.raw), ContentType: ct}
+			}
+			p, err := New(context.Background(), obj, nil)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			args := p.(*ImageAffinity).args
+			if *args.SpreadFactor != tc.wantSpread || args.RequireImage != tc.wantRequire {
+				t.Errorf("args spreadFactor=%v requireImage=%v, want %v %v", *args.SpreadFactor, args.RequireImage, tc.wantSpread, tc.wantRequire)
+			}
+		})
+	}
+}
+
+type foreignState struct{}
+
+func (foreignState) Clone() fwk.StateData { return foreignState{} }
+
+// TestMissingPreFilterState: Filter, PreScore and Score read the image that
+// PreFilter normalized through a checked getter; without it (or with
+// another type under the key) they fail with an error instead of
+// recomputing or panicking.
+func TestMissingPreFilterState(t *testing.T) {
+	py := v1.ContainerImage{Names: []string{"docker.io/library/python:3.9"}, SizeBytes: 100 * mb}
+	p := newPlugin(t, `{"requireImage":true}`)
+	pod := sandbox("python:3.9")
+	ni := agent("a", 8, 0, py)
+	cases := []struct {
+		name  string
+		state func() fwk.CycleState
+		want  string
+	}{
+		{"no state", func() fwk.CycleState { return framework.NewCycleState() }, "reading \"ImageAffinity\" from cycle state"},
+		{"foreign state", func() fwk.CycleState {
+			cs := framework.NewCycleState()
+			cs.Write(stateKey, foreignState{})
+			return cs
+		}, "cannot be converted to ImageAffinity.state"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			check := func(point string, st *fwk.Status) {
+				t.Helper()
+				if st.Code() != fwk.Error || !strings.Contains(st.Message(), tc.want) {
+					t.Errorf("%s: status %v %q, want Error containing %q", point, st.Code(), st.Message(), tc.want)
+				}
+			}
+			check("Filter", p.Filter(ctx, tc.state(), pod, ni))
+			check("PreScore", p.PreScore(ctx, tc.state(), pod, []fwk.NodeInfo{ni}))
+			score, st := p.Score(ctx, tc.state(), pod, ni)
+			check("Score", st)
+			if score != 0 {
+				t.Errorf("Score %d on error, want 0", score)
+			}
+		})
 	}
 }
