@@ -3,11 +3,16 @@ package scheduler
 import (
 	"fmt"
 	"os"
+	"sort"
+	"strings"
 
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/kubernetes/pkg/scheduler/apis/config"
 	"k8s.io/kubernetes/pkg/scheduler/apis/config/scheme"
 
 	"github.com/fast-sandbox/fast-sandbox/plugins/agentfit"
+	"github.com/fast-sandbox/fast-sandbox/plugins/imageaffinity"
 	"github.com/fast-sandbox/fast-sandbox/plugins/sandboxbinder"
 )
 
@@ -36,8 +41,10 @@ profiles:
 
 // LoadConfig reads a KubeSchedulerConfiguration (kubescheduler.config.k8s.io/v1),
 // defaulted like kube-scheduler's; an empty path gives DefaultConfig. Every
-// profile must bind with SandboxBinder, and plugin args are checked by the
-// plugins when the profiles are built, so a bad file fails at start.
+// profile must bind with SandboxBinder. The args of our plugins are decoded
+// strictly (an unknown field is an error), defaulted and validated here, so
+// a bad file fails naming the field (profiles[0].pluginConfig[1].args...);
+// the plugins check them again when the profiles are built.
 func LoadConfig(path string) (*config.KubeSchedulerConfiguration, error) {
 	data := []byte(DefaultConfig)
 	if path != "" {
@@ -58,7 +65,7 @@ func LoadConfig(path string) (*config.KubeSchedulerConfiguration, error) {
 		return nil, fmt.Errorf("%s: no profiles", path)
 	}
 	seen := map[string]bool{}
-	for _, p := range cfg.Profiles {
+	for i, p := range cfg.Profiles {
 		if seen[p.SchedulerName] {
 			return nil, fmt.Errorf("%s: profile %q appears twice", path, p.SchedulerName)
 		}
@@ -69,8 +76,26 @@ func LoadConfig(path string) (*config.KubeSchedulerConfiguration, error) {
 		if !enabled(p.Plugins, p.Plugins.Filter, agentfit.Name) {
 			return nil, fmt.Errorf("%s: profile %q must enable the %s filter (slots and resources of agents)", path, p.SchedulerName, agentfit.Name)
 		}
+		for j, pc := range p.PluginConfig {
+			if err := checkPluginArgs(field.NewPath("profiles").Index(i).Child("pluginConfig").Index(j).Child("args"), pc.Name, pc.Args); err != nil {
+				return nil, fmt.Errorf("%s: profile %q: %w", path, p.SchedulerName, err)
+			}
+		}
 	}
 	return cfg, nil
+}
+
+// checkPluginArgs decodes, defaults and validates the args of our plugins
+// as their New does; in-tree plugins' args were decoded by the scheme.
+func checkPluginArgs(path *field.Path, name string, args runtime.Object) error {
+	var err error
+	switch name {
+	case agentfit.Name:
+		_, err = agentfit.DecodeArgs(path, args)
+	case imageaffinity.Name:
+		_, err = imageaffinity.DecodeArgs(path, args)
+	}
+	return err
 }
 
 // enabled says whether a plugin is enabled at an extension point, directly
@@ -87,6 +112,46 @@ func enabled(plugins *config.Plugins, set config.PluginSet, name string) bool {
 		}
 	}
 	return false
+}
+
+// ReasonInvalidPoolScheduling: the pool's spec.scheduling cannot be honoured
+// (a scoreWeights entry names a plugin the profile does not score with);
+// its sandboxes stay Pending until the pool is fixed.
+const ReasonInvalidPoolScheduling = "InvalidPoolScheduling"
+
+// invalidSchedulingError is a pool's spec.scheduling the scheduler refuses;
+// scheduleOne records it on the sandbox instead of retrying.
+type invalidSchedulingError struct{ msg string }
+
+func (e *invalidSchedulingError) Error() string { return e.msg }
+
+// checkWeights refuses weights for plugins that are not among a framework's
+// score plugins (scorePlugins, as the built framework lists them after
+// multiPoint expansion): a misspelt name must not be silently ignored.
+func checkWeights(pool, profile string, weights map[string]int32, scorePlugins []config.Plugin) error {
+	have := map[string]bool{}
+	names := make([]string, 0, len(scorePlugins))
+	for _, p := range scorePlugins {
+		have[p.Name] = true
+		names = append(names, p.Name)
+	}
+	var unknown []string
+	for name := range weights {
+		if !have[name] {
+			unknown = append(unknown, name)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	sort.Strings(unknown)
+	sort.Strings(names)
+	scoring := "none"
+	if len(names) > 0 {
+		scoring = strings.Join(names, ", ")
+	}
+	return &invalidSchedulingError{msg: fmt.Sprintf("SandboxPool %s: spec.scheduling.scoreWeights names %s, which scheduler profile %q does not score with (its score plugins: %s)",
+		pool, strings.Join(unknown, ", "), profile, scoring)}
 }
 
 // withWeights returns a copy of a profile whose score plugins take the

@@ -432,6 +432,11 @@ func (s *Scheduler) scheduleOne(ctx context.Context, key string) (bool, error) {
 		return false, nil
 	}
 	ps, err := s.poolState(ctx, pool)
+	var invalid *invalidSchedulingError
+	if errors.As(err, &invalid) {
+		s.markUnschedulable(ctx, sbx, ReasonInvalidPoolScheduling, invalid.Error())
+		return false, nil
+	}
 	if err != nil {
 		return false, err
 	}
@@ -581,6 +586,9 @@ func (s *Scheduler) poolState(ctx context.Context, pool *v1alpha1.SandboxPool) (
 	fw, err := s.newFramework(ctx, withWeights(profile, pool.Spec.Scheduling.ScoreWeights), ps.snapshot)
 	if err != nil {
 		return nil, fmt.Errorf("building profile %q for pool %s: %w", profileName, key, err)
+	}
+	if err := checkWeights(key, profileName, pool.Spec.Scheduling.ScoreWeights, fw.ListPlugins().Score.Enabled); err != nil {
+		return nil, err
 	}
 	ps.fw, ps.fwKey, ps.profile = fw, fwKey, profileName
 	return ps, nil
