@@ -114,11 +114,6 @@ func enabled(plugins *config.Plugins, set config.PluginSet, name string) bool {
 	return false
 }
 
-// ReasonInvalidPoolScheduling: the pool's spec.scheduling cannot be honoured
-// (a scoreWeights entry names a plugin the profile does not score with);
-// its sandboxes stay Pending until the pool is fixed.
-const ReasonInvalidPoolScheduling = "InvalidPoolScheduling"
-
 // invalidSchedulingError is a pool's spec.scheduling the scheduler refuses;
 // scheduleOne records it on the sandbox instead of retrying.
 type invalidSchedulingError struct{ msg string }

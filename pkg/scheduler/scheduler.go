@@ -434,7 +434,7 @@ func (s *Scheduler) scheduleOne(ctx context.Context, key string) (bool, error) {
 	ps, err := s.poolState(ctx, pool)
 	var invalid *invalidSchedulingError
 	if errors.As(err, &invalid) {
-		s.markUnschedulable(ctx, sbx, ReasonInvalidPoolScheduling, invalid.Error())
+		s.markUnschedulable(ctx, sbx, v1alpha1.ReasonInvalidPoolScheduling, invalid.Error())
 		return false, nil
 	}
 	if err != nil {

@@ -78,7 +78,7 @@ func TestPoolScoreWeightsNamingUnknownPluginAreRefused(t *testing.T) {
 				return
 			}
 			s := e.wait("s1", "refused", 5*time.Second, func(s *v1alpha1.Sandbox) bool {
-				return s.Status.Reason == ReasonInvalidPoolScheduling
+				return s.Status.Reason == v1alpha1.ReasonInvalidPoolScheduling
 			})
 			if s.Status.Phase != v1alpha1.SandboxPending ||
 				!strings.Contains(s.Status.Message, tc.refused) ||
@@ -86,7 +86,7 @@ func TestPoolScoreWeightsNamingUnknownPluginAreRefused(t *testing.T) {
 				t.Errorf("status %+v", s.Status)
 			}
 			cond := meta.FindStatusCondition(s.Status.Conditions, v1alpha1.SandboxConditionScheduled)
-			if cond == nil || cond.Reason != ReasonInvalidPoolScheduling || cond.Message != s.Status.Message {
+			if cond == nil || cond.Reason != v1alpha1.ReasonInvalidPoolScheduling || cond.Message != s.Status.Message {
 				t.Errorf("Scheduled condition %+v", cond)
 			}
 			if n := a.createsOf("sbx-s1"); n != 0 {

@@ -294,6 +294,10 @@ const (
 	// ReasonRunAsNonRootViolation: the pool requires a non-root user and the
 	// sandbox's image runs as root.
 	ReasonRunAsNonRootViolation = "RunAsNonRootViolation"
+	// ReasonInvalidPoolScheduling: the pool's spec.scheduling cannot be honoured
+	// (a scoreWeights entry names a plugin the profile does not score with);
+	// its sandboxes stay Pending until the pool is fixed.
+	ReasonInvalidPoolScheduling = "InvalidPoolScheduling"
 )
 
 // SandboxStatus is what the system observed of a sandbox. Times have
