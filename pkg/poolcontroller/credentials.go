@@ -179,6 +179,9 @@ func (c *Controller) issueAgentSecret(ctx context.Context, pool *v1alpha1.Sandbo
 	secrets := c.kubeClient.CoreV1().Secrets(c.namespace)
 	if cur == nil {
 		_, err = secrets.Create(ctx, secret, metav1.CreateOptions{FieldManager: ControllerName})
+		if apierrors.IsAlreadyExists(err) {
+			return nil // made by an earlier pass the informer does not show yet
+		}
 	} else {
 		updated := cur.DeepCopy()
 		updated.Data = secret.Data
