@@ -3,21 +3,11 @@ package poolcontroller
 import (
 	"cmp"
 
-	"github.com/distribution/reference"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
-)
 
-// NormalizeImage is the canonical form of an image reference, so that
-// "busybox" and "docker.io/library/busybox:latest" compare equal. A reference
-// that does not parse is returned as it is.
-func NormalizeImage(ref string) string {
-	named, err := reference.ParseDockerRef(ref)
-	if err != nil {
-		return ref
-	}
-	return named.String()
-}
+	"github.com/fast-sandbox/fast-sandbox/pkg/imageref"
+)
 
 // AgentShape is what the node choice needs to know of the agent Pods to place.
 type AgentShape struct {
@@ -66,14 +56,14 @@ func ChooseNodes(n int, pendingImages []string, nodes []*corev1.Node, agentPods 
 		}
 		for _, img := range node.Status.Images {
 			for _, name := range img.Names {
-				c.images[NormalizeImage(name)] = true
+				c.images[imageref.NormalizeOrKeep(name)] = true
 			}
 		}
 		cands = append(cands, c)
 	}
 	wanted := make([]string, len(pendingImages))
 	for i, img := range pendingImages {
-		wanted[i] = NormalizeImage(img)
+		wanted[i] = imageref.NormalizeOrKeep(img)
 	}
 	slots := max(int(shape.SlotsPerAgent), 1)
 	for i := range picks {

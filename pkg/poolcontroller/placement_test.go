@@ -9,21 +9,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-func TestNormalizeImage(t *testing.T) {
-	cases := map[string]string{
-		"busybox":                          "docker.io/library/busybox:latest",
-		"docker.io/library/busybox:latest": "docker.io/library/busybox:latest",
-		"python:3.12":                      "docker.io/library/python:3.12",
-		"ghcr.io/a/b:v1":                   "ghcr.io/a/b:v1",
-		"Not A Ref":                        "Not A Ref",
-	}
-	for in, want := range cases {
-		if got := NormalizeImage(in); got != want {
-			t.Errorf("NormalizeImage(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 type nodeOpt func(*corev1.Node)
 
 func testNode(name string, opts ...nodeOpt) *corev1.Node {

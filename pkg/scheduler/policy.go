@@ -10,7 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
-	"github.com/fast-sandbox/fast-sandbox/plugins/imageaffinity"
+	"github.com/fast-sandbox/fast-sandbox/pkg/imageref"
 )
 
 // What a pool lets its tenants do. The pool belongs to the cluster's
@@ -42,7 +42,7 @@ func imageAllowed(pool *v1alpha1.SandboxPool, image string) (bool, error) {
 	if len(pool.Spec.AllowedImages) == 0 {
 		return true, nil
 	}
-	ref, err := imageaffinity.Normalize(image)
+	ref, err := imageref.Normalize(image)
 	if err != nil {
 		return false, fmt.Errorf("image %q is not a valid reference: %w", image, err)
 	}
@@ -53,7 +53,7 @@ func imageAllowed(pool *v1alpha1.SandboxPool, image string) (bool, error) {
 			}
 			continue
 		}
-		if want, err := imageaffinity.Normalize(pattern); err == nil && want == ref {
+		if want, err := imageref.Normalize(pattern); err == nil && want == ref {
 			return true, nil
 		}
 	}

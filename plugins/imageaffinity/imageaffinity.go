@@ -11,12 +11,13 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/distribution/reference"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/imageref"
 )
 
 // Name is the plugin's name in a KubeSchedulerConfiguration.
@@ -74,17 +75,6 @@ func New(_ context.Context, obj runtime.Object, _ fwk.Handle) (fwk.Plugin, error
 // Name returns the plugin's name.
 func (pl *ImageAffinity) Name() string { return Name }
 
-// Normalize turns an image reference into its canonical form:
-// "python:3.9" becomes "docker.io/library/python:3.9", "busybox" becomes
-// "docker.io/library/busybox:latest"; references by digest keep the digest.
-func Normalize(image string) (string, error) {
-	named, err := reference.ParseDockerRef(image)
-	if err != nil {
-		return "", err
-	}
-	return named.String(), nil
-}
-
 const stateKey fwk.StateKey = Name
 
 type state struct{ image string }
@@ -96,7 +86,7 @@ func (pl *ImageAffinity) PreFilter(_ context.Context, cs fwk.CycleState, pod *v1
 	if len(pod.Spec.Containers) == 0 {
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "sandbox has no container")
 	}
-	img, err := Normalize(pod.Spec.Containers[0].Image)
+	img, err := imageref.Normalize(pod.Spec.Containers[0].Image)
 	if err != nil {
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, fmt.Sprintf("invalid image %q: %v", pod.Spec.Containers[0].Image, err))
 	}

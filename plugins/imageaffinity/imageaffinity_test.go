@@ -14,26 +14,6 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 )
 
-func TestNormalize(t *testing.T) {
-	cases := []struct{ in, want string }{
-		{"python:3.9", "docker.io/library/python:3.9"},
-		{"busybox", "docker.io/library/busybox:latest"},
-		{"docker.io/library/python:3.9", "docker.io/library/python:3.9"},
-		{"ghcr.io/org/app:v1", "ghcr.io/org/app:v1"},
-		{"localhost:5000/app", "localhost:5000/app:latest"},
-		{"busybox@sha256:" + strings.Repeat("a", 64), "docker.io/library/busybox@sha256:" + strings.Repeat("a", 64)},
-	}
-	for _, tc := range cases {
-		got, err := Normalize(tc.in)
-		if err != nil || got != tc.want {
-			t.Errorf("Normalize(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
-		}
-	}
-	if _, err := Normalize("not a reference!"); err == nil {
-		t.Error("an invalid reference must be refused")
-	}
-}
-
 func agent(name string, slots int64, used int, images ...v1.ContainerImage) fwk.NodeInfo {
 	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Status: v1.NodeStatus{
 		Allocatable: v1.ResourceList{v1.ResourcePods: *resource.NewQuantity(slots, resource.DecimalSI)},

@@ -228,7 +228,16 @@ func TestMainCopiesBothStreams(t *testing.T) {
 		fmt.Fprintf(out, "line %d\n", i)
 	}
 	fmt.Fprintln(out, "the end")
-	fmt.Fprintln(errw, "to stderr") // the two streams are read apart: in any order
+	// The two streams are read apart, in any order: stderr's line goes once
+	// stdout's are in the log, so that rotation cannot have dropped it.
+	deadline := time.Now().Add(10 * time.Second)
+	for data, _ := os.ReadFile(path); !strings.Contains(string(data), "the end"); data, _ = os.ReadFile(path) {
+		if time.Now().After(deadline) {
+			t.Fatal("stdout never reached the log")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	fmt.Fprintln(errw, "to stderr")
 	out.Close()
 	errw.Close()
 	if err := cmd.Wait(); err != nil {

@@ -55,7 +55,6 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
-	"github.com/distribution/reference"
 	"github.com/go-logr/logr"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -65,6 +64,7 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/sandboxlog"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+	"github.com/fast-sandbox/fast-sandbox/pkg/imageref"
 )
 
 // Labels on every sandbox container.
@@ -572,16 +572,16 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	// containerd is not final (reconnect.go). From the start on it is.
 	fail := func(reason string, err error) api.SandboxStatus { return r.failedCreate(spec, id, reason, err) }
 
-	ref, err := reference.ParseDockerRef(spec.Image)
+	ref, err := imageref.Normalize(spec.Image)
 	if err != nil {
-		return fail(api.ReasonCreateFailed, fmt.Errorf("invalid image %q: %w", spec.Image, err))
+		return fail(api.ReasonCreateFailed, fmt.Errorf("invalid image: %w", err))
 	}
-	image, err := r.client.GetImage(ctx, ref.String())
+	image, err := r.client.GetImage(ctx, ref)
 	if errdefs.IsNotFound(err) {
 		if !spec.AllowPull {
 			return fail(api.ReasonImageNotPresent, fmt.Errorf("image %s is not present on the node and the pool does not allow pulls", ref))
 		}
-		image, err = r.client.Pull(ctx, ref.String(), client.WithPullUnpack, client.WithPullSnapshotter(r.cfg.Snapshotter))
+		image, err = r.client.Pull(ctx, ref, client.WithPullUnpack, client.WithPullSnapshotter(r.cfg.Snapshotter))
 		if err != nil {
 			err = fmt.Errorf("pulling %s: %w", ref, err)
 			if r.unavailable(err) && !r.serving() {
@@ -617,7 +617,7 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	if err != nil {
 		return fail(api.ReasonCreateFailed, fmt.Errorf("image %s: %w", ref, err))
 	}
-	if err := r.checkUser(ref.String(), imageConfig.Config.User, user); err != nil {
+	if err := r.checkUser(ref, imageConfig.Config.User, user); err != nil {
 		return r.failed(spec, id, api.ReasonRunAsNonRootViolation, err)
 	}
 

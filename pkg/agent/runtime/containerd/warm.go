@@ -18,12 +18,12 @@ import (
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
-	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
+	"github.com/fast-sandbox/fast-sandbox/pkg/imageref"
 	"github.com/fast-sandbox/fast-sandbox/pkg/sandboxinit"
 )
 
@@ -308,11 +308,11 @@ func listenInit(dir string) (*net.UnixListener, error) {
 
 // keyOf is the warm key a sandbox needs.
 func (r *Runtime) keyOf(spec api.SandboxSpec) (warmKey, error) {
-	ref, err := reference.ParseDockerRef(spec.Image)
+	ref, err := imageref.Normalize(spec.Image)
 	if err != nil {
 		return warmKey{}, err
 	}
-	k := warmKey{image: ref.String(), handler: spec.RuntimeHandler, network: api.NetworkNone}
+	k := warmKey{image: ref, handler: spec.RuntimeHandler, network: api.NetworkNone}
 	if k.handler == "" {
 		k.handler = r.cfg.DefaultRuntimeHandler
 	}
