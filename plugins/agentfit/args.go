@@ -5,7 +5,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"sigs.k8s.io/yaml"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/pluginargs"
 )
 
 // ArgsKind is the kind AgentFitArgs may carry in a configuration.
@@ -34,19 +35,8 @@ func ValidateAgentFitArgs(path *field.Path, args *AgentFitArgs) error {
 // nil (no args) or a *runtime.Unknown as the framework passes it.
 func DecodeArgs(path *field.Path, obj runtime.Object) (*AgentFitArgs, error) {
 	args := &AgentFitArgs{}
-	switch o := obj.(type) {
-	case nil:
-	case *runtime.Unknown:
-		if o.ContentType != "" && o.ContentType != runtime.ContentTypeJSON && o.ContentType != runtime.ContentTypeYAML {
-			return nil, fmt.Errorf("%s: unsupported content type %q", path, o.ContentType)
-		}
-		if len(o.Raw) > 0 {
-			if err := yaml.UnmarshalStrict(o.Raw, args); err != nil {
-				return nil, fmt.Errorf("decoding %s: %w", path, err)
-			}
-		}
-	default:
-		return nil, fmt.Errorf("%s: want %s, got %T", path, ArgsKind, obj)
+	if err := pluginargs.DecodeStrict(path, ArgsKind, obj, args); err != nil {
+		return nil, err
 	}
 	SetDefaults_AgentFitArgs(args)
 	if err := ValidateAgentFitArgs(path, args); err != nil {
