@@ -92,6 +92,19 @@ func TestTenantRBAC(t *testing.T) {
 		check(t, "write a Sandbox's status", err, true)
 		_, err = sbx.SandboxV1alpha1().SandboxPools().Create(ctx, validPool("hers"), metav1.CreateOptions{})
 		check(t, "create a SandboxPool", err, true)
+		if _, err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Create(ctx, validPool("operators"), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		_, err = sbx.SandboxV1alpha1().SandboxPools().Get(ctx, "operators", metav1.GetOptions{})
+		check(t, "read a SandboxPool (no pool-reader binding)", err, true)
+		pool := validPool("operators")
+		pool.Spec.Agent.Image = "evil/agent:latest"
+		_, err = sbx.SandboxV1alpha1().SandboxPools().Update(ctx, pool, metav1.UpdateOptions{})
+		check(t, "edit a SandboxPool", err, true)
+		_, err = sbx.SandboxV1alpha1().SandboxPools().Patch(ctx, "operators", "application/merge-patch+json",
+			[]byte(`{"spec":{"agent":{"image":"evil/agent:latest"}}}`), metav1.PatchOptions{})
+		check(t, "patch a SandboxPool", err, true)
+		check(t, "delete a SandboxPool", sbx.SandboxV1alpha1().SandboxPools().Delete(ctx, "operators", metav1.DeleteOptions{}), true)
 		_, err = kube.CoreV1().Pods(sysNS).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "x"},
 			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "x", Image: "x"}}}}, dryRun)
 		check(t, "create a Pod in the system namespace", err, true)
