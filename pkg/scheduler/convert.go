@@ -9,7 +9,6 @@ import (
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
-	"github.com/fast-sandbox/fast-sandbox/plugins/imageaffinity"
 )
 
 // sandboxPod presents a Sandbox to the framework's plugins as a Pod: one
@@ -76,7 +75,7 @@ func agentNode(a *agentState, node *v1.Node) *v1.Node {
 		}
 	}
 	if len(warm) > 0 {
-		n.Annotations = map[string]string{imageaffinity.AnnotationWarmImages: strings.Join(warm, ",")}
+		n.Annotations = map[string]string{v1alpha1.AnnotationWarmImages: strings.Join(warm, ",")}
 	}
 	return n
 }

@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
-	"github.com/fast-sandbox/fast-sandbox/plugins/imageaffinity"
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 )
 
 func TestAgentNodeWarmImages(t *testing.T) {
@@ -24,7 +24,7 @@ func TestAgentNodeWarmImages(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			a := &agentState{name: "agent-a", pool: "p", status: &api.Status{Capacity: api.Resources{Slots: 4}, Warm: tc.warm}}
 			n := agentNode(a, nil)
-			if got := n.Annotations[imageaffinity.AnnotationWarmImages]; got != tc.want {
+			if got := n.Annotations[v1alpha1.AnnotationWarmImages]; got != tc.want {
 				t.Errorf("warm images annotation %q, want %q", got, tc.want)
 			}
 		})

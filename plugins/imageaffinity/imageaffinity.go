@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	fwk "k8s.io/kube-scheduler/framework"
 
+	"github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/imageref"
 )
 
@@ -25,12 +26,6 @@ const Name = "ImageAffinity"
 
 // ErrReasonImageNotPresent is the Filter's reason for an agent without the image.
 const ErrReasonImageNotPresent = "image not present"
-
-// AnnotationWarmImages, on an agent's node, lists (comma-separated,
-// normalized) the images the agent has a free warm container for: a
-// sandbox of such an image starts without a container creation. Score
-// rates such an agent as if it held the largest image.
-const AnnotationWarmImages = "fast-sandbox.io/warm-images"
 
 const (
 	mb           int64 = 1024 * 1024
@@ -172,7 +167,7 @@ func hasWarm(node *v1.Node, image string) bool {
 	if node == nil || image == "" {
 		return false
 	}
-	for _, w := range strings.Split(node.Annotations[AnnotationWarmImages], ",") {
+	for _, w := range strings.Split(node.Annotations[v1alpha1.AnnotationWarmImages], ",") {
 		if w == image {
 			return true
 		}

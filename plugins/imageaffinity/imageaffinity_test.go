@@ -12,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 )
 
 func agent(name string, slots int64, used int, images ...v1.ContainerImage) fwk.NodeInfo {
@@ -39,7 +41,7 @@ func agent(name string, slots int64, used int, images ...v1.ContainerImage) fwk.
 // warmAgent marks an agent as holding free warm containers for images.
 func warmAgent(ni fwk.NodeInfo, images ...string) fwk.NodeInfo {
 	node := ni.Node().DeepCopy()
-	node.Annotations = map[string]string{AnnotationWarmImages: strings.Join(images, ",")}
+	node.Annotations = map[string]string{v1alpha1.AnnotationWarmImages: strings.Join(images, ",")}
 	ni.(*framework.NodeInfo).SetNode(node)
 	return ni
 }
