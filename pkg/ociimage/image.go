@@ -11,6 +11,8 @@ import (
 	"io"
 	"runtime"
 	"strings"
+
+	"github.com/distribution/reference"
 )
 
 const (
@@ -141,11 +143,14 @@ func Build(w io.Writer, ref string, cfg Config, files []File) error {
 // runs on (runtime.GOARCH) and OS linux. ref is normalized (see Normalize)
 // and must have a tag but no digest. Files with a SourcePath are read now.
 func New(ref string, cfg Config, files []File) (*Image, error) {
-	r, err := parseReference(ref)
+	named, err := parse(ref)
 	if err != nil {
 		return nil, err
 	}
-	if r.digest != "" {
+	// Normalized, a reference has a tag unless it has a digest (a tag
+	// beside a digest is dropped).
+	tagged, ok := named.(reference.Tagged)
+	if !ok {
 		return nil, fmt.Errorf("image reference %q: a built image cannot be named by a digest", ref)
 	}
 	for _, kv := range cfg.Env {
@@ -203,8 +208,8 @@ func New(ref string, cfg Config, files []File) (*Image, error) {
 
 	manifestDesc := manifestBlob.descriptor(mediaTypeManifest)
 	manifestDesc.Annotations = map[string]string{
-		annotationImageName: r.String(),
-		annotationRefName:   r.tag,
+		annotationImageName: named.String(),
+		annotationRefName:   tagged.Tag(),
 	}
 	manifestDesc.Platform = &platform{Architecture: runtime.GOARCH, OS: "linux"}
 	idx, err := json.Marshal(index{
@@ -216,7 +221,7 @@ func New(ref string, cfg Config, files []File) (*Image, error) {
 		return nil, fmt.Errorf("encoding image index: %w", err)
 	}
 	return &Image{
-		ref:      r.String(),
+		ref:      named.String(),
 		manifest: manifestDesc,
 		blobs:    []blob{layerBlob, configBlob, manifestBlob},
 		index:    idx,

@@ -283,6 +283,7 @@ func TestBuildErrors(t *testing.T) {
 	}{
 		{name: "bad ref", ref: "Busybox", wantErr: "must be lowercase"},
 		{name: "digest ref", ref: "busybox@sha256:" + strings.Repeat("0", 64), wantErr: "cannot be named by a digest"},
+		{name: "tag and digest ref", ref: "busybox:1@sha256:" + strings.Repeat("0", 64), wantErr: "cannot be named by a digest"},
 		{name: "bad env", cfg: Config{Env: []string{"PATH"}}, wantErr: "want KEY=VALUE"},
 		{name: "relative path", files: []File{{Path: "bin/sh"}}, wantErr: "want an absolute, clean path"},
 		{name: "unclean path", files: []File{{Path: "/bin/../sh"}}, wantErr: "want an absolute, clean path"},

@@ -2,6 +2,7 @@ package ociimage
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -30,31 +31,35 @@ func TestNormalize(t *testing.T) {
 		{in: "[::1]:5000/x:y", want: "[::1]:5000/x:y"},
 		{in: "Example.com/x", want: "Example.com/x:latest"},
 		{in: "a__b-c--d/e.f_g", want: "docker.io/a__b-c--d/e.f_g:latest"},
-		{in: "a_b.c/x", wantErr: "bad registry domain"}, // a "." makes it a domain
+		{in: "a_b.c/x", wantErr: "not a host name"}, // a "." makes it a domain
 		{in: "busybox:TAG", want: "docker.io/library/busybox:TAG"},
 		{in: "busybox@sha256:" + hex64, want: "docker.io/library/busybox@sha256:" + hex64},
-		{in: "busybox:1@sha256:" + hex64, want: "docker.io/library/busybox:1@sha256:" + hex64},
+		// The digest names the content: the tag beside it is dropped (as
+		// containerd's CRI plugin and pkg/imageref do).
+		{in: "busybox:1@sha256:" + hex64, want: "docker.io/library/busybox@sha256:" + hex64},
 		{in: "example.com:5000/x@sha256:" + hex64, want: "example.com:5000/x@sha256:" + hex64},
 
-		{in: "", wantErr: "empty reference"},
+		{in: "", wantErr: "invalid reference format"},
 		{in: "Busybox", wantErr: "must be lowercase"},
 		{in: "foo/Bar:1", wantErr: "must be lowercase"},
 		{in: "example.com/Foo", wantErr: "must be lowercase"},
-		{in: hex64, wantErr: "image ID"},
-		{in: "busybox:", wantErr: "bad tag"},
-		{in: "busybox:-x", wantErr: "bad tag"},
-		{in: "busybox:" + strings.Repeat("a", 129), wantErr: "bad tag"},
-		{in: ":tag", wantErr: "missing repository name"},
-		{in: "foo//bar", wantErr: "empty component"},
-		{in: "foo/", wantErr: "empty component"},
-		{in: "foo bar", wantErr: "bad component"},
-		{in: "foo-/bar", wantErr: "bad component"},
-		{in: "-example.com/x", wantErr: "bad registry domain"},
-		{in: "busybox@sha256:abc", wantErr: "64 lowercase hex digits"},
-		{in: "busybox@sha256:" + strings.ToUpper(hex64), wantErr: "64 lowercase hex digits"},
+		{in: hex64, wantErr: "64-byte hexadecimal"}, // an image ID, not a name
+		{in: "busybox:", wantErr: "invalid reference format"},
+		{in: "busybox:-x", wantErr: "invalid reference format"},
+		{in: "busybox:" + strings.Repeat("a", 129), wantErr: "invalid reference format"},
+		{in: ":tag", wantErr: "invalid reference format"},
+		{in: "foo//bar", wantErr: "invalid reference format"},
+		{in: "foo/", wantErr: "invalid reference format"},
+		{in: "foo bar", wantErr: "invalid reference format"},
+		{in: "foo-/bar", wantErr: "invalid reference format"},
+		{in: "-example.com/x", wantErr: "invalid reference format"},
+		{in: "busybox@sha256:abc", wantErr: "invalid reference format"},
+		{in: "busybox@sha256:" + strings.ToUpper(hex64), wantErr: "invalid checksum digest format"},
 		{in: "busybox@md5:" + hex64, wantErr: "unsupported digest algorithm"},
-		{in: "busybox@" + hex64, wantErr: "not ALGORITHM:HEX"},
-		{in: "example.com/" + strings.Repeat("a", 250), wantErr: "longer than 255"},
+		{in: "busybox@" + hex64, wantErr: "invalid reference format"},
+		// The bound of 255 is on the repository path, not on the domain with it.
+		{in: "example.com/" + strings.Repeat("a", 250), want: "example.com/" + strings.Repeat("a", 250) + ":latest"},
+		{in: "example.com/" + strings.Repeat("a", 256), wantErr: "must not be more than 255 characters"},
 	}
 	for _, tt := range tests {
 		got, err := Normalize(tt.in)
@@ -65,6 +70,10 @@ func TestNormalize(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrInvalidReference) {
 				t.Errorf("Normalize(%q) error = %q, want ErrInvalidReference containing %q", tt.in, err, tt.wantErr)
+			}
+			// It names the reference it refuses.
+			if !strings.Contains(err.Error(), fmt.Sprintf("%q", tt.in)) {
+				t.Errorf("Normalize(%q) error = %q does not name the reference", tt.in, err)
 			}
 			continue
 		}
