@@ -330,20 +330,21 @@ func (c *Controller) nodeExists(ctx context.Context, name string) (bool, error) 
 	}
 }
 
-// eventObject is what cleanup events are about: the pool, or the agent Pod
-// once the pool is gone.
-func eventObject(pool *v1alpha1.SandboxPool, pod *corev1.Pod) runtime.Object {
+// eventObjects are what a cleanup event is about (regarding): the pool, or
+// the agent Pod once the pool is gone; and the agent Pod as the related
+// object while the pool is the regarding one.
+func eventObjects(pool *v1alpha1.SandboxPool, pod *corev1.Pod) (regarding, related runtime.Object) {
 	if pool != nil {
-		return pool
+		return pool, pod
 	}
-	return pod
+	return pod, nil
 }
 
 func (c *Controller) createCleanupPod(ctx context.Context, key, poolName string, pool, owner *v1alpha1.SandboxPool,
 	agent *corev1.Pod, why string,
 ) error {
 	cp := CleanupPod(agent, poolName, owner)
-	created, err := c.kubeClient.CoreV1().Pods(agent.Namespace).Create(ctx, cp, metav1.CreateOptions{})
+	created, err := c.kubeClient.CoreV1().Pods(agent.Namespace).Create(ctx, cp, metav1.CreateOptions{FieldManager: ControllerName})
 	switch {
 	case apierrors.IsAlreadyExists(err):
 		return nil // the informer has not shown it yet
@@ -354,12 +355,14 @@ func (c *Controller) createCleanupPod(ctx context.Context, key, poolName string,
 			"Removed the cleanup finalizer of agent Pod %s without cleaning node %s: namespace %s is terminating",
 			agent.Name, agent.Spec.NodeName, agent.Namespace)
 	case err != nil:
-		c.recorder.Eventf(eventObject(pool, agent), corev1.EventTypeWarning, EventFailedCreate,
+		regarding, related := eventObjects(pool, agent)
+		c.event(regarding, related, corev1.EventTypeWarning, EventFailedCreate, actionCleanupNode,
 			"Creating cleanup Pod %s for agent Pod %s failed: %v", cp.Name, agent.Name, err)
 		return fmt.Errorf("creating cleanup Pod %s/%s: %w", cp.Namespace, cp.Name, err)
 	}
 	klog.FromContext(ctx).V(2).Info("Created cleanup Pod", "pod", klog.KObj(created), "agent", klog.KObj(agent), "node", agent.Spec.NodeName)
-	c.recorder.Eventf(eventObject(pool, agent), corev1.EventTypeNormal, EventCleaningUp,
+	regarding, _ := eventObjects(pool, agent)
+	c.event(regarding, created, corev1.EventTypeNormal, EventCleaningUp, actionCleanupNode,
 		"Created cleanup Pod %s on node %s: %s", created.Name, agent.Spec.NodeName, why)
 	return nil
 }
@@ -392,7 +395,8 @@ func (c *Controller) releaseAgentPod(ctx context.Context, key string, pool *v1al
 	}
 	if removed {
 		klog.FromContext(ctx).V(2).Info("Removed the cleanup finalizer", "pod", klog.KObj(pod), "reason", reason)
-		c.recorder.Eventf(eventObject(pool, pod), eventType, reason, format, args...)
+		regarding, related := eventObjects(pool, pod)
+		c.event(regarding, related, eventType, reason, actionReleaseAgentPod, format, args...)
 	}
 	return nil
 }
@@ -421,7 +425,7 @@ func (c *Controller) removeFinalizer(ctx context.Context, pod *corev1.Pod) (bool
 	if err != nil {
 		return false, err
 	}
-	if _, err := pods.Patch(ctx, pod.Name, types.JSONPatchType, patch, metav1.PatchOptions{}); err != nil {
+	if _, err := pods.Patch(ctx, pod.Name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: ControllerName}); err != nil {
 		if apierrors.IsNotFound(err) {
 			return false, nil
 		}
@@ -443,7 +447,7 @@ func (c *Controller) ensureFinalizer(ctx context.Context, pod *corev1.Pod) error
 	if err != nil {
 		return err
 	}
-	_, err = c.kubeClient.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	_, err = c.kubeClient.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: ControllerName})
 	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 		return fmt.Errorf("adding the cleanup finalizer to agent Pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}

@@ -45,6 +45,7 @@ import (
 	"fmt"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -52,6 +53,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -60,10 +62,9 @@ import (
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -75,7 +76,8 @@ import (
 	sandboxlisters "github.com/fast-sandbox/fast-sandbox/pkg/generated/listers/sandbox/v1alpha1"
 )
 
-// ControllerName is the event source and the workqueue name.
+// ControllerName is the reporting controller of its events, the field
+// manager of its writes and the workqueue name.
 const ControllerName = "fast-sandbox-pool-controller"
 
 // Event reasons.
@@ -87,6 +89,19 @@ const (
 	EventFailedCreate   = "FailedCreate"
 	EventFailedDelete   = "FailedDelete"
 	EventScalingLimited = "ScalingLimited"
+)
+
+// Event actions (events.k8s.io/v1): what the controller did, or failed to
+// do, when it recorded an event.
+const (
+	actionCreateAgent      = "CreateAgent"
+	actionDeleteAgent      = "DeleteAgent"
+	actionDrainAgent       = "DrainAgent"
+	actionCancelDrain      = "CancelDrain"
+	actionScale            = "Scale"
+	actionIssueCertificate = "IssueCertificate"
+	actionCleanupNode      = "CleanupNode"
+	actionReleaseAgentPod  = "ReleaseAgentPod"
 )
 
 // Defaults of Options.
@@ -147,9 +162,11 @@ type Controller struct {
 	sandboxIndex     cache.Indexer
 	synced           []cache.InformerSynced
 
-	queue        workqueue.TypedRateLimitingInterface[string]
-	broadcaster  record.EventBroadcaster
-	recorder     record.EventRecorder
+	queue workqueue.TypedRateLimitingInterface[string]
+	// broadcaster sends the recorder's events to the API server while Run
+	// runs.
+	broadcaster  events.EventBroadcaster
+	recorder     events.EventRecorder
 	expectations *expectations
 	clock        clock.WithTicker
 	metrics      *Metrics
@@ -163,7 +180,7 @@ type Controller struct {
 // NewController makes a pool controller. podInformer and secretInformer may
 // be narrowed to objects labelled fast-sandbox.io/pool-name; the informers
 // must not have been started yet (the controller adds an index to the
-// Sandbox informer). Events are recorded until ctx ends.
+// Sandbox informer). Its events (events.k8s.io/v1) are sent while Run runs.
 func NewController(ctx context.Context, kubeClient kubernetes.Interface, sandboxClient versioned.Interface,
 	podInformer coreinformers.PodInformer, nodeInformer coreinformers.NodeInformer, secretInformer coreinformers.SecretInformer,
 	poolInformer sandboxinformers.SandboxPoolInformer, sandboxInformer sandboxinformers.SandboxInformer, opts Options,
@@ -193,9 +210,7 @@ func NewController(ctx context.Context, kubeClient kubernetes.Interface, sandbox
 		opts.CleanupPods = cleanupInformers.Core().V1().Pods()
 	}
 
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartStructuredLogging(3)
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kubeClient.CoreV1().Events("")})
+	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: kubeClient.EventsV1()})
 
 	c := &Controller{
 		kubeClient:       kubeClient,
@@ -215,7 +230,7 @@ func NewController(ctx context.Context, kubeClient kubernetes.Interface, sandbox
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: ControllerName, Clock: opts.Clock}),
 		broadcaster:  broadcaster,
-		recorder:     broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: ControllerName}),
+		recorder:     broadcaster.NewRecorder(scheme.Scheme, ControllerName),
 		expectations: newExpectations(opts.Clock, opts.ExpectationsTimeout),
 		clock:        opts.Clock,
 		metrics:      opts.Metrics,
@@ -276,6 +291,16 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	logger := klog.FromContext(ctx)
 	logger.Info("Starting pool controller", "workers", workers)
 	defer logger.Info("Shutting down pool controller")
+
+	// Events go out while the controller runs; Shutdown (deferred, so after
+	// the queue's) stops the broadcaster's goroutines.
+	if _, err := c.broadcaster.StartLogging(logger.V(3)); err != nil {
+		return fmt.Errorf("logging events: %w", err)
+	}
+	if err := c.broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
+		return fmt.Errorf("recording events: %w", err)
+	}
+	defer c.broadcaster.Shutdown()
 	if c.cleanupInformers != nil {
 		c.cleanupInformers.Start(ctx.Done())
 		defer c.cleanupInformers.Shutdown()
@@ -422,7 +447,7 @@ func (c *Controller) syncPool(ctx context.Context, key string) (time.Duration, e
 		logger.V(4).Info("Waiting for the informer to show earlier creations and deletions")
 	}
 	if plan.Limited && !meta.IsStatusConditionTrue(pool.Status.Conditions, v1alpha1.PoolConditionScalingLimited) {
-		c.recorder.Eventf(pool, corev1.EventTypeWarning, EventScalingLimited,
+		c.event(pool, nil, corev1.EventTypeWarning, EventScalingLimited, actionScale,
 			"The pool wants %d agents but maxAgents is %d", plan.Wanted, pool.Spec.MaxAgents)
 	}
 	errs = append(errs, c.updateStatus(ctx, pool, computeStatus(pool, agents, plan, now)))
@@ -520,7 +545,7 @@ func (c *Controller) createAgents(ctx context.Context, pool *v1alpha1.SandboxPoo
 			if apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause) {
 				return nil
 			}
-			c.recorder.Eventf(pool, corev1.EventTypeWarning, EventFailedCreate, "Creating an agent Pod failed: %v", err)
+			c.event(pool, nil, corev1.EventTypeWarning, EventFailedCreate, actionCreateAgent, "Creating an agent Pod failed: %v", err)
 			return fmt.Errorf("creating an agent Pod for %s: %w", key, err)
 		}
 		where := "on any node"
@@ -528,7 +553,7 @@ func (c *Controller) createAgents(ctx context.Context, pool *v1alpha1.SandboxPoo
 			where = "pinned to node " + node
 		}
 		logger.V(2).Info("Created agent Pod", "pod", klog.KObj(created), "node", node)
-		c.recorder.Eventf(pool, corev1.EventTypeNormal, EventCreatedAgent, "Created agent Pod %s %s", created.Name, where)
+		c.event(pool, created, corev1.EventTypeNormal, EventCreatedAgent, actionCreateAgent, "Created agent Pod %s %s", created.Name, where)
 	}
 	return nil
 }
@@ -542,11 +567,11 @@ func (c *Controller) deletePodNow(ctx context.Context, pool *v1alpha1.SandboxPoo
 	})
 	if err != nil && !apierrors.IsNotFound(err) {
 		c.expectations.deletionObserved(key, string(pod.UID))
-		c.recorder.Eventf(pool, corev1.EventTypeWarning, EventFailedDelete, "Deleting agent Pod %s failed: %v", pod.Name, err)
+		c.event(pool, pod, corev1.EventTypeWarning, EventFailedDelete, actionDeleteAgent, "Deleting agent Pod %s failed: %v", pod.Name, err)
 		return fmt.Errorf("deleting agent Pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	klog.FromContext(ctx).V(2).Info("Deleted agent Pod", "pod", klog.KObj(pod), "reason", why)
-	c.recorder.Event(pool, corev1.EventTypeNormal, EventDeletedAgent, why)
+	c.event(pool, pod, corev1.EventTypeNormal, EventDeletedAgent, actionDeleteAgent, "%s", why)
 	return nil
 }
 
@@ -573,7 +598,7 @@ func (c *Controller) syncAnnotations(ctx context.Context, pool *v1alpha1.Sandbox
 	if err != nil {
 		return err
 	}
-	if _, err := c.kubeClient.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, data, metav1.PatchOptions{}); err != nil {
+	if _, err := c.kubeClient.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, data, metav1.PatchOptions{FieldManager: ControllerName}); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
@@ -581,11 +606,11 @@ func (c *Controller) syncAnnotations(ctx context.Context, pool *v1alpha1.Sandbox
 	}
 	switch {
 	case drain:
-		c.recorder.Eventf(pool, corev1.EventTypeNormal, EventDrainingAgent,
+		c.event(pool, pod, corev1.EventTypeNormal, EventDrainingAgent, actionDrainAgent,
 			"Draining idle agent Pod %s (idle since %s); it is deleted unless a Sandbox is bound to it first",
 			pod.Name, a.IdleSince.UTC().Format(time.RFC3339))
 	case undrain:
-		c.recorder.Eventf(pool, corev1.EventTypeNormal, EventDrainCancelled, "Agent Pod %s is needed again; no longer draining", pod.Name)
+		c.event(pool, pod, corev1.EventTypeNormal, EventDrainCancelled, actionCancelDrain, "Agent Pod %s is needed again; no longer draining", pod.Name)
 	}
 	return nil
 }
@@ -759,4 +784,28 @@ func toSet(names []string) map[string]bool {
 		m[n] = true
 	}
 	return m
+}
+
+// noteLimit is the most an events.k8s.io/v1 note may hold; the API server
+// refuses a longer one.
+const noteLimit = 1024
+
+// event records an event about regarding (the pool, or an agent Pod once the
+// pool is gone); related, when not nil, is the object acted on. A note too
+// long for the API (an error text can be) is cut.
+func (c *Controller) event(regarding, related runtime.Object, eventType, reason, action, note string, args ...any) {
+	c.recorder.Eventf(regarding, related, eventType, reason, action, "%s", truncateNote(fmt.Sprintf(note, args...)))
+}
+
+// truncateNote cuts a note to noteLimit bytes, on a character boundary.
+func truncateNote(note string) string {
+	if len(note) <= noteLimit {
+		return note
+	}
+	const ellipsis = "..."
+	cut := noteLimit - len(ellipsis)
+	for cut > 0 && !utf8.RuneStart(note[cut]) {
+		cut--
+	}
+	return note[:cut] + ellipsis
 }

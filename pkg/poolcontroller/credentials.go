@@ -188,14 +188,14 @@ func (c *Controller) issueAgentSecret(ctx context.Context, pool *v1alpha1.Sandbo
 		_, err = secrets.Update(ctx, updated, metav1.UpdateOptions{FieldManager: ControllerName})
 	}
 	if err != nil {
-		c.recorder.Eventf(pool, corev1.EventTypeWarning, EventFailedIssue, "Issuing the certificate of agent Pod %s failed: %v", podName, err)
+		c.event(pool, nil, corev1.EventTypeWarning, EventFailedIssue, actionIssueCertificate, "Issuing the certificate of agent Pod %s failed: %v", podName, err)
 		return fmt.Errorf("writing Secret %s/%s: %w", c.namespace, name, err)
 	}
 	verb := "Issued"
 	if cur != nil {
 		verb = "Renewed"
 	}
-	c.recorder.Eventf(pool, corev1.EventTypeNormal, EventIssuedCertificate, "%s the certificate of agent Pod %s", verb, podName)
+	c.event(pool, nil, corev1.EventTypeNormal, EventIssuedCertificate, actionIssueCertificate, "%s the certificate of agent Pod %s", verb, podName)
 	return nil
 }
 

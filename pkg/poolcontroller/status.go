@@ -68,7 +68,7 @@ func (c *Controller) updateStatus(ctx context.Context, pool *v1alpha1.SandboxPoo
 	}
 	p := pool.DeepCopy()
 	p.Status = status
-	if _, err := c.sandboxClient.SandboxV1alpha1().SandboxPools().UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+	if _, err := c.sandboxClient.SandboxV1alpha1().SandboxPools().UpdateStatus(ctx, p, metav1.UpdateOptions{FieldManager: ControllerName}); err != nil {
 		return fmt.Errorf("updating the status of SandboxPool %s: %w", p.Name, err)
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -22,7 +23,8 @@ var _ sandboxbinder.Binder = &Scheduler{}
 
 func schemeWithSandboxes() *runtime.Scheme { return scheme.Scheme }
 
-// fieldManager names the scheduler's writes.
+// fieldManager names the scheduler's writes; it is also the reporting
+// controller of its events.
 const fieldManager = "fast-sandbox-scheduler"
 
 // inflightSandbox is a sandbox reserved on an agent whose Bind has not
@@ -310,7 +312,7 @@ func (s *Scheduler) eventForPhase(sbx *v1alpha1.Sandbox) {
 	case v1alpha1.SandboxSucceeded:
 		s.recorder.Eventf(sbx, nil, v1.EventTypeNormal, "Succeeded", "Finish", "the command exited with 0")
 	case v1alpha1.SandboxFailed:
-		s.recorder.Eventf(sbx, nil, v1.EventTypeWarning, sbx.Status.Reason, "Finish", "%s", sbx.Status.Message)
+		s.recorder.Eventf(sbx, nil, v1.EventTypeWarning, sbx.Status.Reason, "Finish", "%s", truncateNote(sbx.Status.Message))
 	}
 }
 
@@ -336,5 +338,23 @@ func (s *Scheduler) markUnschedulable(ctx context.Context, sbx *v1alpha1.Sandbox
 	if _, err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
 		klog.FromContext(ctx).Error(err, "recording that a sandbox is unschedulable", "sandbox", klog.KObj(sbx))
 	}
-	s.recorder.Eventf(sbx, nil, v1.EventTypeWarning, "FailedScheduling", "Schedule", "%s", message)
+	s.recorder.Eventf(sbx, nil, v1.EventTypeWarning, "FailedScheduling", "Schedule", "%s", truncateNote(message))
+}
+
+// noteLimit is the most an events.k8s.io/v1 note may hold; the API server
+// refuses a longer one.
+const noteLimit = 1024
+
+// truncateNote cuts an event's note to noteLimit bytes, on a character
+// boundary; the full text is in the Sandbox's status.
+func truncateNote(note string) string {
+	if len(note) <= noteLimit {
+		return note
+	}
+	const ellipsis = "..."
+	cut := noteLimit - len(ellipsis)
+	for cut > 0 && !utf8.RuneStart(note[cut]) {
+		cut--
+	}
+	return note[:cut] + ellipsis
 }

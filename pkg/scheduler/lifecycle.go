@@ -275,7 +275,7 @@ func (s *Scheduler) loseSandbox(ctx context.Context, sbx *v1alpha1.Sandbox, why 
 		return
 	}
 	sandboxesLost.WithLabelValues("recreated").Inc()
-	s.recorder.Eventf(sbx, nil, v1.EventTypeWarning, "Recreating", "Recreate", "%s", st.Message)
+	s.recorder.Eventf(sbx, nil, v1.EventTypeWarning, "Recreating", "Recreate", "%s", truncateNote(st.Message))
 }
 
 // sandboxChanged keeps the pool caches and the queue in step with a Sandbox.

@@ -125,7 +125,10 @@ type Scheduler struct {
 	client   versioned.Interface
 	cfg      *config.KubeSchedulerConfiguration
 	registry frameworkruntime.Registry
-	recorder events.EventRecorder
+	// broadcaster sends the recorder's events (events.k8s.io/v1) to the
+	// API server while Run runs.
+	broadcaster events.EventBroadcaster
+	recorder    events.EventRecorder
 
 	// epoch orders this scheduler's syncs after any earlier scheduler's: it
 	// is taken once leading, above every epoch the agents report. revision
@@ -193,9 +196,8 @@ func New(ctx context.Context, kube kubernetes.Interface, client versioned.Interf
 		poolStates: map[string]*poolState{}, agents: map[string]*agentState{},
 		inflight: map[string]map[string]*inflightSandbox{}, unschedulable: map[string]bool{}, binding: map[string]bool{},
 	}
-	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: kube.EventsV1()})
-	broadcaster.StartRecordingToSink(ctx.Done())
-	s.recorder = broadcaster.NewRecorder(schemeWithSandboxes(), "fast-sandbox-scheduler")
+	s.broadcaster = events.NewBroadcaster(&events.EventSinkImpl{Interface: kube.EventsV1()})
+	s.recorder = s.broadcaster.NewRecorder(schemeWithSandboxes(), fieldManager)
 
 	s.registry = plugins.NewInTreeRegistry()
 	for name, f := range map[string]frameworkruntime.PluginFactory{
@@ -244,6 +246,12 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.ctx = ctx
 	s.mu.Unlock()
+	if err := s.broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
+		return fmt.Errorf("recording events: %w", err)
+	}
+	// Run returns after s.loops.Wait: every loop that records events has
+	// ended by the time the broadcaster stops.
+	defer s.broadcaster.Shutdown()
 	agentPods := informers.NewSharedInformerFactoryWithOptions(s.kube, 0,
 		informers.WithNamespace(s.opts.SystemNamespace),
 		informers.WithTweakListOptions(func(o *metav1ListOptions) { o.LabelSelector = v1alpha1.LabelPoolName }))
