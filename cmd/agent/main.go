@@ -204,7 +204,7 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 		// The Manager works in the agent's own network namespace, the Pod's.
 		Egress: &egress, EgressError: egressErr, HostProc: o.hostProc,
 	}, log.WithName("containerd"))
-	defer rt.Close()
+	defer func() { _ = rt.Close() }()
 	a := agent.New(agent.Config{
 		Info: api.AgentInfo{PodName: name, Namespace: o.podNS, PodUID: o.podUID, NodeName: o.nodeName,
 			Pool: o.pool, Version: version.Get().GitVersion},

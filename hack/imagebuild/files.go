@@ -39,7 +39,7 @@ func (o *options) files(stderr io.Writer) ([]ociimage.File, error) {
 	}
 	base := fileSet{}
 	for _, f := range defaults {
-		base.add(f, true)
+		_ = base.add(f, true) // replacing: never an error
 	}
 
 	user := fileSet{}
@@ -99,7 +99,7 @@ func hostFile(spec string, stderr io.Writer) (ociimage.File, error) {
 	case err == nil, errors.Is(err, ociimage.ErrNotELF):
 	case errors.As(err, &binErr):
 		for _, problem := range binErr.Problems {
-			fmt.Fprintf(stderr, "imagebuild: warning: %s %s\n", src, problem)
+			_, _ = fmt.Fprintf(stderr, "imagebuild: warning: %s %s\n", src, problem)
 		}
 	default:
 		return ociimage.File{}, fmt.Errorf("file argument %q: %w", spec, err)

@@ -106,7 +106,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("imagebuild", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usage)
+		_, _ = fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.ref, "ref", "", "name the image `REF`, normalized like docker does (required)")
@@ -128,7 +128,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o.specs = fs.Args()
 	for name, value := range map[string]string{"ref": o.ref, "o": o.out} {
 		if value == "" {
-			fmt.Fprintf(stderr, "imagebuild: -%s is required (see -h)\n", name)
+			_, _ = fmt.Fprintf(stderr, "imagebuild: -%s is required (see -h)\n", name)
 			return nil, errUsage
 		}
 	}
@@ -208,8 +208,8 @@ func writeFileAtomically(path string, img *ociimage.Image) (err error) {
 	}
 	defer func() {
 		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
+			_ = f.Close()
+			_ = os.Remove(f.Name())
 		}
 	}()
 	if _, err := img.WriteTo(f); err != nil {

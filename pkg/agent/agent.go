@@ -680,6 +680,6 @@ func (a *Agent) Logs(ctx context.Context, uid string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rc.Close()
+	defer func() { _ = rc.Close() }()
 	return readTail(rc, maxLogBytes)
 }

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 )
@@ -45,7 +46,7 @@ func newMetrics() *metrics {
 		}, []string{"route", "code"}),
 	}
 	m.registry.MustRegister(m.syncDuration, m.createDuration, m.sandboxes, m.warm, m.requests,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

@@ -55,8 +55,8 @@ const (
 	SocketName = "ctl.sock"
 )
 
-// ProbeArg, as the init's only argument, makes it exit 0 at once: the agent
-// runs it so in a container to check that the node runs containers as the
+// ProbeArg makes the init exit 0 at once when it is its only argument: the
+// agent runs it so in a container to check that the node runs containers as the
 // agent makes them (e.g. with user namespaces).
 const ProbeArg = "--probe"
 
@@ -100,14 +100,14 @@ func Main(socket string, retry time.Duration) int {
 		var s Start
 		if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&s); err != nil {
 			// The agent went away before sending a command: wait for the next.
-			conn.Close()
+			_ = conn.Close()
 			time.Sleep(retry)
 			continue
 		}
 		err = Exec(s)
 		_ = json.NewEncoder(conn).Encode(Result{Error: err.Error()})
 		fmt.Fprintf(os.Stderr, "fast-sandbox: %v\n", err)
-		conn.Close()
+		_ = conn.Close()
 		return ExitStartFailed
 	}
 }
@@ -205,7 +205,7 @@ func withHome(env []string, uid uint32) []string {
 	home := "/"
 	if f, err := os.Open("/etc/passwd"); err == nil {
 		home = homeOf(f, uid)
-		f.Close()
+		_ = f.Close()
 	}
 	return append(env, "HOME="+home)
 }

@@ -126,7 +126,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if err != nil {
 		return fmt.Errorf("%s %s%s: %w", method, c.base, path, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode/100 != 2 {
 		e := api.Error{}
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))

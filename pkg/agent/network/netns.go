@@ -25,7 +25,7 @@ func onLockedThread(fn func() error) error {
 			errc <- fmt.Errorf("open the thread's network namespace: %w", err)
 			return
 		}
-		defer orig.Close()
+		defer func() { _ = orig.Close() }()
 		ferr := fn()
 		if err := netns.Set(orig); err != nil {
 			// Leave the thread locked: the runtime ends it with this goroutine.
@@ -54,7 +54,7 @@ func inNS(ns netns.NsHandle, fn func() error) error {
 // error.
 func writeSysctl(key, value string, optional bool) error {
 	err := os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644)
-	if err != nil && !(optional && errors.Is(err, os.ErrNotExist)) {
+	if err != nil && (!optional || !errors.Is(err, os.ErrNotExist)) {
 		return fmt.Errorf("sysctl %s=%s: %w", key, value, err)
 	}
 	return nil

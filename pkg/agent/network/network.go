@@ -460,7 +460,7 @@ func (m *Manager) Attach(id, nsPath string) (err error) {
 	if err != nil {
 		return fmt.Errorf("network: sandbox %s: open network namespace: %w", id, err)
 	}
-	defer ns.Close()
+	defer func() { _ = ns.Close() }()
 	if ns.Equal(m.hostNS) {
 		return fmt.Errorf("network: sandbox %s: %s is the agent Pod's own network namespace", id, nsPath)
 	}

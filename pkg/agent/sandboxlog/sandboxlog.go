@@ -136,9 +136,9 @@ func Main(args []string) int {
 		fmt.Fprintf(os.Stderr, "sandbox logger: %v\n", err)
 		return 1
 	}
-	defer w.Close()
+	defer func() { _ = w.Close() }()
 	if ready := os.NewFile(fdReady, "ready"); ready != nil {
-		ready.Close()
+		_ = ready.Close()
 	}
 	var wg sync.WaitGroup
 	for _, fd := range []uintptr{fdStdout, fdStderr} {
@@ -149,7 +149,7 @@ func Main(args []string) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer f.Close()
+			defer func() { _ = f.Close() }()
 			copyInto(w, f)
 		}()
 	}
@@ -212,7 +212,7 @@ func (w *Writer) open() error {
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	w.f, w.size = f, fi.Size()
@@ -278,7 +278,7 @@ func (w *Writer) rotate() error {
 	if err := os.Rename(w.path, rotated(w.path, 1)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	w.f.Close()
+	_ = w.f.Close()
 	w.f = nil
 	return w.open()
 }
@@ -347,7 +347,7 @@ func Open(path string) (io.ReadCloser, error) {
 			continue // rotated away meanwhile
 		}
 		if err != nil {
-			rc.Close()
+			_ = rc.Close()
 			return nil, err
 		}
 		rc.files = append(rc.files, f)

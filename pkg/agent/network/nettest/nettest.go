@@ -87,7 +87,7 @@ func NewPair(t testing.TB, o PairOptions) *Pair {
 	ah, wh := Handle(t, p.Agent), Handle(t, p.World)
 	wns, err := netns.GetFromPath(p.World)
 	Must(t, err)
-	defer wns.Close()
+	defer func() { _ = wns.Close() }()
 	Must(t, ah.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0", MTU: o.MTU}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(wns))}))
 	for _, side := range []struct {
 		h     *netlink.Handle
@@ -167,7 +167,7 @@ func OnLockedThread(fn func() error) error {
 			errc <- err
 			return
 		}
-		defer orig.Close()
+		defer func() { _ = orig.Close() }()
 		ferr := fn()
 		if err := netns.Set(orig); err != nil {
 			errc <- errors.Join(ferr, err) // the thread stays locked and dies
@@ -185,7 +185,7 @@ func InNS(path string, fn func() error) error {
 	if err != nil {
 		return err
 	}
-	defer ns.Close()
+	defer func() { _ = ns.Close() }()
 	return OnLockedThread(func() error {
 		if err := netns.Set(ns); err != nil {
 			return err
@@ -200,7 +200,7 @@ func Handle(t testing.TB, path string) *netlink.Handle {
 	t.Helper()
 	ns, err := netns.GetFromPath(path)
 	Must(t, err)
-	defer ns.Close()
+	defer func() { _ = ns.Close() }()
 	h, err := netlink.NewHandleAt(ns)
 	Must(t, err)
 	t.Cleanup(h.Close)
@@ -252,7 +252,7 @@ func Dial(path, src, addr string, timeout time.Duration) (string, error) {
 	}); err != nil {
 		return "", err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	_ = c.SetDeadline(time.Now().Add(ReachTimeout))
 	b, err := io.ReadAll(c)
 	return string(b), err

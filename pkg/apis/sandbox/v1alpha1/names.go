@@ -46,8 +46,8 @@ const (
 // certificate of the agent Pod named pod.
 func AgentTLSSecretName(pod string) string { return pod + AgentTLSSecretSuffix }
 
-// AnnotationWarmImages, on the Node the scheduler presents an agent as to
-// the scheduling framework, lists (comma-separated, normalized) the images
+// AnnotationWarmImages is set on the Node the scheduler presents an agent
+// as to the scheduling framework. It lists (comma-separated, normalized) the images
 // the agent has a free warm container for: a sandbox of such an image
 // starts without a container creation. The ImageAffinity plugin scores such
 // an agent as if it held the largest image.
