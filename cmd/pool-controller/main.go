@@ -8,12 +8,10 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/component-base/metrics/legacyregistry"
 
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/cli"
@@ -73,13 +71,10 @@ func run(ctx context.Context, logger logr.Logger, o *options) error {
 		return fmt.Errorf("making the fast-sandbox client: %w", err)
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := poolcontroller.NewMetrics(reg)
 	leaderHealth := leaderelection.NewLeaderHealthzAdaptor(20 * time.Second)
 	if o.metricsAddr != "" {
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.Handle("/metrics", legacyregistry.Handler())
 		mux.Handle("/healthz", cli.HealthzHandler(leaderHealth))
 		if err := cli.Serve(ctx, logger, o.metricsAddr, mux); err != nil {
 			return err
@@ -88,8 +83,7 @@ func run(ctx context.Context, logger logr.Logger, o *options) error {
 
 	runController := func(ctx context.Context) error {
 		inf := poolcontroller.NewInformers(kube, sandboxes, o.systemNamespace, o.resync)
-		c, err := poolcontroller.NewControllerWithInformers(ctx, kube, sandboxes, inf, o.systemNamespace,
-			poolcontroller.Options{Metrics: metrics})
+		c, err := poolcontroller.NewControllerWithInformers(ctx, kube, sandboxes, inf, o.systemNamespace, poolcontroller.Options{})
 		if err != nil {
 			return err
 		}

@@ -122,8 +122,6 @@ func init() {
 type Options struct {
 	// Clock is the controller's clock; the real one by default.
 	Clock clock.WithTicker
-	// Metrics, when set, receive reconcile counts and durations.
-	Metrics *Metrics
 	// DrainGrace is how long an agent stays marked draining before it is
 	// deleted; DefaultDrainGrace by default.
 	DrainGrace time.Duration
@@ -169,7 +167,6 @@ type Controller struct {
 	recorder     events.EventRecorder
 	expectations *expectations
 	clock        clock.WithTicker
-	metrics      *Metrics
 	drainGrace   time.Duration
 	// namespace is the system namespace, home of every agent Pod.
 	namespace string
@@ -233,7 +230,6 @@ func NewController(ctx context.Context, kubeClient kubernetes.Interface, sandbox
 		recorder:     broadcaster.NewRecorder(scheme.Scheme, ControllerName),
 		expectations: newExpectations(opts.Clock, opts.ExpectationsTimeout),
 		clock:        opts.Clock,
-		metrics:      opts.Metrics,
 		drainGrace:   opts.DrainGrace,
 		namespace:    opts.SystemNamespace,
 		certGrace:    opts.OrphanedCertificateGrace,
@@ -331,7 +327,7 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 
 	start := c.clock.Now()
 	requeueAfter, err := c.syncPool(ctx, key)
-	c.metrics.observe(err, c.clock.Since(start))
+	observeReconcile(err, c.clock.Since(start))
 	if err != nil {
 		utilruntime.HandleErrorWithContext(ctx, err, "Syncing SandboxPool failed; requeuing", "pool", key)
 		c.queue.AddRateLimited(key)

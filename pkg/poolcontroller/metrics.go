@@ -3,40 +3,35 @@ package poolcontroller
 import (
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
 )
 
-// Metrics are the controller's Prometheus metrics.
-type Metrics struct {
-	reconciles *prometheus.CounterVec
-	duration   prometheus.Histogram
+// The controller's metrics, on component-base's legacyregistry (served by
+// legacyregistry.Handler, with the Go and process collectors), as the
+// scheduler's are.
+var (
+	reconciles = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace: "fast_sandbox", Subsystem: "pool_controller", Name: "reconciles_total",
+		Help: "Reconciles of SandboxPools, by result (success or error).", StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
+	reconcileDuration = metrics.NewHistogram(&metrics.HistogramOpts{
+		Namespace: "fast_sandbox", Subsystem: "pool_controller", Name: "reconcile_duration_seconds",
+		Help:    "How long one reconcile of a SandboxPool took.",
+		Buckets: metrics.ExponentialBuckets(0.001, 2, 15), StabilityLevel: metrics.ALPHA,
+	})
+)
+
+func init() {
+	legacyregistry.MustRegister(reconciles, reconcileDuration)
 }
 
-// NewMetrics makes the metrics and registers them with reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
-		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "fast_sandbox", Subsystem: "pool_controller", Name: "reconciles_total",
-			Help: "Reconciles of SandboxPools, by result (success or error).",
-		}, []string{"result"}),
-		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: "fast_sandbox", Subsystem: "pool_controller", Name: "reconcile_duration_seconds",
-			Help:    "How long one reconcile of a SandboxPool took.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
-		}),
-	}
-	reg.MustRegister(m.reconciles, m.duration)
-	return m
-}
-
-func (m *Metrics) observe(err error, took time.Duration) {
-	if m == nil {
-		return
-	}
+// observeReconcile records one reconcile's result and duration.
+func observeReconcile(err error, took time.Duration) {
 	result := "success"
 	if err != nil {
 		result = "error"
 	}
-	m.reconciles.WithLabelValues(result).Inc()
-	m.duration.Observe(took.Seconds())
+	reconciles.WithLabelValues(result).Inc()
+	reconcileDuration.Observe(took.Seconds())
 }
