@@ -445,6 +445,11 @@ func (s *Scheduler) scheduleOne(ctx context.Context, key string) (bool, error) {
 		s.markUnschedulable(ctx, sbx, v1alpha1.ReasonInvalidPoolScheduling, invalid.Error())
 		return false, nil
 	}
+	var unknown *unknownProfileError
+	if errors.As(err, &unknown) {
+		s.markUnschedulable(ctx, sbx, v1alpha1.ReasonUnknownSchedulerProfile, unknown.Error())
+		return false, nil
+	}
 	if err != nil {
 		return false, err
 	}
@@ -582,14 +587,9 @@ func (s *Scheduler) poolState(ctx context.Context, pool *v1alpha1.SandboxPool) (
 	if ps.fw != nil && ps.fwKey == fwKey {
 		return ps, nil
 	}
-	var profile *config.KubeSchedulerProfile
-	for i := range s.cfg.Profiles {
-		if s.cfg.Profiles[i].SchedulerName == profileName {
-			profile = &s.cfg.Profiles[i]
-		}
-	}
-	if profile == nil {
-		return nil, fmt.Errorf("pool %s asks for scheduler profile %q, which the configuration does not have", key, profileName)
+	profile, err := findProfile(s.cfg, key, profileName)
+	if err != nil {
+		return nil, err
 	}
 	fw, err := s.newFramework(ctx, withWeights(profile, pool.Spec.Scheduling.ScoreWeights), ps.snapshot)
 	if err != nil {

@@ -298,6 +298,9 @@ const (
 	// (a scoreWeights entry names a plugin the profile does not score with);
 	// its sandboxes stay Pending until the pool is fixed.
 	ReasonInvalidPoolScheduling = "InvalidPoolScheduling"
+	// ReasonUnknownSchedulerProfile: the pool's spec.scheduling.schedulerName
+	// names no profile of the scheduler's configuration; Pending until fixed.
+	ReasonUnknownSchedulerProfile = "UnknownSchedulerProfile"
 )
 
 // SandboxStatus is what the system observed of a sandbox. Times have
