@@ -6,11 +6,12 @@ import (
 	"sort"
 	"strings"
 
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/kubernetes/pkg/scheduler/apis/config"
-	"k8s.io/kubernetes/pkg/scheduler/apis/config/scheme"
 
+	argsconfig "github.com/fast-sandbox/fast-sandbox/pkg/apis/config"
+	"github.com/fast-sandbox/fast-sandbox/pkg/apis/config/scheme"
+	"github.com/fast-sandbox/fast-sandbox/pkg/apis/config/validation"
 	"github.com/fast-sandbox/fast-sandbox/plugins/agentfit"
 	"github.com/fast-sandbox/fast-sandbox/plugins/imageaffinity"
 	"github.com/fast-sandbox/fast-sandbox/plugins/sandboxbinder"
@@ -41,10 +42,12 @@ profiles:
 
 // LoadConfig reads a KubeSchedulerConfiguration (kubescheduler.config.k8s.io/v1),
 // defaulted like kube-scheduler's; an empty path gives DefaultConfig. Every
-// profile must bind with SandboxBinder. The args of our plugins are decoded
-// strictly (an unknown field is an error), defaulted and validated here, so
-// a bad file fails naming the field (profiles[0].pluginConfig[1].args...);
-// the plugins check them again when the profiles are built.
+// profile must bind with SandboxBinder. It decodes through
+// pkg/apis/config/scheme, so the args of our plugins arrive typed
+// (*argsconfig.ImageAffinityArgs...), decoded strictly (an unknown field
+// is an error) and defaulted; they are validated here, so a bad file fails
+// naming the field (profiles[0].pluginConfig[1].args.spreadFactor); the
+// plugins check them again when the profiles are built.
 func LoadConfig(path string) (*config.KubeSchedulerConfiguration, error) {
 	data := []byte(DefaultConfig)
 	if path != "" {
@@ -77,7 +80,7 @@ func LoadConfig(path string) (*config.KubeSchedulerConfiguration, error) {
 			return nil, fmt.Errorf("%s: profile %q must enable the %s filter (slots and resources of agents)", path, p.SchedulerName, agentfit.Name)
 		}
 		for j, pc := range p.PluginConfig {
-			if err := checkPluginArgs(field.NewPath("profiles").Index(i).Child("pluginConfig").Index(j).Child("args"), pc.Name, pc.Args); err != nil {
+			if err := checkPluginArgs(field.NewPath("profiles").Index(i).Child("pluginConfig").Index(j).Child("args"), pc); err != nil {
 				return nil, fmt.Errorf("%s: profile %q: %w", path, p.SchedulerName, err)
 			}
 		}
@@ -85,17 +88,30 @@ func LoadConfig(path string) (*config.KubeSchedulerConfiguration, error) {
 	return cfg, nil
 }
 
-// checkPluginArgs decodes, defaults and validates the args of our plugins
-// as their New does; in-tree plugins' args were decoded by the scheme.
-func checkPluginArgs(path *field.Path, name string, args runtime.Object) error {
-	var err error
-	switch name {
-	case agentfit.Name:
-		_, err = agentfit.DecodeArgs(path, args)
-	case imageaffinity.Name:
-		_, err = imageaffinity.DecodeArgs(path, args)
+// checkPluginArgs validates the args of our plugins, which the scheme
+// decoded into their internal types and defaulted, even where the file
+// gives none. Nil args (a profile built in code) stand for the defaults,
+// which the plugins fill in. In-tree plugins' args are kube-scheduler's
+// business.
+func checkPluginArgs(path *field.Path, pc config.PluginConfig) error {
+	if pc.Args == nil {
+		return nil
 	}
-	return err
+	switch pc.Name {
+	case agentfit.Name:
+		args, ok := pc.Args.(*argsconfig.AgentFitArgs)
+		if !ok {
+			return fmt.Errorf("%s: want AgentFitArgs, got %T", path, pc.Args)
+		}
+		return validation.ValidateAgentFitArgs(path, args)
+	case imageaffinity.Name:
+		args, ok := pc.Args.(*argsconfig.ImageAffinityArgs)
+		if !ok {
+			return fmt.Errorf("%s: want ImageAffinityArgs, got %T", path, pc.Args)
+		}
+		return validation.ValidateImageAffinityArgs(path, args)
+	}
+	return nil
 }
 
 // enabled says whether a plugin is enabled at an extension point, directly

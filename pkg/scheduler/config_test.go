@@ -1,12 +1,23 @@
 package scheduler
 
 import (
+	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
+	v1 "k8s.io/api/core/v1"
 	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework/plugins"
+	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+	"k8s.io/kubernetes/pkg/scheduler/metrics"
+
+	argsconfig "github.com/fast-sandbox/fast-sandbox/pkg/apis/config"
+	"github.com/fast-sandbox/fast-sandbox/plugins/agentfit"
+	"github.com/fast-sandbox/fast-sandbox/plugins/imageaffinity"
+	"github.com/fast-sandbox/fast-sandbox/plugins/sandboxbinder"
 )
 
 func TestLoadConfig(t *testing.T) {
@@ -134,7 +145,23 @@ profiles:
 		{"args of another kind", `  - name: AgentFit
     args:
       kind: ImageAffinityArgs
-`, "profiles[0].pluginConfig[0].args.kind: Invalid value"},
+`, "decoding .profiles[0].pluginConfig[0]: args for plugin AgentFit were not of type AgentFitArgs.kubescheduler.config.k8s.io, got ImageAffinityArgs"},
+		{"negative spreadFactor", `  - name: ImageAffinity
+    args:
+      spreadFactor: -1
+`, "profiles[0].pluginConfig[0].args.spreadFactor: Invalid value: -1: must be between 0 and 1"},
+		{"value of the wrong type", `  - name: ImageAffinity
+    args:
+      spreadFactor: half
+`, "decoding args for plugin ImageAffinity: json: cannot unmarshal string"},
+		{"duplicate field", `  - name: ImageAffinity
+    args:
+      spreadFactor: 0.2
+      spreadFactor: 0.3
+`, `key "spreadFactor" already set`},
+		{"null args", `  - name: ImageAffinity
+    args: null
+`, ""},
 		{"valid args", `  - name: AgentFit
     args:
       ignoreResources: true
@@ -159,6 +186,90 @@ profiles:
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// nopBinder is a sandboxbinder.Binder that does nothing; frameworks built
+// with it are only built, not run.
+type nopBinder struct{}
+
+func (nopBinder) Assume(context.Context, *v1.Pod, string) error { return nil }
+func (nopBinder) Forget(context.Context, *v1.Pod, string)       {}
+func (nopBinder) Bind(context.Context, *v1.Pod, string) error   { return nil }
+
+// TestLoadConfigTypedArgs: LoadConfig hands the framework our plugins' args
+// as their internal types, explicit values kept and the rest defaulted,
+// also for a plugin that has no pluginConfig entry; the framework runtime
+// builds every plugin of the profile from them.
+func TestLoadConfigTypedArgs(t *testing.T) {
+	const file = `apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+profiles:
+- schedulerName: fast-sandbox
+  plugins:
+    multiPoint:
+      enabled:
+      - name: PrioritySort
+      - name: AgentFit
+      - name: ImageAffinity
+      - name: SandboxBinder
+      disabled:
+      - name: "*"
+  pluginConfig:
+  - name: ImageAffinity
+    args:
+      requireImage: true
+`
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	metrics.Register() // the framework records plugin metrics
+	for _, tc := range []struct {
+		name, path string
+		want       map[string]any
+	}{
+		{"the built-in configuration", "", map[string]any{
+			agentfit.Name:      &argsconfig.AgentFitArgs{},
+			imageaffinity.Name: &argsconfig.ImageAffinityArgs{SpreadFactor: 0.5},
+		}},
+		{"a file setting one field", path, map[string]any{
+			agentfit.Name:      &argsconfig.AgentFitArgs{},
+			imageaffinity.Name: &argsconfig.ImageAffinityArgs{RequireImage: true, SpreadFactor: 0.5},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := LoadConfig(tc.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]any{}
+			for _, pc := range cfg.Profiles[0].PluginConfig {
+				if _, ok := tc.want[pc.Name]; ok {
+					got[pc.Name] = pc.Args
+				}
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("args %#v, want %#v", got, tc.want)
+			}
+			registry := plugins.NewInTreeRegistry()
+			for name, f := range map[string]frameworkruntime.PluginFactory{
+				agentfit.Name:      agentfit.New,
+				imageaffinity.Name: imageaffinity.New,
+				sandboxbinder.Name: sandboxbinder.NewFactory(nopBinder{}),
+			} {
+				if err := registry.Register(name, f); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fw, err := frameworkruntime.NewFramework(context.Background(), registry, &cfg.Profiles[0])
+			if err != nil {
+				t.Fatalf("building the framework: %v", err)
+			}
+			if !fw.HasFilterPlugins() || !fw.HasScorePlugins() {
+				t.Errorf("framework without filter or score plugins: %v", fw.ListPlugins())
 			}
 		})
 	}

@@ -8,10 +8,13 @@ import (
 	"fmt"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/apis/config"
+	"github.com/fast-sandbox/fast-sandbox/pkg/apis/config/scheme"
+	"github.com/fast-sandbox/fast-sandbox/pkg/apis/config/validation"
 )
 
 // Name is the plugin's name in a KubeSchedulerConfiguration.
@@ -27,17 +30,9 @@ const (
 	ReasonInsufficientMemory = "insufficient memory"
 )
 
-// AgentFitArgs are the plugin's arguments.
-type AgentFitArgs struct {
-	metav1.TypeMeta `json:",inline"`
-	// IgnoreResources makes the fit count slots only, for pools whose
-	// sandboxes share the agent's CPU and memory without limits of their own.
-	IgnoreResources bool `json:"ignoreResources,omitempty"`
-}
-
 // AgentFit filters agents.
 type AgentFit struct {
-	args AgentFitArgs
+	args config.AgentFitArgs
 }
 
 var (
@@ -45,10 +40,22 @@ var (
 	_ fwk.FilterPlugin    = &AgentFit{}
 )
 
-// New builds the plugin from its arguments.
+// New builds the plugin from its arguments: a *config.AgentFitArgs, as a
+// configuration decoded through pkg/apis/config/scheme carries them, or nil
+// for the defaults.
 func New(_ context.Context, obj runtime.Object, _ fwk.Handle) (fwk.Plugin, error) {
-	args, err := DecodeArgs(field.NewPath("args"), obj)
-	if err != nil {
+	args := &config.AgentFitArgs{}
+	if obj == nil {
+		if err := scheme.DefaultArgs(args); err != nil {
+			return nil, fmt.Errorf("%s: defaulting args: %w", Name, err)
+		}
+	} else {
+		var ok bool
+		if args, ok = obj.(*config.AgentFitArgs); !ok || args == nil {
+			return nil, fmt.Errorf("%s: want args of type *config.AgentFitArgs, got %T", Name, obj)
+		}
+	}
+	if err := validation.ValidateAgentFitArgs(field.NewPath("args"), args); err != nil {
 		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
 	return &AgentFit{args: *args}, nil

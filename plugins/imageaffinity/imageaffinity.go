@@ -12,11 +12,13 @@ import (
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	fwk "k8s.io/kube-scheduler/framework"
 
+	"github.com/fast-sandbox/fast-sandbox/pkg/apis/config"
+	"github.com/fast-sandbox/fast-sandbox/pkg/apis/config/scheme"
+	"github.com/fast-sandbox/fast-sandbox/pkg/apis/config/validation"
 	"github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/imageref"
 )
@@ -33,22 +35,9 @@ const (
 	maxThreshold int64 = 1000 * mb
 )
 
-// ImageAffinityArgs are the plugin's arguments.
-type ImageAffinityArgs struct {
-	metav1.TypeMeta `json:",inline"`
-	// RequireImage makes Filter refuse agents whose node lacks the image,
-	// for pools that never pull. Default false: Score prefers the image, and
-	// an agent without it fails the sandbox with ImageNotPresent.
-	RequireImage bool `json:"requireImage,omitempty"`
-	// SpreadFactor in [0, 1] lowers the score of busy agents among those
-	// holding the image: score × (1 − SpreadFactor × used/slots). 0 packs,
-	// 1 spreads as much as it can. Default 0.5.
-	SpreadFactor *float64 `json:"spreadFactor,omitempty"`
-}
-
 // ImageAffinity scores agents by the image of the sandbox.
 type ImageAffinity struct {
-	args ImageAffinityArgs
+	args config.ImageAffinityArgs
 }
 
 var (
@@ -58,10 +47,22 @@ var (
 	_ fwk.PreFilterPlugin = &ImageAffinity{}
 )
 
-// New builds the plugin from its arguments.
+// New builds the plugin from its arguments: a *config.ImageAffinityArgs,
+// as a configuration decoded through pkg/apis/config/scheme carries them,
+// or nil for the defaults.
 func New(_ context.Context, obj runtime.Object, _ fwk.Handle) (fwk.Plugin, error) {
-	args, err := DecodeArgs(field.NewPath("args"), obj)
-	if err != nil {
+	args := &config.ImageAffinityArgs{}
+	if obj == nil {
+		if err := scheme.DefaultArgs(args); err != nil {
+			return nil, fmt.Errorf("%s: defaulting args: %w", Name, err)
+		}
+	} else {
+		var ok bool
+		if args, ok = obj.(*config.ImageAffinityArgs); !ok || args == nil {
+			return nil, fmt.Errorf("%s: want args of type *config.ImageAffinityArgs, got %T", Name, obj)
+		}
+	}
+	if err := validation.ValidateImageAffinityArgs(field.NewPath("args"), args); err != nil {
 		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
 	return &ImageAffinity{args: *args}, nil
@@ -143,9 +144,11 @@ func (pl *ImageAffinity) Score(_ context.Context, cs fwk.CycleState, _ *v1.Pod, 
 	if !ok && !warm {
 		return 0, nil
 	}
-	size := summary.Size
-	if warm {
-		size = maxThreshold
+	// A warm container counts as the biggest image; it may be announced
+	// before the agent's image list shows the image (summary nil then).
+	size := maxThreshold
+	if !warm {
+		size = summary.Size
 	}
 	if size < minThreshold {
 		size = minThreshold
@@ -157,7 +160,7 @@ func (pl *ImageAffinity) Score(_ context.Context, cs fwk.CycleState, _ *v1.Pod, 
 	score := float64(fwk.MaxNodeScore)/2 + float64(fwk.MaxNodeScore)/2*float64(size-minThreshold)/float64(maxThreshold-minThreshold)
 	if slots := nodeInfo.GetAllocatable().GetAllowedPodNumber(); slots > 0 {
 		used := float64(len(nodeInfo.GetPods())) / float64(slots)
-		score *= 1 - *pl.args.SpreadFactor*used
+		score *= 1 - pl.args.SpreadFactor*used
 	}
 	return int64(score), nil
 }
