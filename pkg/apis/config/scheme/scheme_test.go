@@ -87,6 +87,15 @@ func TestCodecsDecodePluginArgs(t *testing.T) {
 			want: map[string]runtime.Object{"AgentFit": defaultAgentFit, "ImageAffinity": defaultImageAffinity},
 		},
 		{
+			name: "null args: defaults",
+			pluginConfig: `  - name: AgentFit
+    args: null
+  - name: ImageAffinity
+    args: null
+`,
+			want: map[string]runtime.Object{"AgentFit": defaultAgentFit, "ImageAffinity": defaultImageAffinity},
+		},
+		{
 			name: "empty args: defaults",
 			pluginConfig: `  - name: AgentFit
     args: {}
