@@ -132,7 +132,7 @@ func (pl *ImageAffinity) PreScore(_ context.Context, cs fwk.CycleState, _ *v1.Po
 
 // Score is 0 for an agent without the image; with it, the image's size
 // (clamped like ImageLocality: bigger images matter more) scaled to
-// [0, MaxNodeScore], lowered by how busy the agent is.
+// [0, MaxScore], lowered by how busy the agent is.
 func (pl *ImageAffinity) Score(_ context.Context, cs fwk.CycleState, _ *v1.Pod, nodeInfo fwk.NodeInfo) (int64, *fwk.Status) {
 	s, err := getPreFilterState(cs)
 	if err != nil {
@@ -157,7 +157,7 @@ func (pl *ImageAffinity) Score(_ context.Context, cs fwk.CycleState, _ *v1.Pod, 
 		size = maxThreshold
 	}
 	// Presence is worth at least half the score; size the rest.
-	score := float64(fwk.MaxNodeScore)/2 + float64(fwk.MaxNodeScore)/2*float64(size-minThreshold)/float64(maxThreshold-minThreshold)
+	score := float64(fwk.MaxScore)/2 + float64(fwk.MaxScore)/2*float64(size-minThreshold)/float64(maxThreshold-minThreshold)
 	if slots := nodeInfo.GetAllocatable().GetAllowedPodNumber(); slots > 0 {
 		used := float64(len(nodeInfo.GetPods())) / float64(slots)
 		score *= 1 - pl.args.SpreadFactor*used
@@ -178,5 +178,5 @@ func hasWarm(node *v1.Node, image string) bool {
 	return false
 }
 
-// ScoreExtensions is not used: scores are already in [0, MaxNodeScore].
+// ScoreExtensions is not used: scores are already in [0, MaxScore].
 func (pl *ImageAffinity) ScoreExtensions() fwk.ScoreExtensions { return nil }
