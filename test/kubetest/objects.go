@@ -40,19 +40,19 @@ func IsFinished(s *v1alpha1.Sandbox) bool {
 // message, conditions), or why it could not be read.
 func WaitSandbox(tb testing.TB, c versioned.Interface, ns, name string, p Poll, want Want[*v1alpha1.Sandbox]) *v1alpha1.Sandbox {
 	tb.Helper()
-	get := func(ctx context.Context) (*v1alpha1.Sandbox, error) {
-		return c.SandboxV1alpha1().Sandboxes(ns).Get(ctx, name, metav1.GetOptions{})
-	}
-	return waitObject(tb, p, "Sandbox "+ns+"/"+name, get, want, DescribeSandbox)
+	return waitObject(tb, p, "Sandbox "+ns+"/"+name, sandboxGetter(c, ns, name), want, DescribeSandbox)
 }
 
 // WaitSandboxGone waits until the Sandbox ns/name is not found.
 func WaitSandboxGone(tb testing.TB, c versioned.Interface, ns, name string, p Poll) {
 	tb.Helper()
-	get := func(ctx context.Context) (*v1alpha1.Sandbox, error) {
+	waitGone(tb, p, "Sandbox "+ns+"/"+name, sandboxGetter(c, ns, name), apierrors.IsNotFound, DescribeSandbox)
+}
+
+func sandboxGetter(c versioned.Interface, ns, name string) func(context.Context) (*v1alpha1.Sandbox, error) {
+	return func(ctx context.Context) (*v1alpha1.Sandbox, error) {
 		return c.SandboxV1alpha1().Sandboxes(ns).Get(ctx, name, metav1.GetOptions{})
 	}
-	waitGone(tb, p, "Sandbox "+ns+"/"+name, get, apierrors.IsNotFound, DescribeSandbox)
 }
 
 // WaitPool waits until want holds of the SandboxPool name and returns it.
@@ -87,19 +87,28 @@ func IsPodReady(p *corev1.Pod) bool {
 // timeout the test fails with the Pod's last status.
 func WaitPod(tb testing.TB, kube kubernetes.Interface, ns, name string, p Poll, want Want[*corev1.Pod]) *corev1.Pod {
 	tb.Helper()
-	get := func(ctx context.Context) (*corev1.Pod, error) {
-		return kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-	}
-	return waitObject(tb, p, "Pod "+ns+"/"+name, get, want, DescribePod)
+	return waitObject(tb, p, "Pod "+ns+"/"+name, podGetter(kube, ns, name), want, DescribePod)
 }
 
 // WaitPodGone waits until the Pod ns/name is not found.
 func WaitPodGone(tb testing.TB, kube kubernetes.Interface, ns, name string, p Poll) {
 	tb.Helper()
-	get := func(ctx context.Context) (*corev1.Pod, error) {
+	waitGone(tb, p, "Pod "+ns+"/"+name, podGetter(kube, ns, name), apierrors.IsNotFound, DescribePod)
+}
+
+func podGetter(kube kubernetes.Interface, ns, name string) func(context.Context) (*corev1.Pod, error) {
+	return func(ctx context.Context) (*corev1.Pod, error) {
 		return kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 	}
-	waitGone(tb, p, "Pod "+ns+"/"+name, get, apierrors.IsNotFound, DescribePod)
+}
+
+// WaitSecret waits until the Secret ns/name exists and returns it.
+func WaitSecret(tb testing.TB, kube kubernetes.Interface, ns, name string, p Poll) *corev1.Secret {
+	tb.Helper()
+	get := func(ctx context.Context) (*corev1.Secret, error) {
+		return kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	}
+	return waitObject(tb, p, "Secret "+ns+"/"+name, get, Exists[*corev1.Secret](), func(*corev1.Secret) string { return "" })
 }
 
 // DescribeSandbox says, in one line, what a failed check needs to know of a

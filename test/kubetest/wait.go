@@ -96,6 +96,11 @@ func Where[T any](what string, ok func(T) bool) Want[T] {
 	return Want[T]{What: what, OK: ok}
 }
 
+// Exists wants the object to exist, whatever its state.
+func Exists[T any]() Want[T] {
+	return Where("existence", func(T) bool { return true })
+}
+
 // errNotYet is the condition error of an object seen not to be as wanted;
 // the failure message describes the object instead.
 var errNotYet = errors.New("not yet")
@@ -105,29 +110,11 @@ var errNotYet = errors.New("not yet")
 // describe) and the last error of get, whichever there are.
 func waitObject[T any](tb testing.TB, p Poll, what string, get func(context.Context) (T, error), want Want[T], describe func(T) string) T {
 	tb.Helper()
-	var (
-		last   T
-		seen   bool
-		getErr error
-	)
-	err := p.Until(context.Background(), func(ctx context.Context) error {
-		o, err := get(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				getErr = err
-			}
-			return err
-		}
-		last, seen, getErr = o, true, nil
-		if want.OK(o) {
-			return nil
-		}
-		return errNotYet
-	})
+	o, err := observe(p, get, func(obj T, err error) bool { return err == nil && want.OK(obj) })
 	if err != nil {
-		tb.Fatalf("%s never had %s within %s: %s", what, want.What, p.Timeout, lastState(seen, last, getErr, describe))
+		tb.Fatalf("%s never had %s within %s: %s", what, want.What, p.Timeout, o.state(describe))
 	}
-	return last
+	return o.last
 }
 
 // waitGone polls get until it fails with an error that gone says means
@@ -135,38 +122,50 @@ func waitObject[T any](tb testing.TB, p Poll, what string, get func(context.Cont
 // seen.
 func waitGone[T any](tb testing.TB, p Poll, what string, get func(context.Context) (T, error), gone func(error) bool, describe func(T) string) {
 	tb.Helper()
-	var (
-		last   T
-		seen   bool
-		getErr error
-	)
-	err := p.Until(context.Background(), func(ctx context.Context) error {
-		o, err := get(ctx)
-		switch {
-		case gone(err):
-			return nil
-		case err != nil:
-			if ctx.Err() == nil {
-				getErr = err
-			}
-			return err
-		}
-		last, seen, getErr = o, true, nil
-		return errNotYet
-	})
+	o, err := observe(p, get, func(_ T, err error) bool { return gone(err) })
 	if err != nil {
-		tb.Fatalf("%s still there after %s: %s", what, p.Timeout, lastState(seen, last, getErr, describe))
+		tb.Fatalf("%s still there after %s: %s", what, p.Timeout, o.state(describe))
 	}
 }
 
-func lastState[T any](seen bool, last T, getErr error, describe func(T) string) string {
+// observed is what polls of an object saw: the object last read, if any
+// was, and the error of the last read, if it failed.
+type observed[T any] struct {
+	last T
+	seen bool
+	err  error
+}
+
+// observe polls get until done says its result is what is awaited.
+func observe[T any](p Poll, get func(context.Context) (T, error), done func(T, error) bool) (observed[T], error) {
+	var o observed[T]
+	err := p.Until(context.Background(), func(ctx context.Context) error {
+		obj, err := get(ctx)
+		switch {
+		case err == nil:
+			o.last, o.seen, o.err = obj, true, nil
+		case ctx.Err() == nil: // not a read that the deadline cut short
+			o.err = err
+		}
+		switch {
+		case done(obj, err):
+			return nil
+		case err != nil:
+			return err
+		}
+		return errNotYet
+	})
+	return o, err
+}
+
+func (o observed[T]) state(describe func(T) string) string {
 	switch {
-	case seen && getErr == nil:
-		return "last seen " + describe(last)
-	case seen:
-		return fmt.Sprintf("last seen %s; then reading it failed: %v", describe(last), getErr)
-	case getErr != nil:
-		return fmt.Sprintf("never seen: reading it failed: %v", getErr)
+	case o.seen && o.err == nil:
+		return "last seen " + describe(o.last)
+	case o.seen:
+		return fmt.Sprintf("last seen %s; then reading it failed: %v", describe(o.last), o.err)
+	case o.err != nil:
+		return fmt.Sprintf("never seen: reading it failed: %v", o.err)
 	default:
 		return "never seen (no read finished in time)"
 	}
