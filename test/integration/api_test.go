@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -10,46 +11,26 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/informers/externalversions"
 	"github.com/fast-sandbox/fast-sandbox/test/integration/framework"
+	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
 )
 
+// validSandbox is a Sandbox with every field the API checks set.
 func validSandbox(name string) *v1alpha1.Sandbox {
-	return &v1alpha1.Sandbox{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: v1alpha1.SandboxSpec{
-			PoolName: "pool",
-			Image:    "docker.io/library/python:3.12",
-			Command:  []string{"python", "-c", "print(1)"},
-			Env:      []v1alpha1.EnvVar{{Name: "A", Value: "b"}},
-			Resources: v1alpha1.SandboxResources{
-				CPU:    ptr.To(resource.MustParse("500m")),
-				Memory: ptr.To(resource.MustParse("128Mi")),
-			},
-			ActiveDeadlineSeconds: ptr.To[int64](60),
-		},
-	}
+	s := kubetest.Sandbox(name, "pool", "docker.io/library/python:3.12", "python", "-c", "print(1)")
+	s.Spec.Env = []v1alpha1.EnvVar{{Name: "A", Value: "b"}}
+	s.Spec.Resources = kubetest.Resources("500m", "128Mi")
+	s.Spec.ActiveDeadlineSeconds = ptr.To[int64](60)
+	return s
 }
 
+// validPool is a pool of one to four agents of the test agent image.
 func validPool(name string) *v1alpha1.SandboxPool {
-	return &v1alpha1.SandboxPool{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: v1alpha1.SandboxPoolSpec{
-			MinAgents: 1,
-			MaxAgents: 4,
-			Agent: v1alpha1.AgentTemplate{
-				Image: "fast-sandbox/agent:dev",
-				Resources: v1alpha1.SandboxResources{
-					CPU:    ptr.To(resource.MustParse("2")),
-					Memory: ptr.To(resource.MustParse("4Gi")),
-				},
-			},
-		},
-	}
+	return kubetest.Pool(name, 1, 4, 0, "fast-sandbox/agent:dev", kubetest.Resources("2", "4Gi"))
 }
 
 func TestAPI(t *testing.T) {
@@ -57,7 +38,7 @@ func TestAPI(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("valid objects are accepted and defaulted", func(t *testing.T) {
-		ns := cp.CreateNamespace(t, "valid")
+		ns := kubetest.CreateNamespace(t, cp.Kube, "valid")
 		sbx, err := cp.Sandbox.SandboxV1alpha1().Sandboxes(ns).Create(ctx, validSandbox("ok"), metav1.CreateOptions{})
 		if err != nil {
 			t.Fatalf("creating a valid Sandbox: %v", err)
@@ -154,7 +135,7 @@ func TestAPI(t *testing.T) {
 	})
 
 	t.Run("invalid sandboxes are refused with a clear message", func(t *testing.T) {
-		ns := cp.CreateNamespace(t, "invalid-sbx")
+		ns := kubetest.CreateNamespace(t, cp.Kube, "invalid-sbx")
 		cases := []struct {
 			name   string
 			mutate func(*v1alpha1.Sandbox)
@@ -268,7 +249,7 @@ func TestAPI(t *testing.T) {
 	})
 
 	t.Run("the container-shaping spec is immutable", func(t *testing.T) {
-		ns := cp.CreateNamespace(t, "immutable")
+		ns := kubetest.CreateNamespace(t, cp.Kube, "immutable")
 		client := cp.Sandbox.SandboxV1alpha1().Sandboxes(ns)
 		sbx, err := client.Create(ctx, validSandbox("imm"), metav1.CreateOptions{})
 		if err != nil {
@@ -305,7 +286,7 @@ func TestAPI(t *testing.T) {
 	})
 
 	t.Run("status subresource", func(t *testing.T) {
-		ns := cp.CreateNamespace(t, "status")
+		ns := kubetest.CreateNamespace(t, cp.Kube, "status")
 		client := cp.Sandbox.SandboxV1alpha1().Sandboxes(ns)
 		sbx, err := client.Create(ctx, validSandbox("st"), metav1.CreateOptions{})
 		if err != nil {
@@ -352,7 +333,7 @@ func TestAPI(t *testing.T) {
 	})
 
 	t.Run("informers and listers see the objects", func(t *testing.T) {
-		ns := cp.CreateNamespace(t, "informers")
+		ns := kubetest.CreateNamespace(t, cp.Kube, "informers")
 		// The namespace narrows the Sandbox informer; pools are cluster-scoped.
 		factory := externalversions.NewSharedInformerFactoryWithOptions(cp.Sandbox, 0, externalversions.WithNamespace(ns))
 		sandboxes := factory.Sandbox().V1alpha1().Sandboxes()
@@ -370,13 +351,11 @@ func TestAPI(t *testing.T) {
 		if _, err := cp.Sandbox.SandboxV1alpha1().Sandboxes(ns).Create(ctx, validSandbox("s"), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-			_, errS := sandboxes.Lister().Sandboxes(ns).Get("s")
-			_, errP := pools.Lister().Get("informed")
-			return errS == nil && errP == nil, nil
-		})
-		if err != nil {
-			t.Fatalf("listers never saw the created objects: %v", err)
-		}
+		kubetest.Eventually(t, kubetest.Poll{Interval: 10 * time.Millisecond, Timeout: 10 * time.Second}, "the listers see the created objects",
+			func(context.Context) error {
+				_, errS := sandboxes.Lister().Sandboxes(ns).Get("s")
+				_, errP := pools.Lister().Get("informed")
+				return errors.Join(errS, errP)
+			})
 	})
 }

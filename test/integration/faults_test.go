@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -20,9 +21,7 @@ import (
 
 	eventsapi "github.com/containerd/containerd/api/events"
 	"github.com/containerd/typeurl/v2"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -31,6 +30,7 @@ import (
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
 	containerdtest "github.com/fast-sandbox/fast-sandbox/test/containerd"
+	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
 )
 
 // Environment variables that make a run of TestSchedulerConvergesUnderAPIFaults
@@ -442,6 +442,8 @@ func TestSchedulerConvergesUnderAPIFaults(t *testing.T) {
 	}
 	t.Logf("fault seed %d, rate %.2f (reproduce with %s=%d %s=%v)", seed, rate, envFaultSeed, seed, envFaultRate, rate)
 	faults := newFaultInjector(seed, rate)
+	// What was injected is worth reading however the test ends.
+	defer faults.report(t)
 
 	e := newSchedEnv(t)
 	const slots = 20
@@ -477,64 +479,73 @@ func TestSchedulerConvergesUnderAPIFaults(t *testing.T) {
 			c.exitCode = int32(1 + i%7)
 			cmd = []string{"sh", "-c", fmt.Sprintf("echo %s; sleep %d; exit %d", c.marker(), i%2, c.exitCode)}
 		}
-		c.uid = string(e.sandbox(c.name, "pool", cmd...).UID)
+		c.uid = string(e.sandbox(t, c.name, "pool", cmd...).UID)
 		cases[i], byName[c.name] = c, c
 	}
 
 	// Every sandbox converges.
-	var last map[string]*v1alpha1.Sandbox
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		list, err := sandboxes.List(ctx, metav1.ListOptions{})
+	// list maps the names of the test namespace's Sandboxes to them.
+	list := func(ctx context.Context) (map[string]*v1alpha1.Sandbox, error) {
+		l, err := sandboxes.List(ctx, metav1.ListOptions{})
 		if err != nil {
-			return false, nil
+			return nil, err
 		}
-		last = map[string]*v1alpha1.Sandbox{}
-		for i := range list.Items {
-			last[list.Items[i].Name] = &list.Items[i]
+		m := map[string]*v1alpha1.Sandbox{}
+		for i := range l.Items {
+			m[l.Items[i].Name] = &l.Items[i]
 		}
+		return m, nil
+	}
+	var last map[string]*v1alpha1.Sandbox
+	err := kubetest.Poll{Interval: 100 * time.Millisecond, Timeout: 2 * time.Minute}.Until(ctx, func(ctx context.Context) (err error) {
+		if last, err = list(ctx); err != nil {
+			return err
+		}
+		waiting := 0
 		for _, c := range cases {
 			if s := last[c.name]; s == nil || !c.converged(s) || (!c.long && s.Status.ExitCode == nil) {
-				return false, nil
+				waiting++
 			}
 		}
-		return true, nil
+		if waiting > 0 {
+			return fmt.Errorf("%d of %d sandboxes not converged", waiting, n)
+		}
+		return nil
 	})
 	converge := time.Since(start)
 	if err != nil {
 		for _, c := range cases {
 			if s := last[c.name]; s == nil || !c.converged(s) {
-				t.Errorf("%s did not converge (long=%v exit=%d): %+v", c.name, c.long, c.exitCode, statusOf(s))
+				t.Errorf("%s did not converge (long=%v exit=%d): %s", c.name, c.long, c.exitCode, kubetest.DescribeSandbox(s))
 			}
 		}
-		faults.report(t)
-		t.Fatalf("not every sandbox converged within 2m under API faults (seed %d)", seed)
+		t.Fatalf("not every sandbox converged under API faults (seed %d): %v", seed, err)
 	}
 	t.Logf("%d sandboxes converged in %v under API faults", n, converge.Round(time.Millisecond))
 
-	// Converged means final: after several polls and sweeps, nothing moved,
-	// and every sandbox is exactly what it should be.
-	time.Sleep(3 * time.Second)
-	list, err := sandboxes.List(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	final := map[string]*v1alpha1.Sandbox{}
-	for i := range list.Items {
-		final[list.Items[i].Name] = &list.Items[i]
-	}
-	for _, c := range cases {
-		s := final[c.name]
-		if s == nil {
-			t.Errorf("%s is gone", c.name)
-			continue
-		}
-		if string(s.UID) != c.uid {
-			t.Errorf("%s was replaced", c.name)
-		}
-		if msg := c.check(s, agents); msg != "" {
-			t.Errorf("wrong final state: %s", msg)
-		}
-	}
+	// Converged means final: through several polls and sweeps, nothing
+	// moves, and every sandbox stays exactly what it should be.
+	var final map[string]*v1alpha1.Sandbox
+	kubetest.Consistently(t, kubetest.Poll{Interval: 250 * time.Millisecond, Timeout: 3 * time.Second}, "every converged sandbox stays as it should be",
+		func(ctx context.Context) (err error) {
+			if final, err = list(ctx); err != nil {
+				return err
+			}
+			var wrong []error
+			for _, c := range cases {
+				switch s := final[c.name]; {
+				case s == nil:
+					wrong = append(wrong, fmt.Errorf("%s is gone", c.name))
+				case string(s.UID) != c.uid:
+					wrong = append(wrong, fmt.Errorf("%s was replaced", c.name))
+				default:
+					if msg := c.check(s, agents); msg != "" {
+						wrong = append(wrong, fmt.Errorf("wrong final state: %s", msg))
+					}
+				}
+			}
+			return errors.Join(wrong...)
+		})
 
 	// Exactly once: one container per sandbox in containerd now, one ever
 	// (by containerd's events), and the short commands' marker once in their log.
@@ -580,25 +591,20 @@ func TestSchedulerConvergesUnderAPIFaults(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var remaining []string
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		remaining = remaining[:0]
-		for _, c := range cases {
-			if _, err := sandboxes.Get(ctx, c.name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-				remaining = append(remaining, c.name)
-			}
+	err = kubetest.Poll{Interval: 100 * time.Millisecond, Timeout: 2 * time.Minute}.Until(ctx, func(ctx context.Context) (err error) {
+		if last, err = list(ctx); err != nil {
+			return err
 		}
-		return len(remaining) == 0, nil
+		if len(last) > 0 {
+			return fmt.Errorf("%d of %d deleted sandboxes still exist", len(last), n)
+		}
+		return nil
 	})
 	if err != nil {
-		for _, name := range remaining {
-			s, _ := sandboxes.Get(ctx, name, metav1.GetOptions{})
-			if s != nil {
-				t.Errorf("%s never went away: finalizers %v deletion %v status %+v", name, s.Finalizers, s.DeletionTimestamp, s.Status)
-			}
+		for name, s := range last {
+			t.Errorf("%s never went away: %s", name, kubetest.DescribeSandbox(s))
 		}
-		faults.report(t)
-		t.Fatalf("%d of %d deleted sandboxes still exist after 2m under API faults (seed %d)", len(remaining), n, seed)
+		t.Fatalf("deleting every sandbox under API faults (seed %d): %v", seed, err)
 	}
 	t.Logf("%d sandboxes deleted and their finalizers removed in %v under API faults", n, time.Since(deleteStart).Round(time.Millisecond))
 	// The finalizer goes only once the agent removed the container.
@@ -612,20 +618,29 @@ func TestSchedulerConvergesUnderAPIFaults(t *testing.T) {
 	}
 	if len(leftAtRemoval) > 0 {
 		// Say whether they were only late or leaked for good.
-		time.Sleep(5 * time.Second)
-		for name, k := range leftAtRemoval {
-			later := 0
-			for _, ns := range ctrNamespaces {
-				later += e.containersOf(ns, byName[name].uid)
+		later := map[string]int{}
+		_ = kubetest.Poll{Interval: 100 * time.Millisecond, Timeout: 5 * time.Second}.Until(ctx, func(context.Context) error {
+			clear(later)
+			for name := range leftAtRemoval {
+				for _, ns := range ctrNamespaces {
+					if k := e.containersOf(ns, byName[name].uid); k != 0 {
+						later[name] += k
+					}
+				}
 			}
-			t.Errorf("%s: %d containers were left when its Sandbox object was gone (%d still there 5s later)", name, k, later)
+			if len(later) > 0 {
+				return fmt.Errorf("containers of %d deleted sandboxes remain", len(later))
+			}
+			return nil
+		})
+		for name, k := range leftAtRemoval {
+			t.Errorf("%s: %d containers were left when its Sandbox object was gone (%d still there after up to 5s more)", name, k, later[name])
 		}
 	}
 
 	// The test proves something only if faults of every kind happened, and
 	// writes of both sandboxes and their status were committed with the
 	// answer lost.
-	faults.report(t)
 	faults.mu.Lock()
 	defer faults.mu.Unlock()
 	for _, k := range faultKinds {
@@ -638,11 +653,4 @@ func TestSchedulerConvergesUnderAPIFaults(t *testing.T) {
 			t.Errorf("no write to %s was committed with its answer lost (seed %d)", res, seed)
 		}
 	}
-}
-
-func statusOf(s *v1alpha1.Sandbox) any {
-	if s == nil {
-		return "<missing>"
-	}
-	return s.Status
 }

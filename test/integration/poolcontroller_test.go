@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -22,7 +23,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -38,6 +38,7 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/informers/externalversions"
 	"github.com/fast-sandbox/fast-sandbox/pkg/poolcontroller"
 	"github.com/fast-sandbox/fast-sandbox/test/integration/framework"
+	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
 )
 
 // TestPoolController runs the pool controller against a real kube-apiserver.
@@ -52,7 +53,7 @@ import (
 func TestPoolController(t *testing.T) {
 	cp := framework.Start(t)
 	allowPrivileged(t)
-	systemNamespace(t, cp)
+	cp.SystemNamespace(t)
 
 	t.Run("min agents, certificates and status", func(t *testing.T) { testPoolMinAgents(t, cp) })
 	t.Run("certificates renewed, reissued and collected", func(t *testing.T) { testPoolCertificates(t, cp) })
@@ -79,40 +80,12 @@ func allowPrivileged(t *testing.T) {
 	t.Cleanup(capabilities.ResetForTest)
 }
 
-// newNamespace makes a namespace with the "default" ServiceAccount, which
-// the ServiceAccount admission plugin wants for every Pod (no
-// kube-controller-manager runs here to make it in time).
-func newNamespace(t *testing.T, cp *framework.ControlPlane, prefix string) string {
-	t.Helper()
-	ns := cp.CreateNamespace(t, prefix)
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
-	if _, err := cp.Kube.CoreV1().ServiceAccounts(ns).Create(context.Background(), sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatalf("creating the default ServiceAccount: %v", err)
-	}
-	return ns
-}
-
-const (
-	pollInterval = 20 * time.Millisecond
-	pollTimeout  = 15 * time.Second
-)
+// poll is how the pool controller tests wait.
+var poll = kubetest.Poll{Interval: 20 * time.Millisecond, Timeout: 15 * time.Second}
 
 // systemNS is the system namespace: the agent Pods, their cleanup Pods and
 // their Secrets are there (and nowhere else).
 const systemNS = v1alpha1.DefaultSystemNamespace
-
-// systemNamespace makes the system namespace with the "default"
-// ServiceAccount that Pod admission wants.
-func systemNamespace(t *testing.T, cp *framework.ControlPlane) {
-	t.Helper()
-	if ns := cp.SystemNamespace(t); ns != systemNS {
-		t.Fatalf("system namespace %q, want %q", ns, systemNS)
-	}
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
-	if _, err := cp.Kube.CoreV1().ServiceAccounts(systemNS).Create(context.Background(), sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatalf("creating the default ServiceAccount of %s: %v", systemNS, err)
-	}
-}
 
 // removePoolsWhenDone removes, when the test ends, every SandboxPool and
 // every Pod and agent certificate Secret of the system namespace (the CA
@@ -232,35 +205,17 @@ func startPoolControllerWithOptions(t *testing.T, cp *framework.ControlPlane, po
 	return stop
 }
 
+// testPool is a pool whose agents stay idle for 300s before they may go.
 func testPool(name string, minAgents, maxAgents, slots int32) *v1alpha1.SandboxPool {
-	p := validPool(name)
-	p.Spec.MinAgents, p.Spec.MaxAgents, p.Spec.SlotsPerAgent = minAgents, maxAgents, slots
+	p := kubetest.Pool(name, minAgents, maxAgents, slots, "fast-sandbox/agent:dev", kubetest.Resources("1", "1Gi"))
 	p.Spec.ScaleDownDelaySeconds = 300
-	p.Spec.Agent.Resources.CPU = ptr.To(resource.MustParse("1"))
-	p.Spec.Agent.Resources.Memory = ptr.To(resource.MustParse("1Gi"))
 	return p
 }
 
-func createPool(t *testing.T, cp *framework.ControlPlane, p *v1alpha1.SandboxPool) *v1alpha1.SandboxPool {
-	t.Helper()
-	got, err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Create(context.Background(), p, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating pool %s: %v", p.Name, err)
-	}
-	return got
-}
-
+// createPendingSandbox creates a Sandbox of the pool that no scheduler runs.
 func createPendingSandbox(t *testing.T, cp *framework.ControlPlane, ns, pool, name, image string) *v1alpha1.Sandbox {
 	t.Helper()
-	s := &v1alpha1.Sandbox{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec:       v1alpha1.SandboxSpec{PoolName: pool, Image: image, Command: []string{"true"}},
-	}
-	got, err := cp.Sandbox.SandboxV1alpha1().Sandboxes(ns).Create(context.Background(), s, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating sandbox %s: %v", name, err)
-	}
-	return got
+	return kubetest.CreateSandbox(t, cp.Sandbox, ns, kubetest.Sandbox(name, pool, image, "true"))
 }
 
 // bindSandbox plays the scheduler: the Sandbox runs on agent.
@@ -290,28 +245,37 @@ func listAgents(t *testing.T, cp *framework.ControlPlane, pool string) []corev1.
 	return l.Items
 }
 
+func podNames(pods []corev1.Pod) []string {
+	names := make([]string, len(pods))
+	for i, p := range pods {
+		names[i] = p.Name
+	}
+	return names
+}
+
 // waitForAgents waits until the pool has exactly n agent Pods.
 func waitForAgents(t *testing.T, cp *framework.ControlPlane, pool string, n int) []corev1.Pod {
 	t.Helper()
 	var pods []corev1.Pod
-	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		pods = listAgents(t, cp, pool)
-		return len(pods) == n, nil
+	kubetest.Eventually(t, poll, fmt.Sprintf("pool %s has %d agent Pods", pool, n), func(context.Context) error {
+		if pods = listAgents(t, cp, pool); len(pods) != n {
+			return fmt.Errorf("%d agent Pods: %v", len(pods), podNames(pods))
+		}
+		return nil
 	})
-	if err != nil {
-		t.Fatalf("pool %s has %d agent Pods, want %d", pool, len(pods), n)
-	}
 	return pods
 }
 
-// consistentlyAgents checks the pool keeps n agent Pods for d.
+// consistentlyAgents checks that the pool keeps n agent Pods for d.
 func consistentlyAgents(t *testing.T, cp *framework.ControlPlane, pool string, n int, d time.Duration) {
 	t.Helper()
-	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if pods := listAgents(t, cp, pool); len(pods) != n {
-			t.Fatalf("pool %s has %d agent Pods, want %d to stay", pool, len(pods), n)
-		}
-	}
+	kubetest.Consistently(t, kubetest.Poll{Interval: 100 * time.Millisecond, Timeout: d}, fmt.Sprintf("pool %s keeps %d agent Pods", pool, n),
+		func(context.Context) error {
+			if pods := listAgents(t, cp, pool); len(pods) != n {
+				return fmt.Errorf("%d agent Pods: %v", len(pods), podNames(pods))
+			}
+			return nil
+		})
 }
 
 // markReady plays the kubelet: the Pod runs and is Ready.
@@ -325,52 +289,34 @@ func markReady(t *testing.T, cp *framework.ControlPlane, pod *corev1.Pod) {
 	}
 }
 
-func waitForPool(t *testing.T, cp *framework.ControlPlane, name, what string, cond func(*v1alpha1.SandboxPool) bool) *v1alpha1.SandboxPool {
-	t.Helper()
-	var pool *v1alpha1.SandboxPool
-	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(ctx context.Context) (bool, error) {
-		var err error
-		pool, err = cp.Sandbox.SandboxV1alpha1().SandboxPools().Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		return cond(pool), nil
-	})
-	if err != nil {
-		t.Fatalf("pool %s never got %s: status %+v", name, what, pool.Status)
-	}
-	return pool
-}
-
 // waitForEvent waits for an event about the pool. Pools are cluster-scoped:
 // their events are recorded in the "default" namespace.
 func waitForEvent(t *testing.T, cp *framework.ControlPlane, pool, reason string) {
 	t.Helper()
-	var reasons []string
-	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(ctx context.Context) (bool, error) {
+	kubetest.Eventually(t, poll, fmt.Sprintf("a %s event for pool %s", reason, pool), func(ctx context.Context) error {
 		l, err := cp.Kube.CoreV1().Events(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
 		if err != nil {
-			return false, err
+			return err
 		}
-		reasons = reasons[:0]
+		var reasons []string
 		for _, e := range l.Items {
 			if e.InvolvedObject.Kind == "SandboxPool" && e.InvolvedObject.Name == pool {
 				reasons = append(reasons, e.Reason)
 			}
 		}
-		return slices.Contains(reasons, reason), nil
+		if !slices.Contains(reasons, reason) {
+			return fmt.Errorf("events: %v", reasons)
+		}
+		return nil
 	})
-	if err != nil {
-		t.Fatalf("no %s event for pool %s; events: %v", reason, pool, reasons)
-	}
 }
 
 func testPoolMinAgents(t *testing.T, cp *framework.ControlPlane) {
 	ctx := context.Background()
-	ns := newNamespace(t, cp, "pc-min")
+	ns := kubetest.CreateNamespace(t, cp.Kube, "pc-min")
 	removePoolsWhenDone(t, cp)
 	startPoolController(t, cp, 0)
-	pool := createPool(t, cp, testPool("py", 2, 4, 3))
+	pool := kubetest.CreatePool(t, cp.Sandbox, testPool("py", 2, 4, 3))
 	// A Sandbox of a pool that does not exist is left alone.
 	ghost := createPendingSandbox(t, cp, ns, "ghost", "ghost-orphan", "busybox")
 
@@ -401,19 +347,19 @@ func testPoolMinAgents(t *testing.T, cp *framework.ControlPlane) {
 	checkPoolSecrets(t, cp, "py", pods)
 	waitForEvent(t, cp, "py", poolcontroller.EventIssuedCertificate)
 
-	got := waitForPool(t, cp, "py", "agents=2, Ready=False", func(p *v1alpha1.SandboxPool) bool {
+	got := kubetest.WaitPool(t, cp.Sandbox, "py", poll, kubetest.Where("agents=2, Ready=False", func(p *v1alpha1.SandboxPool) bool {
 		c := meta.FindStatusCondition(p.Status.Conditions, v1alpha1.PoolConditionReady)
 		return p.Status.Agents == 2 && c != nil && c.Status == metav1.ConditionFalse
-	})
+	}))
 	if c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.PoolConditionReady); c.Reason != poolcontroller.ReasonWaitingForAgents {
 		t.Errorf("Ready reason %q", c.Reason)
 	}
 	for i := range pods {
 		markReady(t, cp, &pods[i])
 	}
-	got = waitForPool(t, cp, "py", "two ready agents", func(p *v1alpha1.SandboxPool) bool {
+	got = kubetest.WaitPool(t, cp.Sandbox, "py", poll, kubetest.Where("two ready agents", func(p *v1alpha1.SandboxPool) bool {
 		return p.Status.ReadyAgents == 2 && meta.IsStatusConditionTrue(p.Status.Conditions, v1alpha1.PoolConditionReady)
-	})
+	}))
 	st := got.Status
 	if st.Agents != 2 || st.FreeSlots != 6 || st.UsedSlots != 0 || st.ObservedGeneration != got.Generation {
 		t.Errorf("status %+v, want 2 agents, 6 free slots, observedGeneration %d", st, got.Generation)
@@ -433,9 +379,9 @@ func testPoolMinAgents(t *testing.T, cp *framework.ControlPlane) {
 		t.Fatal(err)
 	}
 	pods = waitForAgents(t, cp, "py", 3)
-	waitForPool(t, cp, "py", "the new generation observed", func(p *v1alpha1.SandboxPool) bool {
+	kubetest.WaitPool(t, cp.Sandbox, "py", poll, kubetest.Where("the new generation observed", func(p *v1alpha1.SandboxPool) bool {
 		return p.Status.ObservedGeneration == p.Generation && p.Generation > 1 && p.Status.Agents == 3
-	})
+	}))
 	for _, pod := range pods {
 		checkAgentSecret(t, cp, ca, pool, &pod)
 	}
@@ -457,15 +403,7 @@ func testPoolMinAgents(t *testing.T, cp *framework.ControlPlane) {
 // and parses it.
 func agentCA(t *testing.T, cp *framework.ControlPlane) *agentpki.CA {
 	t.Helper()
-	var secret *corev1.Secret
-	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(ctx context.Context) (bool, error) {
-		var err error
-		secret, err = cp.Kube.CoreV1().Secrets(systemNS).Get(ctx, v1alpha1.AgentCASecretName, metav1.GetOptions{})
-		return err == nil, nil
-	})
-	if err != nil {
-		t.Fatalf("no CA Secret %s/%s", systemNS, v1alpha1.AgentCASecretName)
-	}
+	secret := kubetest.WaitSecret(t, cp.Kube, systemNS, v1alpha1.AgentCASecretName, poll)
 	ca, err := agentpki.ParseCA(secret.Data[agentpki.KeyCACert], secret.Data[agentpki.KeyCAKey])
 	if err != nil {
 		t.Fatalf("the CA Secret: %v", err)
@@ -517,14 +455,14 @@ func checkAgentSecret(t *testing.T, cp *framework.ControlPlane, ca *agentpki.CA,
 func waitForAgentSecret(t *testing.T, cp *framework.ControlPlane, ca *agentpki.CA, pool *v1alpha1.SandboxPool, pod *corev1.Pod) *corev1.Secret {
 	t.Helper()
 	var secret *corev1.Secret
-	var problems []string
-	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
+	kubetest.Eventually(t, poll, "the certificate Secret of agent Pod "+pod.Name, func(context.Context) error {
+		var problems []string
 		secret, problems = agentSecretProblems(cp, ca, pool, pod)
-		return len(problems) == 0, nil
+		if len(problems) > 0 {
+			return errors.New(strings.Join(problems, "; "))
+		}
+		return nil
 	})
-	if err != nil {
-		t.Fatalf("the certificate Secret of agent Pod %s: %v", pod.Name, problems)
-	}
 	return secret
 }
 
@@ -608,16 +546,7 @@ func checkAgentPorts(t *testing.T, pod *corev1.Pod) {
 // and checks it.
 func checkSchedulerSecret(t *testing.T, cp *framework.ControlPlane, ca *agentpki.CA) {
 	t.Helper()
-	var secret *corev1.Secret
-	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(ctx context.Context) (bool, error) {
-		var err error
-		secret, err = cp.Kube.CoreV1().Secrets(systemNS).Get(ctx, v1alpha1.SchedulerClientSecretName, metav1.GetOptions{})
-		return err == nil, nil
-	})
-	if err != nil {
-		t.Errorf("no scheduler Secret %s/%s", systemNS, v1alpha1.SchedulerClientSecretName)
-		return
-	}
+	secret := kubetest.WaitSecret(t, cp.Kube, systemNS, v1alpha1.SchedulerClientSecretName, poll)
 	if secret.Type != corev1.SecretTypeTLS {
 		t.Errorf("the scheduler's Secret has type %q", secret.Type)
 	}
@@ -641,6 +570,15 @@ func listPoolSecrets(t *testing.T, cp *framework.ControlPlane, pool string) []co
 // certificate Secrets of pods.
 func checkPoolSecrets(t *testing.T, cp *framework.ControlPlane, pool string, pods []corev1.Pod) {
 	t.Helper()
+	if err := poolSecretsProblem(t, cp, pool, pods); err != nil {
+		t.Error(err)
+	}
+}
+
+// poolSecretsProblem says how the pool's Secrets are not exactly the
+// certificate Secrets of pods, nil if they are.
+func poolSecretsProblem(t *testing.T, cp *framework.ControlPlane, pool string, pods []corev1.Pod) error {
+	t.Helper()
 	var got, want []string
 	for _, s := range listPoolSecrets(t, cp, pool) {
 		got = append(got, s.Name)
@@ -651,8 +589,24 @@ func checkPoolSecrets(t *testing.T, cp *framework.ControlPlane, pool string, pod
 	slices.Sort(got)
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
-		t.Errorf("pool %s has Secrets %v, want one per agent Pod: %v", pool, got, want)
+		return fmt.Errorf("pool %s has Secrets %v, want one per agent Pod: %v", pool, got, want)
 	}
+	return nil
+}
+
+// pokePool makes the controller reconcile the pool: it writes an
+// annotation (an update that changes nothing the controller reads).
+func pokePool(t *testing.T, cp *framework.ControlPlane, pool string, i int) {
+	t.Helper()
+	kubetest.Eventually(t, poll, "poking pool "+pool, func(ctx context.Context) error {
+		p, err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Get(ctx, pool, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		metav1.SetMetaDataAnnotation(&p.ObjectMeta, "test/poke", fmt.Sprint(i))
+		_, err = cp.Sandbox.SandboxV1alpha1().SandboxPools().Update(ctx, p, metav1.UpdateOptions{})
+		return err
+	})
 }
 
 // aheadClock is the real clock, ahead by a fixed offset.
@@ -676,7 +630,7 @@ func testPoolCertificates(t *testing.T, cp *framework.ControlPlane) {
 	ctx := context.Background()
 	removePoolsWhenDone(t, cp)
 	stop := startPoolControllerWithClock(t, cp, 0, nil)
-	pool := createPool(t, cp, testPool("certs", 2, 2, 2))
+	pool := kubetest.CreatePool(t, cp.Sandbox, testPool("certs", 2, 2, 2))
 	pods := waitForAgents(t, cp, "certs", 2)
 	ca := agentCA(t, cp)
 	secrets := map[string]*corev1.Secret{}
@@ -698,21 +652,7 @@ func testPoolCertificates(t *testing.T, cp *framework.ControlPlane) {
 	}
 	// poke makes the controller reconcile the pool (a Secret's update is no
 	// event it acts on).
-	poke := func(i int) {
-		t.Helper()
-		err := wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(ctx context.Context) (bool, error) {
-			p, err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Get(ctx, "certs", metav1.GetOptions{})
-			if err != nil {
-				return false, err
-			}
-			metav1.SetMetaDataAnnotation(&p.ObjectMeta, "test/poke", fmt.Sprint(i))
-			_, err = cp.Sandbox.SandboxV1alpha1().SandboxPools().Update(ctx, p, metav1.UpdateOptions{})
-			return err == nil, nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	poke := func(i int) { t.Helper(); pokePool(t, cp, "certs", i) }
 
 	// A certificate due for renewal (here: expired) is renewed on the next
 	// reconcile, in place.
@@ -727,14 +667,16 @@ func testPoolCertificates(t *testing.T, cp *framework.ControlPlane) {
 	}
 	poke(1)
 	var renewed *corev1.Secret
-	err = wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
+	kubetest.Eventually(t, poll, "the due certificate of "+pods[0].Name+" renewed", func(context.Context) error {
 		var ok bool
-		renewed, ok = getSecret(due.Name)
-		return ok && !bytes.Equal(renewed.Data[agentpki.KeyCert], dueCert), nil
+		switch renewed, ok = getSecret(due.Name); {
+		case !ok:
+			return errors.New("its Secret is gone")
+		case bytes.Equal(renewed.Data[agentpki.KeyCert], dueCert):
+			return errors.New("its Secret holds the due certificate")
+		}
+		return nil
 	})
-	if err != nil {
-		t.Fatalf("the due certificate of %s was not renewed", pods[0].Name)
-	}
 	if renewed.UID != due.UID {
 		t.Errorf("Secret %s was replaced, not updated", due.Name)
 	}
@@ -747,13 +689,12 @@ func testPoolCertificates(t *testing.T, cp *framework.ControlPlane) {
 	if err := cp.Kube.CoreV1().Secrets(systemNS).Delete(ctx, secrets[pods[1].Name].Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	err = wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		s, ok := getSecret(secrets[pods[1].Name].Name)
-		return ok && s.UID != secrets[pods[1].Name].UID, nil
+	kubetest.Eventually(t, poll, "the deleted Secret of live agent "+pods[1].Name+" issued again", func(context.Context) error {
+		if s, ok := getSecret(secrets[pods[1].Name].Name); !ok || s.UID == secrets[pods[1].Name].UID {
+			return fmt.Errorf("Secret %s there %v", secrets[pods[1].Name].Name, ok)
+		}
+		return nil
 	})
-	if err != nil {
-		t.Fatalf("the deleted Secret of live agent %s was not issued again", pods[1].Name)
-	}
 	secrets[pods[1].Name] = checkAgentSecret(t, cp, ca, pool, &pods[1])
 
 	// With a short grace for orphaned certificates, an agent Pod goes (it
@@ -765,22 +706,21 @@ func testPoolCertificates(t *testing.T, cp *framework.ControlPlane) {
 	if err := cp.Kube.CoreV1().Pods(systemNS).Delete(ctx, pods[0].Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitForPodGone(t, cp, systemNS, pods[0].Name)
-	err = wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		_, ok := getSecret(due.Name)
-		return !ok, nil
+	kubetest.WaitPodGone(t, cp.Kube, systemNS, pods[0].Name, poll)
+	kubetest.Eventually(t, poll, "the Secret of gone agent Pod "+pods[0].Name+" deleted", func(context.Context) error {
+		if _, ok := getSecret(due.Name); ok {
+			return fmt.Errorf("Secret %s is there", due.Name)
+		}
+		return nil
 	})
-	if err != nil {
-		t.Fatalf("the Secret of gone agent Pod %s was not deleted", pods[0].Name)
-	}
 	var now []corev1.Pod
-	err = wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
+	kubetest.Eventually(t, poll, "the gone agent replaced", func(context.Context) error {
 		now = listAgents(t, cp, "certs")
-		return len(now) == 2 && !slices.ContainsFunc(now, func(p corev1.Pod) bool { return p.Name == pods[0].Name }), nil
+		if len(now) != 2 || slices.ContainsFunc(now, func(p corev1.Pod) bool { return p.Name == pods[0].Name }) {
+			return fmt.Errorf("agent Pods %v", podNames(now))
+		}
+		return nil
 	})
-	if err != nil {
-		t.Fatalf("the gone agent was not replaced: %v", now)
-	}
 	for _, pod := range now {
 		s := waitForAgentSecret(t, cp, ca, pool, &pod)
 		if pod.Name == pods[1].Name && (s.UID != secrets[pod.Name].UID || s.ResourceVersion != secrets[pod.Name].ResourceVersion) {
@@ -788,19 +728,25 @@ func testPoolCertificates(t *testing.T, cp *framework.ControlPlane) {
 				secrets[pod.Name].ResourceVersion, s.UID, s.ResourceVersion)
 		}
 	}
+	// The reconcile a poke makes leaves them so.
 	poke(2)
-	time.Sleep(500 * time.Millisecond)
-	checkPoolSecrets(t, cp, "certs", now)
-	for _, pod := range now {
-		checkAgentSecret(t, cp, ca, pool, &pod)
-	}
+	kubetest.Consistently(t, kubetest.Poll{Interval: 50 * time.Millisecond, Timeout: 500 * time.Millisecond},
+		"the pool's Secrets stay its agents' certificates", func(context.Context) error {
+			problems := []error{poolSecretsProblem(t, cp, "certs", now)}
+			for _, pod := range now {
+				if _, p := agentSecretProblems(cp, ca, pool, &pod); len(p) > 0 {
+					problems = append(problems, errors.New(strings.Join(p, "; ")))
+				}
+			}
+			return errors.Join(problems...)
+		})
 }
 
 func testPoolGrowth(t *testing.T, cp *framework.ControlPlane) {
-	ns := newNamespace(t, cp, "pc-grow")
+	ns := kubetest.CreateNamespace(t, cp.Kube, "pc-grow")
 	removePoolsWhenDone(t, cp)
 	startPoolController(t, cp, 0)
-	createPool(t, cp, testPool("grow", 1, 3, 2))
+	kubetest.CreatePool(t, cp.Sandbox, testPool("grow", 1, 3, 2))
 	pods := waitForAgents(t, cp, "grow", 1)
 	markReady(t, cp, &pods[0])
 
@@ -816,9 +762,9 @@ func testPoolGrowth(t *testing.T, cp *framework.ControlPlane) {
 		createPendingSandbox(t, cp, ns, "grow", fmt.Sprintf("s%d", i), "docker.io/example/grow-only:v1")
 	}
 	waitForAgents(t, cp, "grow", 3)
-	got := waitForPool(t, cp, "grow", "ScalingLimited=True", func(p *v1alpha1.SandboxPool) bool {
+	got := kubetest.WaitPool(t, cp.Sandbox, "grow", poll, kubetest.Where("ScalingLimited=True", func(p *v1alpha1.SandboxPool) bool {
 		return meta.IsStatusConditionTrue(p.Status.Conditions, v1alpha1.PoolConditionScalingLimited)
-	})
+	}))
 	if c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.PoolConditionScalingLimited); c.Reason != poolcontroller.ReasonMaxAgentsReached {
 		t.Errorf("ScalingLimited reason %q", c.Reason)
 	}
@@ -872,14 +818,14 @@ func pinnedHostname(pod *corev1.Pod) string {
 }
 
 func testPoolTargetedNode(t *testing.T, cp *framework.ControlPlane) {
-	ns := newNamespace(t, cp, "pc-target")
+	ns := kubetest.CreateNamespace(t, cp.Kube, "pc-target")
 	createNode(t, cp, "pc-node-cached", "docker.io/example/targeted:v1", "docker.io/library/python:3.12")
 	createNode(t, cp, "pc-node-empty", "docker.io/library/python:3.12")
 	removePoolsWhenDone(t, cp)
 	startPoolController(t, cp, 0)
 
-	createPool(t, cp, testPool("target", 0, 2, 4))
-	createPool(t, cp, testPool("anywhere", 0, 2, 4))
+	kubetest.CreatePool(t, cp.Sandbox, testPool("target", 0, 2, 4))
+	kubetest.CreatePool(t, cp.Sandbox, testPool("anywhere", 0, 2, 4))
 	consistentlyAgents(t, cp, "target", 0, 300*time.Millisecond)
 
 	// Only pc-node-cached has the image; the reference is written short.
@@ -914,12 +860,12 @@ func getPod(t *testing.T, cp *framework.ControlPlane, ns, name string) (*corev1.
 
 func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 	ctx := context.Background()
-	ns := newNamespace(t, cp, "pc-down")
+	ns := kubetest.CreateNamespace(t, cp.Kube, "pc-down")
 	removePoolsWhenDone(t, cp)
 	startPoolController(t, cp, 0)
 	p := testPool("down", 1, 3, 1)
 	p.Spec.ScaleDownDelaySeconds = 1
-	createPool(t, cp, p)
+	kubetest.CreatePool(t, cp.Sandbox, p)
 
 	var sandboxes []*v1alpha1.Sandbox
 	for i := range 3 {
@@ -938,24 +884,8 @@ func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 
 	// The idle agent is marked draining, then deleted.
 	idle := pods[2].Name
-	err := wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		pod, ok := getPod(t, cp, systemNS, idle)
-		if !ok {
-			return false, fmt.Errorf("agent %s deleted before it was seen draining", idle)
-		}
-		_, draining := pod.Annotations[v1alpha1.AnnotationDraining]
-		return draining, nil
-	})
-	if err != nil {
-		t.Fatalf("idle agent %s was never marked draining: %v", idle, err)
-	}
-	err = wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		_, ok := getPod(t, cp, systemNS, idle)
-		return !ok, nil
-	})
-	if err != nil {
-		t.Fatalf("drained agent %s was never deleted", idle)
-	}
+	kubetest.WaitPod(t, cp.Kube, systemNS, idle, poll, draining(true))
+	kubetest.WaitPodGone(t, cp.Kube, systemNS, idle, poll)
 	waitForEvent(t, cp, "down", poolcontroller.EventDrainingAgent)
 	waitForEvent(t, cp, "down", poolcontroller.EventDeletedAgent)
 	for _, pod := range pods[:2] {
@@ -971,44 +901,37 @@ func testPoolScaleDown(t *testing.T, cp *framework.ControlPlane) {
 	// s1 finishes: pods[1] turns idle and is marked draining; a Sandbox bound
 	// to it within the grace (a bind racing the mark) cancels the drain.
 	bindSandbox(t, cp, busy1, &pods[1], v1alpha1.SandboxSucceeded)
-	err = wait.PollUntilContextTimeout(ctx, 5*time.Millisecond, pollTimeout, true, func(context.Context) (bool, error) {
-		pod, ok := getPod(t, cp, systemNS, pods[1].Name)
-		if !ok {
-			return false, fmt.Errorf("agent %s deleted before it was seen draining", pods[1].Name)
-		}
-		_, draining := pod.Annotations[v1alpha1.AnnotationDraining]
-		return draining, nil
-	})
-	if err != nil {
-		t.Fatalf("agent %s was never marked draining: %v", pods[1].Name, err)
-	}
+	// Polled often: the mark is there only for the grace.
+	kubetest.WaitPod(t, cp.Kube, systemNS, pods[1].Name, kubetest.Poll{Interval: 5 * time.Millisecond, Timeout: poll.Timeout}, draining(true))
 	late := createPendingSandbox(t, cp, ns, "down", "late", "docker.io/example/down:v1")
 	bindSandbox(t, cp, late, &pods[1], v1alpha1.SandboxScheduled)
-	err = wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		pod, ok := getPod(t, cp, systemNS, pods[1].Name)
-		if !ok {
-			return false, fmt.Errorf("agent %s was deleted with a Sandbox bound", pods[1].Name)
-		}
-		_, draining := pod.Annotations[v1alpha1.AnnotationDraining]
-		return !draining, nil
-	})
-	if err != nil {
-		t.Fatalf("the draining mark of %s was not removed: %v", pods[1].Name, err)
-	}
+	kubetest.WaitPod(t, cp.Kube, systemNS, pods[1].Name, poll, draining(false))
 	waitForEvent(t, cp, "down", poolcontroller.EventDrainCancelled)
 	consistentlyAgents(t, cp, "down", 2, 3*time.Second)
 	if pod, _ := getPod(t, cp, systemNS, pods[0].Name); pod == nil || pod.Annotations[v1alpha1.AnnotationDraining] != "" {
 		t.Errorf("agent %s with a running Sandbox (%s) was drained", pods[0].Name, busy0.Name)
 	}
-	waitForPool(t, cp, "down", "usedSlots=2", func(p *v1alpha1.SandboxPool) bool {
+	kubetest.WaitPool(t, cp.Sandbox, "down", poll, kubetest.Where("usedSlots=2", func(p *v1alpha1.SandboxPool) bool {
 		return p.Status.Agents == 2 && p.Status.UsedSlots == 2 && p.Status.FreeSlots == 0
+	}))
+}
+
+// draining wants an agent Pod marked draining (or not).
+func draining(want bool) kubetest.Want[*corev1.Pod] {
+	what := "the draining mark"
+	if !want {
+		what = "no draining mark"
+	}
+	return kubetest.Where(what, func(p *corev1.Pod) bool {
+		_, marked := p.Annotations[v1alpha1.AnnotationDraining]
+		return marked == want
 	})
 }
 
 func testPoolReplacesFailed(t *testing.T, cp *framework.ControlPlane) {
 	removePoolsWhenDone(t, cp)
 	startPoolController(t, cp, 0)
-	pool := createPool(t, cp, testPool("fail", 1, 2, 2))
+	pool := kubetest.CreatePool(t, cp.Sandbox, testPool("fail", 1, 2, 2))
 	pods := waitForAgents(t, cp, "fail", 1)
 	ca := agentCA(t, cp)
 	failedSecret := checkAgentSecret(t, cp, ca, pool, &pods[0])
@@ -1019,13 +942,12 @@ func testPoolReplacesFailed(t *testing.T, cp *framework.ControlPlane) {
 		t.Fatal(err)
 	}
 	var now []corev1.Pod
-	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		now = listAgents(t, cp, "fail")
-		return len(now) == 1 && now[0].UID != failed.UID, nil
+	kubetest.Eventually(t, poll, "the failed agent replaced", func(context.Context) error {
+		if now = listAgents(t, cp, "fail"); len(now) != 1 || now[0].UID == failed.UID {
+			return fmt.Errorf("agent Pods %v", podNames(now))
+		}
+		return nil
 	})
-	if err != nil {
-		t.Fatalf("the failed agent was not replaced: %v", listAgents(t, cp, "fail"))
-	}
 	waitForEvent(t, cp, "fail", poolcontroller.EventDeletedAgent)
 	consistentlyAgents(t, cp, "fail", 1, 500*time.Millisecond)
 	// The replacement has a certificate of its own; the failed agent's
@@ -1042,29 +964,18 @@ func testPoolReplacesFailed(t *testing.T, cp *framework.ControlPlane) {
 }
 
 func testPoolSlowInformer(t *testing.T, cp *framework.ControlPlane) {
-	ctx := context.Background()
 	removePoolsWhenDone(t, cp)
 	startPoolController(t, cp, 2*time.Second)
-	createPool(t, cp, testPool("slow", 3, 10, 2))
+	kubetest.CreatePool(t, cp.Sandbox, testPool("slow", 3, 10, 2))
 	waitForAgents(t, cp, "slow", 3)
 	// Force reconciles while the informer has not shown the new Pods yet.
 	for i := range 5 {
-		err := wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(ctx context.Context) (bool, error) {
-			p, err := cp.Sandbox.SandboxV1alpha1().SandboxPools().Get(ctx, "slow", metav1.GetOptions{})
-			if err != nil {
-				return false, err
-			}
-			metav1.SetMetaDataAnnotation(&p.ObjectMeta, "test/poke", fmt.Sprint(i))
-			_, err = cp.Sandbox.SandboxV1alpha1().SandboxPools().Update(ctx, p, metav1.UpdateOptions{})
-			return err == nil, nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		pokePool(t, cp, "slow", i)
+		// Pacing, not a wait: the pokes spread over the informer's delay.
 		time.Sleep(100 * time.Millisecond)
 	}
 	consistentlyAgents(t, cp, "slow", 3, 3*time.Second)
-	waitForPool(t, cp, "slow", "three agents", func(p *v1alpha1.SandboxPool) bool { return p.Status.Agents == 3 })
+	kubetest.WaitPool(t, cp.Sandbox, "slow", poll, kubetest.Where("three agents", func(p *v1alpha1.SandboxPool) bool { return p.Status.Agents == 3 }))
 	// Nor a certificate issued twice, or for a Pod that was never made.
 	checkPoolSecrets(t, cp, "slow", listAgents(t, cp, "slow"))
 }
@@ -1191,19 +1102,6 @@ func stopAgent(t *testing.T, cp *framework.ControlPlane, pod *corev1.Pod) {
 	}
 }
 
-func waitForPodGone(t *testing.T, cp *framework.ControlPlane, ns, name string) {
-	t.Helper()
-	var last *corev1.Pod
-	err := wait.PollUntilContextTimeout(context.Background(), pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		var ok bool
-		last, ok = getPod(t, cp, systemNS, name)
-		return !ok, nil
-	})
-	if err != nil {
-		t.Fatalf("Pod %s is still there: finalizers %v, deletionTimestamp %v", name, last.Finalizers, last.DeletionTimestamp)
-	}
-}
-
 // listCleanupPods lists the cleanup Pods of a pool's agents.
 func listCleanupPods(t *testing.T, cp *framework.ControlPlane, pool string) []corev1.Pod {
 	t.Helper()
@@ -1220,7 +1118,7 @@ func testPoolCleansNode(t *testing.T, cp *framework.ControlPlane) {
 	createNode(t, cp, "pc-node-clean")
 	removePoolsWhenDone(t, cp)
 	startPoolController(t, cp, 0)
-	pool := createPool(t, cp, testPool("clean", 1, 2, 2))
+	pool := kubetest.CreatePool(t, cp.Sandbox, testPool("clean", 1, 2, 2))
 	agent := waitForAgents(t, cp, "clean", 1)[0]
 	if !slices.Contains(agent.Finalizers, v1alpha1.FinalizerAgentPodCleanup) {
 		t.Fatalf("agent Pod %s has finalizers %v, want %s", agent.Name, agent.Finalizers, v1alpha1.FinalizerAgentPodCleanup)
@@ -1231,26 +1129,21 @@ func testPoolCleansNode(t *testing.T, cp *framework.ControlPlane) {
 	if err := cp.Kube.CoreV1().Pods(systemNS).Delete(ctx, agent.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
-	if l := listCleanupPods(t, cp, "clean"); len(l) != 0 {
-		t.Fatalf("cleanup Pods while the agent container runs: %v", l)
-	}
-	if _, ok := getPod(t, cp, systemNS, agent.Name); !ok {
-		t.Fatal("the agent Pod went while its container ran")
-	}
+	kubetest.Consistently(t, kubetest.Poll{Interval: 50 * time.Millisecond, Timeout: 500 * time.Millisecond},
+		"no cleanup while the agent container runs", func(context.Context) error {
+			if l := listCleanupPods(t, cp, "clean"); len(l) != 0 {
+				return fmt.Errorf("cleanup Pods %v", podNames(l))
+			}
+			if _, ok := getPod(t, cp, systemNS, agent.Name); !ok {
+				return errors.New("the agent Pod went")
+			}
+			return nil
+		})
 
 	// kubelet stops it: a cleanup Pod runs on its node.
 	stopAgent(t, cp, running)
 	name := agent.Name + "-cleanup"
-	var cleanup *corev1.Pod
-	err := wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		var ok bool
-		cleanup, ok = getPod(t, cp, systemNS, name)
-		return ok, nil
-	})
-	if err != nil {
-		t.Fatalf("no cleanup Pod %s; cleanup Pods: %v", name, listCleanupPods(t, cp, "clean"))
-	}
+	cleanup := kubetest.WaitPod(t, cp.Kube, systemNS, name, poll, kubetest.Exists[*corev1.Pod]())
 	waitForEvent(t, cp, "clean", poolcontroller.EventCleaningUp)
 	if cleanup.Spec.NodeName != "pc-node-clean" {
 		t.Errorf("cleanup Pod on node %q, want pc-node-clean", cleanup.Spec.NodeName)
@@ -1268,30 +1161,37 @@ func testPoolCleansNode(t *testing.T, cp *framework.ControlPlane) {
 	}
 	// The pool is still kept: a new agent replaces the deleted one; the
 	// cleanup Pod is no agent.
-	waitForPool(t, cp, "clean", "one agent", func(p *v1alpha1.SandboxPool) bool { return p.Status.Agents == 1 })
+	kubetest.WaitPool(t, cp.Sandbox, "clean", poll, kubetest.Where("one agent", func(p *v1alpha1.SandboxPool) bool { return p.Status.Agents == 1 }))
 
 	// The cleanup runs, then fails: kubelet would restart it (OnFailure);
 	// the agent Pod stays until it succeeds.
 	cleanup.Status.Phase = corev1.PodRunning
-	if cleanup, err = cp.Kube.CoreV1().Pods(systemNS).UpdateStatus(ctx, cleanup, metav1.UpdateOptions{}); err != nil {
+	cleanup, err := cp.Kube.CoreV1().Pods(systemNS).UpdateStatus(ctx, cleanup, metav1.UpdateOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
-	if got, ok := getPod(t, cp, systemNS, agent.Name); !ok || !slices.Contains(got.Finalizers, v1alpha1.FinalizerAgentPodCleanup) {
-		t.Fatalf("the agent Pod lost its finalizer before the cleanup succeeded: %v", got)
-	}
+	kubetest.Consistently(t, kubetest.Poll{Interval: 50 * time.Millisecond, Timeout: 300 * time.Millisecond},
+		"the agent Pod keeps its finalizer until the cleanup succeeds", func(context.Context) error {
+			if got, ok := getPod(t, cp, systemNS, agent.Name); !ok || !slices.Contains(got.Finalizers, v1alpha1.FinalizerAgentPodCleanup) {
+				return fmt.Errorf("agent Pod %s: %s", agent.Name, kubetest.DescribePod(got))
+			}
+			return nil
+		})
 
 	cleanup.Status.Phase = corev1.PodSucceeded
 	if _, err := cp.Kube.CoreV1().Pods(systemNS).UpdateStatus(ctx, cleanup, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitForPodGone(t, cp, systemNS, agent.Name)
-	waitForPodGone(t, cp, systemNS, name)
+	kubetest.WaitPodGone(t, cp.Kube, systemNS, agent.Name, poll)
+	kubetest.WaitPodGone(t, cp.Kube, systemNS, name, poll)
 	waitForEvent(t, cp, "clean", poolcontroller.EventCleanedUp)
-	time.Sleep(300 * time.Millisecond)
-	if l := listCleanupPods(t, cp, "clean"); len(l) != 0 {
-		t.Errorf("cleanup Pods left: %v", l)
-	}
+	kubetest.Consistently(t, kubetest.Poll{Interval: 50 * time.Millisecond, Timeout: 300 * time.Millisecond},
+		"no cleanup Pod is made again", func(context.Context) error {
+			if l := listCleanupPods(t, cp, "clean"); len(l) != 0 {
+				return fmt.Errorf("cleanup Pods %v", podNames(l))
+			}
+			return nil
+		})
 }
 
 func testPoolCleanupNotNeeded(t *testing.T, cp *framework.ControlPlane) {
@@ -1299,14 +1199,14 @@ func testPoolCleanupNotNeeded(t *testing.T, cp *framework.ControlPlane) {
 	createNode(t, cp, "pc-node-gone")
 	removePoolsWhenDone(t, cp)
 	startPoolController(t, cp, 0)
-	createPool(t, cp, testPool("noclean", 2, 2, 2))
+	kubetest.CreatePool(t, cp.Sandbox, testPool("noclean", 2, 2, 2))
 	agents := waitForAgents(t, cp, "noclean", 2)
 
 	// Never got a node: the deletion goes through.
 	if err := cp.Kube.CoreV1().Pods(systemNS).Delete(ctx, agents[0].Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitForPodGone(t, cp, systemNS, agents[0].Name)
+	kubetest.WaitPodGone(t, cp.Kube, systemNS, agents[0].Name, poll)
 
 	// Its Node is gone, its container said to run (no kubelet will say
 	// otherwise): the deletion goes through too.
@@ -1317,7 +1217,7 @@ func testPoolCleanupNotNeeded(t *testing.T, cp *framework.ControlPlane) {
 	if err := cp.Kube.CoreV1().Pods(systemNS).Delete(ctx, agents[1].Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
 		t.Fatal(err)
 	}
-	waitForPodGone(t, cp, systemNS, agents[1].Name)
+	kubetest.WaitPodGone(t, cp.Kube, systemNS, agents[1].Name, poll)
 	waitForEvent(t, cp, "noclean", poolcontroller.EventCleanupSkipped)
 	if l := listCleanupPods(t, cp, "noclean"); len(l) != 0 {
 		t.Errorf("cleanup Pods made: %v", l)
@@ -1329,7 +1229,7 @@ func testPoolCleanupAfterPool(t *testing.T, cp *framework.ControlPlane) {
 	createNode(t, cp, "pc-node-gone-pool")
 	removePoolsWhenDone(t, cp)
 	startPoolController(t, cp, 0)
-	createPool(t, cp, testPool("gone", 1, 1, 2))
+	kubetest.CreatePool(t, cp.Sandbox, testPool("gone", 1, 1, 2))
 	agent := waitForAgents(t, cp, "gone", 1)[0]
 	running := bindToNode(t, cp, &agent, "pc-node-gone-pool")
 
@@ -1342,15 +1242,8 @@ func testPoolCleanupAfterPool(t *testing.T, cp *framework.ControlPlane) {
 	}
 	stopAgent(t, cp, running)
 	name := agent.Name + "-cleanup"
-	var cleanup *corev1.Pod
-	err := wait.PollUntilContextTimeout(ctx, pollInterval, pollTimeout, true, func(context.Context) (bool, error) {
-		var ok bool
-		cleanup, ok = getPod(t, cp, systemNS, name)
-		return ok, nil
-	})
-	if err != nil {
-		t.Fatalf("no cleanup Pod %s after the pool went", name)
-	}
+	// After the pool went.
+	cleanup := kubetest.WaitPod(t, cp.Kube, systemNS, name, poll, kubetest.Exists[*corev1.Pod]())
 	if len(cleanup.OwnerReferences) != 0 || cleanup.Spec.NodeName != "pc-node-gone-pool" {
 		t.Errorf("cleanup Pod owners %+v node %q: want none (the pool is gone), pc-node-gone-pool", cleanup.OwnerReferences, cleanup.Spec.NodeName)
 	}
@@ -1358,6 +1251,6 @@ func testPoolCleanupAfterPool(t *testing.T, cp *framework.ControlPlane) {
 	if _, err := cp.Kube.CoreV1().Pods(systemNS).UpdateStatus(ctx, cleanup, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitForPodGone(t, cp, systemNS, agent.Name)
-	waitForPodGone(t, cp, systemNS, name)
+	kubetest.WaitPodGone(t, cp.Kube, systemNS, agent.Name, poll)
+	kubetest.WaitPodGone(t, cp.Kube, systemNS, name, poll)
 }

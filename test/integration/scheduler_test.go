@@ -12,14 +12,10 @@ import (
 
 	"github.com/go-logr/logr/testr"
 	v1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
-	"k8s.io/utils/ptr"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
@@ -29,6 +25,7 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/pkg/scheduler"
 	containerdtest "github.com/fast-sandbox/fast-sandbox/test/containerd"
 	"github.com/fast-sandbox/fast-sandbox/test/integration/framework"
+	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
 )
 
 // schedEnv is a real kube-apiserver, a real containerd, real agents serving
@@ -46,10 +43,8 @@ type schedEnv struct {
 func newSchedEnv(t *testing.T) *schedEnv {
 	containerdtest.Skip(t)
 	e := &schedEnv{t: t, cp: framework.Start(t), d: containerdtest.Start(t)}
-	e.ns = e.cp.CreateNamespace(t, "sched")
-	// The system namespace, with the ServiceAccount Pod admission wants.
-	systemNamespace(t, e.cp)
-	e.sysNS = systemNS
+	e.ns = kubetest.CreateNamespace(t, e.cp.Kube, "sched")
+	e.sysNS = e.cp.SystemNamespace(t)
 	e.creds = e.cp.AgentCredentials(t)
 	return e
 }
@@ -58,9 +53,7 @@ func (e *schedEnv) createPool(name string, slots int32) {
 	e.t.Helper()
 	p := validPool(name)
 	p.Spec.SlotsPerAgent = slots
-	if _, err := e.cp.Sandbox.SandboxV1alpha1().SandboxPools().Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
-		e.t.Fatal(err)
-	}
+	kubetest.CreatePool(e.t, e.cp.Sandbox, p)
 }
 
 // startAgent runs an agent in the test process over the shared containerd,
@@ -136,40 +129,22 @@ func (e *schedEnv) runScheduler(kube kubernetes.Interface, client versioned.Inte
 	e.t.Cleanup(e.cancel)
 }
 
-func (e *schedEnv) sandbox(name, pool string, cmd ...string) *v1alpha1.Sandbox {
-	e.t.Helper()
-	s := &v1alpha1.Sandbox{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: v1alpha1.SandboxSpec{PoolName: pool, Image: containerdtest.TestImage, Command: cmd,
-			Resources: v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("100m")), Memory: ptr.To(resource.MustParse("32Mi"))}},
-	}
-	s, err := e.cp.Sandbox.SandboxV1alpha1().Sandboxes(e.ns).Create(context.Background(), s, metav1.CreateOptions{})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return s
+// sandbox creates a Sandbox of the test image in the test's namespace.
+func (e *schedEnv) sandbox(t *testing.T, name, pool string, cmd ...string) *v1alpha1.Sandbox {
+	t.Helper()
+	s := kubetest.Sandbox(name, pool, containerdtest.TestImage, cmd...)
+	s.Spec.Resources = kubetest.Resources("100m", "32Mi")
+	return kubetest.CreateSandbox(t, e.cp.Sandbox, e.ns, s)
 }
 
-func (e *schedEnv) waitFor(name string, what string, cond func(*v1alpha1.Sandbox) bool) *v1alpha1.Sandbox {
-	e.t.Helper()
-	var last *v1alpha1.Sandbox
-	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		s, err := e.cp.Sandbox.SandboxV1alpha1().Sandboxes(e.ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		last = s
-		return cond(s), nil
-	})
-	if err != nil {
-		e.t.Fatalf("sandbox %s never became %s; last status %+v", name, what, last.Status)
-	}
-	return last
+// waitFor waits until want holds of the Sandbox name of the test's namespace.
+func (e *schedEnv) waitFor(t *testing.T, name string, want kubetest.Want[*v1alpha1.Sandbox]) *v1alpha1.Sandbox {
+	t.Helper()
+	return kubetest.WaitSandbox(t, e.cp.Sandbox, e.ns, name, schedPoll, want)
 }
 
-func phaseIs(p v1alpha1.SandboxPhase) func(*v1alpha1.Sandbox) bool {
-	return func(s *v1alpha1.Sandbox) bool { return s.Status.Phase == p }
-}
+// schedPoll is how the scheduler tests wait for a Sandbox.
+var schedPoll = kubetest.Poll{Interval: 20 * time.Millisecond, Timeout: 30 * time.Second}
 
 // containersOf counts the containers of a sandbox UID in a containerd namespace.
 func (e *schedEnv) containersOf(ctrNamespace, uid string) int {
@@ -191,8 +166,8 @@ func TestSchedulerRunsSandboxes(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("a sandbox runs, succeeds and records every stage", func(t *testing.T) {
-		e.sandbox("hello", "pool", "sh", "-c", "echo hello; sleep 1")
-		running := e.waitFor("hello", "Running", phaseIs(v1alpha1.SandboxRunning))
+		e.sandbox(t, "hello", "pool", "sh", "-c", "echo hello; sleep 1")
+		running := e.waitFor(t, "hello", kubetest.Phase(v1alpha1.SandboxRunning))
 		st := running.Status
 		if st.Agent == "" || st.ContainerID == "" || st.ScheduleTime == nil || st.AgentToldTime == nil || st.StartTime == nil {
 			t.Errorf("running status lacks a stage: %+v", st)
@@ -203,35 +178,31 @@ func TestSchedulerRunsSandboxes(t *testing.T) {
 		if !hasString(running.Finalizers, v1alpha1.FinalizerAgentCleanup) {
 			t.Errorf("finalizers %v lack %s", running.Finalizers, v1alpha1.FinalizerAgentCleanup)
 		}
-		done := e.waitFor("hello", "Succeeded", phaseIs(v1alpha1.SandboxSucceeded))
+		done := e.waitFor(t, "hello", kubetest.Phase(v1alpha1.SandboxSucceeded))
 		if done.Status.ExitCode == nil || *done.Status.ExitCode != 0 || done.Status.FinishTime == nil {
 			t.Errorf("final status %+v", done.Status)
 		}
 	})
 
 	t.Run("a failing command fails with its exit code", func(t *testing.T) {
-		e.sandbox("fails", "pool", "sh", "-c", "exit 3")
-		done := e.waitFor("fails", "Failed", phaseIs(v1alpha1.SandboxFailed))
+		e.sandbox(t, "fails", "pool", "sh", "-c", "exit 3")
+		done := e.waitFor(t, "fails", kubetest.Phase(v1alpha1.SandboxFailed))
 		if done.Status.ExitCode == nil || *done.Status.ExitCode != 3 || done.Status.Reason != v1alpha1.ReasonError {
 			t.Errorf("final status %+v", done.Status)
 		}
 	})
 
 	t.Run("a missing image fails with ImageNotPresent", func(t *testing.T) {
-		s := &v1alpha1.Sandbox{ObjectMeta: metav1.ObjectMeta{Name: "noimage"},
-			Spec: v1alpha1.SandboxSpec{PoolName: "pool", Image: "docker.io/library/not-here:1"}}
-		if _, err := e.cp.Sandbox.SandboxV1alpha1().Sandboxes(e.ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		done := e.waitFor("noimage", "Failed", phaseIs(v1alpha1.SandboxFailed))
+		kubetest.CreateSandbox(t, e.cp.Sandbox, e.ns, kubetest.Sandbox("noimage", "pool", "docker.io/library/not-here:1"))
+		done := e.waitFor(t, "noimage", kubetest.Phase(v1alpha1.SandboxFailed))
 		if done.Status.Reason != v1alpha1.ReasonImageNotPresent {
 			t.Errorf("reason %q message %q, want ImageNotPresent", done.Status.Reason, done.Status.Message)
 		}
 	})
 
 	t.Run("a pool that does not exist is reported", func(t *testing.T) {
-		e.sandbox("orphan", "no-such-pool", "true")
-		s := e.waitFor("orphan", "PoolNotFound", func(s *v1alpha1.Sandbox) bool { return s.Status.Reason == v1alpha1.ReasonPoolNotFound })
+		e.sandbox(t, "orphan", "no-such-pool", "true")
+		s := e.waitFor(t, "orphan", kubetest.Reason(v1alpha1.ReasonPoolNotFound))
 		if c := meta.FindStatusCondition(s.Status.Conditions, v1alpha1.SandboxConditionScheduled); c == nil || c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, "no-such-pool") {
 			t.Errorf("Scheduled condition %+v", c)
 		}
@@ -239,13 +210,13 @@ func TestSchedulerRunsSandboxes(t *testing.T) {
 
 	t.Run("full agents make a sandbox wait with a counted reason, a freed slot places it", func(t *testing.T) {
 		for i := 0; i < 4; i++ {
-			e.sandbox(fmt.Sprintf("long-%d", i), "pool", "sleep", "300")
+			e.sandbox(t, fmt.Sprintf("long-%d", i), "pool", "sleep", "300")
 		}
 		for i := 0; i < 4; i++ {
-			e.waitFor(fmt.Sprintf("long-%d", i), "Running", phaseIs(v1alpha1.SandboxRunning))
+			e.waitFor(t, fmt.Sprintf("long-%d", i), kubetest.Phase(v1alpha1.SandboxRunning))
 		}
-		e.sandbox("waiting", "pool", "sleep", "300")
-		s := e.waitFor("waiting", "unschedulable", func(s *v1alpha1.Sandbox) bool { return s.Status.Reason == v1alpha1.ReasonUnschedulable })
+		e.sandbox(t, "waiting", "pool", "sleep", "300")
+		s := e.waitFor(t, "waiting", kubetest.Reason(v1alpha1.ReasonUnschedulable))
 		if want := "0/2 agents available: 2 no free slot"; s.Status.Message != want {
 			t.Errorf("message %q, want %q", s.Status.Message, want)
 		}
@@ -254,17 +225,11 @@ func TestSchedulerRunsSandboxes(t *testing.T) {
 		if err := e.cp.Sandbox.SandboxV1alpha1().Sandboxes(e.ns).Delete(ctx, "long-0", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-			_, err := e.cp.Sandbox.SandboxV1alpha1().Sandboxes(e.ns).Get(ctx, "long-0", metav1.GetOptions{})
-			return apierrors.IsNotFound(err), nil
-		})
-		if err != nil {
-			t.Fatalf("the deleted sandbox never went away: %v", err)
-		}
+		kubetest.WaitSandboxGone(t, e.cp.Sandbox, e.ns, "long-0", schedPoll)
 		if n := e.containersOf(containerdtest.Namespace, string(victim.UID)); n != 0 {
 			t.Errorf("%d containers left for a deleted sandbox", n)
 		}
-		e.waitFor("waiting", "Running", phaseIs(v1alpha1.SandboxRunning))
+		e.waitFor(t, "waiting", kubetest.Phase(v1alpha1.SandboxRunning))
 	})
 }
 
@@ -276,10 +241,10 @@ func TestSchedulerImageAffinity(t *testing.T) {
 	e.startAgent("agent-warm", "pool", containerdtest.Namespace, 4)
 	e.startScheduler()
 	for i := 0; i < 3; i++ {
-		e.sandbox(fmt.Sprintf("img-%d", i), "pool", "sleep", "60")
+		e.sandbox(t, fmt.Sprintf("img-%d", i), "pool", "sleep", "60")
 	}
 	for i := 0; i < 3; i++ {
-		s := e.waitFor(fmt.Sprintf("img-%d", i), "Running", phaseIs(v1alpha1.SandboxRunning))
+		s := e.waitFor(t, fmt.Sprintf("img-%d", i), kubetest.Phase(v1alpha1.SandboxRunning))
 		if s.Status.Agent != "agent-warm" {
 			t.Errorf("sandbox img-%d went to %s, want agent-warm, the agent whose node has the image", i, s.Status.Agent)
 		}
@@ -296,14 +261,14 @@ func TestSchedulerRestartAndAgentLoss(t *testing.T) {
 	// A burst, with the scheduler restarted in the middle of it.
 	var uids []string
 	for i := 0; i < 6; i++ {
-		uids = append(uids, string(e.sandbox(fmt.Sprintf("burst-%d", i), "pool", "sleep", "300").UID))
+		uids = append(uids, string(e.sandbox(t, fmt.Sprintf("burst-%d", i), "pool", "sleep", "300").UID))
 		if i == 2 {
 			e.cancel()
 			e.startScheduler()
 		}
 	}
 	for i := 0; i < 6; i++ {
-		e.waitFor(fmt.Sprintf("burst-%d", i), "Running", phaseIs(v1alpha1.SandboxRunning))
+		e.waitFor(t, fmt.Sprintf("burst-%d", i), kubetest.Phase(v1alpha1.SandboxRunning))
 	}
 	for i, uid := range uids {
 		if n := e.containersOf(containerdtest.Namespace, uid); n != 1 {
@@ -316,7 +281,7 @@ func TestSchedulerRestartAndAgentLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < 6; i++ {
-		s := e.waitFor(fmt.Sprintf("burst-%d", i), "Failed", phaseIs(v1alpha1.SandboxFailed))
+		s := e.waitFor(t, fmt.Sprintf("burst-%d", i), kubetest.Phase(v1alpha1.SandboxFailed))
 		if s.Status.Reason != v1alpha1.ReasonAgentLost {
 			t.Errorf("burst-%d reason %q, want AgentLost", i, s.Status.Reason)
 		}

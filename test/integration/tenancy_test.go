@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -15,7 +16,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
@@ -25,6 +25,7 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/pkg/poolcontroller"
 	"github.com/fast-sandbox/fast-sandbox/pkg/scheduler"
 	"github.com/fast-sandbox/fast-sandbox/test/integration/framework"
+	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
 )
 
 const sysNS = v1alpha1.DefaultSystemNamespace
@@ -63,9 +64,9 @@ func check(t *testing.T, what string, err error, forbidden bool) {
 	}
 }
 
+// tenantSandbox is a Sandbox of the pool "shared".
 func tenantSandbox(name string) *v1alpha1.Sandbox {
-	return &v1alpha1.Sandbox{ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: v1alpha1.SandboxSpec{PoolName: "shared", Image: "busybox", Command: []string{"true"}}}
+	return kubetest.Sandbox(name, "shared", "busybox", "true")
 }
 
 // Tenants hold Sandboxes in their namespaces and nothing else: not pools,
@@ -74,7 +75,7 @@ func tenantSandbox(name string) *v1alpha1.Sandbox {
 func TestTenantRBAC(t *testing.T) {
 	cp := framework.StartWithRBAC(t)
 	ctx := context.Background()
-	teamA, teamB := cp.CreateNamespace(t, "team-a"), cp.CreateNamespace(t, "team-b")
+	teamA, teamB := kubetest.CreateNamespace(t, cp.Kube, "team-a"), kubetest.CreateNamespace(t, cp.Kube, "team-b")
 	bind(t, cp, teamA, "alice", "fast-sandbox-edit")
 	bind(t, cp, teamA, "bob", "fast-sandbox-view")
 	dryRun := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
@@ -175,7 +176,7 @@ func TestComponentsUnderRBAC(t *testing.T) {
 	cp := framework.StartWithRBAC(t)
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), testr.New(t)))
 	defer cancel()
-	allowed, other := cp.CreateNamespace(t, "allowed"), cp.CreateNamespace(t, "other")
+	allowed, other := kubetest.CreateNamespace(t, cp.Kube, "allowed"), kubetest.CreateNamespace(t, cp.Kube, "other")
 	if _, err := cp.Kube.CoreV1().Namespaces().Patch(ctx, allowed, "application/merge-patch+json",
 		[]byte(`{"metadata":{"labels":{"sandboxes":"yes"}}}`), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
@@ -214,17 +215,18 @@ func TestComponentsUnderRBAC(t *testing.T) {
 	// The controller made the CA, the scheduler's certificate and an agent
 	// Pod with its own certificate, all in the system namespace.
 	var agent *corev1.Pod
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		pods, err := cp.Kube.CoreV1().Pods(sysNS).List(ctx, metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=shared"})
-		if err != nil || len(pods.Items) == 0 {
-			return false, err
-		}
-		agent = &pods.Items[0]
-		return true, nil
-	})
-	if err != nil {
-		t.Fatalf("no agent Pod in %s: %v", sysNS, err)
-	}
+	kubetest.Eventually(t, kubetest.Poll{Interval: 100 * time.Millisecond, Timeout: 30 * time.Second}, "an agent Pod in "+sysNS,
+		func(ctx context.Context) error {
+			pods, err := cp.Kube.CoreV1().Pods(sysNS).List(ctx, metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=shared"})
+			if err != nil {
+				return err
+			}
+			if len(pods.Items) == 0 {
+				return errors.New("no agent Pod")
+			}
+			agent = &pods.Items[0]
+			return nil
+		})
 	caSecret, err := cp.Kube.CoreV1().Secrets(sysNS).Get(ctx, v1alpha1.AgentCASecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -238,13 +240,11 @@ func TestComponentsUnderRBAC(t *testing.T) {
 		v1alpha1.SchedulerClientSecretName:      agentpki.SchedulerIdentity,
 	} {
 		var secret *corev1.Secret
-		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
-			secret, err = cp.Kube.CoreV1().Secrets(sysNS).Get(ctx, name, metav1.GetOptions{})
-			return err == nil, nil
-		})
-		if err != nil {
-			t.Fatalf("Secret %s: %v", name, err)
-		}
+		kubetest.Eventually(t, kubetest.Poll{Interval: 100 * time.Millisecond, Timeout: 10 * time.Second}, "Secret "+name,
+			func(ctx context.Context) (err error) {
+				secret, err = cp.Kube.CoreV1().Secrets(sysNS).Get(ctx, name, metav1.GetOptions{})
+				return err
+			})
 		if got := identityOf(t, ca, secret.Data[agentpki.KeyCert]); got != want {
 			t.Errorf("Secret %s names %q, want %q", name, got, want)
 		}
@@ -266,18 +266,11 @@ func TestComponentsUnderRBAC(t *testing.T) {
 	create(allowed, "bad-image", "registry.k8s.io/etcd:3.6.0")
 	waitReason := func(ns, name, reason string, phase v1alpha1.SandboxPhase) {
 		t.Helper()
-		var last *v1alpha1.Sandbox
-		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
-			s, err := tenant.SandboxV1alpha1().Sandboxes(ns).Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return false, err
-			}
-			last = s
-			return s.Status.Reason == reason && s.Status.Phase == phase, nil
-		})
-		if err != nil {
-			t.Fatalf("%s/%s: %v; last status %+v", ns, name, err, last.Status)
-		}
+		// As the tenant: what it is told is in what it can read.
+		last := kubetest.WaitSandbox(t, tenant, ns, name, kubetest.Poll{Interval: 100 * time.Millisecond, Timeout: 20 * time.Second},
+			kubetest.Where(fmt.Sprintf("phase %s with reason %s", phase, reason), func(s *v1alpha1.Sandbox) bool {
+				return s.Status.Reason == reason && s.Status.Phase == phase
+			}))
 		if !strings.Contains(last.Status.Message, "shared") {
 			t.Errorf("%s/%s: message %q does not name the pool", ns, name, last.Status.Message)
 		}

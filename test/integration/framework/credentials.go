@@ -10,27 +10,18 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
 )
 
-// SystemNamespace makes sure the system namespace exists and returns it.
+// SystemNamespace makes sure the system namespace exists, with the
+// default ServiceAccount that Pod admission looks for, and returns it.
 func (cp *ControlPlane) SystemNamespace(t *testing.T) string {
 	t.Helper()
-	_, err := cp.Kube.CoreV1().Namespaces().Create(context.Background(),
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.DefaultSystemNamespace}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatalf("creating the system namespace: %v", err)
-	}
-	// No controller-manager runs: make the default ServiceAccount that Pod admission looks for.
-	_, err = cp.Kube.CoreV1().ServiceAccounts(v1alpha1.DefaultSystemNamespace).Create(context.Background(),
-		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatalf("creating the system namespace's default ServiceAccount: %v", err)
-	}
+	kubetest.EnsureNamespace(t, cp.Kube, v1alpha1.DefaultSystemNamespace)
 	return v1alpha1.DefaultSystemNamespace
 }
 

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -106,19 +105,4 @@ func InstallCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
 		}
 	}
 	return nil
-}
-
-// CreateNamespace makes a namespace for one test.
-func (cp *ControlPlane) CreateNamespace(t *testing.T, prefix string) string {
-	t.Helper()
-	ns, err := cp.Kube.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating namespace: %v", err)
-	}
-	// No controller-manager runs: make the default ServiceAccount that Pod admission looks for.
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
-	if _, err := cp.Kube.CoreV1().ServiceAccounts(ns.Name).Create(context.Background(), sa, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("creating the default ServiceAccount: %v", err)
-	}
-	return ns.Name
 }
