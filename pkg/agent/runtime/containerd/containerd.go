@@ -46,12 +46,9 @@ import (
 	"syscall"
 	"time"
 
-	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/contrib/seccomp"
 	"github.com/containerd/containerd/v2/core/containers"
-	"github.com/containerd/containerd/v2/core/leases"
-	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
@@ -367,24 +364,6 @@ func (r *Runtime) installInit() error {
 	return nil
 }
 
-// newTask creates a container's task, its output going to the container's
-// bounded log: the shim runs the installed sandbox init as the logging
-// binary, which has opened the log when the task is created.
-func (r *Runtime) newTask(ctx context.Context, c client.Container) (client.Task, error) {
-	path := r.logPath(c.ID())
-	if r.initPath == "" {
-		return c.NewTask(ctx, cio.LogFile(path))
-	}
-	task, err := c.NewTask(ctx, cio.BinaryIO(r.initPath, sandboxlog.Args(path, r.cfg.LogMaxBytes, r.cfg.LogMaxFiles)))
-	if err != nil {
-		return nil, err
-	}
-	if _, err := os.Stat(path); err != nil {
-		return task, fmt.Errorf("the sandbox's logger did not open its log: %w", err)
-	}
-	return task, nil
-}
-
 // cgroupPath is the OCI cgroupsPath of a sandbox container.
 func (r *Runtime) cgroupPath(id string) string {
 	if r.systemd {
@@ -540,172 +519,119 @@ func (r *Runtime) ownLabels(l map[string]string) map[string]string {
 	return l
 }
 
-// withLease keeps containerd's GC away from what a creation uses until the
-// container references it.
-func (r *Runtime) withLease(ctx context.Context) (context.Context, func(context.Context) error, error) {
-	expiry := time.Minute
-	if r.userns {
-		expiry = 10 * time.Minute // the remapped copy of a large image takes a while
-	}
-	ctx, done, err := r.client.WithLease(ctx, leases.WithRandomID(), leases.WithExpiration(expiry))
-	if err != nil {
-		return ctx, nil, fmt.Errorf("taking a containerd lease: %w", err)
-	}
-	return ctx, done, nil
-}
-
-// runtimeOpt selects the OCI runtime of a runtime handler.
-func (r *Runtime) runtimeOpt(handler string) (client.NewContainerOpts, error) {
-	binary, ok := r.cfg.RuntimeHandlers[handler]
-	if !ok {
-		return nil, fmt.Errorf("unknown runtime handler %q (this agent has %s)", handler, strings.Join(sortedKeys(r.cfg.RuntimeHandlers), ", "))
-	}
-	return client.WithRuntime("io.containerd.runc.v2", &runcoptions.Options{BinaryName: binary, SystemdCgroup: r.systemd}), nil
-}
-
-// createCold creates and starts a container for a sandbox.
+// createCold creates and starts a container for a sandbox (see create.go
+// for the steps it shares with makeWarm).
 func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.SandboxStatus {
 	id := r.coldID(ctx, spec.UID)
 	status := api.SandboxStatus{UID: spec.UID, Namespace: spec.Namespace, Name: spec.Name, ContainerID: id,
 		CPUMillis: spec.CPUMillis, MemoryBytes: spec.MemoryBytes, Start: api.StartCold}
 	// Until the task starts, the command has not run: a failure to reach
 	// containerd is not final (reconnect.go). From the start on it is.
-	fail := func(reason string, err error) api.SandboxStatus { return r.failedCreate(spec, id, reason, err) }
+	fail := func(err error) api.SandboxStatus { return r.coldFailed(spec, id, err) }
 
-	ref, err := imageref.Normalize(spec.Image)
+	// Cold: the image may be pulled, when the pool allows.
+	ref, image, err := r.coldImage(ctx, spec)
 	if err != nil {
-		return fail(api.ReasonCreateFailed, fmt.Errorf("invalid image: %w", err))
+		return fail(err)
 	}
-	image, err := r.client.GetImage(ctx, ref)
-	if errdefs.IsNotFound(err) {
-		if !spec.AllowPull {
-			return fail(api.ReasonImageNotPresent, fmt.Errorf("image %s is not present on the node and the pool does not allow pulls", ref))
-		}
-		image, err = r.client.Pull(ctx, ref, client.WithPullUnpack, client.WithPullSnapshotter(r.cfg.Snapshotter))
-		if err != nil {
-			err = fmt.Errorf("pulling %s: %w", ref, err)
-			if r.unavailable(err) && !r.serving() {
-				// containerd went away, not the registry.
-				return r.createUnavailable(spec, id, err)
-			}
-			return r.failed(spec, id, api.ReasonImageNotPresent, err)
-		}
-	} else if err != nil {
-		return fail(api.ReasonCreateFailed, fmt.Errorf("looking up image %s: %w", ref, err))
-	}
-
 	ctx, done, err := r.withLease(ctx)
 	if err != nil {
-		return fail(api.ReasonCreateFailed, err)
+		return fail(err)
 	}
 	defer done(context.WithoutCancel(ctx))
 	if crashAt(stepColdImage) {
 		return crashed(status, stepColdImage)
 	}
-
-	if unpacked, err := image.IsUnpacked(ctx, r.cfg.Snapshotter); err == nil && !unpacked {
-		if err := image.Unpack(ctx, r.cfg.Snapshotter); err != nil {
-			return fail(api.ReasonCreateFailed, fmt.Errorf("unpacking %s: %w", ref, err))
-		}
-	}
-
-	imageConfig, err := image.Spec(ctx)
+	p, err := r.planContainer(ctx, ref, image, r.handlerOf(spec), unpackMissing)
 	if err != nil {
-		return fail(api.ReasonCreateFailed, fmt.Errorf("reading the config of image %s: %w", ref, err))
+		return fail(err)
 	}
-	user, err := numericUser(imageConfig.Config.User)
-	if err != nil {
-		return fail(api.ReasonCreateFailed, fmt.Errorf("image %s: %w", ref, err))
-	}
-	if err := r.checkUser(ref, imageConfig.Config.User, user); err != nil {
-		return r.failed(spec, id, api.ReasonRunAsNonRootViolation, err)
-	}
-
-	handler := spec.RuntimeHandler
-	if handler == "" {
-		handler = r.cfg.DefaultRuntimeHandler
-	}
-	runtimeOpt, err := r.runtimeOpt(handler)
-	if err != nil {
-		return fail(api.ReasonCreateFailed, err)
-	}
-
-	fs, err := r.newRootfs(ctx, id, image)
-	if err != nil {
-		return fail(api.ReasonCreateFailed, err)
-	}
+	// Cold: the container is the sandbox's from the start: its labels, and
+	// its spec with its command, user, hostname, memory and pids limits.
 	now := time.Now()
-	container, err := r.client.NewContainer(ctx, id,
-		client.WithContainerLabels(withLabels(r.sandboxLabels(spec, now), fs.labels)),
-		client.WithImageName(image.Name()),
-		client.WithSnapshotter(r.cfg.Snapshotter),
-		fs.snapshot,
-		runtimeOpt,
-		client.WithNewSpec(append(r.specOpts(spec, imageConfig.Config, user, id), fs.spec...)...),
-	)
-	if err != nil {
-		r.abandon(ctx, fs)
-	}
+	container, err := r.newContainer(ctx, id, p, r.sandboxLabels(spec, now), r.specOpts(spec, p.config, p.user, id))
 	if errdefs.IsAlreadyExists(err) {
 		// Made meanwhile by another runtime over the same containerd (this
 		// one's creates of a UID take turns): report what it made.
-		c, lerr := r.client.LoadContainer(ctx, id)
-		if lerr != nil {
-			return fail(api.ReasonCreateFailed, fmt.Errorf("loading container %s, which exists: %w", id, lerr))
-		}
-		if !r.owns(ctx, c) {
-			return fail(api.ReasonCreateFailed, fmt.Errorf("container %s was made by another agent meanwhile", id))
-		}
-		st, serr := r.statusOf(ctx, c)
-		if serr != nil {
-			return fail(api.ReasonCreateFailed, serr)
-		}
-		return st
+		return r.madeMeanwhile(ctx, spec, id)
 	}
 	if err != nil {
-		return fail(api.ReasonCreateFailed, fmt.Errorf("creating container: %w", err))
+		return fail(err)
 	}
 	if crashAt(stepColdContainer) {
 		return crashed(status, stepColdContainer)
 	}
-	cleanup := func() {
+	return r.runCold(ctx, spec, status, container, now)
+}
+
+// coldImage finds a sandbox's image by its normalized reference, pulling
+// (and unpacking) it when it is not on the node and the pool allows pulls.
+func (r *Runtime) coldImage(ctx context.Context, spec api.SandboxSpec) (string, client.Image, error) {
+	ref, err := imageref.Normalize(spec.Image)
+	if err != nil {
+		return "", nil, fmt.Errorf("invalid image: %w", err)
+	}
+	image, err := r.client.GetImage(ctx, ref)
+	switch {
+	case errdefs.IsNotFound(err) && !spec.AllowPull:
+		return ref, nil, withReason(api.ReasonImageNotPresent, fmt.Errorf("image %s is not present on the node and the pool does not allow pulls", ref))
+	case errdefs.IsNotFound(err):
+		image, err = r.client.Pull(ctx, ref, client.WithPullUnpack, client.WithPullSnapshotter(r.cfg.Snapshotter))
+		if err != nil {
+			err = fmt.Errorf("pulling %s: %w", ref, err)
+			if r.unavailable(err) && !r.serving() {
+				// containerd went away, not the registry.
+				return ref, nil, finalError(api.ReasonRuntimeUnavailable, err)
+			}
+			return ref, nil, finalError(api.ReasonImageNotPresent, err)
+		}
+	case err != nil:
+		return ref, nil, fmt.Errorf("looking up image %s: %w", ref, err)
+	}
+	return ref, image, nil
+}
+
+// madeMeanwhile is the status of the sandbox whose container id another
+// runtime made while this one was creating it.
+func (r *Runtime) madeMeanwhile(ctx context.Context, spec api.SandboxSpec, id string) api.SandboxStatus {
+	c, err := r.client.LoadContainer(ctx, id)
+	if err != nil {
+		return r.failedCreate(spec, id, api.ReasonCreateFailed, fmt.Errorf("loading container %s, which exists: %w", id, err))
+	}
+	if !r.owns(ctx, c) {
+		return r.failedCreate(spec, id, api.ReasonCreateFailed, fmt.Errorf("container %s was made by another agent meanwhile", id))
+	}
+	st, err := r.statusOf(ctx, c)
+	if err != nil {
+		return r.failedCreate(spec, id, api.ReasonCreateFailed, err)
+	}
+	return st
+}
+
+// runCold starts the task of a sandbox's new container, created at
+// created, and the sandbox's command with it. A failure removes the
+// container, with everything it holds.
+func (r *Runtime) runCold(ctx context.Context, spec api.SandboxSpec, status api.SandboxStatus, container client.Container, created time.Time) api.SandboxStatus {
+	id := container.ID()
+	fail := func(err error) api.SandboxStatus {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		if err := r.removeContainer(dctx, container); err != nil && !errdefs.IsNotFound(err) {
 			r.log.Error(err, "removing a container that failed to start", "container", id)
 		}
+		return r.coldFailed(spec, id, err)
 	}
-
 	task, err := r.newTask(ctx, container)
 	if err != nil {
-		cleanup()
-		return fail(api.ReasonCreateFailed, fmt.Errorf("creating task: %w", err))
+		return fail(err)
 	}
 	if crashAt(stepColdTask) {
 		return crashed(status, stepColdTask)
 	}
-	// The task's namespace exists (the OCI runtime made it with the
-	// container's process, which waits to start): wire it before the
-	// command runs.
-	if networkOf(spec) == api.NetworkEgress {
-		if err := r.attachEgress(id, task); err != nil {
-			cleanup()
-			return fail(api.ReasonCreateFailed, fmt.Errorf("attaching the sandbox's network: %w", err))
-		}
-	}
-	exitCh, err := task.Wait(r.ctx)
+	// Cold: an Egress sandbox's network is wired on its start path.
+	exitCh, err := r.startTask(ctx, task, networkOf(spec), "attaching the sandbox's network")
 	if err != nil {
-		cleanup()
-		return fail(api.ReasonCreateFailed, fmt.Errorf("waiting on task: %w", err))
-	}
-	if err := task.Start(ctx); err != nil {
-		cleanup()
-		err = fmt.Errorf("starting task: %w", err)
-		if notDialed(err) {
-			// The request never reached containerd: the command did not run.
-			return r.createUnavailable(spec, id, err)
-		}
-		return r.failed(spec, id, api.ReasonCreateFailed, err)
+		return fail(err)
 	}
 	started := time.Now()
 	if crashAt(stepColdStarted) {
@@ -717,8 +643,7 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	// memory limit holds from the start; the command runs without its own
 	// CPU limit for the microseconds between, within the agent Pod's quota.
 	if err := r.setLimits(ctx, id, task, limitsOf(spec.CPUMillis, 0, 0)); err != nil {
-		cleanup()
-		return r.failed(spec, id, api.ReasonCreateFailed, fmt.Errorf("setting the CPU limit: %w", err))
+		return fail(finalError(api.ReasonCreateFailed, fmt.Errorf("setting the CPU limit: %w", err)))
 	}
 	if crashAt(stepColdLimited) {
 		return crashed(status, stepColdLimited)
@@ -730,7 +655,7 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	if crashAt(stepColdLabelled) {
 		return crashed(status, stepColdLabelled)
 	}
-	status.State, status.CreatedAt, status.StartedAt = api.StateRunning, &now, &started
+	status.State, status.CreatedAt, status.StartedAt = api.StateRunning, &created, &started
 	r.remember(status, true)
 	go r.awaitExit(container, status, exitCh)
 	return status

@@ -33,6 +33,8 @@ import (
 //     init starts; warm containers are kept per network mode (warmKey), so a
 //     claim does nothing network-related.
 //
+// Both are startTask's (create.go).
+//
 // The network id of a container is its container ID (a warm container keeps
 // the ID it was made with). LabelNetwork records the mode on the container,
 // and, as everything else, the labels are the source of truth: after the

@@ -312,14 +312,7 @@ func (r *Runtime) keyOf(spec api.SandboxSpec) (warmKey, error) {
 	if err != nil {
 		return warmKey{}, err
 	}
-	k := warmKey{image: ref, handler: spec.RuntimeHandler, network: api.NetworkNone}
-	if k.handler == "" {
-		k.handler = r.cfg.DefaultRuntimeHandler
-	}
-	if spec.NetworkMode == api.NetworkEgress {
-		k.network = api.NetworkEgress
-	}
-	return k, nil
+	return warmKey{image: ref, handler: r.handlerOf(spec), network: networkOf(spec)}, nil
 }
 
 // noteKey records that key is in use: it becomes the most recent, the
@@ -467,13 +460,15 @@ func (r *Runtime) keyInUse(key warmKey) bool {
 }
 
 // makeWarm creates and starts a warm container for key and waits until its
-// init calls. Once begun it runs to the end even if ctx ends, so that no
-// half-made container is left; the caller removes what it no longer wants.
+// init calls (see create.go for the steps it shares with createCold). Once
+// begun it runs to the end even if ctx ends, so that no half-made
+// container is left; the caller removes what it no longer wants.
 func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	ctx = context.WithoutCancel(ctx)
+	// Warm: the image is on the node already (key.image is normalized).
 	image, err := r.client.GetImage(ctx, key.image)
 	if err != nil {
 		return nil, fmt.Errorf("looking up image %s: %w", key.image, err)
@@ -483,23 +478,9 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 		return nil, err
 	}
 	defer done(context.WithoutCancel(ctx))
-	if unpacked, err := image.IsUnpacked(ctx, r.cfg.Snapshotter); err != nil || !unpacked {
-		return nil, fmt.Errorf("image %s is not unpacked for %s", key.image, r.cfg.Snapshotter)
-	}
-	imageConfig, err := image.Spec(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("reading the config of image %s: %w", key.image, err)
-	}
-	user, err := numericUser(imageConfig.Config.User)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", key.image, err)
-	}
 	// No warm container for an image none of whose sandboxes may run: they
-	// fail in createCold, before anything is made.
-	if err := r.checkUser(key.image, imageConfig.Config.User, user); err != nil {
-		return nil, err
-	}
-	runtimeOpt, err := r.runtimeOpt(key.handler)
+	// fail in createCold, before anything is made (planContainer's checkUser).
+	p, err := r.planContainer(ctx, key.image, image, key.handler, requireUnpacked)
 	if err != nil {
 		return nil, err
 	}
@@ -508,6 +489,32 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 	_, _ = rand.Read(suffix)
 	id := warmIDPrefix + hex.EncodeToString(suffix)
 	dir := r.warmDir(id)
+	ln, err := listenWarm(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close() // also removes the socket: nothing in the container can call it later
+	// Warm: no sandbox's labels yet (the claim writes them), and the
+	// init's spec (warmSpecOpts).
+	labels := r.ownLabels(map[string]string{LabelWarm: "true", LabelNetwork: key.network})
+	container, err := r.newContainer(ctx, id, p, labels, r.warmSpecOpts(id, dir, key.network))
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	c := &warmContainer{id: id, key: key, container: container, imageConfig: p.config, user: p.user, claimDone: make(chan struct{})}
+	if err := r.startInit(ctx, c, ln); err != nil {
+		c.state = warmGone
+		r.discardWarm(c)
+		return nil, err
+	}
+	go r.monitorWarm(c)
+	return c, nil
+}
+
+// listenWarm makes a new warm container's directory and listens on its
+// socket (listenInit).
+func listenWarm(dir string) (*net.UnixListener, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", dir, err)
 	}
@@ -516,15 +523,18 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("listening for the init: %w", err)
 	}
-	defer ln.Close() // also removes the socket: nothing in the container can call it later
-	fs, err := r.newRootfs(ctx, id, image)
-	if err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, err
-	}
+	return ln, nil
+}
 
-	placeholder := api.SandboxSpec{Name: "sandbox", NetworkMode: key.network}
-	opts := append(r.specOpts(placeholder, ocispec.ImageConfig{}, specs.User{}, id),
+// warmSpecOpts is the spec of warm container id: a sandbox's (specOpts)
+// whose process is the init, with its socket's directory dir. What only a
+// claim knows is left out: the command, environment, working directory,
+// user and hostname (the init takes them in its start message), the memory
+// and CPU limits and the sandbox's own pids limit (the agent's default
+// until then); startWarm sets them.
+func (r *Runtime) warmSpecOpts(id, dir, network string) []oci.SpecOpts {
+	placeholder := api.SandboxSpec{Name: "sandbox", NetworkMode: network}
+	return append(r.specOpts(placeholder, ocispec.ImageConfig{}, specs.User{}, id),
 		oci.WithProcessArgs(sandboxinit.Binary),
 		oci.WithEnv([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}),
 		oci.WithMounts([]specs.Mount{
@@ -537,49 +547,26 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 		oci.WithAddedCapabilities([]string{"CAP_SYS_ADMIN"}),
 		withSeccompAllowed("sethostname"),
 	)
-	container, err := r.client.NewContainer(ctx, id,
-		client.WithContainerLabels(withLabels(r.ownLabels(map[string]string{LabelWarm: "true", LabelNetwork: key.network}), fs.labels)),
-		client.WithImageName(image.Name()),
-		client.WithSnapshotter(r.cfg.Snapshotter),
-		fs.snapshot,
-		runtimeOpt,
-		client.WithNewSpec(append(opts, fs.spec...)...),
-	)
+}
+
+// startInit starts the task of a new warm container, its init, and waits
+// until the init calls on ln. On an error the caller removes the container.
+func (r *Runtime) startInit(ctx context.Context, c *warmContainer, ln *net.UnixListener) error {
+	task, err := r.newTask(ctx, c.container)
 	if err != nil {
-		r.abandon(ctx, fs)
-		_ = os.RemoveAll(dir)
-		return nil, fmt.Errorf("creating container: %w", err)
-	}
-	c := &warmContainer{id: id, key: key, container: container, imageConfig: imageConfig.Config, user: user, claimDone: make(chan struct{})}
-	fail := func(err error) (*warmContainer, error) {
-		c.state = warmGone
-		r.discardWarm(c)
-		return nil, err
-	}
-	task, err := r.newTask(ctx, container)
-	if err != nil {
-		return fail(fmt.Errorf("creating task: %w", err))
+		return err
 	}
 	c.task = task
-	// Its network is wired now, off the start path: a claim does nothing
-	// network-related (egress.go).
-	if key.network == api.NetworkEgress {
-		if err := r.attachEgress(id, task); err != nil {
-			return fail(fmt.Errorf("attaching the network: %w", err))
-		}
-	}
-	if c.exitCh, err = task.Wait(r.ctx); err != nil {
-		return fail(fmt.Errorf("waiting on task: %w", err))
-	}
-	if err := task.Start(ctx); err != nil {
-		return fail(fmt.Errorf("starting task: %w", err))
+	// Warm: its network is wired now, off the start path: a claim does
+	// nothing network-related (egress.go).
+	if c.exitCh, err = r.startTask(ctx, task, c.key.network, "attaching the network"); err != nil {
+		return err
 	}
 	_ = ln.SetDeadline(time.Now().Add(initConnectTimeout))
 	if c.conn, err = ln.Accept(); err != nil {
-		return fail(fmt.Errorf("waiting for the init to call: %w", err))
+		return fmt.Errorf("waiting for the init to call: %w", err)
 	}
-	go r.monitorWarm(c)
-	return c, nil
+	return nil
 }
 
 func withSeccompAllowed(names ...string) oci.SpecOpts {
@@ -654,7 +641,7 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 		if crashAt(stepWarmLimited) {
 			return r.crashWarm(c, status, stepWarmLimited), true
 		}
-		// See createCold: the label makes the start known to a restarted agent.
+		// See runCold: the label makes the start known to a restarted agent.
 		r.markStartedSoon(c.container, started, spec)
 		if crashAt(stepWarmLabelled) {
 			return r.crashWarm(c, status, stepWarmLabelled), true
