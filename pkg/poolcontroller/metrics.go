@@ -5,6 +5,8 @@ import (
 
 	"k8s.io/component-base/metrics"
 	"k8s.io/component-base/metrics/legacyregistry"
+	// The workqueue_* series of the pools queue, on legacyregistry.
+	_ "k8s.io/component-base/metrics/prometheus/workqueue"
 )
 
 // The controller's metrics, on component-base's legacyregistry (served by
@@ -24,6 +26,9 @@ var (
 
 func init() {
 	legacyregistry.MustRegister(reconciles, reconcileDuration)
+	// Both results are served from the start, at 0.
+	reconciles.WithLabelValues("success")
+	reconciles.WithLabelValues("error")
 }
 
 // observeReconcile records one reconcile's result and duration.

@@ -3,6 +3,8 @@ package scheduler
 import (
 	"k8s.io/component-base/metrics"
 	"k8s.io/component-base/metrics/legacyregistry"
+	// The workqueue_* series of the sandboxes queue, on legacyregistry.
+	_ "k8s.io/component-base/metrics/prometheus/workqueue"
 
 	agentclient "github.com/fast-sandbox/fast-sandbox/pkg/agent/client"
 )
@@ -22,8 +24,20 @@ var (
 	}, []string{"action"})
 )
 
+// pluginMetricsSamplePercent is the share of scheduling cycles that record
+// each plugin's duration, as in kube-scheduler.
+var pluginMetricsSamplePercent = 10
+
 func init() {
 	legacyregistry.MustRegister(syncs, agentsLost, sandboxesLost)
+	// Every label value is served from the start, at 0, so that rates
+	// over them exist before the first event.
+	for _, result := range []string{"ok", "conflict", "refused", "error"} {
+		syncs.WithLabelValues(result)
+	}
+	for _, action := range []string{"failed", "recreated"} {
+		sandboxesLost.WithLabelValues(action)
+	}
 }
 
 // syncResultLabel classifies a sync's error for the syncs metric.

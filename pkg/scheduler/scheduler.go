@@ -473,6 +473,9 @@ func (s *Scheduler) scheduleOne(ctx context.Context, key string) (bool, error) {
 
 	start := time.Now()
 	state := framework.NewCycleState()
+	// As kube-scheduler: a sample of the cycles records each plugin's
+	// duration (scheduler_plugin_execution_duration_seconds).
+	state.SetRecordPluginMetrics(rand.IntN(100) < pluginMetricsSamplePercent)
 	if _, st, _ := ps.fw.RunPreFilterPlugins(ctx, state, pod); !st.IsSuccess() {
 		s.markUnschedulable(ctx, sbx, v1alpha1.ReasonUnschedulable, st.Message())
 		return false, nil
@@ -507,6 +510,8 @@ func (s *Scheduler) scheduleOne(ctx context.Context, key string) (bool, error) {
 		}
 		agent = pickBest(scores)
 	}
+	// Filter and Score: kube-scheduler's scheduling algorithm.
+	metrics.SchedulingAlgorithmLatency.Observe(metrics.SinceInSeconds(start))
 	if st := ps.fw.RunReservePluginsReserve(ctx, state, pod, agent); !st.IsSuccess() {
 		ps.fw.RunReservePluginsUnreserve(ctx, state, pod, agent)
 		return true, st.AsError()
