@@ -72,20 +72,20 @@ const (
 type CleanupStep string
 
 const (
-	// CleanupNotNeeded: the Pod has no finalizer, or its agent is not stopping.
+	// CleanupNotNeeded means the Pod has no finalizer, or its agent is not stopping.
 	CleanupNotNeeded CleanupStep = ""
-	// CleanupWaitForAgent: the agent container may still run.
+	// CleanupWaitForAgent means the agent container may still run.
 	CleanupWaitForAgent CleanupStep = "WaitForAgent"
-	// CleanupRelease: remove the finalizer, there is nothing to clean.
+	// CleanupRelease means remove the finalizer: there is nothing to clean.
 	CleanupRelease CleanupStep = "Release"
-	// CleanupCreatePod: create the cleanup Pod.
+	// CleanupCreatePod means create the cleanup Pod.
 	CleanupCreatePod CleanupStep = "CreatePod"
-	// CleanupWaitForPod: the cleanup Pod runs, or is going.
+	// CleanupWaitForPod means the cleanup Pod runs, or is going.
 	CleanupWaitForPod CleanupStep = "WaitForPod"
-	// CleanupReplacePod: delete the cleanup Pod (it failed, or it is not
+	// CleanupReplacePod means delete the cleanup Pod (it failed, or it is not
 	// this agent Pod's); the next round creates one.
 	CleanupReplacePod CleanupStep = "ReplacePod"
-	// CleanupDone: the cleanup Pod Succeeded: remove the finalizer, then
+	// CleanupDone means the cleanup Pod Succeeded: remove the finalizer, then
 	// delete the cleanup Pod.
 	CleanupDone CleanupStep = "Done"
 )
