@@ -153,7 +153,7 @@ func readELF(path string) (bin elfBinary, isELF bool, err error) {
 	if err != nil {
 		return bin, false, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	magic := make([]byte, len(elf.ELFMAG))
 	if _, err := io.ReadFull(f, magic); errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return bin, false, nil // shorter than the magic number

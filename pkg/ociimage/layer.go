@@ -202,7 +202,7 @@ func writeEntry(tw *tar.Writer, e *entry) error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	fi, err := f.Stat()
 	if err != nil {
 		return err

@@ -106,8 +106,8 @@ func (r *Runtime) inspect(ctx context.Context, c client.Container) (api.SandboxS
 		r.ids[st.UID] = c.ID()
 		r.mu.Unlock()
 	}
-	fmt.Sscan(l[LabelCPU], &st.CPUMillis)
-	fmt.Sscan(l[LabelMemory], &st.MemoryBytes)
+	_, _ = fmt.Sscan(l[LabelCPU], &st.CPUMillis)
+	_, _ = fmt.Sscan(l[LabelMemory], &st.MemoryBytes)
 	if t, err := time.Parse(time.RFC3339Nano, l[LabelCreated]); err == nil {
 		st.CreatedAt = &t
 	}
@@ -200,7 +200,7 @@ func (r *Runtime) settle(ctx context.Context, c client.Container) (st api.Sandbo
 			// The agent may have died before the CPU limit was set.
 			var pids int64
 			if labels, err := c.Labels(ctx); err == nil {
-				fmt.Sscan(labels[LabelPids], &pids)
+				_, _ = fmt.Sscan(labels[LabelPids], &pids)
 			}
 			if err := r.setLimits(ctx, c.ID(), task, limitsOf(st.CPUMillis, st.MemoryBytes, pids)); err != nil {
 				return st, false, fmt.Errorf("setting the limits of adopted sandbox %s: %w", st.UID, err)

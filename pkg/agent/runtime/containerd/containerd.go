@@ -538,7 +538,7 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	if err != nil {
 		return fail(err)
 	}
-	defer done(context.WithoutCancel(ctx))
+	defer func() { _ = done(context.WithoutCancel(ctx)) }()
 	if crashAt(stepColdImage) {
 		return crashed(status, stepColdImage)
 	}

@@ -8,7 +8,6 @@ package containerd_test
 
 import (
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 
@@ -107,12 +106,3 @@ func links(t testing.TB, path string) ([]string, netip.Addr) {
 
 // must fails the test at once if err is not nil.
 var must = nettest.Must
-
-func hasPrefix(ss []string, p string) bool {
-	for _, s := range ss {
-		if strings.HasPrefix(s, p) {
-			return true
-		}
-	}
-	return false
-}

@@ -176,7 +176,7 @@ func CleanupAgentPod(ctx context.Context, cfg Config, podUID string, log logr.Lo
 	if err != nil {
 		return 0, fmt.Errorf("connecting to containerd at %s: %w", r.cfg.Address, err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	r.client = c
 	ctx = r.nsCtx(ctx)
 	if err := r.podContainersStopped(ctx, podUID); err != nil {

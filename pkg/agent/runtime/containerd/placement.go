@@ -88,7 +88,7 @@ func ownCgroup() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var unified string
 	s := bufio.NewScanner(f)
 	for s.Scan() {

@@ -128,7 +128,7 @@ func (r *Runtime) probeUserNS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer done(context.WithoutCancel(ctx))
+	defer func() { _ = done(context.WithoutCancel(ctx)) }()
 	suffix := make([]byte, 6)
 	_, _ = rand.Read(suffix)
 	id := idPrefix + "probe-" + hex.EncodeToString(suffix)
@@ -142,7 +142,7 @@ func (r *Runtime) probeUserNS(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("preparing a snapshot: %w", err)
 	}
-	defer sn.Remove(context.WithoutCancel(ctx), id)
+	defer func() { _ = sn.Remove(context.WithoutCancel(ctx), id) }()
 	// The root directory belongs to the range, as a remapped image's does.
 	if err := mount.WithTempMount(ctx, mounts, func(root string) error { return os.Lchown(root, int(host), int(host)) }); err != nil {
 		return fmt.Errorf("the agent cannot mount the %s snapshotter's snapshots to give them to a user namespace (in a Pod, mount containerd's root directory at the same path): %w", r.cfg.Snapshotter, err)
@@ -177,7 +177,7 @@ func (r *Runtime) runProbe(ctx context.Context, id string, host uint32) error {
 	if err != nil {
 		return fmt.Errorf("creating a container with a user namespace: %w", err)
 	}
-	defer r.removeContainer(context.WithoutCancel(ctx), c)
+	defer func() { _ = r.removeContainer(context.WithoutCancel(ctx), c) }()
 	task, err := c.NewTask(ctx, cio.NullIO)
 	if err != nil {
 		return fmt.Errorf("creating a task with a user namespace: %w", err)

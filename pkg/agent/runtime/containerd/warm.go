@@ -220,7 +220,7 @@ func installFile(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name()) // once renamed, removes nothing
+	defer func() { _ = os.Remove(tmp.Name()) }() // once renamed, removes nothing
 	_, err = tmp.Write(data)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
@@ -278,13 +278,13 @@ func (r *Runtime) initWaiting(id string) bool {
 	if err != nil {
 		return false
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 	_ = ln.SetDeadline(time.Now().Add(probeWindow))
 	conn, err := ln.Accept()
 	if err != nil {
 		return false
 	}
-	conn.Close()
+	_ = conn.Close()
 	return true
 }
 
@@ -300,7 +300,7 @@ func listenInit(dir string) (*net.UnixListener, error) {
 		return nil, err
 	}
 	if err := errors.Join(os.Chmod(dir, 0o711), os.Chmod(sock, 0o666)); err != nil {
-		ln.Close()
+		_ = ln.Close()
 		return nil, err
 	}
 	return ln, nil
@@ -477,7 +477,7 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 	if err != nil {
 		return nil, err
 	}
-	defer done(context.WithoutCancel(ctx))
+	defer func() { _ = done(context.WithoutCancel(ctx)) }()
 	// No warm container for an image none of whose sandboxes may run: they
 	// fail in createCold, before anything is made (planContainer's checkUser).
 	p, err := r.planContainer(ctx, key.image, image, key.handler, requireUnpacked)
@@ -493,7 +493,7 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 	if err != nil {
 		return nil, err
 	}
-	defer ln.Close() // also removes the socket: nothing in the container can call it later
+	defer func() { _ = ln.Close() }() // also removes the socket: nothing in the container can call it later
 	// Warm: no sandbox's labels yet (the claim writes them), and the
 	// init's spec (warmSpecOpts).
 	labels := r.ownLabels(map[string]string{LabelWarm: "true", LabelNetwork: key.network})
@@ -622,7 +622,7 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 	}
 	var res sandboxinit.Result
 	err := json.NewDecoder(c.conn).Decode(&res)
-	c.conn.Close()
+	_ = c.conn.Close()
 	switch {
 	case errors.Is(err, io.EOF):
 		// The exec closed the connection: the command runs.
@@ -669,7 +669,7 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 // crashWarm stops a warm start at step (fault injection) as the agent's
 // death would: its connection to the init closes, nothing else is done.
 func (r *Runtime) crashWarm(c *warmContainer, status api.SandboxStatus, step string) api.SandboxStatus {
-	c.conn.Close()
+	_ = c.conn.Close()
 	return crashed(status, step)
 }
 
@@ -722,7 +722,7 @@ func (r *Runtime) monitorWarm(c *warmContainer) {
 // discardWarm kills and removes a warm container that runs no sandbox.
 func (r *Runtime) discardWarm(c *warmContainer) {
 	if c.conn != nil {
-		c.conn.Close()
+		_ = c.conn.Close()
 	}
 	ctx, cancel := context.WithTimeout(r.nsCtx(context.Background()), 30*time.Second)
 	defer cancel()
