@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"time"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 )
@@ -59,4 +61,78 @@ type Runtime interface {
 type WarmLister interface {
 	// WarmContainers counts the warm containers waiting for a sandbox.
 	WarmContainers() []api.WarmImage
+}
+
+// Errors of the interactive operations.
+var (
+	// ErrPaused is returned by Exec and Root for a sandbox that is paused.
+	ErrPaused = errors.New("sandbox is paused")
+	// ErrFinished is returned by Exec, Root, Pause and Resume for a sandbox
+	// whose process has ended.
+	ErrFinished = errors.New("sandbox has finished")
+)
+
+// Interactive is a runtime whose running sandboxes can be talked to: a
+// process run in them, frozen and thawed, their files reached and their
+// output followed (see docs/interactive.md).
+type Interactive interface {
+	// Exec runs a process in the sandbox with the sandbox's user, working
+	// directory, environment, cgroup, namespaces, seccomp profile and
+	// capabilities, and returns its exit code once it has exited and its
+	// output is copied. Cancelling ctx kills the process.
+	Exec(ctx context.Context, uid string, opts ExecOptions) (exitCode int, err error)
+	// Pause freezes every process of the sandbox (cgroup freezer); pausing
+	// a paused sandbox succeeds.
+	Pause(ctx context.Context, uid string) error
+	// Resume thaws a paused sandbox; resuming a running one succeeds.
+	Resume(ctx context.Context, uid string) error
+	// Root opens the root directory of the sandbox's filesystem as its
+	// processes see it (O_PATH), for pkg/agent/sandboxfs; the caller
+	// closes it. It also returns the host ids the sandbox's user maps to.
+	Root(ctx context.Context, uid string) (root *os.File, owner Owner, err error)
+	// FollowLogs writes the sandbox's output to w as LogOptions say and,
+	// with Follow, keeps writing what it prints until ctx ends or the
+	// sandbox finishes.
+	FollowLogs(ctx context.Context, uid string, opts LogOptions, w io.Writer) error
+}
+
+// Owner is the host uid and gid that new files of a sandbox get: its
+// user's, shifted when it runs in a user namespace.
+type Owner struct {
+	UID, GID int
+}
+
+// ExecOptions are a process run in a sandbox and its streams.
+type ExecOptions struct {
+	// Command is the program and its arguments; it must not be empty.
+	Command []string
+	// Stdin, when not nil, is copied to the process; its EOF closes the
+	// process's stdin.
+	Stdin io.Reader
+	// Stdout and Stderr receive the process's output; nil discards it.
+	// With TTY, Stdout receives both and Stderr is unused.
+	Stdout, Stderr io.Writer
+	// TTY runs the process on a terminal.
+	TTY bool
+	// Resize delivers terminal size changes (TTY only); may be nil.
+	Resize <-chan TerminalSize
+}
+
+// TerminalSize is a terminal's width and height in characters.
+type TerminalSize struct {
+	Width, Height uint16
+}
+
+// LogOptions select what FollowLogs writes, as a Pod's log options do.
+type LogOptions struct {
+	// Follow keeps streaming new output.
+	Follow bool
+	// TailLines, if not negative, starts that many lines from the end.
+	TailLines int64
+	// Since, if not zero, skips lines written before it.
+	Since time.Time
+	// Timestamps prefixes each line with its RFC 3339 (nano) time.
+	Timestamps bool
+	// LimitBytes, if positive, stops after that many bytes.
+	LimitBytes int64
 }
