@@ -23,15 +23,13 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/utils/ptr"
 
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
 	"github.com/fast-sandbox/fast-sandbox/pkg/poolcontroller"
 	"github.com/fast-sandbox/fast-sandbox/test/e2e/framework"
+	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
 )
 
 // The chaos test runs a few hundred short sandboxes (and a few long ones)
@@ -195,46 +193,25 @@ func (c *chaosRun) problem(format string, args ...any) {
 func (c *chaosRun) deploy() {
 	t := c.t
 	ctx := context.Background()
-	kubectl(t, "apply", "-k", filepath.Join(framework.RepoRoot(), "manifests", "local"))
-	for _, d := range []string{"fast-sandbox-scheduler", "fast-sandbox-pool-controller"} {
-		kubectl(t, "-n", systemNS, "rollout", "status", "deployment/"+d, "--timeout=180s")
-	}
-	_, err := cluster.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: chaosNamespace}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
+	deployComponents(t)
+	kubetest.EnsureNamespace(t, cluster.Kube, chaosNamespace)
 	sandboxes := c.sbx.SandboxV1alpha1().Sandboxes(chaosNamespace)
 	if err := sandboxes.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	pool := &v1alpha1.SandboxPool{
-		ObjectMeta: metav1.ObjectMeta{Name: chaosPool},
-		Spec: v1alpha1.SandboxPoolSpec{
-			MinAgents: 2, MaxAgents: 2, SlotsPerAgent: 10, ScaleDownDelaySeconds: 60,
-			ImagePullPolicy: v1alpha1.PullNever, WarmImages: []string{cluster.TestImage},
-			Agent: v1alpha1.AgentTemplate{
-				Image: "docker.io/fast-sandbox/agent:" + mustSetting(t, "VERSION"), ImagePullPolicy: corev1.PullNever,
-				Resources:        v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("500m")), Memory: ptr.To(resource.MustParse("512Mi"))},
-				ContainerdSocket: c.sock,
-				ContainerdRoot:   mustSetting(t, "CONTAINERD_ROOT"),
-			},
-		},
-	}
-	if _, err := c.sbx.SandboxV1alpha1().SandboxPools().Create(ctx, pool, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		left, err := sandboxes.List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, nil
-		}
-		p, err := c.sbx.SandboxV1alpha1().SandboxPools().Get(ctx, chaosPool, metav1.GetOptions{})
-		return err == nil && len(left.Items) == 0 && p.Status.ReadyAgents == 2, nil
-	})
-	if err != nil {
-		out, _ := kubectlErr("get", "pods,sbx,sbxpool", "-A", "-o", "wide")
-		t.Fatalf("the chaos pool never had 2 ready agents and no sandboxes: %v\n%s", err, out)
-	}
+	createPool(t, c.sbx, localPool(t, chaosPool, 2, 10))
+	kubetest.WaitPool(t, c.sbx, chaosPool, poolPoll, readyAgents(2))
+	kubetest.Eventually(t, kubetest.Poll{Interval: time.Second, Timeout: 3 * time.Minute}, "the sandboxes of an earlier run gone",
+		func(ctx context.Context) error {
+			left, err := sandboxes.List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return err
+			}
+			if len(left.Items) > 0 {
+				return fmt.Errorf("%d Sandboxes in %s", len(left.Items), chaosNamespace)
+			}
+			return nil
+		})
 	c.logf("deployed: pool %s/%s has 2 ready agents", chaosNamespace, chaosPool)
 }
 
@@ -319,23 +296,18 @@ func (c *chaosRun) submit(ctx context.Context, round, n int, window time.Duratio
 				}
 				script = fmt.Sprintf(`echo "$MARK"; sleep %d; exit %d`, sleeps[rng.Intn(len(sleeps))], s.exit)
 			}
-			obj := &v1alpha1.Sandbox{
-				ObjectMeta: metav1.ObjectMeta{Name: s.name, Labels: map[string]string{chaosRoundLabel: strconv.Itoa(round)}},
-				Spec: v1alpha1.SandboxSpec{
-					PoolName: chaosPool, Image: cluster.TestImage,
-					Command:   []string{"sh", "-c", script},
-					Env:       []v1alpha1.EnvVar{{Name: "MARK", Value: s.mark}},
-					Resources: v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("40m")), Memory: ptr.To(resource.MustParse("32Mi"))},
-				},
-			}
+			obj := kubetest.Sandbox(s.name, chaosPool, cluster.TestImage, "sh", "-c", script)
+			obj.Labels = map[string]string{chaosRoundLabel: strconv.Itoa(round)}
+			obj.Spec.Env = []v1alpha1.EnvVar{{Name: "MARK", Value: s.mark}}
+			obj.Spec.Resources = kubetest.Resources("40m", "32Mi")
 			var created *v1alpha1.Sandbox
-			err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-				var err error
+			// Not the test's goroutine: a failure is a problem, not a Fatal.
+			err := kubetest.Poll{Interval: 200 * time.Millisecond, Timeout: 30 * time.Second}.Until(ctx, func(ctx context.Context) (err error) {
 				created, err = c.sbx.SandboxV1alpha1().Sandboxes(chaosNamespace).Create(ctx, obj, metav1.CreateOptions{})
 				if apierrors.IsAlreadyExists(err) {
 					created, err = c.sbx.SandboxV1alpha1().Sandboxes(chaosNamespace).Get(ctx, s.name, metav1.GetOptions{})
 				}
-				return err == nil, nil
+				return err
 			})
 			if err != nil {
 				c.problem("creating sandbox %s: %v", s.name, err)
@@ -455,7 +427,7 @@ func (c *chaosRun) inject(ctx context.Context, f faultKind, rng *rand.Rand) erro
 		bound := 0
 		if list, err := c.sbx.SandboxV1alpha1().Sandboxes(chaosNamespace).List(ctx, metav1.ListOptions{}); err == nil {
 			for _, s := range list.Items {
-				if s.Status.AgentUID == string(p.UID) && !sandboxFinished(&s) {
+				if s.Status.AgentUID == string(p.UID) && !kubetest.IsFinished(&s) {
 					bound++
 				}
 			}
@@ -516,16 +488,12 @@ func agentProcesses(uid string) []int {
 	return pids
 }
 
-func sandboxFinished(s *v1alpha1.Sandbox) bool {
-	return s.Status.Phase == v1alpha1.SandboxSucceeded || s.Status.Phase == v1alpha1.SandboxFailed
-}
-
 // settled says whether a sandbox reached where it should be: short ones
 // finished, long ones running (or finished: the check says whether rightly).
 // One still bound to an agent Pod the test deleted has not settled until the
 // scheduler noticed (the deletion may be the last fault, a moment ago).
 func (s *chaosSandbox) settled(obj *v1alpha1.Sandbox, deleted map[string]string) bool {
-	if sandboxFinished(obj) {
+	if kubetest.IsFinished(obj) {
 		return true
 	}
 	if _, gone := deleted[obj.Status.AgentUID]; gone {
@@ -539,10 +507,10 @@ func (c *chaosRun) settle(ctx context.Context, round int, mine []*chaosSandbox) 
 	var last map[string]*v1alpha1.Sandbox
 	lastLog := time.Now()
 	began := time.Now()
-	err := wait.PollUntilContextTimeout(ctx, time.Second, chaosSettleTimeout, true, func(ctx context.Context) (bool, error) {
+	err := kubetest.Poll{Interval: time.Second, Timeout: chaosSettleTimeout}.Until(ctx, func(ctx context.Context) error {
 		list, err := c.sbx.SandboxV1alpha1().Sandboxes(chaosNamespace).List(ctx, metav1.ListOptions{LabelSelector: chaosRoundLabel + "=" + strconv.Itoa(round)})
 		if err != nil {
-			return false, nil
+			return err
 		}
 		last = map[string]*v1alpha1.Sandbox{}
 		for i := range list.Items {
@@ -563,13 +531,19 @@ func (c *chaosRun) settle(ctx context.Context, round int, mine []*chaosSandbox) 
 				n++
 			}
 		}
-		if n > 0 && time.Since(lastLog) > 15*time.Second {
+		if n == 0 {
+			return nil
+		}
+		if time.Since(lastLog) > 15*time.Second {
 			c.logf("round %d: %d sandboxes not settled yet: %v", round, n, waiting)
 			lastLog = time.Now()
 		}
-		return n == 0, nil
+		return fmt.Errorf("%d sandboxes not settled: %v", n, waiting)
 	})
-	if err == nil {
+	if err != nil {
+		// checkOutcomes says which, and how.
+		c.logf("round %d: %v", round, err)
+	} else {
 		c.logf("round %d: every sandbox settled %s after the faults ended", round, time.Since(began).Round(time.Second))
 	}
 	return last
@@ -759,11 +733,11 @@ func (c *chaosRun) deleteRound(ctx context.Context, round int, mine []*chaosSand
 	}
 	c.logf("round %d: deleted its %d sandboxes; waiting for them and their containers to go", round, len(mine))
 	var why []string
-	err := wait.PollUntilContextTimeout(ctx, time.Second, chaosCleanupTimeout, true, func(ctx context.Context) (bool, error) {
+	err := kubetest.Poll{Interval: time.Second, Timeout: chaosCleanupTimeout}.Until(ctx, func(ctx context.Context) error {
 		why = nil
 		list, err := sandboxes.List(ctx, metav1.ListOptions{LabelSelector: sel})
 		if err != nil {
-			return false, nil
+			return err
 		}
 		for _, s := range list.Items {
 			why = append(why, fmt.Sprintf("Sandbox %s (phase %s, agent %s, finalizers %v)", s.Name, s.Status.Phase, s.Status.Agent, s.Finalizers))
@@ -771,14 +745,17 @@ func (c *chaosRun) deleteRound(ctx context.Context, round int, mine []*chaosSand
 		byUID, err := c.containersByUID(ctx)
 		if err != nil {
 			why = append(why, "containerd: "+err.Error())
-			return false, nil
+			return err
 		}
 		for _, s := range mine {
 			for _, id := range byUID[s.uid] {
 				why = append(why, fmt.Sprintf("container %s of deleted sandbox %s", id, s.name))
 			}
 		}
-		return len(why) == 0, nil
+		if len(why) > 0 {
+			return fmt.Errorf("%d things left", len(why))
+		}
+		return nil
 	})
 	if err != nil {
 		c.leaked += len(why)
@@ -810,11 +787,11 @@ func (c *chaosRun) teardown() {
 	}
 	c.logf("deleted the pool; waiting for its agent Pods to go and for the node to be clean")
 	var leaks []string
-	err := wait.PollUntilContextTimeout(ctx, time.Second, chaosCleanupTimeout, true, func(ctx context.Context) (bool, error) {
+	err := kubetest.Poll{Interval: time.Second, Timeout: chaosCleanupTimeout}.Until(ctx, func(ctx context.Context) error {
 		pods, err := cluster.Kube.CoreV1().Pods(systemNS).List(ctx, metav1.ListOptions{
 			LabelSelector: v1alpha1.LabelPoolName + "=" + chaosPool})
 		if err != nil {
-			return false, nil
+			return err
 		}
 		leaks = nil
 		for _, p := range pods.Items {
@@ -825,7 +802,10 @@ func (c *chaosRun) teardown() {
 			leaks = append(leaks, err.Error())
 		}
 		leaks = append(leaks, l...)
-		return len(leaks) == 0, nil
+		if len(leaks) > 0 {
+			return fmt.Errorf("%d leftovers", len(leaks))
+		}
+		return nil
 	})
 	if err != nil {
 		c.leaked += len(leaks)

@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -13,13 +16,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
+	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
 )
 
 // The attacks of issue 11, tried on the real cluster: from inside
@@ -36,9 +38,7 @@ func securityEnv(t *testing.T, name string) (s *system, agent, server *corev1.Po
 	t.Helper()
 	deployComponents(t)
 	ctx := context.Background()
-	if _, err := cluster.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: securityNS}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
+	kubetest.EnsureNamespace(t, cluster.Kube, securityNS)
 	// The positive control: a Pod on the cluster network that answers on 8080.
 	server = &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name + "-target", Namespace: securityNS},
@@ -50,37 +50,14 @@ func securityEnv(t *testing.T, name string) (s *system, agent, server *corev1.Po
 	if _, err := cluster.Kube.CoreV1().Pods(securityNS).Create(ctx, server, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := cluster.Kube.CoreV1().Pods(securityNS).Get(ctx, server.Name, metav1.GetOptions{})
-		if err != nil || p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
-			return false, nil
-		}
-		server = p
-		return true, nil
-	})
-	if err != nil {
-		t.Fatalf("the egress target Pod never ran: %v", err)
-	}
+	server = kubetest.WaitPod(t, cluster.Kube, securityNS, server.Name, kubetest.Poll{Interval: 200 * time.Millisecond, Timeout: 2 * time.Minute},
+		kubetest.Where("phase Running with an IP", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" }))
 
-	s = &system{t: t, sbx: versioned.NewForConfigOrDie(cluster.Config), ns: securityNS, pool: name}
-	pool := &v1alpha1.SandboxPool{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: v1alpha1.SandboxPoolSpec{
-			MinAgents: 1, MaxAgents: 1, SlotsPerAgent: 8, ScaleDownDelaySeconds: 60,
-			ImagePullPolicy: v1alpha1.PullNever, WarmImages: []string{cluster.TestImage},
-			Network: v1alpha1.PoolNetwork{Egress: v1alpha1.EgressPolicy{AllowCIDRs: []string{server.Status.PodIP + "/32"}}},
-			Agent: v1alpha1.AgentTemplate{
-				Image: "docker.io/fast-sandbox/agent:" + mustSetting(t, "VERSION"), ImagePullPolicy: corev1.PullNever,
-				Resources:        v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("500m")), Memory: ptr.To(resource.MustParse("512Mi"))},
-				ContainerdSocket: mustSetting(t, "CONTAINERD_SOCK"),
-				ContainerdRoot:   mustSetting(t, "CONTAINERD_ROOT"),
-			},
-		},
-	}
-	if _, err := s.sbx.SandboxV1alpha1().SandboxPools().Create(ctx, pool, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	s.waitPool(func(p *v1alpha1.SandboxPool) bool { return p.Status.ReadyAgents == 1 }, "1 ready agent")
+	s = &system{sbx: versioned.NewForConfigOrDie(cluster.Config), ns: securityNS, pool: name}
+	pool := localPool(t, name, 1, 8)
+	pool.Spec.Network.Egress.AllowCIDRs = []string{server.Status.PodIP + "/32"}
+	createPool(t, s.sbx, pool)
+	kubetest.WaitPool(t, s.sbx, name, poolPoll, readyAgents(1))
 	pods, err := cluster.Kube.CoreV1().Pods(v1alpha1.DefaultSystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: v1alpha1.LabelPoolName + "=" + name})
 	if err != nil {
 		t.Fatal(err)
@@ -143,8 +120,8 @@ func TestSandboxCannotReachTheNode(t *testing.T) {
 	for _, mode := range []v1alpha1.SandboxNetworkMode{v1alpha1.NetworkModeNone, v1alpha1.NetworkModeEgress} {
 		t.Run(string(mode), func(t *testing.T) {
 			name := "probe-" + strings.ToLower(string(mode))
-			s.create(name, func(x *v1alpha1.Sandbox) { x.Spec.NetworkMode = mode }, "sh", "-c", probeScript(denied))
-			done := s.waitSandbox(name, "finished", sandboxFinished)
+			s.create(t, name, func(x *v1alpha1.Sandbox) { x.Spec.NetworkMode = mode }, "sh", "-c", probeScript(denied))
+			done := s.waitSandbox(t, name, kubetest.Finished())
 			if done.Status.Phase != v1alpha1.SandboxSucceeded {
 				t.Errorf("a %s sandbox reached something it must not: exit %v (%s); log:\n%s", mode, ptrVal(done.Status.ExitCode),
 					done.Status.Message, sandboxLog(t, done))
@@ -152,16 +129,16 @@ func TestSandboxCannotReachTheNode(t *testing.T) {
 		})
 	}
 	t.Run("Egress reaches what the policy allows", func(t *testing.T) {
-		s.create("egress-allowed", func(x *v1alpha1.Sandbox) { x.Spec.NetworkMode = v1alpha1.NetworkModeEgress },
+		s.create(t, "egress-allowed", func(x *v1alpha1.Sandbox) { x.Spec.NetworkMode = v1alpha1.NetworkModeEgress },
 			"sh", "-c", fmt.Sprintf("echo | nc -w 3 %s %s", server.Status.PodIP, "8080"))
-		done := s.waitSandbox("egress-allowed", "finished", sandboxFinished)
+		done := s.waitSandbox(t, "egress-allowed", kubetest.Finished())
 		if done.Status.Phase != v1alpha1.SandboxSucceeded || !strings.Contains(sandboxLog(t, done), "reached") {
 			t.Errorf("an Egress sandbox could not reach %s, which its pool allows: %+v; log:\n%s", target, done.Status, sandboxLog(t, done))
 		}
 	})
 	t.Run("None reaches nothing, not even what the policy allows", func(t *testing.T) {
-		s.create("none-allowed", nil, "sh", "-c", fmt.Sprintf("echo | nc -w 2 %s %s", server.Status.PodIP, "8080"))
-		done := s.waitSandbox("none-allowed", "finished", sandboxFinished)
+		s.create(t, "none-allowed", nil, "sh", "-c", fmt.Sprintf("echo | nc -w 2 %s %s", server.Status.PodIP, "8080"))
+		done := s.waitSandbox(t, "none-allowed", kubetest.Finished())
 		if done.Status.Phase != v1alpha1.SandboxFailed {
 			t.Errorf("a None sandbox reached %s: %+v", target, done.Status)
 		}
@@ -174,15 +151,15 @@ func TestSandboxCannotReachTheNode(t *testing.T) {
 // the agent comes back healthy, and nothing reaches the sandbox.
 func TestPortSquatGetsNothing(t *testing.T) {
 	s, agent, _ := securityEnv(t, "e2e-squat")
-	ctx := context.Background()
 	for _, mode := range []v1alpha1.SandboxNetworkMode{v1alpha1.NetworkModeNone, v1alpha1.NetworkModeEgress} {
 		name := "squat-" + strings.ToLower(string(mode))
 		// nc waits for a connection; one that came and went would be logged.
-		s.create(name, func(x *v1alpha1.Sandbox) { x.Spec.NetworkMode = mode },
+		s.create(t, name, func(x *v1alpha1.Sandbox) { x.Spec.NetworkMode = mode },
 			"sh", "-c", "while true; do nc -l -p 8081; echo '--- connection ended'; done")
-		s.waitSandbox(name, "Running", phase(v1alpha1.SandboxRunning))
+		running := s.waitSandbox(t, name, kubetest.Phase(v1alpha1.SandboxRunning))
+		kubetest.Eventually(t, kubetest.Poll{Interval: 100 * time.Millisecond, Timeout: 30 * time.Second}, name+" listens on 8081",
+			func(context.Context) error { return listens(t, running, 8081) })
 	}
-	time.Sleep(time.Second) // the listeners are up
 	restartsBefore := restarts(*agent)
 	pids := agentProcesses(string(agent.UID))
 	if len(pids) == 0 {
@@ -194,41 +171,71 @@ func TestPortSquatGetsNothing(t *testing.T) {
 		}
 	}
 	// The agent restarts and is Ready again, not crash-looping on a taken port.
-	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := cluster.Kube.CoreV1().Pods(agent.Namespace).Get(ctx, agent.Name, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		ready := false
-		for _, c := range p.Status.Conditions {
-			ready = ready || (c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue)
-		}
-		return ready && restarts(*p) > restartsBefore, nil
-	})
+	kubetest.WaitPod(t, cluster.Kube, agent.Namespace, agent.Name, kubetest.Poll{Interval: 500 * time.Millisecond, Timeout: 2 * time.Minute},
+		kubetest.Where("condition Ready after a restart", func(p *corev1.Pod) bool { return kubetest.IsPodReady(p) && restarts(*p) > restartsBefore }))
+	s.create(t, "after-restart", nil, "echo", "fine")
+	s.waitSandbox(t, "after-restart", kubetest.Phase(v1alpha1.SandboxSucceeded))
+	// Polls and syncs go on for a while: through them, give a squatter
+	// every chance, and see it get nothing.
+	kubetest.Consistently(t, kubetest.Poll{Interval: 500 * time.Millisecond, Timeout: 5 * time.Second}, "the squatters run and receive nothing",
+		func(ctx context.Context) error {
+			var wrong []error
+			for _, mode := range []v1alpha1.SandboxNetworkMode{v1alpha1.NetworkModeNone, v1alpha1.NetworkModeEgress} {
+				name := "squat-" + strings.ToLower(string(mode))
+				sbx, err := s.sbx.SandboxV1alpha1().Sandboxes(securityNS).Get(ctx, name, metav1.GetOptions{})
+				if err != nil {
+					wrong = append(wrong, err)
+					continue
+				}
+				if sbx.Status.Phase != v1alpha1.SandboxRunning {
+					wrong = append(wrong, fmt.Errorf("%s is no longer Running: %s", name, kubetest.DescribeSandbox(sbx)))
+				}
+				log := sandboxLog(t, sbx)
+				for _, leak := range []string{"Authorization", "Bearer", "PRIVATE KEY", "CERTIFICATE", "GET /v1", "PUT /v1", "connection ended"} {
+					if strings.Contains(log, leak) {
+						wrong = append(wrong, fmt.Errorf("%s received %q; log:\n%s", name, leak, log))
+					}
+				}
+			}
+			return errors.Join(wrong...)
+		})
+}
+
+// listens says whether a process of the sandbox's container listens on TCP
+// port in the container's network namespace (nil), or why not.
+func listens(t *testing.T, sbx *v1alpha1.Sandbox, port int) error {
+	t.Helper()
+	out, err := exec.Command("ctr", "-a", mustSetting(t, "CONTAINERD_SOCK"), "-n", "k8s.io", "tasks", "ls").CombinedOutput()
 	if err != nil {
-		out, _ := kubectlErr("-n", agent.Namespace, "describe", "pod", agent.Name)
-		t.Fatalf("the agent did not come back Ready after its restart: %v\n%s", err, out)
+		return fmt.Errorf("ctr tasks ls: %v: %s", err, out)
 	}
-	// Polls and syncs go on for a while: give a squatter every chance.
-	s.create("after-restart", nil, "echo", "fine")
-	s.waitSandbox("after-restart", "Succeeded", phase(v1alpha1.SandboxSucceeded))
-	time.Sleep(5 * time.Second)
-	for _, mode := range []v1alpha1.SandboxNetworkMode{v1alpha1.NetworkModeNone, v1alpha1.NetworkModeEgress} {
-		name := "squat-" + strings.ToLower(string(mode))
-		sbx, err := s.sbx.SandboxV1alpha1().Sandboxes(securityNS).Get(ctx, name, metav1.GetOptions{})
+	pid := ""
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == sbx.Status.ContainerID {
+			pid = f[1]
+		}
+	}
+	if pid == "" {
+		return fmt.Errorf("no task of container %q", sbx.Status.ContainerID)
+	}
+	// /proc/PID/net shows the network namespace of PID. A listening
+	// socket's state is 0A; its local address ends in the port in hex.
+	suffix := fmt.Sprintf(":%04X", port)
+	for _, file := range []string{"tcp", "tcp6"} {
+		data, err := os.ReadFile(filepath.Join("/proc", pid, "net", file))
+		if errors.Is(err, fs.ErrNotExist) && file == "tcp6" {
+			continue // no IPv6 here
+		}
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		if sbx.Status.Phase != v1alpha1.SandboxRunning {
-			t.Errorf("%s: %s (%s: %s, exit %v), want still Running", name, sbx.Status.Phase, sbx.Status.Reason, sbx.Status.Message, ptrVal(sbx.Status.ExitCode))
-		}
-		log := sandboxLog(t, sbx)
-		for _, leak := range []string{"Authorization", "Bearer", "PRIVATE KEY", "CERTIFICATE", "GET /v1", "PUT /v1", "connection ended"} {
-			if strings.Contains(log, leak) {
-				t.Errorf("%s received %q; log:\n%s", name, leak, log)
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) > 3 && strings.HasSuffix(f[1], suffix) && f[3] == "0A" {
+				return nil
 			}
 		}
 	}
+	return fmt.Errorf("nothing listens on %d in the network namespace of pid %s", port, pid)
 }
 
 // sandboxLog reads a sandbox's log files on the node (the agent's state

@@ -8,7 +8,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
 )
 
 // TestPodRuns checks that the local cluster runs Pods from the test image:
@@ -38,33 +39,12 @@ func TestPodRuns(t *testing.T) {
 	if _, err := pods.Create(ctx, pod("greeter", "sh", "-c", "echo hello from $(hostname)"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitPod := func(name string, done func(*corev1.Pod) bool) *corev1.Pod {
-		var last *corev1.Pod
-		err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-			p, err := pods.Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return false, err
-			}
-			last = p
-			return done(p), nil
-		})
-		if err != nil {
-			t.Fatalf("pod %s: %v; last status %+v", name, err, last.Status)
-		}
-		return last
-	}
-	ready := waitPod("sleeper", func(p *corev1.Pod) bool {
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
-				return true
-			}
-		}
-		return false
-	})
+	poll := kubetest.Poll{Interval: 100 * time.Millisecond, Timeout: 2 * time.Minute}
+	ready := kubetest.WaitPod(t, cluster.Kube, "default", "sleeper", poll, kubetest.PodReady())
 	if ready.Status.Phase != corev1.PodRunning || ready.Status.PodIP == "" {
 		t.Errorf("sleeper: phase %s, pod IP %q; want Running with an IP from the CNI bridge", ready.Status.Phase, ready.Status.PodIP)
 	}
-	waitPod("greeter", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodSucceeded })
+	kubetest.WaitPod(t, cluster.Kube, "default", "greeter", poll, kubetest.PodPhase(corev1.PodSucceeded))
 	logs, err := pods.GetLogs("greeter", &corev1.PodLogOptions{}).DoRaw(ctx)
 	if err != nil {
 		t.Fatalf("reading logs of greeter: %v", err)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,56 +16,81 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
 	"github.com/fast-sandbox/fast-sandbox/test/e2e/framework"
+	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
 )
 
 // system is fast-sandbox deployed on the local cluster with manifests/local.
 type system struct {
-	t    *testing.T
 	sbx  versioned.Interface
 	ns   string
 	pool string
 }
 
+// How the tests wait for a Sandbox, and for a pool (whose agents are Pods
+// that start, or go, on the node).
+var (
+	sandboxPoll = kubetest.Poll{Interval: 50 * time.Millisecond, Timeout: 90 * time.Second}
+	poolPoll    = kubetest.Poll{Interval: 200 * time.Millisecond, Timeout: 3 * time.Minute}
+)
+
 // deployComponents applies manifests/local and waits for the scheduler and
-// the pool controller.
+// the pool controller. Should the test fail, it logs the cluster's Pods,
+// Sandboxes and pools.
 func deployComponents(t *testing.T) {
 	t.Helper()
 	requireCluster(t)
 	kubectl(t, "apply", "-k", filepath.Join(framework.RepoRoot(), "manifests", "local"))
 	for _, d := range []string{"fast-sandbox-scheduler", "fast-sandbox-pool-controller"} {
-		kubectl(t, "-n", v1alpha1.DefaultSystemNamespace, "rollout", "status", "deployment/"+d, "--timeout=120s")
+		kubectl(t, "-n", v1alpha1.DefaultSystemNamespace, "rollout", "status", "deployment/"+d, "--timeout=180s")
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := kubectlErr("get", "pods,sbx,sbxpool", "-A", "-o", "wide")
+			t.Logf("the cluster when the test failed:\n%s", out)
+		}
+	})
 }
 
 func deploy(t *testing.T) *system {
 	t.Helper()
 	deployComponents(t)
-	s := &system{t: t, sbx: versioned.NewForConfigOrDie(cluster.Config), ns: "default", pool: "e2e"}
-	pool := &v1alpha1.SandboxPool{
-		ObjectMeta: metav1.ObjectMeta{Name: s.pool},
-		Spec: v1alpha1.SandboxPoolSpec{
-			MinAgents: 2, MaxAgents: 2, SlotsPerAgent: 8, ScaleDownDelaySeconds: 60,
-			ImagePullPolicy: v1alpha1.PullNever, WarmImages: []string{cluster.TestImage},
-			Agent: v1alpha1.AgentTemplate{
-				Image: "docker.io/fast-sandbox/agent:" + mustSetting(t, "VERSION"), ImagePullPolicy: corev1.PullNever,
-				Resources:        v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("500m")), Memory: ptr.To(resource.MustParse("512Mi"))},
-				ContainerdSocket: mustSetting(t, "CONTAINERD_SOCK"),
-				ContainerdRoot:   mustSetting(t, "CONTAINERD_ROOT"),
-			},
-		},
-	}
-	if _, err := s.sbx.SandboxV1alpha1().SandboxPools().Create(context.Background(), pool, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	s.waitPool(func(p *v1alpha1.SandboxPool) bool { return p.Status.ReadyAgents == 2 }, "2 ready agents")
+	s := &system{sbx: versioned.NewForConfigOrDie(cluster.Config), ns: "default", pool: "e2e"}
+	createPool(t, s.sbx, localPool(t, s.pool, 2, 8))
+	kubetest.WaitPool(t, s.sbx, s.pool, poolPoll, readyAgents(2))
 	return s
+}
+
+// localPool is a pool of agents agents with slots slots each, of the agent
+// image built for the local cluster, warm with its test image.
+func localPool(t *testing.T, name string, agents, slots int32) *v1alpha1.SandboxPool {
+	t.Helper()
+	p := kubetest.Pool(name, agents, agents, slots, "docker.io/fast-sandbox/agent:"+mustSetting(t, "VERSION"), kubetest.Resources("500m", "512Mi"))
+	p.Spec.ScaleDownDelaySeconds = 60
+	p.Spec.ImagePullPolicy = v1alpha1.PullNever
+	p.Spec.WarmImages = []string{cluster.TestImage}
+	p.Spec.Agent.ImagePullPolicy = corev1.PullNever
+	p.Spec.Agent.ContainerdSocket = mustSetting(t, "CONTAINERD_SOCK")
+	p.Spec.Agent.ContainerdRoot = mustSetting(t, "CONTAINERD_ROOT")
+	return p
+}
+
+// createPool creates p, unless a cluster kept from an earlier run has it.
+func createPool(t *testing.T, c versioned.Interface, p *v1alpha1.SandboxPool) {
+	t.Helper()
+	if _, err := c.SandboxV1alpha1().SandboxPools().Create(context.Background(), p, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("creating SandboxPool %s: %v", p.Name, err)
+	}
+}
+
+// readyAgents wants a pool with n ready agents.
+func readyAgents(n int32) kubetest.Want[*v1alpha1.SandboxPool] {
+	return kubetest.Where(fmt.Sprintf("%d ready agents", n), func(p *v1alpha1.SandboxPool) bool { return p.Status.ReadyAgents == n })
 }
 
 func mustSetting(t *testing.T, name string) string {
@@ -97,57 +123,22 @@ func mustSettingNoT(name string) string {
 	return v
 }
 
-func (s *system) waitPool(cond func(*v1alpha1.SandboxPool) bool, what string) *v1alpha1.SandboxPool {
-	s.t.Helper()
-	var last *v1alpha1.SandboxPool
-	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := s.sbx.SandboxV1alpha1().SandboxPools().Get(ctx, s.pool, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		last = p
-		return cond(p), nil
-	})
-	if err != nil {
-		out, _ := kubectlErr("get", "pods", "-A", "-o", "wide")
-		s.t.Fatalf("pool never had %s: last status %+v\n%s", what, last.Status, out)
-	}
-	return last
-}
-
-func (s *system) create(name string, mutate func(*v1alpha1.Sandbox), cmd ...string) *v1alpha1.Sandbox {
-	s.t.Helper()
-	sbx := &v1alpha1.Sandbox{ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: v1alpha1.SandboxSpec{PoolName: s.pool, Image: cluster.TestImage, Command: cmd}}
+// create creates a Sandbox of the test image in the system's pool and
+// namespace, changed by mutate (when not nil).
+func (s *system) create(t *testing.T, name string, mutate func(*v1alpha1.Sandbox), cmd ...string) *v1alpha1.Sandbox {
+	t.Helper()
+	sbx := kubetest.Sandbox(name, s.pool, cluster.TestImage, cmd...)
 	if mutate != nil {
 		mutate(sbx)
 	}
-	out, err := s.sbx.SandboxV1alpha1().Sandboxes(s.ns).Create(context.Background(), sbx, metav1.CreateOptions{})
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	return out
+	return kubetest.CreateSandbox(t, s.sbx, s.ns, sbx)
 }
 
-func (s *system) waitSandbox(name, what string, cond func(*v1alpha1.Sandbox) bool) *v1alpha1.Sandbox {
-	s.t.Helper()
-	var last *v1alpha1.Sandbox
-	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
-		sbx, err := s.sbx.SandboxV1alpha1().Sandboxes(s.ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		last = sbx
-		return cond(sbx), nil
-	})
-	if err != nil {
-		s.t.Fatalf("sandbox %s never became %s; last status %+v", name, what, last.Status)
-	}
-	return last
-}
-
-func phase(p v1alpha1.SandboxPhase) func(*v1alpha1.Sandbox) bool {
-	return func(s *v1alpha1.Sandbox) bool { return s.Status.Phase == p }
+// waitSandbox waits until want holds of the Sandbox name of the system's
+// namespace.
+func (s *system) waitSandbox(t *testing.T, name string, want kubetest.Want[*v1alpha1.Sandbox]) *v1alpha1.Sandbox {
+	t.Helper()
+	return kubetest.WaitSandbox(t, s.sbx, s.ns, name, sandboxPoll, want)
 }
 
 // containers lists the node's containerd containers of a sandbox UID.
@@ -159,6 +150,16 @@ func containers(t *testing.T, uid string) []string {
 		t.Fatalf("ctr containers ls: %v: %s", err, out)
 	}
 	return strings.Fields(string(out))
+}
+
+// noContainers says which containers of a sandbox UID are on the node,
+// nil if none is.
+func noContainers(t *testing.T, uid string) error {
+	t.Helper()
+	if ids := containers(t, uid); len(ids) > 0 {
+		return fmt.Errorf("sandbox UID %s has containers %v", uid, ids)
+	}
+	return nil
 }
 
 // warmContainers lists the node's warm containers that wait for a sandbox.
@@ -212,10 +213,10 @@ func TestSystem(t *testing.T) {
 	})
 
 	t.Run("a sandbox runs in its agent Pod's cgroup with its own limits and succeeds", func(t *testing.T) {
-		s.create("hello", func(x *v1alpha1.Sandbox) {
-			x.Spec.Resources = v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("200m")), Memory: ptr.To(resource.MustParse("64Mi"))}
+		s.create(t, "hello", func(x *v1alpha1.Sandbox) {
+			x.Spec.Resources = kubetest.Resources("200m", "64Mi")
 		}, "sh", "-c", "echo hello; sleep 3")
-		r := s.waitSandbox("hello", "Running", phase(v1alpha1.SandboxRunning))
+		r := s.waitSandbox(t, "hello", kubetest.Phase(v1alpha1.SandboxRunning))
 		agentPod, err := cluster.Kube.CoreV1().Pods(v1alpha1.DefaultSystemNamespace).Get(ctx, r.Status.Agent, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -233,7 +234,7 @@ func TestSystem(t *testing.T) {
 		if got := strings.TrimSpace(string(podLimit)); got != fmt.Sprint(512<<20) {
 			t.Errorf("agent Pod memory limit %s, want %d: the Pod bounds the sum of its sandboxes", got, 512<<20)
 		}
-		done := s.waitSandbox("hello", "Succeeded", phase(v1alpha1.SandboxSucceeded))
+		done := s.waitSandbox(t, "hello", kubetest.Phase(v1alpha1.SandboxSucceeded))
 		if done.Status.ExitCode == nil || *done.Status.ExitCode != 0 {
 			t.Errorf("exit code %v", done.Status.ExitCode)
 		}
@@ -241,45 +242,45 @@ func TestSystem(t *testing.T) {
 
 	t.Run("a sandbox of the pool's warm image starts in a warm container", func(t *testing.T) {
 		// Every agent keeps warm containers for the pool's warmImages.
-		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
-			return len(warmContainers(t)) > 0, nil
+		kubetest.Eventually(t, kubetest.Poll{Interval: 100 * time.Millisecond, Timeout: time.Minute}, "a warm container", func(context.Context) error {
+			if len(warmContainers(t)) == 0 {
+				return errors.New("none on the node")
+			}
+			return nil
 		})
-		if err != nil {
-			t.Fatalf("no warm container appeared: %v", err)
-		}
-		s.create("warm", nil, "sh", "-c", "echo warm on $(hostname); sleep 2")
-		r := s.waitSandbox("warm", "Running", phase(v1alpha1.SandboxRunning))
+		s.create(t, "warm", nil, "sh", "-c", "echo warm on $(hostname); sleep 2")
+		r := s.waitSandbox(t, "warm", kubetest.Phase(v1alpha1.SandboxRunning))
 		ready := meta.FindStatusCondition(r.Status.Conditions, v1alpha1.SandboxConditionReady)
 		if !strings.HasPrefix(r.Status.ContainerID, "fsbx-w-") || ready == nil || !strings.Contains(ready.Message, "warm container") {
 			t.Errorf("container %q, Ready %+v: want a warm container", r.Status.ContainerID, ready)
 		}
-		done := s.waitSandbox("warm", "Succeeded", phase(v1alpha1.SandboxSucceeded))
+		done := s.waitSandbox(t, "warm", kubetest.Phase(v1alpha1.SandboxSucceeded))
 		if done.Status.ExitCode == nil || *done.Status.ExitCode != 0 {
 			t.Errorf("status %+v", done.Status)
 		}
 	})
 
 	t.Run("a failing command fails with its exit code", func(t *testing.T) {
-		s.create("fails", nil, "sh", "-c", "exit 3")
-		done := s.waitSandbox("fails", "Failed", phase(v1alpha1.SandboxFailed))
+		s.create(t, "fails", nil, "sh", "-c", "exit 3")
+		done := s.waitSandbox(t, "fails", kubetest.Phase(v1alpha1.SandboxFailed))
 		if done.Status.ExitCode == nil || *done.Status.ExitCode != 3 {
 			t.Errorf("status %+v", done.Status)
 		}
 	})
 
 	t.Run("a sandbox over its memory is OOMKilled", func(t *testing.T) {
-		s.create("oom", func(x *v1alpha1.Sandbox) {
+		s.create(t, "oom", func(x *v1alpha1.Sandbox) {
 			x.Spec.Resources.Memory = ptr.To(resource.MustParse("16Mi"))
 		}, "sh", "-c", "tail /dev/zero")
-		done := s.waitSandbox("oom", "Failed", phase(v1alpha1.SandboxFailed))
+		done := s.waitSandbox(t, "oom", kubetest.Phase(v1alpha1.SandboxFailed))
 		if done.Status.Reason != v1alpha1.ReasonOOMKilled {
 			t.Errorf("reason %q, want OOMKilled", done.Status.Reason)
 		}
 	})
 
 	t.Run("a missing image fails with ImageNotPresent", func(t *testing.T) {
-		s.create("noimage", func(x *v1alpha1.Sandbox) { x.Spec.Image = "docker.io/library/not-on-this-node:1" })
-		done := s.waitSandbox("noimage", "Failed", phase(v1alpha1.SandboxFailed))
+		s.create(t, "noimage", func(x *v1alpha1.Sandbox) { x.Spec.Image = "docker.io/library/not-on-this-node:1" })
+		done := s.waitSandbox(t, "noimage", kubetest.Phase(v1alpha1.SandboxFailed))
 		if done.Status.Reason != v1alpha1.ReasonImageNotPresent {
 			t.Errorf("reason %q, want ImageNotPresent", done.Status.Reason)
 		}
@@ -293,21 +294,19 @@ func TestSystem(t *testing.T) {
 	})
 
 	t.Run("deleting a sandbox removes its container", func(t *testing.T) {
-		sbx := s.create("deleted", nil, "sleep", "300")
-		s.waitSandbox("deleted", "Running", phase(v1alpha1.SandboxRunning))
+		sbx := s.create(t, "deleted", nil, "sleep", "300")
+		s.waitSandbox(t, "deleted", kubetest.Phase(v1alpha1.SandboxRunning))
 		if n := len(containers(t, string(sbx.UID))); n != 1 {
 			t.Fatalf("%d containers, want 1", n)
 		}
 		if err := s.sbx.SandboxV1alpha1().Sandboxes(s.ns).Delete(ctx, "deleted", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-			_, err := s.sbx.SandboxV1alpha1().Sandboxes(s.ns).Get(ctx, "deleted", metav1.GetOptions{})
-			return apierrors.IsNotFound(err) && len(containers(t, string(sbx.UID))) == 0, nil
+		gone := kubetest.Poll{Interval: 100 * time.Millisecond, Timeout: 30 * time.Second}
+		kubetest.WaitSandboxGone(t, s.sbx, s.ns, "deleted", gone)
+		kubetest.Eventually(t, gone, "the deleted sandbox's container removed", func(context.Context) error {
+			return noContainers(t, string(sbx.UID))
 		})
-		if err != nil {
-			t.Errorf("sandbox or container still there: %v", err)
-		}
 	})
 
 	t.Run("restarting the scheduler and the agents mid-burst leaves exactly one container per sandbox", func(t *testing.T) {
@@ -315,7 +314,7 @@ func TestSystem(t *testing.T) {
 		var names, uids []string
 		for i := 0; i < n; i++ {
 			name := fmt.Sprintf("burst-%d", i)
-			sbx := s.create(name, nil, "sleep", "600")
+			sbx := s.create(t, name, nil, "sleep", "600")
 			names, uids = append(names, name), append(uids, string(sbx.UID))
 			switch i {
 			case n / 3:
@@ -328,56 +327,56 @@ func TestSystem(t *testing.T) {
 			}
 		}
 		for i, name := range names {
-			s.waitSandbox(name, "Running", phase(v1alpha1.SandboxRunning))
+			s.waitSandbox(t, name, kubetest.Phase(v1alpha1.SandboxRunning))
 			if got := containers(t, uids[i]); len(got) != 1 {
 				t.Errorf("sandbox %s has %d containers: %v", name, len(got), got)
 			}
 		}
 		// The scheduler that took over and the restarted agents agree, and stay so.
-		time.Sleep(3 * time.Second)
-		for i, name := range names {
-			sbx, err := s.sbx.SandboxV1alpha1().Sandboxes(s.ns).Get(ctx, name, metav1.GetOptions{})
-			if err != nil || sbx.Status.Phase != v1alpha1.SandboxRunning {
-				t.Errorf("sandbox %s: %v %+v", name, err, sbx.Status)
-			}
-			if got := containers(t, uids[i]); len(got) != 1 {
-				t.Errorf("sandbox %s has %d containers after settling: %v", name, len(got), got)
-			}
-		}
+		kubetest.Consistently(t, kubetest.Poll{Interval: time.Second, Timeout: 3 * time.Second}, "every sandbox Running in one container",
+			func(ctx context.Context) error {
+				var wrong []error
+				for i, name := range names {
+					sbx, err := s.sbx.SandboxV1alpha1().Sandboxes(s.ns).Get(ctx, name, metav1.GetOptions{})
+					if err != nil {
+						wrong = append(wrong, err)
+					} else if sbx.Status.Phase != v1alpha1.SandboxRunning {
+						wrong = append(wrong, fmt.Errorf("sandbox %s: %s", name, kubetest.DescribeSandbox(sbx)))
+					}
+					if got := containers(t, uids[i]); len(got) != 1 {
+						wrong = append(wrong, fmt.Errorf("sandbox %s has %d containers: %v", name, len(got), got))
+					}
+				}
+				return errors.Join(wrong...)
+			})
 		for _, name := range names {
 			_ = s.sbx.SandboxV1alpha1().Sandboxes(s.ns).Delete(ctx, name, metav1.DeleteOptions{})
 		}
-		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
-			for i := range names {
-				if len(containers(t, uids[i])) != 0 {
-					return false, nil
+		kubetest.Eventually(t, kubetest.Poll{Interval: 200 * time.Millisecond, Timeout: time.Minute}, "the containers of the deleted sandboxes removed",
+			func(context.Context) error {
+				var left []error
+				for _, uid := range uids {
+					left = append(left, noContainers(t, uid))
 				}
-			}
-			return true, nil
-		})
-		if err != nil {
-			t.Errorf("containers of deleted sandboxes remain: %v", err)
-		}
+				return errors.Join(left...)
+			})
 	})
 
 	t.Run("a lost agent fails its sandboxes and is replaced", func(t *testing.T) {
-		s.create("orphaned", nil, "sleep", "300")
-		r := s.waitSandbox("orphaned", "Running", phase(v1alpha1.SandboxRunning))
+		s.create(t, "orphaned", nil, "sleep", "300")
+		r := s.waitSandbox(t, "orphaned", kubetest.Phase(v1alpha1.SandboxRunning))
 		if err := cluster.Kube.CoreV1().Pods(v1alpha1.DefaultSystemNamespace).Delete(ctx, r.Status.Agent, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		done := s.waitSandbox("orphaned", "Failed", phase(v1alpha1.SandboxFailed))
+		done := s.waitSandbox(t, "orphaned", kubetest.Phase(v1alpha1.SandboxFailed))
 		if done.Status.Reason != v1alpha1.ReasonAgentLost {
 			t.Errorf("reason %q, want AgentLost", done.Status.Reason)
 		}
-		s.waitPool(func(p *v1alpha1.SandboxPool) bool { return p.Status.ReadyAgents == 2 }, "its lost agent replaced")
+		// Its lost agent is replaced.
+		kubetest.WaitPool(t, s.sbx, s.pool, poolPoll, readyAgents(2))
 		// Its container belongs to nobody now: an agent on the node sweeps it.
-		err := wait.PollUntilContextTimeout(ctx, time.Second, 90*time.Second, true, func(ctx context.Context) (bool, error) {
-			return len(containers(t, string(done.UID))) == 0, nil
-		})
-		if err != nil {
-			t.Errorf("the lost agent's container is still on the node: %v", err)
-		}
+		kubetest.Eventually(t, kubetest.Poll{Interval: time.Second, Timeout: 90 * time.Second}, "the lost agent's container swept",
+			func(context.Context) error { return noContainers(t, string(done.UID)) })
 	})
 
 	t.Run("the pool scales up and down with real Pods", func(t *testing.T) {
@@ -397,8 +396,12 @@ func TestSystem(t *testing.T) {
 			}
 		}
 		setSize(3)
-		s.waitPool(func(p *v1alpha1.SandboxPool) bool { return p.Status.ReadyAgents == 3 && p.Status.Agents == 3 }, "3 ready agents")
+		kubetest.WaitPool(t, s.sbx, s.pool, poolPoll, kubetest.Where("3 agents, all ready", func(p *v1alpha1.SandboxPool) bool {
+			return p.Status.ReadyAgents == 3 && p.Status.Agents == 3
+		}))
 		setSize(1)
-		s.waitPool(func(p *v1alpha1.SandboxPool) bool { return p.Status.Agents == 1 && p.Status.ReadyAgents == 1 }, "1 agent")
+		kubetest.WaitPool(t, s.sbx, s.pool, poolPoll, kubetest.Where("1 agent, ready", func(p *v1alpha1.SandboxPool) bool {
+			return p.Status.Agents == 1 && p.Status.ReadyAgents == 1
+		}))
 	})
 }

@@ -2,6 +2,7 @@ package framework
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
 )
 
 // RestartContainerd kills the cluster's containerd with SIGKILL, as a crash
@@ -53,12 +56,14 @@ func RestartContainerd(log func(string)) error {
 		return fmt.Errorf("killing containerd (pid %d): %w", pid, err)
 	}
 	// It is not our child: init reaps it.
-	deadline := time.Now().Add(30 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
+	err = kubetest.Poll{Interval: 20 * time.Millisecond, Timeout: 30 * time.Second}.Until(context.Background(), func(context.Context) error {
+		if syscall.Kill(pid, 0) == nil {
 			return fmt.Errorf("containerd (pid %d) did not die", pid)
 		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	logFile, err := os.OpenFile(filepath.Join(clusterDir, "logs", "containerd.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
@@ -78,15 +83,10 @@ func RestartContainerd(log func(string)) error {
 		return err
 	}
 	log(fmt.Sprintf("containerd restarted: pid %d killed, pid %d started\n", pid, cmd.Process.Pid))
-	deadline = time.Now().Add(60 * time.Second)
-	for {
-		out, err := exec.Command("ctr", "-a", sock, "version").CombinedOutput()
-		if err == nil {
-			return nil
+	return kubetest.Poll{Interval: 100 * time.Millisecond, Timeout: time.Minute}.Until(context.Background(), func(context.Context) error {
+		if out, err := exec.Command("ctr", "-a", sock, "version").CombinedOutput(); err != nil {
+			return fmt.Errorf("containerd does not answer after its restart: %v: %s", err, bytes.TrimSpace(out))
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("containerd did not answer after its restart: %v: %s", err, bytes.TrimSpace(out))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 }
