@@ -14,9 +14,13 @@ import "time"
 
 // Paths of the API.
 const (
-	PathStatus  = "/v1/status"
-	PathSync    = "/v1/sync"
-	PathLogs    = "/v1/sandboxes/{uid}/logs"
+	PathStatus = "/v1/status"
+	PathSync   = "/v1/sync"
+	PathLogs   = "/v1/sandboxes/{uid}/logs"
+	// The interactive routes (see docs/interactive.md).
+	PathExec    = "/v1/sandboxes/{uid}/exec"
+	PathAttach  = "/v1/sandboxes/{uid}/attach"
+	PathFiles   = "/v1/sandboxes/{uid}/files"
 	PathHealthz = "/healthz"
 	PathReadyz  = "/readyz"
 	PathMetrics = "/metrics"
@@ -33,7 +37,47 @@ const (
 	// the largest size and MaxFinished UIDs, so a sync that honours the
 	// per-sandbox bounds is never refused as a whole.
 	MaxRequestBytes = MaxSandboxes*MaxSandboxSpecBytes + MaxFinished*128
+	// MaxFileWriteBytes bounds the content of one files PUT.
+	MaxFileWriteBytes = 64 << 20
 )
+
+// Operations of GET files (query parameter op).
+const (
+	// FileOpRead (the default) answers the file's content.
+	FileOpRead = "read"
+	// FileOpList answers the entries of a directory, as JSON []FileInfo.
+	FileOpList = "list"
+	// FileOpStat answers the file itself, as JSON FileInfo.
+	FileOpStat = "stat"
+)
+
+// FileType is what kind of file a FileInfo describes.
+type FileType string
+
+// The kinds of file.
+const (
+	FileTypeFile    FileType = "file"
+	FileTypeDir     FileType = "dir"
+	FileTypeSymlink FileType = "symlink"
+	// FileTypeOther: a FIFO, socket or device; never read or written.
+	FileTypeOther FileType = "other"
+)
+
+// FileInfo describes one file of a sandbox's filesystem. A symlink is
+// described itself, not what it points to.
+type FileInfo struct {
+	// Name is the file's last path element.
+	Name string `json:"name"`
+	// Size in bytes (for a symlink, the length of its target).
+	Size int64 `json:"size"`
+	// Mode is the Unix permission bits with setuid, setgid and sticky
+	// (mode & 07777), not Go's os.FileMode; e.g. 0644 is 420 in JSON.
+	Mode    uint32    `json:"mode"`
+	ModTime time.Time `json:"modTime"`
+	Type    FileType  `json:"type"`
+	// LinkTarget is a symlink's target, as stored.
+	LinkTarget string `json:"linkTarget,omitempty"`
+}
 
 // Network modes of a sandbox.
 const (
@@ -76,7 +120,35 @@ type SandboxSpec struct {
 	NetworkMode string `json:"networkMode,omitempty"`
 	// AllowPull lets the agent pull an image the node lacks.
 	AllowPull bool `json:"allowPull,omitempty"`
+
+	// Paused freezes the sandbox's processes; false thaws a sandbox the
+	// agent paused because of it (PauseReasonSpec).
+	Paused bool `json:"paused,omitempty"`
+	// IdleTimeoutSeconds, if positive, is how long the sandbox may go
+	// without an exec, attach, log follow or files call before IdlePolicy
+	// applies (a call in progress is activity until it ends).
+	IdleTimeoutSeconds int32 `json:"idleTimeoutSeconds,omitempty"`
+	// IdlePolicy is IdlePolicyPause (the default) or IdlePolicyDelete.
+	IdlePolicy string `json:"idlePolicy,omitempty"`
 }
+
+// What an agent does with an idle sandbox (SandboxSpec.IdlePolicy).
+const (
+	// IdlePolicyPause: the agent pauses it (PauseReasonIdle); the next
+	// exec, attach or files call resumes it.
+	IdlePolicyPause = "Pause"
+	// IdlePolicyDelete: the agent reports it Idle and the control plane
+	// deletes the Sandbox.
+	IdlePolicyDelete = "Delete"
+)
+
+// Why a sandbox is paused (SandboxStatus.PauseReason).
+const (
+	// PauseReasonSpec: SandboxSpec.Paused asks it.
+	PauseReasonSpec = "Spec"
+	// PauseReasonIdle: the agent paused it after IdleTimeoutSeconds without activity.
+	PauseReasonIdle = "Idle"
+)
 
 // EnvVar is one environment variable.
 type EnvVar struct {
@@ -167,6 +239,16 @@ type SandboxStatus struct {
 	FinishedAt  *time.Time   `json:"finishedAt,omitempty"`
 	// Start says how the container was started: StartWarm or StartCold.
 	Start string `json:"start,omitempty"`
+	// PauseReason says why a paused sandbox is paused: PauseReasonSpec or
+	// PauseReasonIdle; empty when it is not paused.
+	PauseReason string `json:"pauseReason,omitempty"`
+	// LastActivity is when an exec, attach, log follow or files call last
+	// began or ended (or the sandbox started, if none since); set only for a
+	// sandbox with an idle timeout, or one that had activity.
+	LastActivity *time.Time `json:"lastActivity,omitempty"`
+	// Idle: the sandbox's IdleTimeoutSeconds passed without activity and
+	// its IdlePolicy is IdlePolicyDelete; the control plane deletes it.
+	Idle bool `json:"idle,omitempty"`
 }
 
 // How a sandbox's container was started.
