@@ -288,8 +288,9 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	logger.Info("Starting pool controller", "workers", workers)
 	defer logger.Info("Shutting down pool controller")
 
-	// Events go out while the controller runs; Shutdown (deferred, so after
-	// the queue's) stops the broadcaster's goroutines.
+	// Events go out while the controller runs; Shutdown, when Run returns,
+	// stops the broadcaster's goroutines (an event a worker still records
+	// then is dropped).
 	if _, err := c.broadcaster.StartLogging(logger.V(3)); err != nil {
 		return fmt.Errorf("logging events: %w", err)
 	}
