@@ -193,6 +193,9 @@ const (
 	StateCreating SandboxState = "Creating"
 	// StateRunning: the container's process runs.
 	StateRunning SandboxState = "Running"
+	// StatePaused: the container's processes are frozen (cgroup freezer);
+	// they are alive and run on once resumed.
+	StatePaused SandboxState = "Paused"
 	// StateExited: the process ended; ExitCode says how.
 	StateExited SandboxState = "Exited"
 	// StateFailed: the container could not be created or started; Reason says why.
