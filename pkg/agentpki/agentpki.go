@@ -9,18 +9,25 @@
 //     server authentication only, and
 //   - one client certificate for the scheduler, whose only URI SAN is
 //     SchedulerIdentity and whose extended key usage is client
+//     authentication only, and
+//   - one client certificate for the sandbox-apiserver, whose only URI SAN
+//     is APIServerIdentity and whose extended key usage is client
 //     authentication only.
 //
 // Certificates are mounted into Pods from Secrets (keys KeyCert, KeyKey and
 // KeyCACert). The scheduler dials an agent Pod by IP, so host names prove
 // nothing: before it sends a single byte of a request it verifies the
 // server's chain against the CA and requires the certificate to name exactly
-// the agent Pod it means to reach (ClientCredentials.ConfigFor). A sandbox
-// that squats the agent's port therefore gets neither the request nor any
+// the agent Pod it means to reach (ClientCredentials.ConfigFor); the
+// sandbox-apiserver does the same with its own certificate. A sandbox that
+// squats the agent's port therefore gets neither the request nor any
 // credential, and an agent Pod cannot impersonate another one. The agent in
 // turn accepts only a client certificate from the CA that names the scheduler
-// (ServerConfig); the certificate of another agent Pod, although it chains to
-// the same CA, is refused.
+// or the sandbox-apiserver (ServerConfig); the certificate of another agent
+// Pod, although it chains to the same CA, is refused. Which routes each of the
+// two may call the agent decides per request (PeerIdentity): the scheduler
+// all of them, the sandbox-apiserver only the interactive ones (exec, attach,
+// logs, files), never those that change or report the desired set.
 //
 // Keys are ECDSA P-256; TLS 1.3 is the minimum. Certificate and CA files are
 // re-read when their content changes, so renewed certificates and a rotated
@@ -45,8 +52,15 @@ import (
 	"time"
 )
 
-// SchedulerIdentity is the URI SAN of the scheduler's client certificate.
-const SchedulerIdentity = "spiffe://fast-sandbox.io/scheduler"
+// The URI SANs of the client certificates the agent API admits.
+const (
+	// SchedulerIdentity is the URI SAN of the scheduler's client certificate.
+	SchedulerIdentity = "spiffe://fast-sandbox.io/scheduler"
+	// APIServerIdentity is the URI SAN of the sandbox-apiserver's client
+	// certificate. Like the scheduler's it names no namespace: the CA is
+	// the installation's own, in its system namespace.
+	APIServerIdentity = "spiffe://fast-sandbox.io/sandbox-apiserver"
+)
 
 // Keys of the Secrets that hold the CA and the issued certificates.
 const (
@@ -179,6 +193,19 @@ func (ca *CA) IssueScheduler(now time.Time, validity time.Duration) (certPEM, ke
 	certPEM, keyPEM, err = ca.issue("fast-sandbox-scheduler", SchedulerIdentity, x509.ExtKeyUsageClientAuth, now, validity)
 	if err != nil {
 		return nil, nil, fmt.Errorf("agentpki: issuing the scheduler's certificate: %w", err)
+	}
+	return certPEM, keyPEM, nil
+}
+
+// IssueAPIServer issues the sandbox-apiserver's client certificate (identity
+// APIServerIdentity), valid from now (less a few minutes of clock skew) for
+// validity, but never beyond the CA itself. It returns the certificate and a
+// new private key in PEM form; the pool controller keeps them in Secret
+// v1alpha1.SandboxAPIServerClientSecretName, as the scheduler's.
+func (ca *CA) IssueAPIServer(now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	certPEM, keyPEM, err = ca.issue("fast-sandbox-apiserver", APIServerIdentity, x509.ExtKeyUsageClientAuth, now, validity)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agentpki: issuing the sandbox-apiserver's certificate: %w", err)
 	}
 	return certPEM, keyPEM, nil
 }

@@ -54,6 +54,15 @@ func schedulerPair(t *testing.T, ca *CA, now time.Time) pair {
 	return pair{c, k}
 }
 
+func apiServerPair(t *testing.T, ca *CA, now time.Time) pair {
+	t.Helper()
+	c, k, err := ca.IssueAPIServer(now, DefaultCertValidity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pair{c, k}
+}
+
 func mustParse(t *testing.T, certPEM []byte) *x509.Certificate {
 	t.Helper()
 	c, err := parseCert(certPEM)
@@ -211,6 +220,10 @@ func TestAgentAPI(t *testing.T) {
 		server: agentA,
 		client: func() *tls.Config { return clientConfig(t, sched, ca.CertPEM, "a") },
 	}, {
+		name:   "the sandbox-apiserver's identity",
+		server: agentA,
+		client: func() *tls.Config { return clientConfig(t, apiServerPair(t, ca, now), ca.CertPEM, "a") },
+	}, {
 		name:    "server is another agent Pod of the same CA",
 		server:  agentPair(t, ca, "b", now),
 		client:  func() *tls.Config { return clientConfig(t, sched, ca.CertPEM, "a") },
@@ -265,7 +278,7 @@ func TestAgentAPI(t *testing.T) {
 		server:    agentA,
 		client:    func() *tls.Config { return clientConfig(t, impostor, ca.CertPEM, "a") },
 		wantErr:   []string{"bad certificate"},
-		serverErr: fmt.Sprintf("client identity %q is not %q", AgentIdentity(ns, "b"), SchedulerIdentity),
+		serverErr: fmt.Sprintf("client identity %q is neither %q nor %q", AgentIdentity(ns, "b"), SchedulerIdentity, APIServerIdentity),
 	}, {
 		name:      "client certificate from another CA",
 		server:    agentA,
@@ -317,22 +330,50 @@ func TestAgentAPI(t *testing.T) {
 	}
 }
 
-func TestVerifySchedulerClient(t *testing.T) {
+func TestVerifyClient(t *testing.T) {
 	now := time.Now()
 	ca := newCA(t, now)
 	cert := func(p pair) tls.ConnectionState {
 		c := mustParse(t, p.cert)
 		return tls.ConnectionState{PeerCertificates: []*x509.Certificate{c}, VerifiedChains: [][]*x509.Certificate{{c, ca.Cert}}}
 	}
-	if err := verifySchedulerClient(cert(schedulerPair(t, ca, now))); err != nil {
+	if err := verifyClient(cert(schedulerPair(t, ca, now))); err != nil {
 		t.Errorf("scheduler refused: %v", err)
 	}
-	err := verifySchedulerClient(cert(agentPair(t, ca, "b", now)))
+	if err := verifyClient(cert(apiServerPair(t, ca, now))); err != nil {
+		t.Errorf("sandbox-apiserver refused: %v", err)
+	}
+	err := verifyClient(cert(agentPair(t, ca, "b", now)))
 	if err == nil || !strings.Contains(err.Error(), AgentIdentity(ns, "b")) {
 		t.Errorf("agent certificate: got %v, want an error naming its identity", err)
 	}
-	if err := verifySchedulerClient(tls.ConnectionState{}); err == nil {
+	if err := verifyClient(tls.ConnectionState{}); err == nil {
 		t.Error("no certificate accepted")
+	}
+	// A certificate whose chain was not verified names nobody.
+	unverified := cert(apiServerPair(t, ca, now))
+	unverified.VerifiedChains = nil
+	if err := verifyClient(unverified); err == nil {
+		t.Error("an unverified certificate accepted")
+	}
+}
+
+func TestPeerIdentity(t *testing.T) {
+	now := time.Now()
+	ca := newCA(t, now)
+	c := mustParse(t, apiServerPair(t, ca, now).cert)
+	cs := &tls.ConnectionState{PeerCertificates: []*x509.Certificate{c}, VerifiedChains: [][]*x509.Certificate{{c, ca.Cert}}}
+	if id, err := PeerIdentity(cs); err != nil || id != APIServerIdentity {
+		t.Errorf("PeerIdentity = %q, %v; want %q", id, err, APIServerIdentity)
+	}
+	for name, cs := range map[string]*tls.ConnectionState{
+		"no TLS":         nil,
+		"no certificate": {},
+		"not verified":   {PeerCertificates: []*x509.Certificate{c}},
+	} {
+		if id, err := PeerIdentity(cs); err == nil {
+			t.Errorf("%s: PeerIdentity = %q, want an error", name, id)
+		}
 	}
 }
 
@@ -542,6 +583,15 @@ func TestIssue(t *testing.T) {
 		t.Errorf("scheduler identity %q, ExtKeyUsage %v", id, s.ExtKeyUsage)
 	}
 
+	as := mustParse(t, apiServerPair(t, ca, now).cert)
+	if id, _ := IdentityOf(as); id != APIServerIdentity || len(as.ExtKeyUsage) != 1 || as.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth ||
+		as.IsCA || as.Subject.CommonName != "fast-sandbox-apiserver" {
+		t.Errorf("sandbox-apiserver identity %q, ExtKeyUsage %v, IsCA %v, CN %q", id, as.ExtKeyUsage, as.IsCA, as.Subject.CommonName)
+	}
+	if err := as.CheckSignatureFrom(ca.Cert); err != nil {
+		t.Errorf("sandbox-apiserver certificate not signed by the CA: %v", err)
+	}
+
 	// Never valid beyond the CA.
 	c, _, err := ca.IssueAgent(ns, "a", now.Add(DefaultCAValidity-time.Hour), DefaultCertValidity)
 	if err != nil {
@@ -558,6 +608,9 @@ func TestIssue(t *testing.T) {
 	}
 	if _, _, err := ca.IssueScheduler(now, 0); err == nil {
 		t.Error("IssueScheduler with zero validity succeeded")
+	}
+	if _, _, err := ca.IssueAPIServer(now, 0); err == nil {
+		t.Error("IssueAPIServer with zero validity succeeded")
 	}
 	if _, _, err := NewCA("x", now, -time.Hour); err == nil {
 		t.Error("NewCA with negative validity succeeded")

@@ -92,7 +92,8 @@ func (s *source) refreshLocked() error {
 // ServerConfig returns the TLS configuration of the agent's API server: it
 // presents the agent's certificate (certFile, keyFile) and accepts only
 // clients whose certificate chains to a CA of caFile and names
-// SchedulerIdentity. The three files are re-read when their content changes
+// SchedulerIdentity or APIServerIdentity (the handler then decides per route
+// with PeerIdentity). The three files are re-read when their content changes
 // (at most once per second, on a handshake); if they do not parse, the last
 // good ones stay in use. It fails if the files cannot be loaded at first.
 //
@@ -108,7 +109,7 @@ func ServerConfig(certFile, keyFile, caFile string) (*tls.Config, error) {
 		MinVersion:             tls.VersionTLS13,
 		ClientAuth:             tls.RequireAndVerifyClientCert,
 		SessionTicketsDisabled: true,
-		VerifyConnection:       verifySchedulerClient,
+		VerifyConnection:       verifyClient,
 	}
 	initial := src.get()
 	cfg.Certificates = []tls.Certificate{*initial.cert}
@@ -124,33 +125,45 @@ func ServerConfig(certFile, keyFile, caFile string) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// verifySchedulerClient accepts only the scheduler's client certificate. The
-// chain has already been verified against the client CAs.
-func verifySchedulerClient(cs tls.ConnectionState) error {
-	if len(cs.PeerCertificates) == 0 || len(cs.VerifiedChains) == 0 {
-		return errors.New("agentpki: no verified client certificate")
-	}
-	id, err := IdentityOf(cs.PeerCertificates[0])
+// verifyClient accepts only the client certificates of the scheduler and of
+// the sandbox-apiserver. The chain has already been verified against the
+// client CAs.
+func verifyClient(cs tls.ConnectionState) error {
+	id, err := PeerIdentity(&cs)
 	if err != nil {
-		return fmt.Errorf("agentpki: client certificate: %w", err)
+		return err
 	}
-	if id != SchedulerIdentity {
-		return fmt.Errorf("agentpki: client identity %q is not %q", id, SchedulerIdentity)
+	if id != SchedulerIdentity && id != APIServerIdentity {
+		return fmt.Errorf("agentpki: client identity %q is neither %q nor %q", id, SchedulerIdentity, APIServerIdentity)
 	}
 	return nil
 }
 
-// ClientCredentials are the scheduler's credentials for calling agents: its
-// client certificate and the CA that verifies agents. They are safe for
-// concurrent use.
+// PeerIdentity returns the identity (URI SAN) of the verified client
+// certificate of a connection, e.g. http.Request.TLS on the agent API. It
+// fails if cs is nil (no TLS) or holds no verified chain.
+func PeerIdentity(cs *tls.ConnectionState) (string, error) {
+	if cs == nil || len(cs.PeerCertificates) == 0 || len(cs.VerifiedChains) == 0 {
+		return "", errors.New("agentpki: no verified client certificate")
+	}
+	id, err := IdentityOf(cs.PeerCertificates[0])
+	if err != nil {
+		return "", fmt.Errorf("agentpki: client certificate: %w", err)
+	}
+	return id, nil
+}
+
+// ClientCredentials are the credentials for calling agents of the scheduler
+// or of the sandbox-apiserver: its client certificate and the CA that
+// verifies agents. They are safe for concurrent use.
 type ClientCredentials struct {
 	src *source
 }
 
-// LoadClient loads the scheduler's credentials from files. The files are
-// re-read when their content changes (at most once per second, on a
-// handshake, or at once with Reload); if they do not parse, the last good
-// ones stay in use. It fails if the files cannot be loaded at first.
+// LoadClient loads a client's credentials (the scheduler's or the
+// sandbox-apiserver's) from files. The files are re-read when their content
+// changes (at most once per second, on a handshake, or at once with Reload);
+// if they do not parse, the last good ones stay in use. It fails if the files cannot be loaded at first.
 func LoadClient(certFile, keyFile, caFile string) (*ClientCredentials, error) {
 	src, err := loadSource(certFile, keyFile, caFile)
 	if err != nil {
@@ -159,7 +172,7 @@ func LoadClient(certFile, keyFile, caFile string) (*ClientCredentials, error) {
 	return &ClientCredentials{src: src}, nil
 }
 
-// NewClient makes the scheduler's credentials from PEM: its certificate and
+// NewClient makes a client's credentials from PEM: its certificate and
 // key and the CA certificate(s) that verify agents. Update replaces them.
 func NewClient(certPEM, keyPEM, caPEM []byte) (*ClientCredentials, error) {
 	m, err := parseMaterial(certPEM, keyPEM, caPEM)
@@ -199,7 +212,7 @@ func (c *ClientCredentials) Update(certPEM, keyPEM, caPEM []byte) error {
 }
 
 // ConfigFor returns the TLS configuration for calling agent Pod
-// namespace/podName by IP. It presents the scheduler's certificate, verifies
+// namespace/podName by IP. It presents the client's certificate, verifies
 // the server's chain against the CA (host names are not checked: the Pod is
 // dialed by IP) and requires the server's identity to be
 // AgentIdentity(namespace, podName); otherwise the handshake fails before

@@ -10,6 +10,11 @@ const (
 	// certificate for the agent API (tls.crt, tls.key, ca.crt), which the
 	// pool controller issues and renews. Only the scheduler reads it.
 	SchedulerClientSecretName = "fast-sandbox-scheduler-client"
+	// SandboxAPIServerClientSecretName is the Secret holding the
+	// sandbox-apiserver's client certificate for the agent API (tls.crt,
+	// tls.key, ca.crt; identity agentpki.APIServerIdentity), which the pool
+	// controller issues and renews. Only the sandbox-apiserver reads it.
+	SandboxAPIServerClientSecretName = "fast-sandbox-apiserver-client"
 	// AgentTLSSecretSuffix ends the name of the Secret holding an agent
 	// Pod's server certificate: "<agent Pod name>-tls". Only its agent Pod
 	// mounts it.
