@@ -15,8 +15,11 @@ for t in containerd containerd-shim-runc-v2 runc ctr openssl iptables ip "$CNI_B
   command -v "$t" >/dev/null || die "$t is missing: apt-get install containerd runc containernetworking-plugins iptables openssl iproute2"
 done
 if [ -f "$CLUSTER_DIR/pids" ] && "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_FILE" get --raw /readyz >/dev/null 2>&1; then
-  log "the cluster is already up (kubeconfig $KUBECONFIG_FILE)"
-  exit 0
+  if [ -f "$CLUSTER_DIR/pki/front-proxy-client.crt" ]; then
+    log "the cluster is already up (kubeconfig $KUBECONFIG_FILE)"
+    exit 0
+  fi
+  log "the running cluster predates the front proxy (aggregated APIs); recreating it"
 fi
 [ -e "$CLUSTER_DIR/pids" ] && { log "a previous cluster left state behind; cleaning it first"; "$(dirname "$0")/down.sh"; }
 
@@ -51,14 +54,14 @@ wait_for() {
 
 # --- certificates -----------------------------------------------------------
 pki=$CLUSTER_DIR/pki
-cert() { # cert NAME SUBJECT [SAN]
-  local name=$1 subj=$2 san=${3:-}
+cert() { # cert NAME SUBJECT [SAN] [CA]   (CA: the signing CA's file stem, ca by default)
+  local name=$1 subj=$2 san=${3:-} ca=${4:-ca}
   openssl genrsa -out "$pki/$name.key" 2048 2>/dev/null
   openssl req -new -key "$pki/$name.key" -subj "$subj" -out "$pki/$name.csr" 2>/dev/null
   local ext="$pki/$name.ext"
   { echo "basicConstraints=CA:FALSE"; echo "keyUsage=critical,digitalSignature,keyEncipherment"
     echo "extendedKeyUsage=serverAuth,clientAuth"; [ -n "$san" ] && echo "subjectAltName=$san"; } > "$ext"
-  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" -CAcreateserial \
     -days 365 -sha256 -extfile "$ext" -out "$pki/$name.crt" 2>/dev/null
   rm -f "$pki/$name.csr" "$ext"
 }
@@ -73,6 +76,12 @@ cert controller-manager "/CN=system:kube-controller-manager"
 cert scheduler "/CN=system:kube-scheduler"
 cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME"
 cert kubelet-serving "/CN=$NODE_NAME" "DNS:$NODE_NAME,DNS:localhost,IP:127.0.0.1,IP:$NODE_IP"
+# The front proxy: kube-apiserver authenticates to aggregated API servers
+# (the sandbox-apiserver) with this client certificate of its own CA, and they
+# trust the X-Remote-* headers only from it.
+openssl genrsa -out "$pki/front-proxy-ca.key" 2048 2>/dev/null
+openssl req -x509 -new -key "$pki/front-proxy-ca.key" -subj "/CN=fast-sandbox-front-proxy-ca" -days 365 -sha256 -out "$pki/front-proxy-ca.crt" 2>/dev/null
+cert front-proxy-client "/CN=front-proxy-client" "" front-proxy-ca
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 
@@ -124,6 +133,11 @@ start kube-apiserver "$BIN_DIR/kube-apiserver" \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --authorization-mode Node,RBAC --allow-privileged=true \
+  --requestheader-client-ca-file "$pki/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
+  --enable-aggregator-routing=true \
   --enable-admission-plugins NodeRestriction \
   --profiling=false
 wait_for kube-apiserver 90 kubectl_ get --raw /readyz
