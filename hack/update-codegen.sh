@@ -11,6 +11,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 module=$(go list -m)
 apis=pkg/apis/sandbox/v1alpha1
+subapis=pkg/apis/subresources/v1alpha1
 args=pkg/apis/config
 out=pkg/generated
 bin="$root/_output/tools"
@@ -26,10 +27,13 @@ mkdir -p "$bin"
   k8s.io/code-generator/cmd/informer-gen \
   sigs.k8s.io/controller-tools/cmd/controller-gen)
 
-rm -rf "$out" "$apis/zz_generated.deepcopy.go" manifests/crds/fast-sandbox.io_*.yaml \
+rm -rf "$out" "$apis/zz_generated.deepcopy.go" "$subapis/zz_generated.deepcopy.go" manifests/crds/fast-sandbox.io_*.yaml \
   "$args"/zz_generated.*.go "$args"/v1/zz_generated.*.go
 
 "$bin/deepcopy-gen" --go-header-file "$header" --output-file zz_generated.deepcopy.go "./$apis"
+# The aggregated API of the interactive subresources (sandbox-apiserver):
+# deepcopy only; its query conversions are hand-written.
+"$bin/deepcopy-gen" --go-header-file "$header" --output-file zz_generated.deepcopy.go "./$subapis"
 
 "$bin/client-gen" --go-header-file "$header" \
   --output-dir "$out/clientset" --output-pkg "$module/$out/clientset" \
@@ -52,4 +56,4 @@ rm -rf "$out" "$apis/zz_generated.deepcopy.go" manifests/crds/fast-sandbox.io_*.
 "$bin/defaulter-gen" --go-header-file "$header" --output-file zz_generated.defaults.go "./$args/v1"
 "$bin/conversion-gen" --go-header-file "$header" --output-file zz_generated.conversion.go "./$args/v1"
 
-gofmt -s -w "$apis" "$out" "$args"
+gofmt -s -w "$apis" "$subapis" "$out" "$args"
