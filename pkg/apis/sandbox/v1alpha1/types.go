@@ -109,8 +109,11 @@ const (
 )
 
 // SandboxSpec is what the user asks to run. Everything that shapes the
-// container is immutable; only the deadlines may change.
+// container is immutable; only the deadlines (activeDeadlineSeconds may
+// only be shortened), ttlSecondsAfterFinished, failurePolicy, paused,
+// idleTimeoutSeconds and idlePolicy may change.
 // +kubebuilder:validation:XValidation:rule="!has(self.activeDeadlineSeconds) || !has(oldSelf.activeDeadlineSeconds) || self.activeDeadlineSeconds <= oldSelf.activeDeadlineSeconds",message="activeDeadlineSeconds may only be shortened"
+// +kubebuilder:validation:XValidation:rule="!has(self.idlePolicy) || self.idlePolicy != 'Delete' || has(self.idleTimeoutSeconds)",message="idlePolicy Delete requires idleTimeoutSeconds"
 type SandboxSpec struct {
 	// PoolName is the SandboxPool (cluster-scoped) whose agents run this
 	// sandbox; the pool's namespaceSelector must select the Sandbox's namespace.
@@ -176,7 +179,8 @@ type SandboxSpec struct {
 	NetworkMode SandboxNetworkMode `json:"networkMode,omitempty"`
 
 	// ActiveDeadlineSeconds bounds how long the sandbox may run once started;
-	// it is Failed with reason DeadlineExceeded after that.
+	// it is Failed with reason DeadlineExceeded after that. Time spent
+	// paused counts: a paused sandbox is stopped at its deadline too.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	ActiveDeadlineSeconds *int64 `json:"activeDeadlineSeconds,omitempty"`
@@ -194,7 +198,46 @@ type SandboxSpec struct {
 	// +optional
 	// +kubebuilder:default=Fail
 	FailurePolicy SandboxFailurePolicy `json:"failurePolicy,omitempty"`
+
+	// Paused, when true, freezes every process of the sandbox (cgroup
+	// freezer): they use no CPU and keep their memory. Setting it back to
+	// false thaws them. It may be changed at any time; a paused sandbox is
+	// in phase Paused with condition Paused (reason PausedBySpec), keeps its
+	// slot on the agent, and its activeDeadlineSeconds keeps counting.
+	// +optional
+	Paused bool `json:"paused,omitempty"`
+
+	// IdleTimeoutSeconds, if set, makes the sandbox idle once no exec,
+	// attach, log follow or files call has been made for that long (a call
+	// in progress counts as activity until it ends); idlePolicy says what
+	// happens then. It may be changed at any time.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	IdleTimeoutSeconds *int32 `json:"idleTimeoutSeconds,omitempty"`
+
+	// IdlePolicy is what happens to an idle sandbox (see
+	// idleTimeoutSeconds): Pause (the default) freezes it, as paused does,
+	// with condition Paused reason Idle, and the next exec, attach or files
+	// call thaws it; Delete deletes the Sandbox object. Without
+	// idleTimeoutSeconds a sandbox is never idle, so Pause does nothing
+	// and Delete is refused. It may be changed at any time.
+	// +optional
+	// +kubebuilder:default=Pause
+	IdlePolicy SandboxIdlePolicy `json:"idlePolicy,omitempty"`
 }
+
+// SandboxIdlePolicy says what happens to an idle sandbox.
+// +kubebuilder:validation:Enum=Pause;Delete
+type SandboxIdlePolicy string
+
+// The idle policies of a Sandbox.
+const (
+	// IdlePolicyPause pauses an idle sandbox (condition Paused, reason
+	// Idle); the next exec, attach or files call resumes it.
+	IdlePolicyPause SandboxIdlePolicy = "Pause"
+	// IdlePolicyDelete deletes the Sandbox object of an idle sandbox.
+	IdlePolicyDelete SandboxIdlePolicy = "Delete"
+)
 
 // SandboxFailurePolicy says what happens to a sandbox whose agent is lost.
 // +kubebuilder:validation:Enum=Fail;AutoRecreate
@@ -246,7 +289,7 @@ type SandboxResources struct {
 }
 
 // SandboxPhase is where a sandbox is in its life.
-// +kubebuilder:validation:Enum=Pending;Scheduled;Running;Succeeded;Failed
+// +kubebuilder:validation:Enum=Pending;Scheduled;Running;Paused;Succeeded;Failed
 type SandboxPhase string
 
 // The phases of a Sandbox.
@@ -254,6 +297,10 @@ const (
 	SandboxPending   SandboxPhase = "Pending"
 	SandboxScheduled SandboxPhase = "Scheduled"
 	SandboxRunning   SandboxPhase = "Running"
+	// SandboxPaused: the sandbox's processes are frozen (spec.paused, or
+	// idle under idlePolicy Pause); it goes back to Running when thawed and
+	// may still finish (e.g. at its activeDeadlineSeconds). It is not final.
+	SandboxPaused    SandboxPhase = "Paused"
 	SandboxSucceeded SandboxPhase = "Succeeded"
 	SandboxFailed    SandboxPhase = "Failed"
 )
@@ -262,8 +309,12 @@ const (
 const (
 	// SandboxConditionScheduled is True once the sandbox is bound to an agent.
 	SandboxConditionScheduled = "Scheduled"
-	// SandboxConditionReady is True while the container runs.
+	// SandboxConditionReady is True while the container runs (paused or not).
 	SandboxConditionReady = "Ready"
+	// SandboxConditionPaused is True while the sandbox's processes are
+	// frozen, with reason ReasonPausedBySpec or ReasonIdle; False (reason
+	// ReasonResumed) once thawed. A sandbox never paused has none.
+	SandboxConditionPaused = "Paused"
 )
 
 // Reasons that a Sandbox status carries.
@@ -301,6 +352,13 @@ const (
 	// ReasonUnknownSchedulerProfile: the pool's spec.scheduling.schedulerName
 	// names no profile of the scheduler's configuration; Pending until fixed.
 	ReasonUnknownSchedulerProfile = "UnknownSchedulerProfile"
+	// ReasonPausedBySpec: the sandbox is paused because spec.paused is true.
+	ReasonPausedBySpec = "PausedBySpec"
+	// ReasonIdle: the sandbox was paused after idleTimeoutSeconds without
+	// activity (idlePolicy Pause).
+	ReasonIdle = "Idle"
+	// ReasonResumed: a paused sandbox was thawed (condition Paused False).
+	ReasonResumed = "Resumed"
 )
 
 // SandboxStatus is what the system observed of a sandbox. Times have
@@ -309,7 +367,7 @@ type SandboxStatus struct {
 	// ObservedGeneration is the generation of the spec this status is about.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
-	// Phase is Pending, Scheduled, Running, Succeeded or Failed.
+	// Phase is Pending, Scheduled, Running, Paused, Succeeded or Failed.
 	// +optional
 	Phase SandboxPhase `json:"phase,omitempty"`
 	// Reason is a CamelCase word for the phase (e.g. Unschedulable, OOMKilled, AgentLost).
@@ -349,7 +407,13 @@ type SandboxStatus struct {
 	// was lost (failurePolicy AutoRecreate).
 	// +optional
 	Restarts int32 `json:"restarts,omitempty"`
-	// Conditions are Scheduled and Ready.
+	// LastActivityTime is when an exec, attach, log follow or files call
+	// last began or ended (or the sandbox started, if none since), as its
+	// agent reports it; set for a sandbox with idleTimeoutSeconds or one that
+	// had activity. It is refreshed at most every few seconds.
+	// +optional
+	LastActivityTime *metav1.MicroTime `json:"lastActivityTime,omitempty"`
+	// Conditions are Scheduled, Ready and Paused.
 	// +optional
 	// +listType=map
 	// +listMapKey=type

@@ -451,6 +451,11 @@ func (in *SandboxSpec) DeepCopyInto(out *SandboxSpec) {
 		*out = new(int32)
 		**out = **in
 	}
+	if in.IdleTimeoutSeconds != nil {
+		in, out := &in.IdleTimeoutSeconds, &out.IdleTimeoutSeconds
+		*out = new(int32)
+		**out = **in
+	}
 	return
 }
 
@@ -486,6 +491,10 @@ func (in *SandboxStatus) DeepCopyInto(out *SandboxStatus) {
 	}
 	if in.FinishTime != nil {
 		in, out := &in.FinishTime, &out.FinishTime
+		*out = (*in).DeepCopy()
+	}
+	if in.LastActivityTime != nil {
+		in, out := &in.LastActivityTime, &out.LastActivityTime
 		*out = (*in).DeepCopy()
 	}
 	if in.Conditions != nil {
