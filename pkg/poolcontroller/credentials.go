@@ -20,9 +20,11 @@ import (
 // The credentials of the agent API. The controller keeps a CA in the
 // system namespace (v1alpha1.AgentCASecretName), issues each agent Pod a
 // server certificate naming it (v1alpha1.AgentTLSSecretName, created before
-// the Pod, mounted only by it) and the scheduler a client certificate
-// (v1alpha1.SchedulerClientSecretName), and renews them before they expire.
-// There is no shared secret: a credential names one Pod or the scheduler.
+// the Pod, mounted only by it), the scheduler a client certificate
+// (v1alpha1.SchedulerClientSecretName) and the sandbox-apiserver one
+// (v1alpha1.SandboxAPIServerClientSecretName), and renews them before they
+// expire. There is no shared secret: a credential names one Pod or one
+// component.
 
 // Event reasons of the credentials.
 const (
@@ -30,7 +32,7 @@ const (
 	EventFailedIssue       = "FailedIssue"
 )
 
-// credentialsCheckPeriod is how often the scheduler's certificate is checked
+// credentialsCheckPeriod is how often the client certificates are checked
 // for renewal.
 const credentialsCheckPeriod = 10 * time.Minute
 
@@ -79,31 +81,56 @@ func (c *Controller) ca(ctx context.Context) (*agentpki.CA, error) {
 	return ca, nil
 }
 
-// ensureSchedulerCredentials makes sure the scheduler's client certificate
-// exists and is not due for renewal.
-func (c *Controller) ensureSchedulerCredentials(ctx context.Context) error {
+// clientCredential is a client certificate of the agent API that the
+// controller keeps in a Secret of the system namespace for one component.
+type clientCredential struct {
+	secretName string
+	// who names the component in messages ("the scheduler").
+	who string
+	// issue issues the component's certificate (its identity) from ca.
+	issue func(ca *agentpki.CA, now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error)
+}
+
+var (
+	schedulerClient = clientCredential{
+		secretName: v1alpha1.SchedulerClientSecretName,
+		who:        "the scheduler",
+		issue:      (*agentpki.CA).IssueScheduler,
+	}
+	apiServerClient = clientCredential{
+		secretName: v1alpha1.SandboxAPIServerClientSecretName,
+		who:        "the sandbox-apiserver",
+		issue:      (*agentpki.CA).IssueAPIServer,
+	}
+	// clientCredentials are the client certificates runCredentials keeps.
+	clientCredentials = []clientCredential{schedulerClient, apiServerClient}
+)
+
+// ensureClientCredential makes sure the client certificate cred exists, is
+// issued by the current CA and is not due for renewal.
+func (c *Controller) ensureClientCredential(ctx context.Context, cred clientCredential) error {
 	ca, err := c.ca(ctx)
 	if err != nil {
 		return err
 	}
 	secrets := c.kubeClient.CoreV1().Secrets(c.namespace)
-	cur, err := secrets.Get(ctx, v1alpha1.SchedulerClientSecretName, metav1.GetOptions{})
+	cur, err := secrets.Get(ctx, cred.secretName, metav1.GetOptions{})
 	exists := err == nil
 	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("getting Secret %s/%s: %w", c.namespace, v1alpha1.SchedulerClientSecretName, err)
+		return fmt.Errorf("getting Secret %s/%s: %w", c.namespace, cred.secretName, err)
 	}
 	if exists && !agentpki.NeedsRenewal(cur.Data[agentpki.KeyCert], c.clock.Now()) &&
 		string(cur.Data[agentpki.KeyCACert]) == string(ca.CertPEM) {
 		return nil
 	}
-	certPEM, keyPEM, err := ca.IssueScheduler(c.clock.Now(), agentpki.DefaultCertValidity)
+	certPEM, keyPEM, err := cred.issue(ca, c.clock.Now(), agentpki.DefaultCertValidity)
 	if err != nil {
-		return fmt.Errorf("issuing the scheduler's client certificate: %w", err)
+		return fmt.Errorf("issuing the client certificate of %s: %w", cred.who, err)
 	}
 	data := map[string][]byte{agentpki.KeyCert: certPEM, agentpki.KeyKey: keyPEM, agentpki.KeyCACert: ca.CertPEM}
 	if !exists {
 		_, err = secrets.Create(ctx, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.SchedulerClientSecretName, Namespace: c.namespace},
+			ObjectMeta: metav1.ObjectMeta{Name: cred.secretName, Namespace: c.namespace},
 			Type:       corev1.SecretTypeTLS, Data: data,
 		}, metav1.CreateOptions{FieldManager: ControllerName})
 	} else {
@@ -112,17 +139,40 @@ func (c *Controller) ensureSchedulerCredentials(ctx context.Context) error {
 		_, err = secrets.Update(ctx, cur, metav1.UpdateOptions{FieldManager: ControllerName})
 	}
 	if err != nil && !apierrors.IsAlreadyExists(err) && !apierrors.IsConflict(err) {
-		return fmt.Errorf("writing Secret %s/%s: %w", c.namespace, v1alpha1.SchedulerClientSecretName, err)
+		return fmt.Errorf("writing Secret %s/%s: %w", c.namespace, cred.secretName, err)
 	}
-	klog.FromContext(ctx).Info("Issued the scheduler's client certificate", "secret", klog.KRef(c.namespace, v1alpha1.SchedulerClientSecretName))
+	klog.FromContext(ctx).Info("Issued a client certificate of the agent API", "for", cred.who, "secret", klog.KRef(c.namespace, cred.secretName))
 	return nil
 }
 
-// runCredentials keeps the scheduler's certificate until ctx ends.
+// ensureSchedulerCredentials makes sure the scheduler's client certificate
+// exists and is not due for renewal.
+func (c *Controller) ensureSchedulerCredentials(ctx context.Context) error {
+	return c.ensureClientCredential(ctx, schedulerClient)
+}
+
+// ensureAPIServerCredentials makes sure the sandbox-apiserver's client
+// certificate exists and is not due for renewal.
+func (c *Controller) ensureAPIServerCredentials(ctx context.Context) error {
+	return c.ensureClientCredential(ctx, apiServerClient)
+}
+
+// ensureClientCredentials keeps every client certificate; one failing does
+// not hold back the others.
+func (c *Controller) ensureClientCredentials(ctx context.Context) error {
+	var errs []error
+	for _, cred := range clientCredentials {
+		errs = append(errs, c.ensureClientCredential(ctx, cred))
+	}
+	return errors.Join(errs...)
+}
+
+// runCredentials keeps the client certificates (the scheduler's and the
+// sandbox-apiserver's) until ctx ends.
 func (c *Controller) runCredentials(ctx context.Context) {
 	for {
-		if err := c.ensureSchedulerCredentials(ctx); err != nil {
-			klog.FromContext(ctx).Error(err, "Keeping the scheduler's client certificate; retrying")
+		if err := c.ensureClientCredentials(ctx); err != nil {
+			klog.FromContext(ctx).Error(err, "Keeping the client certificates of the agent API; retrying")
 			select {
 			case <-ctx.Done():
 				return

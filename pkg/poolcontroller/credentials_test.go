@@ -234,3 +234,58 @@ func TestAgentSecretsFollowTheirPods(t *testing.T) {
 	}
 	e.secret(v1alpha1.AgentTLSSecretName("py-agent-live"))
 }
+
+// The sandbox-apiserver's client certificate is kept as the scheduler's:
+// issued by the agent API's CA with the sandbox-apiserver's identity, kept
+// while not due, renewed once due, and reissued when the Secret is lost.
+func TestAPIServerCredentials(t *testing.T) {
+	kube := k8sfake.NewClientset()
+	e := newCredsEnv(t, kube, time.Now())
+	if err := e.c.ensureClientCredentials(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	caPEM := e.secret(v1alpha1.AgentCASecretName).Data[agentpki.KeyCACert]
+	api0 := e.secret(v1alpha1.SandboxAPIServerClientSecretName)
+	if api0.Type != corev1.SecretTypeTLS {
+		t.Errorf("type %q, want %q", api0.Type, corev1.SecretTypeTLS)
+	}
+	if got := identity(t, api0.Data[agentpki.KeyCert], caPEM); got != agentpki.APIServerIdentity {
+		t.Errorf("sandbox-apiserver identity %q, want %q", got, agentpki.APIServerIdentity)
+	}
+	if !bytes.Equal(api0.Data[agentpki.KeyCACert], caPEM) || len(api0.Data[agentpki.KeyKey]) == 0 {
+		t.Error("the sandbox-apiserver's Secret lacks the CA or the key")
+	}
+	if got := identity(t, e.secret(v1alpha1.SchedulerClientSecretName).Data[agentpki.KeyCert], caPEM); got != agentpki.SchedulerIdentity {
+		t.Errorf("scheduler identity %q", got)
+	}
+
+	e.clock.Step(200 * 24 * time.Hour) // 165 of 365 days left
+	if err := e.c.ensureAPIServerCredentials(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(e.secret(v1alpha1.SandboxAPIServerClientSecretName).Data[agentpki.KeyCert], api0.Data[agentpki.KeyCert]) {
+		t.Error("renewed with more than a third of the lifetime left")
+	}
+
+	e.clock.Step(100 * 24 * time.Hour) // 65 days left
+	if err := e.c.ensureAPIServerCredentials(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	api1 := e.secret(v1alpha1.SandboxAPIServerClientSecretName)
+	if bytes.Equal(api1.Data[agentpki.KeyCert], api0.Data[agentpki.KeyCert]) {
+		t.Fatal("the sandbox-apiserver's certificate was not renewed")
+	}
+	if got := identity(t, api1.Data[agentpki.KeyCert], caPEM); got != agentpki.APIServerIdentity {
+		t.Errorf("renewed sandbox-apiserver identity %q", got)
+	}
+
+	if err := kube.CoreV1().Secrets(testSysNS).Delete(e.ctx, v1alpha1.SandboxAPIServerClientSecretName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.ensureClientCredentials(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := identity(t, e.secret(v1alpha1.SandboxAPIServerClientSecretName).Data[agentpki.KeyCert], caPEM); got != agentpki.APIServerIdentity {
+		t.Errorf("reissued sandbox-apiserver identity %q", got)
+	}
+}
