@@ -13,17 +13,23 @@
 // binary runs Main when its arguments say so (IsLogger). This package
 // imports only the standard library, to keep sandbox-init small.
 //
+// Format: the logger stores the output as records, one per line of the
+// file, each with the time it was read and its stream (see record.go); the
+// readers give back the output itself, and read lines that are not records
+// (files written before, or by the shim) as they are.
+//
 // Files: the current file is the log's path; when writing would take it past
 // the size bound, it is renamed to path.1 (path.1 to path.2, and so on, the
 // oldest beyond the bound removed) and a new current file begins. Rotation
-// happens at a line boundary when the part that fits holds one; a line
-// longer than the bound is split. So the log never holds more than
-// maxBytes*maxFiles bytes. With one file, the current file is emptied
-// instead.
+// happens at a line boundary when the part that fits holds one (the logger's
+// records always fit a file); a line longer than the bound is split. So the
+// log never holds more than maxBytes*maxFiles bytes. With one file, the
+// current file is emptied instead.
 //
-// Reading: Open returns the files oldest first, so the content reads in
-// order. A rotation while the files are being opened may leave out the one
-// file rotated meanwhile; the current file is always there.
+// Reading: Open returns the output in the files, oldest first, so the
+// content reads in order. A rotation while the files are being opened may
+// leave out the one file rotated meanwhile; the current file is always
+// there. Copy selects and follows it (see follow.go).
 package sandboxlog
 
 import (
@@ -141,8 +147,11 @@ func Main(args []string) int {
 		_ = ready.Close()
 	}
 	var wg sync.WaitGroup
-	for _, fd := range []uintptr{fdStdout, fdStderr} {
-		f := os.NewFile(fd, "output")
+	for _, s := range []struct {
+		fd     uintptr
+		stream string
+	}{{fdStdout, Stdout}, {fdStderr, Stderr}} {
+		f := os.NewFile(s.fd, s.stream)
 		if f == nil {
 			continue
 		}
@@ -150,7 +159,7 @@ func Main(args []string) int {
 		go func() {
 			defer wg.Done()
 			defer func() { _ = f.Close() }()
-			copyInto(w, f)
+			copyRecords(w, s.stream, f)
 		}()
 	}
 	done := make(chan struct{})
@@ -166,15 +175,19 @@ func Main(args []string) int {
 	return 0
 }
 
-// copyInto copies r into w until r ends. A failed write (a full disk) drops
-// that output and goes on: the container must never block on its log, nor
-// get EPIPE because its logger stopped reading.
-func copyInto(w io.Writer, r io.Reader) {
+// copyRecords copies r, the output of stream, into w as records until r
+// ends: what one read returns is written at once, in one Write. A failed
+// write (a full disk) drops that output and goes on: the container must
+// never block on its log, nor get EPIPE because its logger stopped reading.
+func copyRecords(w *Writer, stream string, r io.Reader) {
 	buf := make([]byte, 32<<10)
+	var out []byte
+	maxContent := w.maxContent()
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
-			_, _ = w.Write(buf[:n])
+			out = appendRecords(out[:0], time.Now(), stream, buf[:n], maxContent)
+			_, _ = w.Write(out)
 		}
 		if err != nil {
 			return
@@ -283,6 +296,11 @@ func (w *Writer) rotate() error {
 	return w.open()
 }
 
+// maxContent is the most content a record may have to fit a file whole.
+func (w *Writer) maxContent() int {
+	return int(min(maxRecordContent, w.maxBytes-recordOverhead))
+}
+
 // Close closes the current file.
 func (w *Writer) Close() error {
 	w.mu.Lock()
@@ -331,49 +349,6 @@ func Files(path string) ([]string, error) {
 		files = append(files, path)
 	}
 	return files, nil
-}
-
-// Open reads the log at path, oldest file first. It fails with an error
-// satisfying errors.Is(err, fs.ErrNotExist) when the log has no file.
-func Open(path string) (io.ReadCloser, error) {
-	files, err := Files(path)
-	if err != nil {
-		return nil, err
-	}
-	rc := &multiReadCloser{}
-	for _, p := range files {
-		f, err := os.Open(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // rotated away meanwhile
-		}
-		if err != nil {
-			_ = rc.Close()
-			return nil, err
-		}
-		rc.files = append(rc.files, f)
-	}
-	if len(rc.files) == 0 {
-		return nil, fmt.Errorf("log %s: %w", path, fs.ErrNotExist)
-	}
-	readers := make([]io.Reader, len(rc.files))
-	for i, f := range rc.files {
-		readers[i] = f
-	}
-	rc.Reader = io.MultiReader(readers...)
-	return rc, nil
-}
-
-type multiReadCloser struct {
-	io.Reader
-	files []*os.File
-}
-
-func (m *multiReadCloser) Close() error {
-	var errs []error
-	for _, f := range m.files {
-		errs = append(errs, f.Close())
-	}
-	return errors.Join(errs...)
 }
 
 // Size is the bytes the log at path holds on disk, all its files together.
