@@ -186,7 +186,7 @@ func hasFinalizer(s *v1alpha1.Sandbox) bool {
 // agent was sent it, if known. A write that fails is not retried here: the
 // status poll, the sweeps and the deadline loop compare again and write again.
 func (s *Scheduler) recordOutcome(ctx context.Context, sbx *v1alpha1.Sandbox, st api.SandboxStatus, told *metav1.MicroTime) bool {
-	updated := sbx.DeepCopy()
+	updated, before := sbx.DeepCopy(), sbx.Status.Phase
 	if told != nil && updated.Status.AgentToldTime == nil {
 		updated.Status.AgentToldTime = told
 	}
@@ -196,8 +196,8 @@ func (s *Scheduler) recordOutcome(ctx context.Context, sbx *v1alpha1.Sandbox, st
 	for attempt := 0; attempt < 3; attempt++ {
 		_, err := s.client.SandboxV1alpha1().Sandboxes(updated.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{FieldManager: fieldManager})
 		if err == nil {
-			if updated.Status.Phase != sbx.Status.Phase {
-				s.eventForPhase(updated)
+			if updated.Status.Phase != before {
+				s.eventForPhase(updated, before)
 			}
 			return true
 		}
@@ -209,7 +209,7 @@ func (s *Scheduler) recordOutcome(ctx context.Context, sbx *v1alpha1.Sandbox, st
 		if gerr != nil || fresh.UID != sbx.UID || !sameBinding(fresh, sbx) {
 			return false
 		}
-		updated = fresh.DeepCopy()
+		updated, before = fresh.DeepCopy(), fresh.Status.Phase
 		if told != nil && updated.Status.AgentToldTime == nil {
 			updated.Status.AgentToldTime = told
 		}
@@ -226,8 +226,16 @@ func sameBinding(a, b *v1alpha1.Sandbox) bool {
 	return a.Status.Agent == b.Status.Agent && a.Status.AgentUID == b.Status.AgentUID && a.Status.Restarts == b.Status.Restarts
 }
 
+// lastActivityResolution is how far an agent's lastActivity must move before
+// status.lastActivityTime is written for it alone: activity (every exec,
+// attach, files call) does not turn into a status write each time.
+const lastActivityResolution = 5 * time.Second
+
 // applyAgentStatus maps an agent's report onto a Sandbox status; it reports
-// whether anything changed. Final phases never change again.
+// whether anything changed. Final phases never change again. A paused
+// sandbox (StatePaused) is in phase Paused with condition Paused True
+// (reason PausedBySpec or Idle); it stays Ready, as its container lives.
+// Reported running again, it is Running with condition Paused False.
 func applyAgentStatus(sbx *v1alpha1.Sandbox, st api.SandboxStatus) bool {
 	if finished(sbx) {
 		return false
@@ -251,6 +259,20 @@ func applyAgentStatus(sbx *v1alpha1.Sandbox, st api.SandboxStatus) bool {
 			msg += " in a container created for it"
 		}
 		setReady(sbx, metav1.ConditionTrue, "Started", msg)
+		unpause(sbx, v1alpha1.ReasonResumed, "the sandbox's processes were thawed")
+	case api.StatePaused:
+		sbx.Status.Phase = v1alpha1.SandboxPaused
+		reason, msg := v1alpha1.ReasonPausedBySpec, "spec.paused is true: the sandbox's processes are frozen"
+		if st.PauseReason == api.PauseReasonIdle {
+			reason, msg = v1alpha1.ReasonIdle, "the sandbox was idle (no exec, attach, log follow or files call for idleTimeoutSeconds): its processes are frozen until the next exec, attach or files call"
+		}
+		meta.SetStatusCondition(&sbx.Status.Conditions, metav1.Condition{
+			Type: v1alpha1.SandboxConditionPaused, Status: metav1.ConditionTrue, Reason: reason, Message: msg,
+			ObservedGeneration: sbx.Generation,
+		})
+		if c := meta.FindStatusCondition(sbx.Status.Conditions, v1alpha1.SandboxConditionReady); c == nil || c.Status != metav1.ConditionTrue {
+			setReady(sbx, metav1.ConditionTrue, "Started", "the sandbox's container started (it is paused)")
+		}
 	case api.StateExited:
 		sbx.Status.ExitCode = st.ExitCode
 		sbx.Status.Phase = v1alpha1.SandboxFailed
@@ -260,6 +282,7 @@ func applyAgentStatus(sbx *v1alpha1.Sandbox, st api.SandboxStatus) bool {
 		sbx.Status.Reason, sbx.Status.Message = st.Reason, st.Message
 		finishAt(sbx, st.FinishedAt)
 		setReady(sbx, metav1.ConditionFalse, st.Reason, "the sandbox's command exited")
+		unpause(sbx, st.Reason, "the sandbox finished")
 	case api.StateCreating:
 		// Still being created (e.g. its image is pulled): it stays Scheduled.
 	case api.StateFailed:
@@ -267,8 +290,40 @@ func applyAgentStatus(sbx *v1alpha1.Sandbox, st api.SandboxStatus) bool {
 		sbx.Status.Reason, sbx.Status.Message = st.Reason, st.Message
 		finishAt(sbx, st.FinishedAt)
 		setReady(sbx, metav1.ConditionFalse, st.Reason, st.Message)
+		unpause(sbx, st.Reason, "the sandbox finished")
 	}
-	return !equalStatus(before, &sbx.Status)
+	changed := !equalStatus(before, &sbx.Status)
+	if st.LastActivity != nil {
+		// As stored: a MicroTime keeps microseconds.
+		t := metav1.NewMicroTime(st.LastActivity.Truncate(time.Microsecond))
+		cur := sbx.Status.LastActivityTime
+		if cur == nil || (changed && !cur.Equal(&t)) || absDuration(t.Sub(cur.Time)) >= lastActivityResolution {
+			sbx.Status.LastActivityTime = &t
+			changed = changed || cur == nil || !cur.Equal(&t)
+		}
+	}
+	return changed
+}
+
+func absDuration(d time.Duration) time.Duration {
+	if d < 0 {
+		return -d
+	}
+	return d
+}
+
+// unpause sets condition Paused False on a sandbox that has it True.
+func unpause(sbx *v1alpha1.Sandbox, reason, message string) {
+	if c := meta.FindStatusCondition(sbx.Status.Conditions, v1alpha1.SandboxConditionPaused); c == nil || c.Status != metav1.ConditionTrue {
+		return
+	}
+	if reason == "" {
+		reason = "Unknown"
+	}
+	meta.SetStatusCondition(&sbx.Status.Conditions, metav1.Condition{
+		Type: v1alpha1.SandboxConditionPaused, Status: metav1.ConditionFalse, Reason: reason, Message: message,
+		ObservedGeneration: sbx.Generation,
+	})
 }
 
 func finishAt(sbx *v1alpha1.Sandbox, at *time.Time) {
@@ -302,13 +357,36 @@ func equalStatus(a, b *v1alpha1.SandboxStatus) bool {
 	if (a.StartTime == nil) != (b.StartTime == nil) || (a.FinishTime == nil) != (b.FinishTime == nil) {
 		return false
 	}
-	return len(a.Conditions) == len(b.Conditions)
+	if (a.LastActivityTime == nil) != (b.LastActivityTime == nil) || (a.LastActivityTime != nil && !a.LastActivityTime.Equal(b.LastActivityTime)) {
+		return false
+	}
+	if len(a.Conditions) != len(b.Conditions) {
+		return false
+	}
+	for _, c := range a.Conditions {
+		d := meta.FindStatusCondition(b.Conditions, c.Type)
+		if d == nil || d.Status != c.Status || d.Reason != c.Reason || d.Message != c.Message {
+			return false
+		}
+	}
+	return true
 }
 
-func (s *Scheduler) eventForPhase(sbx *v1alpha1.Sandbox) {
+// eventForPhase tells of a sandbox's move to its current phase from before.
+func (s *Scheduler) eventForPhase(sbx *v1alpha1.Sandbox, before v1alpha1.SandboxPhase) {
 	switch sbx.Status.Phase {
 	case v1alpha1.SandboxRunning:
+		if before == v1alpha1.SandboxPaused {
+			s.recorder.Eventf(sbx, nil, v1.EventTypeNormal, "Resumed", "Resume", "the sandbox's processes were thawed")
+			return
+		}
 		s.recorder.Eventf(sbx, nil, v1.EventTypeNormal, "Started", "Start", "container %s started on agent %s", sbx.Status.ContainerID, sbx.Status.Agent)
+	case v1alpha1.SandboxPaused:
+		reason, note := v1alpha1.ReasonPausedBySpec, "spec.paused is true: the sandbox's processes are frozen"
+		if c := meta.FindStatusCondition(sbx.Status.Conditions, v1alpha1.SandboxConditionPaused); c != nil {
+			reason, note = c.Reason, c.Message
+		}
+		s.recorder.Eventf(sbx, nil, v1.EventTypeNormal, "Paused", "Pause", "%s", truncateNote(fmt.Sprintf("%s (%s)", note, reason)))
 	case v1alpha1.SandboxSucceeded:
 		s.recorder.Eventf(sbx, nil, v1.EventTypeNormal, "Succeeded", "Finish", "the command exited with 0")
 	case v1alpha1.SandboxFailed:

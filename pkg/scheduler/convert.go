@@ -106,6 +106,14 @@ func agentSpec(s *v1alpha1.Sandbox, pool *v1alpha1.SandboxPool) api.SandboxSpec 
 		UID: string(s.UID), Namespace: s.Namespace, Name: s.Name, Pool: s.Spec.PoolName,
 		Image: s.Spec.Image, Command: s.Spec.Command, Args: s.Spec.Args, WorkingDir: s.Spec.WorkingDir,
 		RuntimeHandler: s.Spec.RuntimeHandler, NetworkMode: string(s.Spec.NetworkMode),
+		Paused: s.Spec.Paused,
+	}
+	if s.Spec.IdleTimeoutSeconds != nil && *s.Spec.IdleTimeoutSeconds > 0 {
+		spec.IdleTimeoutSeconds = *s.Spec.IdleTimeoutSeconds
+		spec.IdlePolicy = api.IdlePolicyPause
+		if s.Spec.IdlePolicy == v1alpha1.IdlePolicyDelete {
+			spec.IdlePolicy = api.IdlePolicyDelete
+		}
 	}
 	res := effectiveResources(s, pool)
 	if res.CPU != nil {
@@ -137,7 +145,14 @@ func finished(s *v1alpha1.Sandbox) bool {
 	return s.Status.Phase == v1alpha1.SandboxSucceeded || s.Status.Phase == v1alpha1.SandboxFailed
 }
 
-// holdsSlot says whether a bound sandbox takes a slot of its agent.
+// deletesWhenIdle says whether the sandbox's Sandbox object is deleted once
+// its agent reports it idle.
+func deletesWhenIdle(s *v1alpha1.Sandbox) bool {
+	return s.Spec.IdlePolicy == v1alpha1.IdlePolicyDelete && s.Spec.IdleTimeoutSeconds != nil && *s.Spec.IdleTimeoutSeconds > 0
+}
+
+// holdsSlot says whether a bound sandbox takes a slot of its agent; a
+// paused one does, as a running one.
 func holdsSlot(s *v1alpha1.Sandbox) bool {
 	return s.Status.Agent != "" && !finished(s) && s.DeletionTimestamp == nil
 }

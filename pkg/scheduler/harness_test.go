@@ -276,7 +276,7 @@ func (a *testAgent) status() *api.Status {
 	}
 	for _, s := range a.sandboxes {
 		st.Sandboxes = append(st.Sandboxes, s)
-		if s.State == api.StateRunning {
+		if s.State == api.StateRunning || s.State == api.StatePaused {
 			st.Allocated.Slots++
 		}
 	}
@@ -308,13 +308,25 @@ func (a *testAgent) sync(req *api.SyncRequest, tooBig map[string]bool) (*api.Syn
 				State: api.StateRunning, CreatedAt: &now, StartedAt: &now, Start: api.StartWarm}
 			a.sandboxes[spec.UID] = st
 		}
+		// Like the agent, it converges on paused: true pauses, false
+		// resumes a sandbox paused by spec (not one paused as idle).
+		switch {
+		case spec.Paused && st.State == api.StateRunning:
+			st.State, st.PauseReason = api.StatePaused, api.PauseReasonSpec
+		case spec.Paused && st.State == api.StatePaused:
+			st.PauseReason = api.PauseReasonSpec
+		case !spec.Paused && st.State == api.StatePaused && st.PauseReason == api.PauseReasonSpec:
+			st.State, st.PauseReason = api.StateRunning, ""
+		}
+		a.sandboxes[spec.UID] = st
 		resp.Sandboxes = append(resp.Sandboxes, st)
 	}
 	for _, uid := range req.Finished {
 		keep[uid] = true
-		if st, ok := a.sandboxes[uid]; ok && st.State == api.StateRunning {
+		if st, ok := a.sandboxes[uid]; ok && (st.State == api.StateRunning || st.State == api.StatePaused) {
 			code, now := int32(137), time.Now()
 			st.State, st.ExitCode, st.Reason, st.FinishedAt = api.StateExited, &code, api.ReasonError, &now
+			st.PauseReason = ""
 			a.sandboxes[uid] = st
 		}
 	}
@@ -334,6 +346,35 @@ func (a *testAgent) exit(uid string, code int32) {
 	now := time.Now()
 	st.State, st.ExitCode, st.FinishedAt, st.Reason = api.StateExited, &code, &now, api.ReasonCompleted
 	a.sandboxes[uid] = st
+}
+
+// update changes what the agent reports of a sandbox (e.g. that it is
+// idle, or paused as idle, or its last activity).
+func (a *testAgent) update(uid string, f func(*api.SandboxStatus)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st, ok := a.sandboxes[uid]
+	if !ok {
+		a.t.Errorf("test agent %s has no sandbox %s", a.name, uid)
+		return
+	}
+	f(&st)
+	a.sandboxes[uid] = st
+}
+
+// lastSpec is the spec of a sandbox in the newest sync the agent applied.
+func (a *testAgent) lastSpec(uid string) (api.SandboxSpec, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.lastSync == nil {
+		return api.SandboxSpec{}, false
+	}
+	for _, spec := range a.lastSync.Sandboxes {
+		if spec.UID == uid {
+			return spec, true
+		}
+	}
+	return api.SandboxSpec{}, false
 }
 
 // reset closes the connection with a TCP reset, answering nothing.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -262,7 +263,9 @@ func (s *Scheduler) loseSandbox(ctx context.Context, sbx *v1alpha1.Sandbox, why 
 	st.Message = fmt.Sprintf("%s; placing the sandbox again (restart %d)", why, st.Restarts)
 	st.Agent, st.AgentUID, st.Node, st.ContainerID, st.ExitCode = "", "", "", "", nil
 	st.ScheduleTime, st.AgentToldTime, st.StartTime, st.FinishTime = nil, nil, nil, nil
+	st.LastActivityTime = nil
 	st.ObservedGeneration = sbx.Generation
+	unpause(updated, v1alpha1.ReasonAgentLost, st.Message)
 	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.SandboxConditionScheduled,
 		Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonAgentLost, Message: st.Message, ObservedGeneration: sbx.Generation})
 	setReady(updated, metav1.ConditionFalse, v1alpha1.ReasonAgentLost, st.Message)
@@ -335,6 +338,27 @@ func (s *Scheduler) sandboxChanged(sbx *v1alpha1.Sandbox) {
 		if agent != nil {
 			agent.syncer.trigger() // it moves to the agent's finished list
 		}
+	}
+}
+
+// sandboxSpecChanged tells the agent of a bound sandbox that has not
+// finished about a change of its spec (paused, idleTimeoutSeconds,
+// idlePolicy are mutable) right away, rather than at the next difference
+// the status poll notices. activeDeadlineSeconds needs no sync: the
+// scheduler enforces it (enforceLifetimes).
+func (s *Scheduler) sandboxSpecChanged(old, sbx *v1alpha1.Sandbox) {
+	if sbx.Status.Agent == "" || finished(sbx) || sbx.DeletionTimestamp != nil {
+		return
+	}
+	if old.Generation == sbx.Generation && apiequality.Semantic.DeepEqual(old.Spec, sbx.Spec) {
+		return
+	}
+	s.mu.Lock()
+	agent := s.agents[s.agentKey(sbx.Status.Agent)]
+	s.mu.Unlock()
+	if agent != nil && agent.holds(sbx) {
+		klog.FromContext(s.context()).V(2).Info("sandbox spec changed; syncing its agent", "sandbox", klog.KObj(sbx), "agent", agent.key())
+		agent.syncer.trigger()
 	}
 }
 
@@ -488,10 +512,35 @@ func (s *Scheduler) observe(ctx context.Context, a *agentState, reports []api.Sa
 		if err != nil || string(sbx.UID) != st.UID || !a.holds(sbx) || finished(sbx) {
 			continue
 		}
+		if st.Idle && sbx.DeletionTimestamp == nil && deletesWhenIdle(sbx) {
+			s.deleteIdle(ctx, sbx)
+			continue
+		}
 		probe := sbx.DeepCopy()
 		if applyAgentStatus(probe, st) {
 			s.recordOutcome(ctx, sbx, st, nil)
 		}
+	}
+}
+
+// deleteIdle deletes a Sandbox whose agent reports it idle under idlePolicy
+// Delete. The delete is guarded by the UID and resourceVersion read, so a
+// sandbox whose spec changed since (e.g. its idlePolicy) is looked at again
+// at the next report, and a repeated report deletes (and tells) only once.
+// Its finalizer then takes the usual path: the next sync leaves it out and
+// the agent removes its container.
+func (s *Scheduler) deleteIdle(ctx context.Context, sbx *v1alpha1.Sandbox) {
+	uid, rv := sbx.UID, sbx.ResourceVersion
+	err := s.client.SandboxV1alpha1().Sandboxes(sbx.Namespace).Delete(ctx, sbx.Name,
+		metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv}})
+	switch {
+	case err == nil:
+		klog.FromContext(ctx).Info("deleted an idle sandbox (idlePolicy Delete)", "sandbox", klog.KObj(sbx), "idleTimeoutSeconds", *sbx.Spec.IdleTimeoutSeconds)
+		s.recorder.Eventf(sbx, nil, v1.EventTypeNormal, "IdleTimeout", "Delete",
+			"no exec, attach, log follow or files call for %ds (idleTimeoutSeconds); deleting the Sandbox (idlePolicy Delete)", *sbx.Spec.IdleTimeoutSeconds)
+	case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+	default:
+		klog.FromContext(ctx).Error(err, "deleting an idle sandbox; the next report retries", "sandbox", klog.KObj(sbx))
 	}
 }
 
@@ -641,20 +690,27 @@ func (s *Scheduler) needsSync(a *agentState, st *api.Status) string {
 		return fmt.Sprintf("the agent applied revision %d; the last answered sync was %d", st.Revision, ackedRevision)
 	}
 	specs, finishedUIDs := s.desiredFor(a)
-	reported := make(map[string]api.SandboxState, len(st.Sandboxes))
+	reported := make(map[string]api.SandboxStatus, len(st.Sandboxes))
 	for _, r := range st.Sandboxes {
-		reported[r.UID] = r.State
+		reported[r.UID] = r
 	}
 	wanted := make(map[string]bool, len(specs)+len(finishedUIDs))
 	for _, spec := range specs {
 		wanted[spec.UID] = true
-		if _, ok := reported[spec.UID]; !ok && !inFlight {
+		r, ok := reported[spec.UID]
+		switch {
+		case inFlight:
+		case !ok:
 			return fmt.Sprintf("sandbox %s/%s is desired but not reported", spec.Namespace, spec.Name)
+		case spec.Paused && r.State == api.StateRunning:
+			return fmt.Sprintf("sandbox %s/%s is to be paused but runs", spec.Namespace, spec.Name)
+		case !spec.Paused && r.State == api.StatePaused && r.PauseReason == api.PauseReasonSpec:
+			return fmt.Sprintf("sandbox %s/%s is to be resumed but is paused", spec.Namespace, spec.Name)
 		}
 	}
 	for _, uid := range finishedUIDs {
 		wanted[uid] = true
-		if reported[uid] == api.StateRunning {
+		if state := reported[uid].State; state == api.StateRunning || state == api.StatePaused {
 			return fmt.Sprintf("finished sandbox %s still runs", uid)
 		}
 	}

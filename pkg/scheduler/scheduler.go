@@ -306,8 +306,14 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		},
 	})
 	_, _ = sbxInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.sandboxChanged(obj.(*v1alpha1.Sandbox)) },
-		UpdateFunc: func(_, obj any) { s.sandboxChanged(obj.(*v1alpha1.Sandbox)) },
+		AddFunc: func(obj any) { s.sandboxChanged(obj.(*v1alpha1.Sandbox)) },
+		UpdateFunc: func(oldObj, obj any) {
+			sbx := obj.(*v1alpha1.Sandbox)
+			s.sandboxChanged(sbx)
+			if old, ok := oldObj.(*v1alpha1.Sandbox); ok {
+				s.sandboxSpecChanged(old, sbx)
+			}
+		},
 		DeleteFunc: func(obj any) {
 			if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = tomb.Obj
