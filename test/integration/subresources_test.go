@@ -1,0 +1,402 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/client-go/tools/remotecommand"
+	criremotecommand "k8s.io/cri-streaming/pkg/streaming/remotecommand"
+	utilexec "k8s.io/utils/exec"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
+	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+	"github.com/fast-sandbox/fast-sandbox/pkg/sandboxapiserver"
+	"github.com/fast-sandbox/fast-sandbox/test/integration/framework"
+	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
+)
+
+// srExecutor is the fake agent's exec: "echo ARGS" writes them to stdout,
+// "cat" copies stdin to stdout, "fail N" exits with N.
+type srExecutor struct{}
+
+func (srExecutor) ExecInContainer(_ context.Context, _, _, _ string, cmd []string, in io.Reader, out, _ io.WriteCloser,
+	_ bool, _ <-chan criremotecommand.TerminalSize, _ time.Duration) error {
+	switch cmd[0] {
+	case "echo":
+		_, err := io.WriteString(out, strings.Join(cmd[1:], " ")+"\n")
+		return err
+	case "cat":
+		_, err := io.Copy(out, in)
+		return err
+	case "fail":
+		return utilexec.CodeExitError{Err: errors.New("failed"), Code: 3}
+	}
+	return fmt.Errorf("unknown command %q", cmd[0])
+}
+
+// srFakeAgent serves the interactive routes of one agent Pod over the
+// agent's mutual TLS and records the client identities it sees.
+func srFakeAgent(t *testing.T, creds *framework.AgentCredentials, podName string) (port int, peers func() []string) {
+	t.Helper()
+	var mu sync.Mutex
+	var seen []string
+	files := map[string][]byte{"/etc/motd": []byte("welcome\n")}
+	mux := http.NewServeMux()
+	exec := func(w http.ResponseWriter, r *http.Request) {
+		opts, err := criremotecommand.NewOptions(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		criremotecommand.ServeExec(w, r, srExecutor{}, "sandbox", r.PathValue("uid"), "main", r.URL.Query()["command"], opts,
+			time.Minute, criremotecommand.DefaultStreamCreationTimeout, criremotecommand.SupportedStreamingProtocols)
+	}
+	mux.HandleFunc("GET "+api.PathExec, exec)
+	mux.HandleFunc("POST "+api.PathExec, exec)
+	mux.HandleFunc("GET "+api.PathLogs, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = fmt.Fprintf(w, "log of %s tailLines=%s\n", r.PathValue("uid"), r.URL.Query().Get("tailLines"))
+	})
+	mux.HandleFunc("GET "+api.PathFiles, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		data, ok := files[r.URL.Query().Get("path")]
+		mu.Unlock()
+		if !ok {
+			w.WriteHeader(http.StatusNotFound)
+			_ = json.NewEncoder(w).Encode(api.Error{Code: http.StatusNotFound, Message: "no such file"})
+			return
+		}
+		_, _ = w.Write(data)
+	})
+	mux.HandleFunc("PUT "+api.PathFiles, func(w http.ResponseWriter, r *http.Request) {
+		data, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		files[r.URL.Query().Get("path")] = data
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, _ := agentpki.PeerIdentity(r.TLS)
+		mu.Lock()
+		seen = append(seen, id)
+		mu.Unlock()
+		mux.ServeHTTP(w, r)
+	}))
+	srv.TLS = creds.ServerTLS(t, podName)
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().(*net.TCPAddr).Port, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), seen...)
+	}
+}
+
+// srKubeconfig writes a kubeconfig of the test kube-apiserver's admin.
+func srKubeconfig(t *testing.T, cfg *rest.Config) string {
+	t.Helper()
+	ca := cfg.TLSClientConfig.CAData
+	if len(ca) == 0 && cfg.TLSClientConfig.CAFile != "" {
+		var err error
+		if ca, err = os.ReadFile(cfg.TLSClientConfig.CAFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: ca, TLSServerName: cfg.TLSClientConfig.ServerName,
+		InsecureSkipTLSVerify: len(ca) == 0}
+	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken,
+		ClientCertificateData: cfg.TLSClientConfig.CertData, ClientKeyData: cfg.TLSClientConfig.KeyData}
+	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "admin"}
+	kc.CurrentContext = "test"
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// srUser is a ServiceAccount of ns with a token, bound to a Role of rules.
+func srUser(t *testing.T, cp *framework.ControlPlane, ns, name string, rules []rbacv1.PolicyRule) string {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := cp.Kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.Kube.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.Kube.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: ns}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := cp.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token of %s/%s: %v", ns, name, err)
+	}
+	return tr.Status.Token
+}
+
+// TestSubresourcesServer runs the sandbox-apiserver against a real
+// kube-apiserver with RBAC (delegated authentication and authorization)
+// and a fake agent over the agent API's mutual TLS.
+func TestSubresourcesServer(t *testing.T) {
+	cp := framework.StartWithRBAC(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ns1, ns2 := kubetest.CreateNamespace(t, cp.Kube, "sr-one"), kubetest.CreateNamespace(t, cp.Kube, "sr-two")
+
+	// The agent credentials: the apiserver's client certificate in a
+	// directory laid out as the mounted Secret.
+	creds := cp.AgentCredentials(t)
+	certPEM, keyPEM, err := creds.CA.IssueAPIServer(time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certDir := t.TempDir()
+	for name, data := range map[string][]byte{agentpki.KeyCert: certPEM, agentpki.KeyKey: keyPEM, agentpki.KeyCACert: creds.CA.CertPEM} {
+		if err := os.WriteFile(filepath.Join(certDir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	agentPort, agentPeers := srFakeAgent(t, creds, "sr-agent")
+
+	// The agent Pod, at 127.0.0.1, and the sandboxes.
+	pod, err := cp.Kube.CoreV1().Pods(sysNS).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "sr-agent"},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "agent", Image: "agent"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Status.PodIP, pod.Status.PodIPs = "127.0.0.1", []corev1.PodIP{{IP: "127.0.0.1"}}
+	if pod, err = cp.Kube.CoreV1().Pods(sysNS).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	running := bindSandbox(t, cp, kubetest.CreateSandbox(t, cp.Sandbox, ns1, kubetest.Sandbox("sb", "shared", "busybox", "sleep", "1d")), pod, v1alpha1.SandboxRunning)
+	kubetest.CreateSandbox(t, cp.Sandbox, ns1, kubetest.Sandbox("pending", "shared", "busybox", "true"))
+	bindSandbox(t, cp, kubetest.CreateSandbox(t, cp.Sandbox, ns2, kubetest.Sandbox("sb", "shared", "busybox", "true")), pod, v1alpha1.SandboxRunning)
+
+	// Users: alice may do everything in ns1, bob only read logs, carol may
+	// GET exec but not create it.
+	group := []string{"subresources.fast-sandbox.io"}
+	alice := srUser(t, cp, ns1, "alice", []rbacv1.PolicyRule{
+		{APIGroups: group, Resources: []string{"sandboxes/exec", "sandboxes/attach"}, Verbs: []string{"get", "create"}},
+		{APIGroups: group, Resources: []string{"sandboxes/log"}, Verbs: []string{"get"}},
+		{APIGroups: group, Resources: []string{"sandboxes/files"}, Verbs: []string{"get", "update"}},
+	})
+	bob := srUser(t, cp, ns1, "bob", []rbacv1.PolicyRule{{APIGroups: group, Resources: []string{"sandboxes/log"}, Verbs: []string{"get"}}})
+	carol := srUser(t, cp, ns1, "carol", []rbacv1.PolicyRule{{APIGroups: group, Resources: []string{"sandboxes/exec"}, Verbs: []string{"get"}}})
+
+	// The sandbox-apiserver, delegating to the test kube-apiserver.
+	kubeconfig := srKubeconfig(t, cp.Config)
+	o := sandboxapiserver.NewOptions()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Recommended.SecureServing.Listener = ln
+	o.Recommended.SecureServing.BindPort = ln.Addr().(*net.TCPAddr).Port
+	o.Recommended.SecureServing.ServerCert.CertDirectory = t.TempDir()
+	o.Recommended.Authentication.RemoteKubeConfigFile = kubeconfig
+	o.Recommended.Authorization.RemoteKubeConfigFile = kubeconfig
+	o.Recommended.CoreAPI.CoreAPIKubeconfigPath = kubeconfig
+	o.SystemNamespace = sysNS
+	o.AgentClientCertDir = certDir
+	o.AgentPort = agentPort
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := o.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := cfg.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("the sandbox-apiserver did not stop")
+		}
+	})
+	base := "https://" + ln.Addr().String()
+	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, Timeout: 30 * time.Second}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err := insecure.Get(base + "/readyz")
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sandbox-apiserver is not ready: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	do := func(token, method, ns, name, sub, query string, body []byte) (int, string) {
+		t.Helper()
+		u := fmt.Sprintf("%s/apis/subresources.fast-sandbox.io/v1alpha1/namespaces/%s/sandboxes/%s/%s?%s", base, ns, name, sub, query)
+		req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := insecure.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, u, err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		data, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(data)
+	}
+	expect := func(what string, code int, body string, wantCode int, wantBody string) {
+		t.Helper()
+		if code != wantCode || !strings.Contains(body, wantBody) {
+			t.Errorf("%s: %d %q, want %d containing %q", what, code, body, wantCode, wantBody)
+		}
+	}
+
+	// Discovery lists the subresources.
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/apis/subresources.fast-sandbox.io/v1alpha1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+alice)
+	resp, err := insecure.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	body := string(data)
+	for _, r := range []string{"sandboxes/exec", "sandboxes/attach", "sandboxes/log", "sandboxes/files"} {
+		if !strings.Contains(body, `"`+r+`"`) {
+			t.Errorf("discovery lacks %s: %s", r, body)
+		}
+	}
+
+	// log: alice and bob; alice not in ns2; 404 and 409.
+	code, body := do(alice, http.MethodGet, ns1, "sb", "log", "tailLines=3", nil)
+	expect("alice log", code, body, http.StatusOK, "log of "+string(running.UID)+" tailLines=3")
+	code, body = do(bob, http.MethodGet, ns1, "sb", "log", "", nil)
+	expect("bob log", code, body, http.StatusOK, "log of "+string(running.UID))
+	code, body = do(alice, http.MethodGet, ns2, "sb", "log", "", nil)
+	expect("alice log in ns2", code, body, http.StatusForbidden, "forbidden")
+	code, body = do(alice, http.MethodGet, ns1, "missing", "log", "", nil)
+	expect("missing sandbox", code, body, http.StatusNotFound, `sandboxes.fast-sandbox.io \"missing\" not found`)
+	code, body = do(alice, http.MethodGet, ns1, "pending", "log", "", nil)
+	expect("pending sandbox", code, body, http.StatusConflict, "is not running on an agent yet (phase Pending)")
+
+	// files: alice writes and reads; bob may neither.
+	code, body = do(alice, http.MethodPut, ns1, "sb", "files", "path=/tmp/x&mode=0600", []byte("written"))
+	expect("alice write", code, body, http.StatusNoContent, "")
+	code, body = do(alice, http.MethodGet, ns1, "sb", "files", "path=/tmp/x", nil)
+	expect("alice read", code, body, http.StatusOK, "written")
+	code, body = do(alice, http.MethodGet, ns1, "sb", "files", "path=/nope", nil)
+	expect("alice read missing", code, body, http.StatusNotFound, "agent sr-agent: no such file")
+	code, body = do(bob, http.MethodGet, ns1, "sb", "files", "path=/etc/motd", nil)
+	expect("bob read", code, body, http.StatusForbidden, "forbidden")
+	code, body = do(bob, http.MethodPut, ns1, "sb", "files", "path=/etc/motd", []byte("x"))
+	expect("bob write", code, body, http.StatusForbidden, "forbidden")
+
+	// exec over SPDY (POST) and WebSocket v5 (GET, translated to SPDY).
+	execURL := func(ns, cmd string, stdin bool) string {
+		q := "command=" + strings.ReplaceAll(cmd, " ", "&command=") + "&stdout=true&stderr=true"
+		if stdin {
+			q += "&stdin=true"
+		}
+		return fmt.Sprintf("%s/apis/subresources.fast-sandbox.io/v1alpha1/namespaces/%s/sandboxes/sb/exec?%s", base, ns, q)
+	}
+	userConfig := func(token string) *rest.Config {
+		return &rest.Config{Host: base, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{Insecure: true}}
+	}
+	run := func(token, method, u string, stdin string) (string, error) {
+		t.Helper()
+		parsed, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ex remotecommand.Executor
+		if method == http.MethodPost {
+			ex, err = remotecommand.NewSPDYExecutor(userConfig(token), method, parsed)
+		} else {
+			ex, err = remotecommand.NewWebSocketExecutor(userConfig(token), method, u)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out, errOut bytes.Buffer
+		opts := remotecommand.StreamOptions{Stdout: &out, Stderr: &errOut}
+		if stdin != "" {
+			opts.Stdin = strings.NewReader(stdin)
+		}
+		sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+		defer scancel()
+		err = ex.StreamWithContext(sctx, opts)
+		return out.String(), err
+	}
+	for _, method := range []string{http.MethodPost, http.MethodGet} {
+		out, err := run(alice, method, execURL(ns1, "echo hello there", false), "")
+		if err != nil || out != "hello there\n" {
+			t.Errorf("alice exec (%s): %q, %v", method, out, err)
+		}
+		out, err = run(alice, method, execURL(ns1, "cat", true), "from stdin")
+		if err != nil || out != "from stdin" {
+			t.Errorf("alice exec cat (%s): %q, %v", method, out, err)
+		}
+		var exitErr interface{ ExitStatus() int }
+		if _, err := run(alice, method, execURL(ns1, "fail", false), ""); !errors.As(err, &exitErr) || exitErr.ExitStatus() != 3 {
+			t.Errorf("alice exec fail (%s): %v, want exit code 3", method, err)
+		}
+		if _, err := run(bob, method, execURL(ns1, "echo x", false), ""); err == nil || !strings.Contains(err.Error(), "forbidden") {
+			t.Errorf("bob exec (%s): %v, want forbidden", method, err)
+		}
+		if _, err := run(alice, method, execURL(ns2, "echo x", false), ""); err == nil || !strings.Contains(err.Error(), "forbidden") {
+			t.Errorf("alice exec in ns2 (%s): %v, want forbidden", method, err)
+		}
+	}
+	// carol may GET exec (what a WebSocket client does) but not create it.
+	if _, err := run(carol, http.MethodGet, execURL(ns1, "echo x", false), ""); err == nil || !strings.Contains(err.Error(), "forbidden") {
+		t.Errorf("carol exec over WebSocket: %v, want forbidden", err)
+	}
+
+	for _, id := range agentPeers() {
+		if id != agentpki.APIServerIdentity {
+			t.Errorf("the agent saw client identity %q", id)
+		}
+	}
+}
