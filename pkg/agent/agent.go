@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/utils/clock"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
@@ -54,6 +55,11 @@ type Config struct {
 	// its status (default 5 seconds). A listing may take up to two periods;
 	// the agent is healthy while its last success is at most three periods old.
 	ImageRefreshPeriod time.Duration
+	// IdleCheckPeriod is how often the agent looks for sandboxes idle for
+	// their IdleTimeoutSeconds (default 1 second).
+	IdleCheckPeriod time.Duration
+	// Clock measures activity and idleness; the real clock when nil.
+	Clock clock.WithTicker
 }
 
 // Defaults of Config.
@@ -87,6 +93,8 @@ type Agent struct {
 	// refused one by one (InvalidSpec, NoCapacity); they are reported until a
 	// sync leaves them out or admits them.
 	rejected []api.SandboxStatus
+	// controls are the pause and idle state of sandboxes, by UID (pause.go).
+	controls map[string]*control
 	epoch    int64
 	revision int64
 
@@ -95,6 +103,7 @@ type Agent struct {
 	imagesOK time.Time // last successful listing
 
 	baseCtx context.Context // parent of creations: ends when the agent stops
+	clock   clock.WithTicker
 	ready   atomic.Bool
 }
 
@@ -121,16 +130,24 @@ func New(cfg Config, rt runtime.Runtime, log logr.Logger) *Agent {
 	if cfg.ImageRefreshPeriod <= 0 {
 		cfg.ImageRefreshPeriod = DefaultImageRefreshPeriod
 	}
+	if cfg.IdleCheckPeriod <= 0 {
+		cfg.IdleCheckPeriod = DefaultIdleCheckPeriod
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
 	return &Agent{cfg: cfg, rt: rt, log: log, metrics: newMetrics(),
 		createSem: make(chan struct{}, cfg.CreateParallelism),
 		sandboxes: map[string]api.SandboxStatus{}, creating: map[string]*creation{},
-		deleting: map[string]bool{}, stopping: map[string]bool{}, baseCtx: context.Background()}
+		deleting: map[string]bool{}, stopping: map[string]bool{}, controls: map[string]*control{},
+		baseCtx: context.Background(), clock: cfg.Clock}
 }
 
 // Start initializes the runtime, adopts the sandboxes it already has (from
 // before a restart) and lists the node's images once. Adopted sandboxes are
-// kept until the next sync says whether they are still desired. Until ctx
-// ends it then follows sandbox exits and refreshes the image list; creations
+// kept until the next sync says whether they are still desired (and, for a
+// paused one, why it is paused). Until ctx ends it then follows sandbox
+// exits, refreshes the image list and looks for idle sandboxes; creations
 // under way are cancelled when ctx ends.
 func (a *Agent) Start(ctx context.Context) error {
 	info, err := a.rt.Initialize(ctx)
@@ -145,7 +162,11 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.mu.Lock()
 	a.baseCtx = ctx
 	for _, s := range existing {
+		if s.State != api.StatePaused {
+			s.PauseReason = "" // the agent's to say
+		}
 		a.sandboxes[s.UID] = s
+		a.controlOf(s.UID)
 	}
 	a.mu.Unlock()
 	// The first status carries the images; a failure here is not fatal (the
@@ -154,6 +175,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	go a.followImages(ctx)
 	a.log.Info("agent ready", "adopted", len(existing), "runtime", info.Runtime, "cgroupParent", info.CgroupParent)
 	go a.followExits(ctx)
+	go a.followIdle(ctx)
 	a.ready.Store(true)
 	return nil
 }
@@ -259,14 +281,14 @@ func (a *Agent) Sync(ctx context.Context, req *api.SyncRequest) (*api.SyncRespon
 	if err != nil {
 		return nil, err
 	}
-	// Wait for the creations, but only so long: the rest is answered
-	// Creating and goes on in the background.
+	// Wait for the creations, pauses and resumes, but only so long: the rest
+	// is answered as it is and goes on in the background.
 	timer := time.NewTimer(a.cfg.SyncWait)
 	defer timer.Stop()
 wait:
-	for _, c := range waits {
+	for _, done := range waits {
 		select {
-		case <-c.done:
+		case <-done:
 		case <-timer.C:
 			break wait
 		case <-ctx.Done():
@@ -274,13 +296,14 @@ wait:
 		}
 	}
 	// Report the freshest state of every desired sandbox.
+	now := a.clock.Now()
 	a.mu.RLock()
 	for i, st := range resp.Sandboxes {
 		if st.State == api.StateFailed && (st.Reason == api.ReasonInvalidSpec || st.Reason == api.ReasonNoCapacity) {
 			continue // refused by this sync; nothing of the agent's
 		}
-		if now, ok := a.sandboxes[st.UID]; ok {
-			resp.Sandboxes[i] = now
+		if cur, ok := a.sandboxes[st.UID]; ok {
+			resp.Sandboxes[i] = a.decorate(cur, now)
 		} else if c := a.creating[st.UID]; c != nil {
 			resp.Sandboxes[i] = creatingStatus(c.spec)
 		}
@@ -291,9 +314,9 @@ wait:
 }
 
 // apply checks the sync's order and applies its decisions under syncMu: it
-// starts creations, stops and removals, and returns the answer so far with
-// the creations it should wait for.
-func (a *Agent) apply(req *api.SyncRequest) (*api.SyncResponse, []*creation, error) {
+// starts creations, pauses, resumes, stops and removals, and returns the
+// answer so far with the creations, pauses and resumes it should wait for.
+func (a *Agent) apply(req *api.SyncRequest) (*api.SyncResponse, []<-chan struct{}, error) {
 	a.syncMu.Lock()
 	defer a.syncMu.Unlock()
 	if !a.Ready() {
@@ -308,33 +331,41 @@ func (a *Agent) apply(req *api.SyncRequest) (*api.SyncResponse, []*creation, err
 	}
 	a.epoch, a.revision = req.Epoch, req.Revision
 
-	// What the sandboxes the agent keeps hold: those running or being
-	// created (exited and failed ones hold nothing).
+	// What the sandboxes the agent keeps hold: those running (or paused) or
+	// being created (exited and failed ones hold nothing).
 	var used api.Resources
 	for _, s := range req.Sandboxes {
 		if c := a.creating[s.UID]; c != nil {
-			if st, ok := a.sandboxes[s.UID]; !ok || st.State == api.StateRunning {
+			if st, ok := a.sandboxes[s.UID]; !ok || alive(st) {
 				used = addSpec(used, s)
 			}
-		} else if st, ok := a.sandboxes[s.UID]; ok && st.State == api.StateRunning {
+		} else if st, ok := a.sandboxes[s.UID]; ok && alive(st) {
 			used = addSpec(used, s)
 		}
 	}
 
 	resp := &api.SyncResponse{Sandboxes: make([]api.SandboxStatus, len(req.Sandboxes))}
-	var waits []*creation
+	var waits []<-chan struct{}
 	a.rejected = nil
 	desired := make(map[string]bool, len(req.Sandboxes))
 	for i, s := range req.Sandboxes {
 		desired[s.UID] = true
 		c := a.creating[s.UID]
 		st, ok := a.sandboxes[s.UID]
+		if c != nil || ok {
+			// Paused, IdleTimeoutSeconds and IdlePolicy are the fields of a
+			// spec that change; the sandbox converges to them.
+			a.setControl(s)
+		}
 		switch {
 		case c != nil: // wait on that creation, whoever started it
 			c.dropped, c.finished = false, false
-			waits = append(waits, c)
+			waits = append(waits, c.done)
 			resp.Sandboxes[i] = creatingStatus(c.spec)
 		case ok:
+			if a.wantsConverge(s.UID) {
+				waits = append(waits, a.startConverge(s.UID))
+			}
 			resp.Sandboxes[i] = st
 		default:
 			if msg := checkSpec(i, &s); msg != "" {
@@ -346,8 +377,9 @@ func (a *Agent) apply(req *api.SyncRequest) (*api.SyncResponse, []*creation, err
 				continue
 			}
 			used = addSpec(used, s)
+			a.setControl(s)
 			c := a.startCreate(s)
-			waits = append(waits, c)
+			waits = append(waits, c.done)
 			resp.Sandboxes[i] = creatingStatus(s)
 		}
 	}
@@ -357,7 +389,7 @@ func (a *Agent) apply(req *api.SyncRequest) (*api.SyncResponse, []*creation, err
 		finished[uid] = true
 		if c := a.creating[uid]; c != nil {
 			c.dropped, c.finished = false, true
-		} else if st, ok := a.sandboxes[uid]; ok && st.State == api.StateRunning && !a.deleting[uid] {
+		} else if st, ok := a.sandboxes[uid]; ok && alive(st) && !a.deleting[uid] {
 			a.startStop(uid)
 		}
 	}
@@ -385,6 +417,12 @@ func (a *Agent) apply(req *api.SyncRequest) (*api.SyncResponse, []*creation, err
 		}
 	}
 	sort.Strings(resp.Deleting)
+	// Forget the pause and idle state of sandboxes the agent no longer has.
+	for uid := range a.controls {
+		if _, ok := a.sandboxes[uid]; !ok && a.creating[uid] == nil {
+			delete(a.controls, uid)
+		}
+	}
 	return resp, waits, nil
 }
 
@@ -484,6 +522,16 @@ func (a *Agent) create(ctx context.Context, c *creation) {
 		a.startDelete(spec.UID)
 	case c.finished && st.State == api.StateRunning:
 		a.startStop(spec.UID)
+	case st.State == api.StateRunning:
+		// The idle timeout counts from now; a sync may have asked to
+		// pause it meanwhile.
+		ctl := a.controlOf(spec.UID)
+		if !ctl.hadActivity {
+			ctl.last = a.clock.Now()
+		}
+		if a.wantsConverge(spec.UID) {
+			a.startConverge(spec.UID)
+		}
 	}
 	a.mu.Unlock()
 	close(c.done)
@@ -620,6 +668,7 @@ func short(s string) string {
 // Status reports the agent: capacity, allocation, sandboxes, images, health.
 // It never waits on the runtime for images: it answers the last listing.
 func (a *Agent) Status(ctx context.Context) *api.Status {
+	now := a.clock.Now()
 	a.mu.RLock()
 	healthy := a.Ready() && !a.imagesOK.IsZero() && time.Since(a.imagesOK) <= 3*a.cfg.ImageRefreshPeriod
 	st := &api.Status{
@@ -633,8 +682,8 @@ func (a *Agent) Status(ctx context.Context) *api.Status {
 		st.Allocated.MemoryBytes += s.MemoryBytes
 	}
 	for _, s := range a.sandboxes {
-		st.Sandboxes = append(st.Sandboxes, s)
-		if s.State == api.StateRunning {
+		st.Sandboxes = append(st.Sandboxes, a.decorate(s, now))
+		if alive(s) {
 			hold(s)
 		}
 	}

@@ -180,8 +180,9 @@ func (f *fakeRuntime) Logs(context.Context, string) (io.ReadCloser, error) {
 func (f *fakeRuntime) Exits() <-chan api.SandboxStatus { return f.exits }
 func (f *fakeRuntime) Close() error                    { return nil }
 
-// timeoutClient fails a test whose request hangs (a sync stalled on a creation).
-var timeoutClient = &http.Client{Timeout: 5 * time.Second}
+// timeoutClient calls the agent API as the scheduler (see pki_test.go); it
+// fails a test whose request hangs (a sync stalled on a creation).
+var timeoutClient = testPKI.client(identityScheduler)
 
 func start(t *testing.T, rt *fakeRuntime, capacity api.Resources) (*Agent, *httptest.Server) {
 	t.Helper()
@@ -196,9 +197,7 @@ func startWith(t *testing.T, rt *fakeRuntime, cfg Config) (*Agent, *httptest.Ser
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(a.Handler())
-	t.Cleanup(srv.Close)
-	return a, srv
+	return a, serveTLS(t, a.Handler())
 }
 
 func sbx(uid string) api.SandboxSpec {
@@ -291,7 +290,8 @@ func TestRequestsRefused(t *testing.T) {
 			if tc.contentType != "" {
 				req.Header.Set("Content-Type", tc.contentType)
 			}
-			resp, err := http.DefaultClient.Do(req)
+			// No overall timeout: the oversized body takes a while through TLS.
+			resp, err := (&http.Client{Transport: timeoutClient.Transport}).Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -310,7 +310,7 @@ func TestRequestsRefused(t *testing.T) {
 	// Probes are open (the API port admits only the scheduler's certificate;
 	// see server_tls_test.go).
 	for _, p := range []string{api.PathHealthz, api.PathReadyz, api.PathMetrics} {
-		resp, err := http.Get(srv.URL + p)
+		resp, err := timeoutClient.Get(srv.URL + p)
 		if err != nil || resp.StatusCode != 200 {
 			t.Errorf("GET %s: %v %v", p, resp.StatusCode, err)
 		}
@@ -361,14 +361,13 @@ func TestFinishedSandboxesHoldNoSlot(t *testing.T) {
 // take its sandboxes for lost); health answers.
 func TestNotReadyRefuses(t *testing.T) {
 	a := New(Config{Capacity: api.Resources{Slots: 1}}, newFakeRuntime(), testr.New(t))
-	srv := httptest.NewServer(a.Handler())
-	defer srv.Close()
+	srv := serveTLS(t, a.Handler())
 	for _, tc := range []struct{ method, path string }{
 		{http.MethodGet, api.PathStatus}, {http.MethodPut, api.PathSync}, {http.MethodGet, api.PathReadyz}, {http.MethodGet, api.PathHealthz},
 	} {
 		req, _ := http.NewRequest(tc.method, srv.URL+tc.path, strings.NewReader(`{"epoch":1,"revision":1,"sandboxes":[]}`))
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := timeoutClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -564,7 +563,7 @@ func TestSlowCreationDoesNotStallSyncs(t *testing.T) {
 	release := rt.blockCreate("slow")
 	defer release()
 	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 4}, SyncWait: 300 * time.Millisecond})
-	c := client.New(srv.URL, &http.Client{Timeout: 3 * time.Second})
+	c := client.New(srv.URL, &http.Client{Transport: timeoutClient.Transport, Timeout: 3 * time.Second})
 
 	first := make(chan *api.SyncResponse, 1)
 	go func() {
@@ -702,7 +701,7 @@ func TestConflictCarriesApplied(t *testing.T) {
 		t.Fatal(err)
 	}
 	req, _ := http.NewRequest(http.MethodPut, srv.URL+api.PathSync, strings.NewReader(`{"epoch":7,"revision":11,"sandboxes":[]}`))
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := timeoutClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -722,7 +721,7 @@ func TestConflictCarriesApplied(t *testing.T) {
 func TestStatusDoesNotWaitOnImages(t *testing.T) {
 	rt := newFakeRuntime()
 	a, srv := startWith(t, rt, Config{Capacity: api.Resources{Slots: 1}, ImageRefreshPeriod: 20 * time.Millisecond})
-	c := client.New(srv.URL, &http.Client{Timeout: 2 * time.Second})
+	c := client.New(srv.URL, &http.Client{Transport: timeoutClient.Transport, Timeout: 2 * time.Second})
 	block := make(chan struct{})
 	rt.mu.Lock()
 	rt.imagesBlock = block

@@ -63,7 +63,7 @@ func (m *metrics) setWarm(warm []api.WarmImage) {
 }
 
 func (m *metrics) setSandboxes(all []api.SandboxStatus) {
-	counts := map[api.SandboxState]int{api.StateCreating: 0, api.StateRunning: 0, api.StateExited: 0, api.StateFailed: 0}
+	counts := map[api.SandboxState]int{api.StateCreating: 0, api.StateRunning: 0, api.StatePaused: 0, api.StateExited: 0, api.StateFailed: 0}
 	for _, s := range all {
 		counts[s.State]++
 	}

@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
 )
 
 const maxLogBytes = 4 << 20
@@ -33,12 +36,44 @@ func WithHealth(h *Health) HandlerOption {
 	return func(o *handlerOptions) { o.health = h }
 }
 
-// Handler serves the agent's HTTP API. It authenticates nobody itself: it is
-// served only behind mutual TLS that admits the scheduler's certificate
-// alone (agentpki.ServerConfig). It also answers /healthz, /readyz and
-// /metrics, as ProbeHandler does.
+// Handler serves the agent's HTTP API. It is served only behind mutual TLS
+// that admits the certificates of the scheduler and of the sandbox-apiserver
+// (agentpki.ServerConfig), and it authorizes each request by the identity of
+// the verified client certificate: the scheduler may call every route, the
+// sandbox-apiserver only the interactive ones (exec, attach, logs, files);
+// any other request of the API, one without TLS included, is answered 403
+// before it is handled. It also answers /healthz, /readyz and /metrics, as
+// ProbeHandler does, to any client.
 func (a *Agent) Handler(opts ...HandlerOption) http.Handler {
 	return a.handler(true, opts...)
+}
+
+// Who may call a route.
+type access int
+
+const (
+	// accessOpen: the probes and metrics, for anyone who reaches the port.
+	accessOpen access = iota
+	// accessScheduler: the scheduler only (status, sync).
+	accessScheduler
+	// accessInteractive: the scheduler and the sandbox-apiserver.
+	accessInteractive
+)
+
+// authorize says whether the request's verified client identity may call a
+// route of access acc.
+func authorize(r *http.Request, acc access, route string) error {
+	if acc == accessOpen {
+		return nil
+	}
+	id, err := agentpki.PeerIdentity(r.TLS)
+	if err != nil {
+		return refuse(http.StatusForbidden, "%s: no verified client certificate", route)
+	}
+	if id == agentpki.SchedulerIdentity || (acc == accessInteractive && id == agentpki.APIServerIdentity) {
+		return nil
+	}
+	return refuse(http.StatusForbidden, "client %q may not call %s", short(id), route)
 }
 
 // ProbeHandler serves /healthz, /readyz and /metrics only, for kubelet's
@@ -55,21 +90,33 @@ func (a *Agent) handler(withAPI bool, opts ...HandlerOption) http.Handler {
 		opt(&o)
 	}
 	mux := http.NewServeMux()
-	route := func(pattern string, isAPI bool, h func(http.ResponseWriter, *http.Request) error) {
-		if isAPI && !withAPI {
+	route := func(pattern string, acc access, h func(http.ResponseWriter, *http.Request) error) {
+		if acc != accessOpen && !withAPI {
 			return
 		}
 		name := pattern[strings.Index(pattern, " ")+1:]
 		var handler http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-			if err := h(rec, r); err != nil {
+			err := authorize(r, acc, name)
+			if err == nil {
+				err = h(rec, r)
+			}
+			if err != nil && rec.started {
+				// The answer has begun (a stream, a file): it cannot be
+				// turned into an error any more, only cut short, so that the
+				// client does not take it for complete.
+				a.metrics.requests.WithLabelValues(name, strconv.Itoa(rec.code)).Inc()
+				a.log.Error(err, "request failed after its answer began", "route", name)
+				panic(http.ErrAbortHandler)
+			}
+			if err != nil {
 				writeError(rec, a.log, err)
 			}
 			a.metrics.requests.WithLabelValues(name, strconv.Itoa(rec.code)).Inc()
 		})
 		mux.Handle(pattern, handler)
 	}
-	route("GET "+api.PathStatus, true, func(w http.ResponseWriter, r *http.Request) error {
+	route("GET "+api.PathStatus, accessScheduler, func(w http.ResponseWriter, r *http.Request) error {
 		// Before the agent has adopted what the runtime runs, its status would
 		// say it runs nothing, and the control plane would take its sandboxes
 		// for lost.
@@ -89,25 +136,25 @@ func (a *Agent) handler(withAPI bool, opts ...HandlerOption) http.Handler {
 		}
 		return writeJSON(w, resp)
 	}
-	route("PUT "+api.PathSync, true, sync)
-	route("POST "+api.PathSync, true, sync)
-	route("GET "+api.PathLogs, true, func(w http.ResponseWriter, r *http.Request) error {
-		logs, err := a.Logs(r.Context(), r.PathValue("uid"))
-		if err != nil {
-			return err
-		}
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, err = w.Write(logs)
-		return err
-	})
-	route("GET "+api.PathHealthz, false, func(w http.ResponseWriter, _ *http.Request) error {
+	route("PUT "+api.PathSync, accessScheduler, sync)
+	route("POST "+api.PathSync, accessScheduler, sync)
+	route("GET "+api.PathLogs, accessInteractive, a.serveLogs)
+	// exec and attach take GET (WebSocket) and POST (SPDY, as the
+	// sandbox-apiserver's translator sends).
+	route("GET "+api.PathExec, accessInteractive, a.serveExec)
+	route("POST "+api.PathExec, accessInteractive, a.serveExec)
+	route("GET "+api.PathAttach, accessInteractive, a.serveAttach)
+	route("POST "+api.PathAttach, accessInteractive, a.serveAttach)
+	route("GET "+api.PathFiles, accessInteractive, a.serveFiles)
+	route("PUT "+api.PathFiles, accessInteractive, a.serveFiles)
+	route("GET "+api.PathHealthz, accessOpen, func(w http.ResponseWriter, _ *http.Request) error {
 		if err := o.health.Live(); err != nil {
 			return refuse(http.StatusServiceUnavailable, "%v", err)
 		}
 		_, err := io.WriteString(w, "ok")
 		return err
 	})
-	route("GET "+api.PathReadyz, false, func(w http.ResponseWriter, _ *http.Request) error {
+	route("GET "+api.PathReadyz, accessOpen, func(w http.ResponseWriter, _ *http.Request) error {
 		if !a.Ready() {
 			return refuse(http.StatusServiceUnavailable, "the agent is starting")
 		}
@@ -167,15 +214,43 @@ func writeError(w http.ResponseWriter, log logr.Logger, err error) {
 		AppliedEpoch: re.AppliedEpoch, AppliedRevision: re.AppliedRevision})
 }
 
+// statusRecorder records the status code of an answer for the request
+// metrics, and whether the answer has begun. It passes flushes (streamed
+// logs) and hijacks (upgrades to SPDY or WebSocket) through.
 type statusRecorder struct {
 	http.ResponseWriter
-	code int
+	code    int
+	started bool // the status line was written, or the connection hijacked
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
-	s.code = code
+	s.code, s.started = code, true
 	s.ResponseWriter.WriteHeader(code)
 }
+
+func (s *statusRecorder) Write(p []byte) (int, error) {
+	s.started = true
+	return s.ResponseWriter.Write(p)
+}
+
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		s.started = true
+		f.Flush()
+	}
+}
+
+func (s *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := s.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("the connection cannot be hijacked")
+	}
+	s.started = true
+	return hj.Hijack()
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // readTail reads r to its end and returns its last limit bytes: a log's
 // newest lines are the ones worth serving.

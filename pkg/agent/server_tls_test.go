@@ -18,9 +18,10 @@ import (
 )
 
 // The agent API as cmd/agent serves it: Handler behind mutual TLS that
-// admits only the scheduler, ProbeHandler in plain HTTP with nothing of the
-// API. Requests that are refused never reach the runtime.
-func TestAPIServedOnlyToTheScheduler(t *testing.T) {
+// admits the scheduler (every route) and the sandbox-apiserver (the
+// interactive routes), ProbeHandler in plain HTTP with nothing of the API.
+// Requests that are refused never reach the runtime.
+func TestAPIServedOnlyToItsClients(t *testing.T) {
 	const ns, pod = "fast-sandbox-system", "pool-agent-x1"
 	now := time.Now()
 	caPEM, caKey, err := agentpki.NewCA("test", now, time.Hour)
@@ -74,10 +75,18 @@ func TestAPIServedOnlyToTheScheduler(t *testing.T) {
 	}
 	scheduler := clientOf(func() ([]byte, []byte, error) { return ca.IssueScheduler(now, time.Hour) })
 	otherAgent := clientOf(func() ([]byte, []byte, error) { return ca.IssueAgent(ns, "pool-agent-x2", now, time.Hour) })
+	apiServer := clientOf(func() ([]byte, []byte, error) { return ca.IssueAPIServer(now, time.Hour) })
 	sync := &api.SyncRequest{Epoch: 1, Revision: 1, Sandboxes: []api.SandboxSpec{{UID: "u1", Namespace: "t", Name: "a", Image: "busybox"}}}
 
 	if _, err := client.New(srv.URL, otherAgent).Sync(ctx, sync); err == nil {
 		t.Error("another agent's certificate was admitted")
+	}
+	// The sandbox-apiserver's certificate passes TLS, but not to sync or status.
+	if _, err := client.New(srv.URL, apiServer).Sync(ctx, sync); !client.IsRefused(err) || !strings.Contains(err.Error(), "403") {
+		t.Errorf("the sandbox-apiserver's sync: %v, want 403", err)
+	}
+	if _, err := client.New(srv.URL, apiServer).Status(ctx); !client.IsRefused(err) || !strings.Contains(err.Error(), "403") {
+		t.Errorf("the sandbox-apiserver's status: %v, want 403", err)
 	}
 	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: scheduler.Transport.(*http.Transport).TLSClientConfig.Clone()}, Timeout: 5 * time.Second}
 	noCert.Transport.(*http.Transport).TLSClientConfig.GetClientCertificate = nil

@@ -246,8 +246,10 @@ type SandboxStatus struct {
 	// PauseReasonIdle; empty when it is not paused.
 	PauseReason string `json:"pauseReason,omitempty"`
 	// LastActivity is when an exec, attach, log follow or files call last
-	// began or ended (or the sandbox started, if none since); set only for a
-	// sandbox with an idle timeout, or one that had activity.
+	// began or ended, or when the agent learnt of the sandbox (created or
+	// adopted it) or resumed it by spec, if later: the idle timeout counts
+	// from it while no call is in progress. Set only for a running or
+	// paused sandbox with an idle timeout, or one that had activity.
 	LastActivity *time.Time `json:"lastActivity,omitempty"`
 	// Idle: the sandbox's IdleTimeoutSeconds passed without activity and
 	// its IdlePolicy is IdlePolicyDelete; the control plane deletes it.
