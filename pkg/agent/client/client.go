@@ -38,9 +38,10 @@ const MaxResponseBytes = 64 << 20
 
 // New returns a client for the agent at baseURL (e.g.
 // "https://10.244.0.7:8081"). hc authenticates both ends: the agent API takes
-// only mutual TLS with the scheduler's certificate, and the caller must
-// verify that the server's certificate names the agent it means to reach
-// (agentpki.ClientCredentials.Transport does both).
+// only mutual TLS with the scheduler's certificate (or, for the interactive
+// routes only, the sandbox-apiserver's; status and sync answer it 403), and
+// the caller must verify that the server's certificate names the agent it
+// means to reach (agentpki.ClientCredentials.Transport does both).
 func New(baseURL string, hc *http.Client) *Client {
 	if hc == nil {
 		hc = DefaultHTTPClient
