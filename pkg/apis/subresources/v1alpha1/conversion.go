@@ -51,8 +51,6 @@ func stringSlice(in *[]string, out *[]string, _ conversion.Scope) error {
 }
 
 // Convert_url_Values_To_v1alpha1_SandboxExecOptions decodes exec's query.
-//
-//nolint:revive // the name follows the conversion-gen convention.
 func Convert_url_Values_To_v1alpha1_SandboxExecOptions(in *url.Values, out *SandboxExecOptions, s conversion.Scope) error {
 	for _, f := range []struct {
 		name string
@@ -66,8 +64,6 @@ func Convert_url_Values_To_v1alpha1_SandboxExecOptions(in *url.Values, out *Sand
 }
 
 // Convert_url_Values_To_v1alpha1_SandboxAttachOptions decodes attach's query.
-//
-//nolint:revive // the name follows the conversion-gen convention.
 func Convert_url_Values_To_v1alpha1_SandboxAttachOptions(in *url.Values, out *SandboxAttachOptions, s conversion.Scope) error {
 	for _, f := range []struct {
 		name string
@@ -81,8 +77,6 @@ func Convert_url_Values_To_v1alpha1_SandboxAttachOptions(in *url.Values, out *Sa
 }
 
 // Convert_url_Values_To_v1alpha1_SandboxLogOptions decodes log's query.
-//
-//nolint:revive // the name follows the conversion-gen convention.
 func Convert_url_Values_To_v1alpha1_SandboxLogOptions(in *url.Values, out *SandboxLogOptions, s conversion.Scope) error {
 	if err := param(in, "follow", &out.Follow, s, runtime.Convert_Slice_string_To_bool); err != nil {
 		return err
@@ -105,8 +99,6 @@ func Convert_url_Values_To_v1alpha1_SandboxLogOptions(in *url.Values, out *Sandb
 }
 
 // Convert_url_Values_To_v1alpha1_SandboxFilesOptions decodes files' query.
-//
-//nolint:revive // the name follows the conversion-gen convention.
 func Convert_url_Values_To_v1alpha1_SandboxFilesOptions(in *url.Values, out *SandboxFilesOptions, s conversion.Scope) error {
 	for _, f := range []struct {
 		name string
