@@ -11,7 +11,8 @@ BIN := $(OUTPUT)/bin
 GOTEST_FLAGS ?=
 
 .PHONY: all build generate verify test test-unit test-integration test-e2e \
-	cluster-binaries cluster-up cluster-down images up down bench-e2e clean
+	cluster-binaries cluster-up cluster-down images up down bench-e2e clean \
+	install-plugin
 
 all: build
 
@@ -55,6 +56,13 @@ down: cluster-down ## Remove everything make up made.
 bench-e2e: up ## Start latency: Pods vs Sandboxes on the local cluster (see docs/benchmarks.md).
 	mkdir -p $(OUTPUT)
 	set -o pipefail; $(GO) run ./hack/bench-e2e --kubeconfig $$(source hack/cluster/lib.sh && echo $$KUBECONFIG_FILE) | tee $(OUTPUT)/bench-e2e.md
+
+PREFIX ?= /usr/local
+
+install-plugin: ## Build the kubectl plugin (kubectl sandbox ...) and install it into $(PREFIX)/bin.
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/kubectl-sandbox ./cmd/kubectl-sandbox
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BIN)/kubectl-sandbox $(DESTDIR)$(PREFIX)/bin/kubectl-sandbox
 
 clean:
 	rm -rf $(OUTPUT)

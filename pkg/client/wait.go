@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,16 +21,12 @@ import (
 // the wait with that error (e.g. the sandbox can no longer get there).
 type Condition func(*v1alpha1.Sandbox) (bool, error)
 
-// phasePaused is the phase of a sandbox whose processes are frozen; it is
-// between Running and the end.
-const phasePaused v1alpha1.SandboxPhase = "Paused"
-
 // Running is true once the sandbox's container runs: phase Running, or
 // Paused (it runs again when resumed, and an idle-paused one when talked
 // to). It fails when the sandbox finished first.
 func Running(sb *v1alpha1.Sandbox) (bool, error) {
 	switch sb.Status.Phase {
-	case v1alpha1.SandboxRunning, phasePaused:
+	case v1alpha1.SandboxRunning, v1alpha1.SandboxPaused:
 		return true, nil
 	case v1alpha1.SandboxSucceeded, v1alpha1.SandboxFailed:
 		return false, &FinishedError{Sandbox: sb}
@@ -122,6 +119,9 @@ func (c *Client) Wait(ctx context.Context, namespace, name string, cond Conditio
 				phase = "last in phase " + string(last.Status.Phase)
 				if last.Status.Phase == "" {
 					phase = "last seen without a phase"
+				}
+				if st := last.Status; st.Reason != "" || st.Message != "" {
+					phase += ": " + strings.TrimPrefix(st.Reason+" "+st.Message, " ")
 				}
 			}
 			return last, fmt.Errorf("waiting for sandbox %s/%s (%s): %w", namespace, name, phase, ctx.Err())
