@@ -29,7 +29,7 @@ import (
 // What they mean:
 //
 //	LabelStarted  task                      decision
-//	yes           Running/Paused            running: adopted
+//	yes           Running/Paused            running (or paused): adopted
 //	yes           Stopped (code)            exited: the true exit code
 //	yes           none/unknown              ContainerLost (containerd or the node restarted)
 //	yes           Created                   Failed (impossible: the label follows the start)
@@ -118,7 +118,7 @@ func (r *Runtime) inspect(ctx context.Context, c client.Container) (api.SandboxS
 	r.mu.Lock()
 	known, ok := r.known[st.UID]
 	r.mu.Unlock()
-	if ok && known.State != api.StateRunning {
+	if ok && !alive(known.State) {
 		return known, keep, nil, nil // final status already computed
 	}
 	if ok && known.StartedAt != nil {
@@ -147,6 +147,9 @@ func (r *Runtime) inspect(ctx context.Context, c client.Container) (api.SandboxS
 	switch ts.Status {
 	case client.Running, client.Paused, client.Pausing:
 		st.State = api.StateRunning
+		if ts.Status != client.Running {
+			st.State = api.StatePaused // frozen, alive
+		}
 		if !started {
 			if warm && r.initWaiting(c.ID()) {
 				return st, neverRan, task, nil
@@ -196,7 +199,7 @@ func (r *Runtime) settle(ctx context.Context, c client.Container) (st api.Sandbo
 		r.forgetID(st.UID)
 		return st, false, nil
 	case mark:
-		if st.State == api.StateRunning {
+		if alive(st.State) {
 			// The agent may have died before the CPU limit was set.
 			var pids int64
 			if labels, err := c.Labels(ctx); err == nil {

@@ -143,3 +143,56 @@ func report(b *testing.B, i int, d time.Duration) {
 	b.ReportMetric(float64(ds[len(ds)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(ds[len(ds)*9/10].Microseconds())/1000, "p90-ms")
 }
+
+// BenchmarkPauseResume measures Pause and Resume of a running sandbox (the
+// cgroup freezer, through containerd's shim and the OCI runtime), with one
+// process and with 50:
+//
+//	go test ./pkg/agent/runtime/containerd/ -run '^$' -bench PauseResume -benchtime 200x
+//
+// It reports the p50 and p99 of each.
+func BenchmarkPauseResume(b *testing.B) {
+	e := setup(b)
+	ctx := context.Background()
+	rt := e.runtimeWith(b, false, func(c *containerd.Config) { c.Agent = "agent-bench-pause" })
+	for _, tc := range []struct {
+		name string
+		cmd  []string
+	}{
+		{"1-process", []string{"sleep", "3600"}},
+		{"50-processes", []string{"sh", "-c", "i=0; while [ $i -lt 49 ]; do sleep 3600 & i=$((i+1)); done; wait"}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			uid := "bench-pause-" + tc.name
+			if st := rt.CreateSandbox(ctx, spec(uid, tc.cmd...)); st.State != api.StateRunning {
+				b.Fatalf("create: %+v", st)
+			}
+			defer rt.DeleteSandbox(ctx, uid)
+			time.Sleep(200 * time.Millisecond) // its processes started
+			var pauses, resumes []time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				start := time.Now()
+				if err := rt.Pause(ctx, uid); err != nil {
+					b.Fatal(err)
+				}
+				paused := time.Now()
+				if err := rt.Resume(ctx, uid); err != nil {
+					b.Fatal(err)
+				}
+				pauses, resumes = append(pauses, paused.Sub(start)), append(resumes, time.Since(paused))
+			}
+			b.StopTimer()
+			b.ReportMetric(0, "ns/op")
+			for _, m := range []struct {
+				name string
+				ds   []time.Duration
+			}{{"pause", pauses}, {"resume", resumes}} {
+				slices.Sort(m.ds)
+				p50, p99 := m.ds[len(m.ds)/2], m.ds[min(len(m.ds)-1, len(m.ds)*99/100)]
+				b.ReportMetric(float64(p50.Microseconds())/1000, m.name+"-p50-ms")
+				b.ReportMetric(float64(p99.Microseconds())/1000, m.name+"-p99-ms")
+			}
+		})
+	}
+}

@@ -389,7 +389,7 @@ func (r *Runtime) CreateSandbox(ctx context.Context, spec api.SandboxSpec) api.S
 			return r.failedCreate(spec, c.ID(), api.ReasonCreateFailed, err)
 		}
 		if found {
-			if st.State == api.StateRunning {
+			if alive(st.State) {
 				r.watch(c, st)
 			} else {
 				r.remember(st, false)
@@ -462,10 +462,10 @@ func (r *Runtime) findContainer(ctx context.Context, uid string) (client.Contain
 	return cs[0], nil
 }
 
-// owns says whether a container was made by this agent.
+// owns says whether a container, as just loaded, was made by this agent.
 func (r *Runtime) owns(ctx context.Context, c client.Container) bool {
-	labels, err := c.Labels(ctx)
-	return err == nil && labels[LabelManagedBy] == managedBy && labels[LabelAgent] == r.cfg.Agent
+	info, err := c.Info(ctx, client.WithoutRefreshedMetadata)
+	return err == nil && info.Labels[LabelManagedBy] == managedBy && info.Labels[LabelAgent] == r.cfg.Agent
 }
 
 // coldID is the ID of a container created for a sandbox: ContainerID(uid),
@@ -899,6 +899,7 @@ func (r *Runtime) StopSandbox(ctx context.Context, uid string) error {
 	if err := task.Kill(ctx, syscall.SIGKILL, client.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("killing the process of sandbox %s: %w", uid, err)
 	}
+	thawKilled(ctx, task)
 	return nil
 }
 
@@ -934,6 +935,11 @@ func (r *Runtime) removeContainer(ctx context.Context, c client.Container) error
 	}
 	parent := r.remappedParent(ctx, info)
 	if task, err := c.Task(ctx, nil); err == nil {
+		if st, err := task.Status(ctx); err == nil && (st.Status == client.Paused || st.Status == client.Pausing) {
+			// A paused task's processes die once thawed, after the kill.
+			_ = task.Kill(ctx, syscall.SIGKILL, client.WithKillAll)
+			thawKilled(ctx, task)
+		}
 		if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("killing task of %s: %w", id, err)
 		}
@@ -988,7 +994,7 @@ func (r *Runtime) ListSandboxes(ctx context.Context) ([]api.SandboxStatus, error
 		if !found {
 			continue
 		}
-		if st.State == api.StateRunning {
+		if alive(st.State) {
 			r.watch(c, st)
 		} else {
 			r.remember(st, false)

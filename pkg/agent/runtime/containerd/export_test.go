@@ -29,3 +29,6 @@ func EgressAttached(r *Runtime) []string {
 
 // EgressEnabled says whether the runtime has a network Manager.
 func EgressEnabled(r *Runtime) bool { return r.egress != nil }
+
+// UserNamespacesOn says whether the runtime gives containers user namespaces.
+func UserNamespacesOn(r *Runtime) bool { return r.userns }

@@ -235,7 +235,7 @@ func (r *Runtime) endWait(c client.Container, st api.SandboxStatus, es client.Ex
 func (r *Runtime) lostStatus(c client.Container, st api.SandboxStatus) api.SandboxStatus {
 	ctx, cancel := context.WithTimeout(r.ctx, callTimeout)
 	defer cancel()
-	if cur, v, _, err := r.inspect(ctx, c); err == nil && v != neverRan && cur.State != "" && cur.State != api.StateRunning {
+	if cur, v, _, err := r.inspect(ctx, c); err == nil && v != neverRan && cur.State != "" && !alive(cur.State) {
 		return cur
 	}
 	now := time.Now()

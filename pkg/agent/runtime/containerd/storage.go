@@ -96,12 +96,14 @@ func (r *Runtime) checkStorage(ctx context.Context) {
 	}
 }
 
-// running says whether the runtime knows the sandbox uid as running.
+// running says whether the runtime knows the sandbox uid as running or
+// paused (a paused sandbox writes nothing, but it is measured and stopped
+// like any: the agent may write its files).
 func (r *Runtime) running(uid string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st, ok := r.known[uid]
-	return ok && st.State == api.StateRunning
+	return ok && alive(st.State)
 }
 
 // storageUsed is what a container's writable layer and log hold.
@@ -135,6 +137,7 @@ func (r *Runtime) stopForStorage(ctx context.Context, c client.Container, labels
 	if err := task.Kill(ctx, syscall.SIGKILL, client.WithKillAll); err != nil {
 		return fmt.Errorf("killing sandbox %s: %w", labels[LabelUID], err)
 	}
+	thawKilled(ctx, task)
 	return nil
 }
 

@@ -592,7 +592,9 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 		r.discardWarm(c)
 		return status, false
 	}
-	if _, err := c.container.SetLabels(ctx, r.sandboxLabels(spec, now)); err != nil {
+	args, env, cwd := processOf(spec, c.imageConfig)
+	msg := sandboxinit.Start{Args: args, Env: env, Cwd: cwd, UID: c.user.UID, GID: c.user.GID, Hostname: hostname(spec)}
+	if err := r.claimWarm(ctx, c.id, r.sandboxLabels(spec, now), msg); err != nil {
 		return giveUp(fmt.Errorf("labelling: %w", err))
 	}
 	if crashAt(stepWarmClaimed) {
@@ -610,8 +612,6 @@ func (r *Runtime) startWarm(ctx context.Context, c *warmContainer, spec api.Sand
 		r.forgetID(spec.UID)
 		return giveUp(err)
 	}
-	args, env, cwd := processOf(spec, c.imageConfig)
-	msg := sandboxinit.Start{Args: args, Env: env, Cwd: cwd, UID: c.user.UID, GID: c.user.GID, Hostname: hostname(spec)}
 	_ = c.conn.SetDeadline(now.Add(startTimeout))
 	if err := json.NewEncoder(c.conn).Encode(msg); err != nil {
 		r.forgetID(spec.UID)
