@@ -114,6 +114,15 @@ const (
 // idleTimeoutSeconds and idlePolicy may change.
 // +kubebuilder:validation:XValidation:rule="!has(self.activeDeadlineSeconds) || !has(oldSelf.activeDeadlineSeconds) || self.activeDeadlineSeconds <= oldSelf.activeDeadlineSeconds",message="activeDeadlineSeconds may only be shortened"
 // +kubebuilder:validation:XValidation:rule="!has(self.idlePolicy) || self.idlePolicy != 'Delete' || has(self.idleTimeoutSeconds)",message="idlePolicy Delete requires idleTimeoutSeconds"
+//
+// Adding or removing an immutable field changes it too (an absent field is
+// the same as an empty one).
+// +kubebuilder:validation:XValidation:rule="(has(self.command) ? self.command : []) == (has(oldSelf.command) ? oldSelf.command : [])",message="command is immutable"
+// +kubebuilder:validation:XValidation:rule="(has(self.args) ? self.args : []) == (has(oldSelf.args) ? oldSelf.args : [])",message="args is immutable"
+// +kubebuilder:validation:XValidation:rule="has(self.env) == has(oldSelf.env) || size(has(self.env) ? self.env : oldSelf.env) == 0",message="env is immutable"
+// +kubebuilder:validation:XValidation:rule="has(self.workingDir) == has(oldSelf.workingDir) || size(has(self.workingDir) ? self.workingDir : oldSelf.workingDir) == 0",message="workingDir is immutable"
+// +kubebuilder:validation:XValidation:rule="has(self.runtimeHandler) == has(oldSelf.runtimeHandler) || size(has(self.runtimeHandler) ? self.runtimeHandler : oldSelf.runtimeHandler) == 0",message="runtimeHandler is immutable"
+// +kubebuilder:validation:XValidation:rule="has(self.resources) == has(oldSelf.resources) || [has(self.resources) ? self.resources : oldSelf.resources].all(r, !has(r.cpu) && !has(r.memory) && !has(r.pids) && !has(r.ephemeralStorage))",message="resources are immutable"
 type SandboxSpec struct {
 	// PoolName is the SandboxPool (cluster-scoped) whose agents run this
 	// sandbox; the pool's namespaceSelector must select the Sandbox's namespace.
