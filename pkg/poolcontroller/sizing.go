@@ -232,7 +232,7 @@ func b2i(b bool) int {
 // SlotUse is how the pool's Sandboxes use its agents.
 type SlotUse struct {
 	// Bound counts, by agent Pod name, the Sandboxes bound to it and
-	// Scheduled or Running.
+	// Scheduled, Running or Paused (a paused sandbox keeps its slot).
 	Bound map[string]int32
 	// LastFinish is, by agent Pod name, when the last Sandbox that ran there finished.
 	LastFinish map[string]time.Time
@@ -259,7 +259,7 @@ func CountSlotUse(sandboxes []*v1alpha1.Sandbox, agentUIDs map[string]string) Sl
 			continue
 		}
 		switch st.Phase {
-		case v1alpha1.SandboxScheduled, v1alpha1.SandboxRunning:
+		case v1alpha1.SandboxScheduled, v1alpha1.SandboxRunning, v1alpha1.SandboxPaused:
 			use.Bound[st.Agent]++
 		case v1alpha1.SandboxSucceeded, v1alpha1.SandboxFailed:
 			if st.FinishTime != nil && st.FinishTime.After(use.LastFinish[st.Agent]) {

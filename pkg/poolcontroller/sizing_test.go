@@ -275,14 +275,15 @@ func TestCountSlotUse(t *testing.T) {
 	use := CountSlotUse([]*v1alpha1.Sandbox{
 		sandbox("s1", "x", "a", v1alpha1.SandboxRunning),
 		sandbox("s2", "x", "a", v1alpha1.SandboxScheduled),
+		sandbox("s2p", "x", "a", v1alpha1.SandboxPaused), // paused: still holds its slot
 		sandbox("s3", "x", "b", v1alpha1.SandboxFailed),
 		sandbox("s4", "busybox", "", ""),
 		sandbox("s5", "python:3.12", "", v1alpha1.SandboxPending),
 		sandbox("s6", "x", "gone", v1alpha1.SandboxRunning),
 		finished, deleting, staleUID,
 	}, map[string]string{"a": "uid-a", "b": "uid-b"})
-	if use.Bound["a"] != 2 || use.Bound["b"] != 0 || len(use.Bound) != 1 {
-		t.Errorf("bound %v, want a=2", use.Bound)
+	if use.Bound["a"] != 3 || use.Bound["b"] != 0 || len(use.Bound) != 1 {
+		t.Errorf("bound %v, want a=3", use.Bound)
 	}
 	if !slices.Equal(use.PendingImages, []string{"busybox", "python:3.12"}) {
 		t.Errorf("pending %v", use.PendingImages)
