@@ -4,7 +4,7 @@
 # namespace k8s.io, where kubelet and the agents find them:
 #   registry.k8s.io/pause:3.10              the Pods' sandbox container (hack/pause)
 #   docker.io/fast-sandbox/testbox:latest   Debian's busybox-static: sh, sleep, echo, cat, ...
-#   docker.io/fast-sandbox/{agent,scheduler,pool-controller}:$VERSION   the components
+#   docker.io/fast-sandbox/{agent,scheduler,pool-controller,sandbox-apiserver}:$VERSION   the components
 #                                           (the agent's image also holds sandbox-init)
 #
 #   hack/images.sh [--pause-only] [--no-import]
@@ -36,8 +36,8 @@ if [ "$pause_only" = false ]; then
   "$tools/imagebuild" -ref "$TEST_IMAGE" -o "$out/testbox.tar" -busybox "$busybox" -cmd /bin/sh >&2
   images+=("$out/testbox.tar")
   ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$VERSION -X k8s.io/component-base/version.gitMajor=0 -X k8s.io/component-base/version.gitMinor=1"
-  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tools/components/" ./cmd/agent ./cmd/scheduler ./cmd/pool-controller ./cmd/sandbox-init
-  for c in agent scheduler pool-controller; do
+  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tools/components/" ./cmd/agent ./cmd/scheduler ./cmd/pool-controller ./cmd/sandbox-apiserver ./cmd/sandbox-init
+  for c in agent scheduler pool-controller sandbox-apiserver; do
     files=("$tools/components/$c:/$c")
     # The agent's warm containers run sandbox-init; the agent finds it beside itself.
     [ "$c" = agent ] && files+=("$tools/components/sandbox-init:/sandbox-init")

@@ -16,11 +16,16 @@ kubectl_ apply -k manifests/local >/dev/null
 if [ "$redeploy" = true ]; then
   # Already deployed: the images keep their tag, so restart onto the ones just built,
   # and let the pool controller replace the agents.
-  kubectl_ -n fast-sandbox-system rollout restart deployment/fast-sandbox-scheduler deployment/fast-sandbox-pool-controller >/dev/null
+  kubectl_ -n fast-sandbox-system rollout restart deployment/fast-sandbox-scheduler deployment/fast-sandbox-pool-controller \
+    deployment/fast-sandbox-apiserver >/dev/null
   kubectl_ delete pods -A -l fast-sandbox.io/pool-name --wait=false >/dev/null
 fi
 kubectl_ -n fast-sandbox-system rollout status deployment/fast-sandbox-scheduler --timeout=120s
 kubectl_ -n fast-sandbox-system rollout status deployment/fast-sandbox-pool-controller --timeout=120s
+# The sandbox-apiserver starts once the pool controller has issued its client
+# certificate; kube-apiserver then reaches it through the aggregation layer.
+kubectl_ -n fast-sandbox-system rollout status deployment/fast-sandbox-apiserver --timeout=120s
+kubectl_ wait apiservice/v1alpha1.subresources.fast-sandbox.io --for=condition=Available --timeout=120s
 
 log "creating the sample pool (manifests/samples/pool.yaml)"
 kubectl_ apply -f manifests/samples/pool.yaml >/dev/null
@@ -42,6 +47,8 @@ fast-sandbox is up. Try:
   kubectl apply -f manifests/samples/sandbox-oom.yaml       # Failed, OOMKilled
   kubectl apply -f manifests/samples/sandbox-invalid.yaml   # refused at admission
   kubectl describe sandbox hello
+Interactive sandboxes (exec, attach, logs, files through subresources.fast-sandbox.io), with the
+kubectl plugin: make build && export PATH=$REPO_ROOT/_output/bin:\$PATH; kubectl sandbox --help
 Logs of every component: $CLUSTER_DIR/logs/ and kubectl -n fast-sandbox-system logs deploy/fast-sandbox-scheduler
 Remove it all: make down
 MSG
