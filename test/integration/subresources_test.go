@@ -114,8 +114,9 @@ func srFakeAgent(t *testing.T, creds *framework.AgentCredentials, podName string
 	}
 }
 
-// srKubeconfig writes a kubeconfig of the test kube-apiserver's admin.
-func srKubeconfig(t *testing.T, cfg *rest.Config) string {
+// srKubeconfig writes a kubeconfig of the test kube-apiserver's admin
+// acting as ServiceAccount namespace/name (if name is not empty).
+func srKubeconfig(t *testing.T, cfg *rest.Config, namespace, name string) string {
 	t.Helper()
 	ca := cfg.TLSClientConfig.CAData
 	if len(ca) == 0 && cfg.TLSClientConfig.CAFile != "" {
@@ -129,6 +130,10 @@ func srKubeconfig(t *testing.T, cfg *rest.Config) string {
 		InsecureSkipTLSVerify: len(ca) == 0}
 	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken,
 		ClientCertificateData: cfg.TLSClientConfig.CertData, ClientKeyData: cfg.TLSClientConfig.KeyData}
+	if name != "" {
+		kc.AuthInfos["admin"].Impersonate = "system:serviceaccount:" + namespace + ":" + name
+		kc.AuthInfos["admin"].ImpersonateGroups = []string{"system:authenticated", "system:serviceaccounts", "system:serviceaccounts:" + namespace}
+	}
 	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "admin"}
 	kc.CurrentContext = "test"
 	path := filepath.Join(t.TempDir(), "kubeconfig")
@@ -213,8 +218,9 @@ func TestSubresourcesServer(t *testing.T) {
 	bob := srUser(t, cp, ns1, "bob", []rbacv1.PolicyRule{{APIGroups: group, Resources: []string{"sandboxes/log"}, Verbs: []string{"get"}}})
 	carol := srUser(t, cp, ns1, "carol", []rbacv1.PolicyRule{{APIGroups: group, Resources: []string{"sandboxes/exec"}, Verbs: []string{"get"}}})
 
-	// The sandbox-apiserver, delegating to the test kube-apiserver.
-	kubeconfig := srKubeconfig(t, cp.Config)
+	// The sandbox-apiserver, delegating to the test kube-apiserver, as its
+	// ServiceAccount with the RBAC of manifests/default/rbac.yaml.
+	kubeconfig := srKubeconfig(t, cp.Config, sysNS, "fast-sandbox-apiserver")
 	o := sandboxapiserver.NewOptions()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
