@@ -47,8 +47,8 @@ fast-sandbox is up. Try:
   kubectl apply -f manifests/samples/sandbox-oom.yaml       # Failed, OOMKilled
   kubectl apply -f manifests/samples/sandbox-invalid.yaml   # refused at admission
   kubectl describe sandbox hello
-Interactive sandboxes (exec, attach, logs, files through subresources.fast-sandbox.io), with the
-kubectl plugin: make build && export PATH=$REPO_ROOT/_output/bin:\$PATH; kubectl sandbox --help
+Interactive sandboxes (exec, attach, logs, files through subresources.fast-sandbox.io) with the
+kubectl plugin (make install-plugin): kubectl sandbox run demo --image $TEST_IMAGE --rm -it -- sh
 Logs of every component: $CLUSTER_DIR/logs/ and kubectl -n fast-sandbox-system logs deploy/fast-sandbox-scheduler
 Remove it all: make down
 MSG
