@@ -124,8 +124,9 @@ func parseArgs(args []string) (config, error) {
 	return c, nil
 }
 
-// Main is the logging binary: it copies descriptors 3 and 4 into the log
-// its arguments name until both end (or a while after SIGTERM), and returns
+// Main is the logging binary: it copies descriptors 3 and 4 (stdout and
+// stderr) into the log its arguments name, as records of their stream,
+// until both end (or a while after SIGTERM), and returns
 // the exit code. It signals the shim that it is ready by closing descriptor
 // 5 once the log file is open; if it cannot open it, it exits without
 // creating the file (the agent checks that the file exists).

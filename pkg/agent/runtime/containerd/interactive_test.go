@@ -131,6 +131,7 @@ func TestExec(t *testing.T) {
 	for _, mode := range []string{"cold", "warm"} {
 		t.Run(mode, func(t *testing.T) {
 			ctx := context.Background()
+			mt := t
 			rt := e.runtimeWith(t, mode == "warm", func(c *containerd.Config) { c.Agent = "agent-exec-" + mode })
 			s0 := starter{rt: rt, warm: mode == "warm"}
 			create := func(uid string, s api.SandboxSpec) api.SandboxStatus {
@@ -303,6 +304,19 @@ func TestExec(t *testing.T) {
 				}
 				if r := run(t, rt, "no-such-sandbox", nil, "true"); !errors.Is(r.err, runtime.ErrNotFound) {
 					t.Errorf("exec in an unknown sandbox: %+v, want ErrNotFound", r)
+				}
+			})
+
+			t.Run("after an agent restart", func(t *testing.T) {
+				rt.Close()
+				rt = e.runtimeWith(mt, mode == "warm", func(c *containerd.Config) { c.Agent = "agent-exec-" + mode })
+				if _, err := rt.ListSandboxes(ctx); err != nil {
+					t.Fatal(err)
+				}
+				for _, uid := range []string{root, user} {
+					if got, main := mustRun(t, rt, uid, "sh", "-c", identity), logs(t, rt, uid, "identity-end"); got != main {
+						t.Errorf("%s: exec is\n%s\nthe sandbox's process is\n%s", uid, got, main)
+					}
 				}
 			})
 
