@@ -72,7 +72,7 @@ func Copy(ctx context.Context, path string, opts Options, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer c.close()
+	defer func() { _ = c.close() }()
 	c.ended, c.poll = opts.Ended, opts.Poll
 	if c.poll <= 0 {
 		c.poll = DefaultPoll
