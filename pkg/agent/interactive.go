@@ -221,7 +221,7 @@ func (t *attacher) AttachContainer(ctx context.Context, _, _, _ string, _ io.Rea
 	_ bool, _ <-chan rcmd.TerminalSize) error {
 	// The log combines stdout and stderr: it goes to stdout if asked, else
 	// to stderr.
-	var w io.Writer = io.Discard
+	w := io.Writer(io.Discard)
 	if out != nil {
 		w = out
 	} else if errOut != nil {

@@ -126,7 +126,7 @@ func (d *Daemon) waitUp() (*client.Client, error) {
 			if _, err = c.Version(context.Background()); err == nil {
 				return c, nil
 			}
-			c.Close()
+			_ = c.Close()
 		}
 		if time.Now().After(deadline) {
 			return nil, err
@@ -163,7 +163,7 @@ func (d *Daemon) StartAgain(t testing.TB) {
 		log, _ := os.ReadFile(d.logFile.Name())
 		t.Fatalf("containerd did not come up again: %v\n%s", err, tail(string(log), 4000))
 	}
-	c.Close()
+	_ = c.Close()
 }
 
 // Restart kills containerd and starts it again (Kill, StartAgain).
@@ -212,7 +212,7 @@ func (d *Daemon) stop(t testing.TB) {
 		// it has is removed.
 		if err := d.run(); err == nil {
 			if c, err := d.waitUp(); err == nil {
-				c.Close()
+				_ = c.Close()
 			}
 			d.mu.Lock()
 			cmd, exited = d.cmd, d.exited
@@ -230,7 +230,7 @@ func (d *Daemon) stop(t testing.TB) {
 				_ = c.Delete(ctx, client.WithSnapshotCleanup)
 			}
 		}
-		d.Client.Close()
+		_ = d.Client.Close()
 	}
 	if cmd != nil {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -241,7 +241,7 @@ func (d *Daemon) stop(t testing.TB) {
 			<-exited
 		}
 	}
-	logFile.Close()
+	_ = logFile.Close()
 	// Shims outlive containerd by design; so do the processes of a task
 	// that a test left behind. Nothing of this daemon may survive the test.
 	killShims(d.Address)

@@ -609,15 +609,6 @@ func pokePool(t *testing.T, cp *framework.ControlPlane, pool string, i int) {
 	})
 }
 
-// aheadClock is the real clock, ahead by a fixed offset.
-type aheadClock struct {
-	clock.RealClock
-	ahead time.Duration
-}
-
-func (c aheadClock) Now() time.Time                  { return time.Now().Add(c.ahead) }
-func (c aheadClock) Since(t time.Time) time.Duration { return c.Now().Sub(t) }
-
 // testPoolCertificates covers the lives of agent certificates after their
 // issue: renewal when due, a deleted one issued again, and the collection of
 // a gone agent's Secret. The controller deletes that Secret once it is a

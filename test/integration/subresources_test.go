@@ -118,18 +118,18 @@ func srFakeAgent(t *testing.T, creds *framework.AgentCredentials, podName string
 // acting as ServiceAccount namespace/name (if name is not empty).
 func srKubeconfig(t *testing.T, cfg *rest.Config, namespace, name string) string {
 	t.Helper()
-	ca := cfg.TLSClientConfig.CAData
-	if len(ca) == 0 && cfg.TLSClientConfig.CAFile != "" {
+	ca := cfg.CAData
+	if len(ca) == 0 && cfg.CAFile != "" {
 		var err error
-		if ca, err = os.ReadFile(cfg.TLSClientConfig.CAFile); err != nil {
+		if ca, err = os.ReadFile(cfg.CAFile); err != nil {
 			t.Fatal(err)
 		}
 	}
 	kc := clientcmdapi.NewConfig()
-	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: ca, TLSServerName: cfg.TLSClientConfig.ServerName,
+	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: ca, TLSServerName: cfg.ServerName,
 		InsecureSkipTLSVerify: len(ca) == 0}
 	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken,
-		ClientCertificateData: cfg.TLSClientConfig.CertData, ClientKeyData: cfg.TLSClientConfig.KeyData}
+		ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData}
 	if name != "" {
 		kc.AuthInfos["admin"].Impersonate = "system:serviceaccount:" + namespace + ":" + name
 		kc.AuthInfos["admin"].ImpersonateGroups = []string{"system:authenticated", "system:serviceaccounts", "system:serviceaccounts:" + namespace}

@@ -69,7 +69,7 @@ func RestartContainerd(log func(string)) error {
 	if err != nil {
 		return err
 	}
-	defer logFile.Close()
+	defer func() { _ = logFile.Close() }()
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Its own session: it outlives this process when the cluster is kept.
