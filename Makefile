@@ -22,7 +22,7 @@ build: ## Build the fast-sandbox binaries into _output/bin.
 generate: ## Regenerate deepcopy, clientset, listers, informers and CRDs.
 	hack/update-codegen.sh
 
-verify: ## Fail if generated files are stale, gofmt or go vet complain.
+verify: ## Fail if generated files are stale, gofmt, go vet or golangci-lint complain.
 	hack/verify.sh
 
 test: verify test-unit test-integration test-e2e ## Everything CI runs.

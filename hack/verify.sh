@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fails when generated code or CRDs are stale, gofmt would change a file, or
-# go vet complains. Regenerates into the tree and compares with git, so run it
-# on a clean tree (CI does).
+# go vet or golangci-lint (.golangci.yaml) complains. Regenerates into the
+# tree and compares with git, so run it on a clean tree (CI does).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -24,4 +24,8 @@ fi
 
 go vet ./... || status=1
 (cd hack/tools && go mod verify >/dev/null) || status=1
+
+# golangci-lint, at the version hack/tools/lint pins, with .golangci.yaml.
+(cd hack/tools/lint && go mod verify >/dev/null && go build -o "$root/_output/tools/golangci-lint" github.com/golangci/golangci-lint/v2/cmd/golangci-lint) || status=1
+"$root/_output/tools/golangci-lint" run ./... || status=1
 exit $status
