@@ -11,7 +11,7 @@ BIN := $(OUTPUT)/bin
 GOTEST_FLAGS ?=
 
 .PHONY: all build generate verify test test-unit test-integration test-e2e \
-	cluster-binaries cluster-up cluster-down images up down bench-e2e clean \
+	cluster-binaries cluster-up cluster-down images up down bench-e2e bench-interactive clean \
 	install-plugin
 
 all: build
@@ -56,6 +56,11 @@ down: cluster-down ## Remove everything make up made.
 bench-e2e: up ## Start latency: Pods vs Sandboxes on the local cluster (see docs/benchmarks.md).
 	mkdir -p $(OUTPUT)
 	set -o pipefail; $(GO) run ./hack/bench-e2e --kubeconfig $$(source hack/cluster/lib.sh && echo $$KUBECONFIG_FILE) | tee $(OUTPUT)/bench-e2e.md
+
+bench-interactive: up ## exec, pause/resume and one-shot runs: Sandboxes vs Pods on the local cluster (see docs/benchmarks.md).
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/kubectl-sandbox ./cmd/kubectl-sandbox
+	set -o pipefail; source hack/cluster/lib.sh && $(GO) run ./hack/bench-interactive --kubeconfig $$KUBECONFIG_FILE \
+		--kubectl $$BIN_DIR/kubectl --plugin $(BIN)/kubectl-sandbox | tee $(OUTPUT)/bench-interactive.md
 
 PREFIX ?= /usr/local
 
