@@ -39,16 +39,19 @@ var (
 	poolPoll    = kubetest.Poll{Interval: 200 * time.Millisecond, Timeout: 3 * time.Minute}
 )
 
-// deployComponents applies manifests/local and waits for the scheduler and
-// the pool controller. Should the test fail, it logs the cluster's Pods,
+// deployComponents applies manifests/local and waits for the scheduler, the
+// pool controller, the sandbox-apiserver and its APIService. Should the test fail, it logs the cluster's Pods,
 // Sandboxes and pools.
 func deployComponents(t *testing.T) {
 	t.Helper()
 	requireCluster(t)
 	kubectl(t, "apply", "-k", filepath.Join(framework.RepoRoot(), "manifests", "local"))
-	for _, d := range []string{"fast-sandbox-scheduler", "fast-sandbox-pool-controller"} {
+	for _, d := range []string{"fast-sandbox-scheduler", "fast-sandbox-pool-controller", "fast-sandbox-apiserver"} {
 		kubectl(t, "-n", v1alpha1.DefaultSystemNamespace, "rollout", "status", "deployment/"+d, "--timeout=180s")
 	}
+	// kube-apiserver routes subresources.fast-sandbox.io (exec, log, files)
+	// once its APIService is Available.
+	kubectl(t, "wait", "--for=condition=Available", "apiservice/v1alpha1.subresources.fast-sandbox.io", "--timeout=180s")
 	t.Cleanup(func() {
 		if t.Failed() {
 			out, _ := kubectlErr("get", "pods,sbx,sbxpool", "-A", "-o", "wide")
