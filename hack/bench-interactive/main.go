@@ -97,8 +97,13 @@ func main() {
 	node := poolNode(ctx)
 	sbName := fmt.Sprintf("bench-int-%d", run)
 	podName := fmt.Sprintf("bench-int-pod-%d", run)
+	// The same Pod confined like a sandbox: kubelet runs containers
+	// Unconfined by default, a sandbox with the runtime's default seccomp
+	// profile, which runc compiles again in every exec.
+	podSeccompName := fmt.Sprintf("bench-int-pod-seccomp-%d", run)
 	startSandbox(ctx, sbName)
-	startPod(ctx, podName, node)
+	startPod(ctx, podName, node, false)
+	startPod(ctx, podSeccompName, node, true)
 
 	fmt.Printf("# interactive use: sandboxes in pool %q, the baseline Pod on its agent's node %s; image %s\n\n", *pool, node, *image)
 
@@ -114,7 +119,11 @@ func main() {
 	}
 	goSandbox := func() time.Duration { return timeIt(func() error { return execSandbox(ctx, sbName) }) }
 	goPod := func() time.Duration { return timeIt(func() error { return execPod(ctx, podName) }) }
-	execs := interleave(*n, *warmup, cliSandbox, cliPluginDirect, cliPod, goSandbox, goPod)
+	cliPodSeccomp := func() time.Duration {
+		return timeCommand(nil, *kubectl, "exec", "-n", *ns, podSeccompName, "--", "true")
+	}
+	goPodSeccomp := func() time.Duration { return timeIt(func() error { return execPod(ctx, podSeccompName) }) }
+	execs := interleave(*n, *warmup, cliSandbox, cliPluginDirect, cliPod, goSandbox, goPod, cliPodSeccomp, goPodSeccomp)
 
 	// pause → Paused, resume → Running, through the API.
 	pauses, resumes := pauseResume(ctx, sbName, *n, *warmup)
@@ -137,25 +146,30 @@ func main() {
 	}
 	once := interleave(*nOneShot, 1, oneSandbox, onePod)
 
-	fmt.Println("| what | n | p50 | p90 | p99 | p50 vs Pod |")
-	fmt.Println("|---|---|---|---|---|---|")
-	row := func(what string, s []time.Duration, base []time.Duration) {
-		ratio := "1.0×"
-		if base != nil {
-			ratio = fmt.Sprintf("%.2f×", float64(pct(s, 50))/float64(pct(base, 50)))
+	fmt.Println("| what | n | p50 | p90 | p99 | p50 vs Pod | p50 vs Pod (RuntimeDefault) |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	ratio := func(s, base []time.Duration) string {
+		if base == nil {
+			return ""
 		}
-		fmt.Printf("| %s | %d | %s | %s | %s | %s |\n", what, len(s), ms(pct(s, 50)), ms(pct(s, 90)), ms(pct(s, 99)), ratio)
+		return fmt.Sprintf("%.2f×", float64(pct(s, 50))/float64(pct(base, 50)))
 	}
-	row("`kubectl exec POD -- true` (Pod)", execs[2], nil)
-	row("`kubectl sandbox exec NAME -- true`", execs[0], execs[2])
-	row("`kubectl-sandbox exec NAME -- true` (plugin run directly)", execs[1], execs[2])
-	row("in-process: remotecommand on pods/exec (Pod)", execs[4], nil)
-	row("in-process: pkg/client Exec", execs[3], execs[4])
-	row("pause: patch spec.paused → phase Paused", pauses, nil)
-	row("resume: patch spec.paused → phase Running", resumes, nil)
-	row("`kubectl run --rm -i --restart=Never … -- sh -c 'echo hi'` (Pod)", once[1], nil)
-	row("`kubectl sandbox run --rm … -- sh -c 'echo hi'`", once[0], once[1])
-	fmt.Println("\n(\"p50 vs Pod\" is the sandbox's p50 over the Pod's: below 1 is faster; the pause and resume rows have no Pod counterpart.)")
+	row := func(what string, s []time.Duration, base, baseSeccomp []time.Duration) {
+		fmt.Printf("| %s | %d | %s | %s | %s | %s | %s |\n", what, len(s), ms(pct(s, 50)), ms(pct(s, 90)), ms(pct(s, 99)),
+			ratio(s, base), ratio(s, baseSeccomp))
+	}
+	row("`kubectl exec POD -- true` (Pod)", execs[2], nil, nil)
+	row("`kubectl exec POD -- true` (Pod, seccomp RuntimeDefault)", execs[5], execs[2], nil)
+	row("`kubectl sandbox exec NAME -- true`", execs[0], execs[2], execs[5])
+	row("`kubectl-sandbox exec NAME -- true` (plugin run directly)", execs[1], execs[2], execs[5])
+	row("in-process: remotecommand on pods/exec (Pod)", execs[4], nil, nil)
+	row("in-process: remotecommand on pods/exec (Pod, seccomp RuntimeDefault)", execs[6], execs[4], nil)
+	row("in-process: pkg/client Exec", execs[3], execs[4], execs[6])
+	row("pause: patch spec.paused → phase Paused", pauses, nil, nil)
+	row("resume: patch spec.paused → phase Running", resumes, nil, nil)
+	row("`kubectl run --rm -i --restart=Never … -- sh -c 'echo hi'` (Pod)", once[1], nil, nil)
+	row("`kubectl sandbox run --rm … -- sh -c 'echo hi'`", once[0], once[1], nil)
+	fmt.Println("\n(\"p50 vs Pod\" is the p50 over the Pod's: below 1 is faster; the pause and resume rows have no Pod counterpart.)")
 }
 
 // interleave runs warm unmeasured rounds, then n measured rounds of every
@@ -328,17 +342,23 @@ func startSandbox(ctx context.Context, name string) {
 	must(err)
 }
 
-// startPod creates the baseline Pod on node (same image, command and
-// resources as the sandbox) and waits until it is Ready.
-func startPod(ctx context.Context, name, node string) {
+// startPod creates a baseline Pod on node (same image, command and
+// resources as the sandbox; with seccomp, the runtime's default seccomp
+// profile as sandboxes have) and waits until it is Ready.
+func startPod(ctx context.Context, name, node string, seccomp bool) {
 	w, err := kube.CoreV1().Pods(*ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
 	must(err)
 	defer w.Stop()
 	res := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi")}
 	createdPods = append(createdPods, name)
+	var sc *corev1.PodSecurityContext
+	if seccomp {
+		sc = &corev1.PodSecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
+	}
 	_, err = kube.CoreV1().Pods(*ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: corev1.PodSpec{NodeName: node, RestartPolicy: corev1.RestartPolicyNever, TerminationGracePeriodSeconds: ptr.To[int64](0),
+			SecurityContext: sc,
 			Containers: []corev1.Container{{Name: "main", Image: *image, ImagePullPolicy: corev1.PullNever, Command: []string{"sleep", "3600"},
 				Resources: corev1.ResourceRequirements{Requests: res, Limits: res}}}},
 	}, metav1.CreateOptions{})
