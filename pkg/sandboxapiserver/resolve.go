@@ -133,6 +133,59 @@ func (r *resolver) resolve(ctx context.Context, name string) (*target, error) {
 	}, nil
 }
 
+// resolveStream is resolve for exec and attach: it also refuses, as a
+// Conflict, a sandbox paused by spec or finished. The agent refuses those
+// too, but a WebSocket client sees its answer only once this server has
+// upgraded the connection (it speaks SPDY to the agent after that), as an
+// Internal error. The cache may lag behind a resume: the API server is
+// asked before refusing.
+func (r *resolver) resolveStream(ctx context.Context, name string) (*target, error) {
+	t, err := r.resolve(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	refused := streamRefusal(t.sandbox)
+	if refused == nil {
+		return t, nil
+	}
+	if r.getSandbox == nil {
+		return nil, refused
+	}
+	live, err := r.getSandbox(ctx, t.sandbox.Namespace, name)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, apierrors.NewNotFound(v1alpha1.Resource("sandboxes"), name)
+	case err != nil:
+		return nil, err
+	case live.UID != t.sandbox.UID:
+		return r.resolve(ctx, name) // another sandbox of that name: the agent decides
+	}
+	if err := streamRefusal(live); err != nil {
+		return nil, err
+	}
+	t.sandbox = live
+	return t, nil
+}
+
+// streamRefusal is the Conflict that exec and attach get from a sandbox
+// paused by spec or finished (the agent's own messages), or nil.
+func streamRefusal(sbx *v1alpha1.Sandbox) error {
+	var msg string
+	switch {
+	case sbx.Status.Phase == v1alpha1.SandboxSucceeded || sbx.Status.Phase == v1alpha1.SandboxFailed:
+		msg = "sandbox has finished"
+	case sbx.Spec.Paused:
+		msg = "sandbox is paused (spec.paused); resume it first"
+	default:
+		return nil
+	}
+	return &apierrors.StatusError{ErrStatus: metav1.Status{
+		Status: metav1.StatusFailure, Code: http.StatusConflict, Reason: metav1.StatusReasonConflict,
+		Message: fmt.Sprintf("sandbox %s/%s: %s", sbx.Namespace, sbx.Name, msg),
+		Details: &metav1.StatusDetails{Name: sbx.Name, Group: v1alpha1.GroupName, Kind: "sandboxes"},
+	}}
+}
+
 // agentPort is the agent Pod's port named AgentAPIPortName, or AgentAPIPort.
 func agentPort(pod *corev1.Pod) int {
 	for _, c := range pod.Spec.Containers {

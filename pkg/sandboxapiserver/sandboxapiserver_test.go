@@ -517,3 +517,52 @@ func TestAgentIdentityAndReachability(t *testing.T) {
 		t.Errorf("closed port: %d %q", resp.StatusCode, st.Message)
 	}
 }
+
+// exec and attach refuse a sandbox paused by spec or finished as a
+// Conflict before any upgrade (a WebSocket client would otherwise get the
+// agent's refusal as an Internal error), unless the API server says the
+// cache is stale.
+func TestStreamsRefusePausedAndFinished(t *testing.T) {
+	p := newPKI(t)
+	paused := sandbox("ns1", "paused", agentPod, v1alpha1.SandboxPaused)
+	paused.Spec.Paused = true
+	idle := sandbox("ns1", "idle", agentPod, v1alpha1.SandboxPaused) // paused as idle: exec resumes it
+	resumed := sandbox("ns1", "resumed", agentPod, v1alpha1.SandboxPaused)
+	resumed.Spec.Paused = true // the cache's view; the API server's is resumed
+	r := newResolver(t, p.creds, 0, paused, idle, resumed,
+		sandbox("ns1", "done", agentPod, v1alpha1.SandboxSucceeded), agentPodObj(agentPod, "10.0.0.7"))
+	r.getSandbox = func(_ context.Context, ns, name string) (*v1alpha1.Sandbox, error) {
+		s, err := r.sandboxes.Sandboxes(ns).Get(name)
+		if err != nil {
+			return nil, err
+		}
+		s = s.DeepCopy()
+		if name == "resumed" {
+			s.Spec.Paused, s.Status.Phase = false, v1alpha1.SandboxRunning
+		}
+		return s, nil
+	}
+	allow := authorizer.AuthorizerFunc(func(context.Context, authorizer.Attributes) (authorizer.Decision, string, error) {
+		return authorizer.DecisionAllow, "", nil
+	})
+	ex := &execREST{r: r, authz: allow}
+	at := &attachREST{r: r, authz: allow}
+	for _, tc := range []struct{ name, msg string }{
+		{"paused", "sandbox ns1/paused: sandbox is paused (spec.paused); resume it first"},
+		{"done", "sandbox ns1/done: sandbox has finished"},
+		{"idle", ""},
+		{"resumed", ""},
+	} {
+		_, execErr := ex.Connect(reqCtx("ns1", "create", "exec", tc.name), tc.name, &subv1alpha1.SandboxExecOptions{Stdout: true, Command: []string{"sh"}}, nil)
+		_, attachErr := at.Connect(reqCtx("ns1", "create", "attach", tc.name), tc.name, &subv1alpha1.SandboxAttachOptions{Stdout: true}, nil)
+		for what, err := range map[string]error{"exec": execErr, "attach": attachErr} {
+			if tc.msg == "" {
+				if err != nil {
+					t.Errorf("%s %s: %v, want it sent to the agent", what, tc.name, err)
+				}
+			} else if !apierrors.IsConflict(err) || !strings.Contains(err.Error(), tc.msg) {
+				t.Errorf("%s %s: %v, want a Conflict %q", what, tc.name, err, tc.msg)
+			}
+		}
+	}
+}

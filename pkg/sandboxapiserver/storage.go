@@ -71,7 +71,7 @@ func (e *execREST) Connect(ctx context.Context, name string, opts runtime.Object
 	if !o.Stdin && !o.Stdout && !o.Stderr {
 		return nil, apierrors.NewBadRequest("at least one of stdin, stdout and stderr is required")
 	}
-	t, err := e.r.resolve(ctx, name)
+	t, err := e.r.resolveStream(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +111,7 @@ func (a *attachREST) Connect(ctx context.Context, name string, opts runtime.Obje
 	if !o.Stdout && !o.Stderr {
 		return nil, apierrors.NewBadRequest("at least one of stdout and stderr is required")
 	}
-	t, err := a.r.resolve(ctx, name)
+	t, err := a.r.resolveStream(ctx, name)
 	if err != nil {
 		return nil, err
 	}
