@@ -584,9 +584,10 @@ func testPause(t *testing.T, e *interactive) {
 		})
 
 	r := e.sandbox("exec", "counter", "--", "true")
-	if r.code == 0 || !strings.Contains(r.stderr, "sandbox is paused (spec.paused); resume it first") {
-		t.Errorf("want exec into a paused sandbox refused with \"sandbox is paused (spec.paused); resume it first\":\n%s", r)
+	if r.code == 0 || !strings.Contains(r.stderr, "Error from server (Conflict)") || !strings.Contains(r.stderr, "sandbox is paused (spec.paused); resume it first") {
+		t.Errorf("want exec into a paused sandbox refused (Conflict) with \"sandbox is paused (spec.paused); resume it first\":\n%s", r)
 	}
+	t.Logf("exec while paused: %s", strings.TrimSpace(r.stderr))
 	r = e.sandbox("cp", "counter:/tmp/counter", "-")
 	if r.code == 0 || !strings.Contains(r.stderr, "sandbox is paused (spec.paused); resume it first") {
 		t.Errorf("want cp from a paused sandbox refused with \"sandbox is paused (spec.paused); resume it first\":\n%s", r)
@@ -746,7 +747,7 @@ func testExecFinished(t *testing.T, e *interactive) {
 	e.create(t, "finished", nil, "sh", "-c", "echo done")
 	e.waitSandbox(t, "finished", kubetest.Phase(v1alpha1.SandboxSucceeded))
 	r := e.kubectl(runOpts{timeout: 30 * time.Second}, "sandbox", "-n", e.ns, "exec", "finished", "--", "true")
-	said := strings.Contains(r.stderr, "sandbox has finished") || strings.Contains(r.stderr, "phase Succeeded")
+	said := strings.Contains(r.stderr, "Error from server (Conflict)") && strings.Contains(r.stderr, "sandbox has finished")
 	if r.code == 0 || r.err != nil || !said || r.took > 10*time.Second {
 		t.Errorf("want a quick refusal that says the sandbox finished:\n%s", r)
 	}
