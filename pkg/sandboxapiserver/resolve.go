@@ -109,17 +109,28 @@ func (r *resolver) resolve(ctx context.Context, name string) (*target, error) {
 	if r.getPod != nil && (err != nil || pod.Status.PodIP == "" || (sbx.Status.AgentUID != "" && string(pod.UID) != sbx.Status.AgentUID)) {
 		pod, err = r.getPod(ctx, r.systemNamespace, agent)
 	}
+	var why string
 	switch {
 	case apierrors.IsNotFound(err):
-		return nil, unreachable(agent, "its Pod is gone")
+		why = "its Pod is gone"
 	case err != nil:
-		return nil, unreachable(agent, err.Error())
+		why = err.Error()
 	case sbx.Status.AgentUID != "" && string(pod.UID) != sbx.Status.AgentUID:
-		return nil, unreachable(agent, "its Pod was replaced")
+		why = "its Pod was replaced"
 	case pod.DeletionTimestamp != nil && pod.Status.PodIP == "":
-		return nil, unreachable(agent, "its Pod is being deleted")
+		why = "its Pod is being deleted"
 	case pod.Status.PodIP == "":
-		return nil, unreachable(agent, "its Pod has no IP address yet")
+		why = "its Pod has no IP address yet"
+	}
+	if why != "" {
+		if finished(sbx) {
+			// What matters to the caller first is that the sandbox has ended
+			// (e.g. Failed with AgentLost), then that its agent went with it.
+			err := notOnAgentStatus(sbx)
+			err.ErrStatus.Message += fmt.Sprintf("; its agent %s is not reachable: %s", agent, why)
+			return nil, err
+		}
+		return nil, unreachable(agent, why)
 	}
 	port := r.port
 	if port == 0 {
@@ -172,7 +183,7 @@ func (r *resolver) resolveStream(ctx context.Context, name string) (*target, err
 func streamRefusal(sbx *v1alpha1.Sandbox) error {
 	var msg string
 	switch {
-	case sbx.Status.Phase == v1alpha1.SandboxSucceeded || sbx.Status.Phase == v1alpha1.SandboxFailed:
+	case finished(sbx):
 		msg = "sandbox has finished"
 	case sbx.Spec.Paused:
 		msg = "sandbox is paused (spec.paused); resume it first"
@@ -230,16 +241,25 @@ func (r *resolver) forget(podName string) {
 	}
 }
 
+// finished says a sandbox has ended: Succeeded or Failed.
+func finished(sbx *v1alpha1.Sandbox) bool {
+	return sbx.Status.Phase == v1alpha1.SandboxSucceeded || sbx.Status.Phase == v1alpha1.SandboxFailed
+}
+
 // notOnAgent is the error for a sandbox bound to no agent: 409, since the
 // sandbox's state, not the server, is in the way.
 func notOnAgent(sbx *v1alpha1.Sandbox) error {
+	return notOnAgentStatus(sbx)
+}
+
+func notOnAgentStatus(sbx *v1alpha1.Sandbox) *apierrors.StatusError {
 	phase := string(sbx.Status.Phase)
 	if phase == "" {
 		phase = string(v1alpha1.SandboxPending)
 	}
 	msg := fmt.Sprintf("sandbox %s/%s is not running on an agent yet (phase %s)", sbx.Namespace, sbx.Name, phase)
-	if sbx.Status.Phase == v1alpha1.SandboxSucceeded || sbx.Status.Phase == v1alpha1.SandboxFailed {
-		msg = fmt.Sprintf("sandbox %s/%s is not on an agent (phase %s)", sbx.Namespace, sbx.Name, phase)
+	if finished(sbx) {
+		msg = fmt.Sprintf("sandbox %s/%s has finished (phase %s)", sbx.Namespace, sbx.Name, phase)
 	}
 	if sbx.Status.Reason != "" {
 		msg += ": " + sbx.Status.Reason

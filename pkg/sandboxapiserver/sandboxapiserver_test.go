@@ -236,6 +236,11 @@ func TestResolve(t *testing.T) {
 		sandbox("ns1", "pending", "", ""),
 		sandbox("ns1", "failed", "", v1alpha1.SandboxFailed),
 		sandbox("ns1", "lost", "agent-gone", v1alpha1.SandboxRunning),
+		func() *v1alpha1.Sandbox {
+			s := sandbox("ns1", "agentlost", "agent-gone", v1alpha1.SandboxFailed)
+			s.Status.Reason = "AgentLost"
+			return s
+		}(),
 		sandbox("ns1", "noip", "agent-noip", v1alpha1.SandboxRunning),
 		sandbox("ns1", "replaced", "agent-new", v1alpha1.SandboxRunning),
 		agentPodObj(agentPod, "10.0.0.7"),
@@ -264,7 +269,9 @@ func TestResolve(t *testing.T) {
 		{"ns1", "missing", http.StatusNotFound, `sandboxes.fast-sandbox.io "missing" not found`},
 		{"ns2", "running", http.StatusNotFound, "not found"},
 		{"ns1", "pending", http.StatusConflict, "sandbox ns1/pending is not running on an agent yet (phase Pending)"},
-		{"ns1", "failed", http.StatusConflict, "(phase Failed)"},
+		{"ns1", "failed", http.StatusConflict, "sandbox ns1/failed has finished (phase Failed)"},
+		// Its agent went with it: that it has finished is what matters.
+		{"ns1", "agentlost", http.StatusConflict, "sandbox ns1/agentlost has finished (phase Failed): AgentLost; its agent agent-gone is not reachable: its Pod is gone"},
 		{"ns1", "lost", http.StatusServiceUnavailable, "agent agent-gone is not reachable: its Pod is gone"},
 		{"ns1", "noip", http.StatusServiceUnavailable, "agent agent-noip is not reachable: its Pod has no IP address yet"},
 		{"ns1", "replaced", http.StatusServiceUnavailable, "agent agent-new is not reachable: its Pod was replaced"},

@@ -769,8 +769,8 @@ func testLostAgent(t *testing.T, e *interactive) {
 		t.Errorf("want reason AgentLost: %s", kubetest.DescribeSandbox(done))
 	}
 	r = e.kubectl(runOpts{timeout: 30 * time.Second}, "sandbox", "-n", e.ns, "exec", "orphan", "--", "true")
-	if r.code == 0 || r.err != nil || r.took > 10*time.Second {
-		t.Errorf("want exec into the failed sandbox refused at once:\n%s", r)
+	if r.code == 0 || r.err != nil || r.took > 10*time.Second || !strings.Contains(r.stderr, "has finished") {
+		t.Errorf("want exec into the failed sandbox refused at once, saying it has finished:\n%s", r)
 	}
 	t.Logf("sandbox failed, after %s: %s", r.took.Round(time.Millisecond), strings.TrimSpace(r.stderr))
 }
