@@ -10,7 +10,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -19,12 +18,12 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
+	"github.com/fast-sandbox/fast-sandbox/hack/benchstat"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
 )
@@ -94,7 +93,7 @@ func main() {
 		for _, name := range order {
 			s := results[name][i]
 			ratio := float64(podP50) / float64(pct(s, 50))
-			fmt.Printf("| %s | %s | %d | %s | %s | %s | %.1f× |\n", name, pattern, len(s), ms(pct(s, 50)), ms(pct(s, 90)), ms(pct(s, 99)), ratio)
+			fmt.Printf("| %s | %s | %d | %s | %s | %s | %.1f× |\n", name, pattern, len(s), benchstat.Millis(pct(s, 50)), benchstat.Millis(pct(s, 90)), benchstat.Millis(pct(s, 99)), ratio)
 		}
 	}
 	fmt.Println("\n# Sandbox stages (p50 of each stage's duration)")
@@ -108,7 +107,7 @@ func main() {
 				for _, x := range s {
 					d = append(d, f(x))
 				}
-				return ms(pctD(d, 50))
+				return benchstat.Millis(benchstat.Percentile(d, 50))
 			}
 			fmt.Printf("| %s | %s | %s | %s | %s | %s | %s |\n", name, pattern,
 				stage(func(x sample) time.Duration { return x.scheduled }),
@@ -181,7 +180,7 @@ func podStarter(ctx context.Context, kube kubernetes.Interface) func(int) sample
 		t0 := time.Now()
 		_, err = kube.CoreV1().Pods(*ns).Create(ctx, pod, metav1.CreateOptions{})
 		must(err)
-		waitEvent(w, func(obj any) bool {
+		must(benchstat.WaitEvent(w, 2*time.Minute, func(obj any) bool {
 			p := obj.(*corev1.Pod)
 			for _, c := range p.Status.Conditions {
 				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
@@ -189,7 +188,7 @@ func podStarter(ctx context.Context, kube kubernetes.Interface) func(int) sample
 				}
 			}
 			return false
-		})
+		}))
 		total := time.Since(t0)
 		_ = kube.CoreV1().Pods(*ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
 		return sample{total: total}
@@ -209,14 +208,14 @@ func sandboxStarter(ctx context.Context, c versioned.Interface, pool string) fun
 		_, err = c.SandboxV1alpha1().Sandboxes(*ns).Create(ctx, s, metav1.CreateOptions{})
 		must(err)
 		var last *v1alpha1.Sandbox
-		waitEvent(w, func(obj any) bool {
+		must(benchstat.WaitEvent(w, 2*time.Minute, func(obj any) bool {
 			last = obj.(*v1alpha1.Sandbox)
 			if last.Status.Phase == v1alpha1.SandboxFailed {
 				fmt.Fprintf(os.Stderr, "sandbox %s failed: %s %s\n", name, last.Status.Reason, last.Status.Message)
 				os.Exit(1)
 			}
 			return last.Status.Phase == v1alpha1.SandboxRunning
-		})
+		}))
 		out := sample{total: time.Since(t0), shown: time.Since(t0)}
 		st := last.Status
 		if st.ScheduleTime != nil && st.AgentToldTime != nil && st.StartTime != nil {
@@ -224,25 +223,6 @@ func sandboxStarter(ctx context.Context, c versioned.Interface, pool string) fun
 		}
 		_ = c.SandboxV1alpha1().Sandboxes(*ns).Delete(ctx, name, metav1.DeleteOptions{})
 		return out
-	}
-}
-
-func waitEvent(w watch.Interface, done func(any) bool) {
-	timeout := time.After(2 * time.Minute)
-	for {
-		select {
-		case ev, ok := <-w.ResultChan():
-			if !ok {
-				fmt.Fprintln(os.Stderr, "watch closed")
-				os.Exit(1)
-			}
-			if (ev.Type == watch.Added || ev.Type == watch.Modified) && done(ev.Object) {
-				return
-			}
-		case <-timeout:
-			fmt.Fprintln(os.Stderr, "timed out waiting for Running")
-			os.Exit(1)
-		}
 	}
 }
 
@@ -276,22 +256,8 @@ func pct(s []sample, p int) time.Duration {
 	for i, x := range s {
 		d[i] = x.total
 	}
-	return pctD(d, p)
+	return benchstat.Percentile(d, p)
 }
-
-func pctD(d []time.Duration, p int) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-	i := (len(d)*p + 99) / 100
-	if i < 1 {
-		i = 1
-	}
-	return d[i-1]
-}
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
 
 func must(err error) {
 	if err != nil {

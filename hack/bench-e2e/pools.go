@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 
+	"github.com/fast-sandbox/fast-sandbox/hack/benchstat"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
 )
@@ -28,7 +29,7 @@ func benchPools(ctx context.Context, c versioned.Interface) {
 		t0 := time.Now()
 		createScalePool(ctx, c, name, n, n, 4)
 		waitReadyAgents(ctx, c, name, n)
-		fmt.Printf("| pool created → agents Ready | %d | %s |\n", n, ms(time.Since(t0)))
+		fmt.Printf("| pool created → agents Ready | %d | %s |\n", n, benchstat.Millis(time.Since(t0)))
 		deletePool(ctx, c, name)
 	}
 
@@ -54,7 +55,7 @@ func benchPools(ctx context.Context, c versioned.Interface) {
 					Resources: v1alpha1.SandboxResources{CPU: ptr.To(resource.MustParse("10m")), Memory: ptr.To(resource.MustParse("16Mi"))}}}
 			_, err = c.SandboxV1alpha1().Sandboxes(*ns).Create(ctx, s, metav1.CreateOptions{})
 			must(err)
-			waitEvent(w, func(obj any) bool { return obj.(*v1alpha1.Sandbox).Status.Phase == v1alpha1.SandboxRunning })
+			must(benchstat.WaitEvent(w, 2*time.Minute, func(obj any) bool { return obj.(*v1alpha1.Sandbox).Status.Phase == v1alpha1.SandboxRunning }))
 			running[i] = time.Since(t0)
 		}(i)
 	}
@@ -64,8 +65,8 @@ func benchPools(ctx context.Context, c versioned.Interface) {
 		agentsReady <- time.Since(t0)
 	}()
 	wg.Wait()
-	fmt.Printf("| 8 sandboxes into 2 free slots → 3 extra agents Ready | 1 → 4 | %s |\n", ms(<-agentsReady))
-	fmt.Printf("| 8 sandboxes into 2 free slots → all 8 Running | 1 → 4 | %s |\n", ms(pctD(running, 100)))
+	fmt.Printf("| 8 sandboxes into 2 free slots → 3 extra agents Ready | 1 → 4 | %s |\n", benchstat.Millis(<-agentsReady))
+	fmt.Printf("| 8 sandboxes into 2 free slots → all 8 Running | 1 → 4 | %s |\n", benchstat.Millis(benchstat.Percentile(running, 100)))
 	for i := range running {
 		_ = c.SandboxV1alpha1().Sandboxes(*ns).Delete(ctx, fmt.Sprintf("%s-%d-%d", name, run, i), metav1.DeleteOptions{})
 	}

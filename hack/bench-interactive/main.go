@@ -28,7 +28,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -37,7 +36,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -46,6 +44,7 @@ import (
 	"k8s.io/streaming/pkg/httpstream"
 	"k8s.io/utils/ptr"
 
+	"github.com/fast-sandbox/fast-sandbox/hack/benchstat"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/client"
 )
@@ -152,10 +151,10 @@ func main() {
 		if base == nil {
 			return ""
 		}
-		return fmt.Sprintf("%.2f×", float64(pct(s, 50))/float64(pct(base, 50)))
+		return fmt.Sprintf("%.2f×", float64(benchstat.Percentile(s, 50))/float64(benchstat.Percentile(base, 50)))
 	}
 	row := func(what string, s []time.Duration, base, baseSeccomp []time.Duration) {
-		fmt.Printf("| %s | %d | %s | %s | %s | %s | %s |\n", what, len(s), ms(pct(s, 50)), ms(pct(s, 90)), ms(pct(s, 99)),
+		fmt.Printf("| %s | %d | %s | %s | %s | %s | %s |\n", what, len(s), benchstat.Millis(benchstat.Percentile(s, 50)), benchstat.Millis(benchstat.Percentile(s, 90)), benchstat.Millis(benchstat.Percentile(s, 99)),
 			ratio(s, base), ratio(s, baseSeccomp))
 	}
 	row("`kubectl exec POD -- true` (Pod)", execs[2], nil, nil)
@@ -286,17 +285,17 @@ func pauseResume(ctx context.Context, name string, n, warm int) (pauses, resumes
 		return func(obj any) bool { return obj.(*v1alpha1.Sandbox).Status.Phase == p }
 	}
 	// The watch's first event is the object as it is (Running).
-	waitEvent(w, phase(v1alpha1.SandboxRunning))
+	must(benchstat.WaitEvent(w, 2*time.Minute, phase(v1alpha1.SandboxRunning)))
 	for i := 0; i < warm+n; i++ {
 		t0 := time.Now()
 		_, err := sbx.Pause(ctx, *ns, name)
 		must(err)
-		waitEvent(w, phase(v1alpha1.SandboxPaused))
+		must(benchstat.WaitEvent(w, 2*time.Minute, phase(v1alpha1.SandboxPaused)))
 		p := time.Since(t0)
 		t1 := time.Now()
 		_, err = sbx.Resume(ctx, *ns, name)
 		must(err)
-		waitEvent(w, phase(v1alpha1.SandboxRunning))
+		must(benchstat.WaitEvent(w, 2*time.Minute, phase(v1alpha1.SandboxRunning)))
 		r := time.Since(t1)
 		if i >= warm {
 			pauses, resumes = append(pauses, p), append(resumes, r)
@@ -363,14 +362,14 @@ func startPod(ctx context.Context, name, node string, seccomp bool) {
 				Resources: corev1.ResourceRequirements{Requests: res, Limits: res}}}},
 	}, metav1.CreateOptions{})
 	must(err)
-	waitEvent(w, func(obj any) bool {
+	must(benchstat.WaitEvent(w, 2*time.Minute, func(obj any) bool {
 		for _, c := range obj.(*corev1.Pod).Status.Conditions {
 			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
 				return true
 			}
 		}
 		return false
-	})
+	}))
 }
 
 // cleanup deletes every object this run created (those already gone are
@@ -401,38 +400,6 @@ func cleanup() {
 		return true, nil
 	})
 }
-
-func waitEvent(w watch.Interface, done func(any) bool) {
-	timeout := time.After(2 * time.Minute)
-	for {
-		select {
-		case ev, ok := <-w.ResultChan():
-			if !ok {
-				fail("watch closed")
-			}
-			if (ev.Type == watch.Added || ev.Type == watch.Modified) && done(ev.Object) {
-				return
-			}
-		case <-timeout:
-			fail("timed out waiting on a watch")
-		}
-	}
-}
-
-func pct(d []time.Duration, p int) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := (len(s)*p + 99) / 100
-	if i < 1 {
-		i = 1
-	}
-	return s[i-1]
-}
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
 
 func must(err error) {
 	if err != nil {
