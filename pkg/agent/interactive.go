@@ -86,24 +86,10 @@ func (a *Agent) serveExec(w http.ResponseWriter, r *http.Request) error {
 	if len(cmd) == 0 || cmd[0] == "" {
 		return refuse(http.StatusBadRequest, "parameter %s is required", paramCommand)
 	}
-	opts, err := streamOptions(q)
-	if err != nil {
-		return err
-	}
-	rt, err := a.interactiveRuntime()
-	if err != nil {
-		return err
-	}
-	s, err := a.beginSession(uid, sessionThaw)
-	if err != nil {
-		return err
-	}
-	defer s.end()
-	w, r, cancel := watchConnection(w, r)
-	defer cancel()
-	rcmd.ServeExec(w, r, &executor{rt: rt, uid: uid}, uid, uid, "", cmd, opts,
-		streamIdleTimeout, rcmd.DefaultStreamCreationTimeout, rcmd.SupportedStreamingProtocols)
-	return nil
+	return a.serveStream(w, r, uid, func(w http.ResponseWriter, r *http.Request, rt runtime.Interactive, opts *rcmd.Options) {
+		rcmd.ServeExec(w, r, &executor{rt: rt, uid: uid}, uid, uid, "", cmd, opts,
+			streamIdleTimeout, rcmd.DefaultStreamCreationTimeout, rcmd.SupportedStreamingProtocols)
+	})
 }
 
 // serveAttach streams a sandbox's output from now on until it finishes or
@@ -117,7 +103,19 @@ func (a *Agent) serveAttach(w http.ResponseWriter, r *http.Request) error {
 			return refuse(http.StatusBadRequest, "attach takes no %s=true: a sandbox's main process has no stdin or terminal to attach to; use exec", p)
 		}
 	}
-	opts, err := streamOptions(q)
+	return a.serveStream(w, r, uid, func(w http.ResponseWriter, r *http.Request, rt runtime.Interactive, opts *rcmd.Options) {
+		rcmd.ServeAttach(w, r, &attacher{rt: rt, uid: uid}, uid, uid, "", opts,
+			streamIdleTimeout, rcmd.DefaultStreamCreationTimeout, rcmd.SupportedStreamingProtocols)
+	})
+}
+
+// serveStream is what exec and attach share: their stream options, the
+// runtime, an activity session that resumes an idle-paused sandbox (and
+// refuses one paused by spec), and a request context that ends when the
+// client's connection does, also once it is hijacked.
+func (a *Agent) serveStream(w http.ResponseWriter, r *http.Request, uid string,
+	serve func(http.ResponseWriter, *http.Request, runtime.Interactive, *rcmd.Options)) error {
+	opts, err := streamOptions(r.URL.Query())
 	if err != nil {
 		return err
 	}
@@ -132,8 +130,7 @@ func (a *Agent) serveAttach(w http.ResponseWriter, r *http.Request) error {
 	defer s.end()
 	w, r, cancel := watchConnection(w, r)
 	defer cancel()
-	rcmd.ServeAttach(w, r, &attacher{rt: rt, uid: uid}, uid, uid, "", opts,
-		streamIdleTimeout, rcmd.DefaultStreamCreationTimeout, rcmd.SupportedStreamingProtocols)
+	serve(w, r, rt, opts)
 	return nil
 }
 
