@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -83,13 +84,18 @@ type Result struct {
 // Main runs the init: it waits for the agent's Start and execs it. It
 // returns only when the start failed, with the exit code to use. Started
 // with the arguments of a logging binary (sandboxlog.IsLogger), it runs the
-// logger instead and returns its exit code; with ProbeArg, it returns 0.
+// logger instead and returns its exit code; with ProbeArg, it returns 0;
+// with ExecServerArg, it is the exec server (ServeExec) on the socket
+// beside socket.
 func Main(socket string, retry time.Duration) int {
 	if sandboxlog.IsLogger(os.Args[1:]) {
 		return sandboxlog.Main(os.Args[1:])
 	}
 	if len(os.Args) == 2 && os.Args[1] == ProbeArg {
 		return 0
+	}
+	if len(os.Args) == 2 && os.Args[1] == ExecServerArg {
+		return ServeExec(filepath.Join(filepath.Dir(socket), ExecSocketName))
 	}
 	for {
 		conn, err := net.Dial("unix", socket)
@@ -180,8 +186,11 @@ func lookPath(name string, env []string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("exec %q: executable file not found in $PATH", name)
+	return "", fmt.Errorf("exec %q: %w", name, errNotFound)
 }
+
+// errNotFound is lookPath's error for a name not found in the PATH.
+var errNotFound = errors.New("executable file not found in $PATH")
 
 func executable(p string) error {
 	fi, err := os.Stat(p)
@@ -189,7 +198,7 @@ func executable(p string) error {
 		return err
 	}
 	if fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return fmt.Errorf("%s: permission denied", p)
+		return &fs.PathError{Op: "exec", Path: p, Err: syscall.EACCES}
 	}
 	return nil
 }
