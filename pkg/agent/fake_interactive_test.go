@@ -27,7 +27,9 @@ import (
 //
 // Commands: "echo ARGS" writes ARGS; "cat" copies stdin to stdout; "fail"
 // writes "oops" to stderr and exits 3; "size" writes the first terminal
-// size "WxH"; "block" waits for its context to end.
+// size "WxH"; "block" waits for its context to end; "nosuchcmd" and
+// "/etc/passwd" fail to start as runc's do through containerd (code 127,
+// 126 and an error); "vanish" finds the sandbox finished.
 type fakeInteractive struct {
 	*fakeRuntime
 	root string
@@ -84,6 +86,14 @@ func (f *fakeInteractive) Exec(ctx context.Context, uid string, o runtime.ExecOp
 		f.blocking <- struct{}{}
 		<-ctx.Done()
 		return 137, nil
+	case "nosuchcmd":
+		return 127, fmt.Errorf(`starting "nosuchcmd" in sandbox %s: the command was not found: failed to start exec "exec-1": `+
+			`OCI runtime exec failed: exec failed: unable to start container process: exec: "nosuchcmd": executable file not found in $PATH: unknown`, uid)
+	case "/etc/passwd":
+		return 126, fmt.Errorf(`starting "/etc/passwd" in sandbox %s: the command cannot be run: failed to start exec "exec-2": `+
+			`OCI runtime exec failed: exec failed: unable to start container process: exec /etc/passwd: permission denied: unknown`, uid)
+	case "vanish":
+		return -1, fmt.Errorf("sandbox %s: %w", uid, runtime.ErrFinished)
 	}
 	return 127, nil
 }

@@ -10,9 +10,11 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	rcmd "k8s.io/cri-streaming/pkg/streaming/remotecommand"
 	utilexec "k8s.io/utils/exec"
 
@@ -87,7 +89,8 @@ func (a *Agent) serveExec(w http.ResponseWriter, r *http.Request) error {
 		return refuse(http.StatusBadRequest, "parameter %s is required", paramCommand)
 	}
 	return a.serveStream(w, r, uid, func(w http.ResponseWriter, r *http.Request, rt runtime.Interactive, opts *rcmd.Options) {
-		rcmd.ServeExec(w, r, &executor{rt: rt, uid: uid}, uid, uid, "", cmd, opts,
+		e := &executor{rt: rt, uid: uid, sandbox: a.sandboxName(uid), log: a.log}
+		rcmd.ServeExec(w, r, e, uid, uid, "", cmd, opts,
 			streamIdleTimeout, rcmd.DefaultStreamCreationTimeout, rcmd.SupportedStreamingProtocols)
 	})
 }
@@ -134,10 +137,31 @@ func (a *Agent) serveStream(w http.ResponseWriter, r *http.Request, uid string,
 	return nil
 }
 
+// sandboxName is a sandbox's "namespace/name" as its sync (or its runtime,
+// once adopted) said, else its UID.
+func (a *Agent) sandboxName(uid string) string {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if st, ok := a.sandboxes[uid]; ok && st.Name != "" {
+		return st.Namespace + "/" + st.Name
+	}
+	return uid
+}
+
+// Exit codes of a command that could not be started, as a shell's; the
+// runtime returns them with the error saying why (runtime.Interactive.Exec).
+const (
+	exitCommandNotExecutable = 126
+	exitCommandNotFound      = 127
+)
+
 // executor runs exec's command through the runtime.
 type executor struct {
 	rt  runtime.Interactive
 	uid string
+	// sandbox names the sandbox in messages ("namespace/name").
+	sandbox string
+	log     logr.Logger
 }
 
 func (e *executor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []string, in io.Reader, out, errOut io.WriteCloser,
@@ -181,12 +205,32 @@ func (e *executor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []st
 	code, err := e.rt.Exec(ctx, e.uid, opts)
 	close(done)
 	wg.Wait()
+	var notStarted error
+	if err != nil && code > 0 && ctx.Err() == nil && !sandboxStateError(err) {
+		// The command could not be started: say so as a shell would, on
+		// the command's stderr (its terminal with a TTY), and exit with
+		// the shell's code. An error status would reach the client wrapped
+		// twice (cri-streaming's Internal error, then the sandbox-apiserver's
+		// WebSocket translation's) and without the code; output and exit
+		// codes pass both unchanged.
+		e.log.V(1).Info("exec could not start its command", "sandbox", e.sandbox, "uid", e.uid, "command", cmd[0], "code", code, "err", err)
+		notStarted = errors.New(notStartedMessage(cmd[0], e.sandbox, code, err))
+		switch {
+		case errOut != nil:
+			_, _ = fmt.Fprintf(errOut, "%v\n", notStarted)
+		case tty && out != nil:
+			_, _ = fmt.Fprintf(out, "%v\r\n", notStarted) // a raw terminal
+		}
+	}
 	// The process and its output are done: end the output streams before
 	// the status is written.
 	for _, w := range []io.WriteCloser{out, errOut} {
 		if w != nil {
 			_ = w.Close()
 		}
+	}
+	if notStarted != nil {
+		return utilexec.CodeExitError{Err: notStarted, Code: code}
 	}
 	if err != nil {
 		return execError(err)
@@ -195,6 +239,46 @@ func (e *executor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []st
 		return utilexec.CodeExitError{Err: fmt.Errorf("command terminated with exit code %d", code), Code: code}
 	}
 	return nil
+}
+
+// sandboxStateError says err is about the sandbox (paused, finished, gone)
+// rather than the command.
+func sandboxStateError(err error) bool {
+	return errors.Is(err, runtime.ErrPaused) || errors.Is(err, runtime.ErrFinished) || errors.Is(err, runtime.ErrNotFound)
+}
+
+// Where the OCI runtime's own words start in its error for a process it
+// could not start (runc's, then any runtime's through containerd's shim),
+// and the gRPC code containerd appends.
+var (
+	ociMarkers   = []string{"unable to start container process: ", "OCI runtime exec failed: "}
+	grpcCodeTail = ": unknown"
+)
+
+// notStartedMessage is one line saying that command could not be started in
+// sandbox and why, in the OCI runtime's words when err holds them, e.g.
+// `exec "x" in sandbox ns/sb: the command was not found: exec: "x":
+// executable file not found in $PATH`.
+func notStartedMessage(command, sandbox string, code int, err error) string {
+	msg := err.Error()
+	i, marker := -1, ""
+	for _, m := range ociMarkers {
+		if i = strings.LastIndex(msg, m); i >= 0 {
+			marker = m
+			break
+		}
+	}
+	if i < 0 {
+		return fmt.Sprintf("exec %q in sandbox %s: %s", command, sandbox, msg)
+	}
+	why := strings.TrimSuffix(msg[i+len(marker):], grpcCodeTail)
+	switch code {
+	case exitCommandNotFound:
+		return fmt.Sprintf("exec %q in sandbox %s: the command was not found: %s", command, sandbox, why)
+	case exitCommandNotExecutable:
+		return fmt.Sprintf("exec %q in sandbox %s: the command cannot be run: %s", command, sandbox, why)
+	}
+	return fmt.Sprintf("exec %q in sandbox %s: %s", command, sandbox, why)
 }
 
 // execError words a runtime error for the remote command's status.

@@ -187,6 +187,86 @@ func TestExec(t *testing.T) {
 	}
 }
 
+// A command that cannot be started exits as in a shell (127 not found, 126
+// not executable) with one line on its stderr, or its terminal, naming the
+// command and the sandbox in the OCI runtime's words: a remote command's
+// exit code and output pass unchanged through the sandbox-apiserver's
+// WebSocket translation, where an error would be wrapped twice. A sandbox
+// that finished meanwhile stays an error.
+func TestExecCommandNotStarted(t *testing.T) {
+	rt := newFakeInteractive(t, newFakeRuntime())
+	_, srv, _ := startInteractive(t, rt)
+	syncAs(t, srv, 1, sbx("a"))
+
+	for _, tc := range []struct {
+		name, cmd       string
+		tty             bool
+		code            int
+		stdout, stderr  string
+		wantErrContains string
+	}{
+		{name: "not found", cmd: "nosuchcmd", code: 127,
+			stderr: `exec "nosuchcmd" in sandbox ns/n-a: the command was not found: exec: "nosuchcmd": executable file not found in $PATH` + "\n"},
+		{name: "not executable", cmd: "/etc/passwd", code: 126,
+			stderr: `exec "/etc/passwd" in sandbox ns/n-a: the command cannot be run: exec /etc/passwd: permission denied` + "\n"},
+		{name: "not found on a terminal", cmd: "nosuchcmd", tty: true, code: 127,
+			stdout: `exec "nosuchcmd" in sandbox ns/n-a: the command was not found: exec: "nosuchcmd": executable file not found in $PATH` + "\r\n"},
+		{name: "the sandbox finished meanwhile", cmd: "vanish", wantErrContains: "sandbox has finished"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			opts := remotecommand.StreamOptions{Stdout: &out, Stderr: &errOut}
+			q := execQuery(tc.cmd)
+			if tc.tty {
+				opts = remotecommand.StreamOptions{Stdin: strings.NewReader(""), Stdout: &out, Tty: true}
+			}
+			err := stream(t, srv, identityAPIServer, api.PathExec, "a", q, opts)
+			var exit clientexec.ExitError
+			if tc.wantErrContains != "" {
+				if err == nil || errors.As(err, &exit) || !strings.Contains(err.Error(), tc.wantErrContains) {
+					t.Errorf("error %v, want one (not an exit) containing %q", err, tc.wantErrContains)
+				}
+				return
+			}
+			if !errors.As(err, &exit) || exit.ExitStatus() != tc.code {
+				t.Errorf("error %v, want exit code %d", err, tc.code)
+			}
+			if out.String() != tc.stdout || errOut.String() != tc.stderr {
+				t.Errorf("stdout %q, stderr %q; want %q, %q", out.String(), errOut.String(), tc.stdout, tc.stderr)
+			}
+		})
+	}
+}
+
+func TestNotStartedMessage(t *testing.T) {
+	for _, tc := range []struct {
+		name, cmd string
+		code      int
+		err, want string
+	}{
+		{"runc, not in PATH", "x", 127,
+			`starting "x" in sandbox u: the command was not found: failed to start exec "e": OCI runtime exec failed: exec failed: unable to start container process: exec: "x": executable file not found in $PATH: unknown`,
+			`exec "x" in sandbox ns/sb: the command was not found: exec: "x": executable file not found in $PATH`},
+		{"runc, no such file", "/x", 127,
+			`starting "/x" in sandbox u: the command was not found: OCI runtime exec failed: exec failed: unable to start container process: exec: "/x": stat /x: no such file or directory: unknown`,
+			`exec "/x" in sandbox ns/sb: the command was not found: exec: "/x": stat /x: no such file or directory`},
+		{"crun", "x", 127,
+			"starting \"x\" in sandbox u: the command was not found: OCI runtime exec failed: executable file `x` not found in $PATH: No such file or directory: unknown",
+			"exec \"x\" in sandbox ns/sb: the command was not found: executable file `x` not found in $PATH: No such file or directory"},
+		{"not executable", "/etc/passwd", 126,
+			`starting "/etc/passwd" in sandbox u: the command cannot be run: OCI runtime exec failed: exec failed: unable to start container process: exec /etc/passwd: permission denied: unknown`,
+			`exec "/etc/passwd" in sandbox ns/sb: the command cannot be run: exec /etc/passwd: permission denied`},
+		{"another runtime's words", "x", 127, "no such program x",
+			`exec "x" in sandbox ns/sb: no such program x`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := notStartedMessage(tc.cmd, "ns/sb", tc.code, errors.New(tc.err)); got != tc.want {
+				t.Errorf("got  %q\nwant %q", got, tc.want)
+			}
+		})
+	}
+}
+
 // A client that leaves ends its command: the hijacked connection's end
 // cancels the exec's context.
 func TestExecEndsWithItsClient(t *testing.T) {
