@@ -24,7 +24,9 @@ func newExecCommand(o *options) *cobra.Command {
 		Use:   "exec NAME [-i] [-t] -- COMMAND [ARGS...]",
 		Short: "Run a command in a running sandbox",
 		Long: `Run a command in a running sandbox, with the sandbox's user, working
-directory and environment. The plugin exits with the command's exit status.
+directory and environment. The plugin exits with the command's exit status;
+a command that cannot be started exits 127 (not found) or 126 (not
+executable), as in a shell, and the sandbox says why on stderr.
 
 -i passes the plugin's stdin to the command; -t (with -i) gives it a
 terminal: the local one is put in raw mode and its size follows resizes.

@@ -20,6 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/rest"
 	clienttesting "k8s.io/client-go/testing"
@@ -441,6 +442,24 @@ func TestServerErrorsPrintedAsKubectl(t *testing.T) {
 // with the remote command's status.
 func TestExecExitStatus(t *testing.T) {
 	h := newHarness(t)
+	h.spdyExec()
+	h.in.WriteString("input")
+	if code := h.run("exec", "-i", "box", "--", "exit", "7"); code != 7 {
+		t.Fatalf("exit %d, want 7: %s", code, h.err)
+	}
+	if h.out.String() != "input" || h.err.String() != "bye\n" {
+		t.Errorf("stdout %q, stderr %q", h.out, h.err)
+	}
+	h.out.Reset()
+	h.err.Reset()
+	if code := h.run("exec", "box", "--", "exit", "0"); code != 0 || h.err.String() != "bye\n" || h.out.Len() != 0 {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, h.out, h.err)
+	}
+}
+
+// spdyExec serves exec over SPDY as the agent (through the aggregated API)
+// does, with exitExecutor; the WebSocket attempt is refused.
+func (h *harness) spdyExec() {
 	h.handlers["GET exec"] = func(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "no websocket", http.StatusBadRequest)
 	}
@@ -461,25 +480,78 @@ func TestExecExitStatus(t *testing.T) {
 		remotecommand.ServeExec(w, r, exitExecutor{}, "box", "uid", "sandbox", q["command"], opts,
 			time.Minute, 10*time.Second, remotecommand.SupportedStreamingProtocols)
 	}
-	h.in.WriteString("input")
-	if code := h.run("exec", "-i", "box", "--", "exit", "7"); code != 7 {
-		t.Fatalf("exit %d, want 7: %s", code, h.err)
+}
+
+// exec's errors: what the API server refuses before the stream (RBAC, a
+// missing, paused or finished sandbox) is printed as kubectl prints a
+// Pod's, over WebSocket or SPDY; a command that cannot be started exits 127
+// with the agent's one line; a failure after the upgrade is said once.
+func TestExecErrors(t *testing.T) {
+	forbidden := apierrors.NewForbidden(schema.GroupResource{Group: "subresources.fast-sandbox.io", Resource: "sandboxes"}, "box",
+		errors.New(`User "x" cannot create resource "sandboxes/exec" in API group "subresources.fast-sandbox.io" in the namespace "default"`))
+	notFound := apierrors.NewNotFound(v1alpha1.Resource("sandboxes"), "box")
+	conflict := &apierrors.StatusError{ErrStatus: metav1.Status{Status: metav1.StatusFailure, Code: http.StatusConflict,
+		Reason: metav1.StatusReasonConflict, Message: "sandbox default/box: sandbox is paused (spec.paused); resume it first"}}
+	for _, tc := range []struct {
+		name      string
+		status    *apierrors.StatusError
+		webSocket bool
+		want      string
+	}{
+		{"forbidden", forbidden, true, `Error from server (Forbidden): sandboxes.subresources.fast-sandbox.io "box" is forbidden: ` +
+			`User "x" cannot create resource "sandboxes/exec" in API group "subresources.fast-sandbox.io" in the namespace "default"`},
+		{"not found over websocket", notFound, true, `Error from server (NotFound): sandboxes.fast-sandbox.io "box" not found`},
+		{"not found over spdy", notFound, false, `Error from server (NotFound): sandboxes.fast-sandbox.io "box" not found`},
+		{"paused over websocket", conflict, true, "Error from server (Conflict): sandbox default/box: sandbox is paused (spec.paused); resume it first"},
+		{"paused over spdy", conflict, false, "Error from server (Conflict): sandbox default/box: sandbox is paused (spec.paused); resume it first"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			answer := func(w http.ResponseWriter, _ *http.Request) { writeStatus(w, tc.status) }
+			h.handlers["POST exec"] = answer
+			h.handlers["GET exec"] = func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "no websocket", http.StatusBadRequest) }
+			if tc.webSocket {
+				h.handlers["GET exec"] = answer
+			}
+			if code := h.run("exec", "box", "--", "sh"); code != 1 || h.err.String() != tc.want+"\n" || h.out.Len() != 0 {
+				t.Errorf("exit %d, stdout %q, stderr %q; want 1 and stderr %q", code, h.out, h.err, tc.want+"\n")
+			}
+		})
 	}
-	if h.out.String() != "input" || h.err.String() != "bye\n" {
-		t.Errorf("stdout %q, stderr %q", h.out, h.err)
-	}
-	h.out.Reset()
-	h.err.Reset()
-	if code := h.run("exec", "box", "--", "exit", "0"); code != 0 || h.err.String() != "bye\n" || h.out.Len() != 0 {
-		t.Fatalf("exit %d, stdout %q, stderr %q", code, h.out, h.err)
-	}
+
+	t.Run("a missing command", func(t *testing.T) {
+		h := newHarness(t)
+		h.spdyExec()
+		if code := h.run("exec", "box", "--", "nosuchcmd"); code != 127 || h.err.String() != notFoundLine+"\n" || h.out.Len() != 0 {
+			t.Errorf("exit %d, stdout %q, stderr %q; want 127 and stderr %q", code, h.out, h.err, notFoundLine+"\n")
+		}
+	})
+	t.Run("a failure after the upgrade", func(t *testing.T) {
+		h := newHarness(t)
+		h.spdyExec()
+		want := `error: exec "vanish" in sandbox default/box: sandbox has finished` + "\n"
+		if code := h.run("exec", "box", "--", "vanish"); code != 1 || h.err.String() != want {
+			t.Errorf("exit %d, stderr %q; want 1 and %q", code, h.err, want)
+		}
+	})
 }
 
 // exitExecutor runs "exit N": it echoes stdin, says bye on stderr and
-// exits with N.
+// exits with N. "nosuchcmd" cannot be started (the agent's line on stderr,
+// 127); "vanish" fails as in a sandbox that just finished.
 type exitExecutor struct{}
 
+// notFoundLine is the agent's line for nosuchcmd.
+const notFoundLine = `exec "nosuchcmd" in sandbox default/box: the command was not found: exec: "nosuchcmd": executable file not found in $PATH`
+
 func (exitExecutor) ExecInContainer(_ context.Context, _, _, _ string, cmd []string, in io.Reader, out, errOut io.WriteCloser, _ bool, _ <-chan remotecommand.TerminalSize, _ time.Duration) error {
+	switch cmd[0] {
+	case "nosuchcmd":
+		_, _ = io.WriteString(errOut, notFoundLine+"\n")
+		return utilexec.CodeExitError{Err: errors.New(notFoundLine), Code: 127}
+	case "vanish":
+		return errors.New("sandbox has finished")
+	}
 	if in != nil {
 		if _, err := io.Copy(out, in); err != nil {
 			return err

@@ -18,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
@@ -392,6 +393,61 @@ func TestExecFallsBackToSPDYWhenWebSocketIsForbidden(t *testing.T) {
 	defer rec.mu.Unlock()
 	if len(rec.requests) != 2 || rec.requests[0].method != http.MethodGet || rec.requests[1].method != http.MethodPost {
 		t.Errorf("requests %+v, want GET then POST", rec.requests)
+	}
+}
+
+// What the API server refuses an exec with before the stream starts comes
+// back as the *apierrors.StatusError it answered, whichever protocol was
+// refused: WebSocket (client-go keeps the Status) or SPDY (client-go keeps
+// only its message). A Forbidden WebSocket upgrade is tried again over SPDY,
+// which needs another verb; NotFound and Conflict are final.
+func TestExecRefusalsAreStatusErrors(t *testing.T) {
+	forbidden := apierrors.NewForbidden(schema.GroupResource{Group: SubresourcesGroupVersion.Group, Resource: "sandboxes"}, "box",
+		errors.New(`User "x" cannot create resource "sandboxes/exec" in API group "subresources.fast-sandbox.io" in the namespace "team"`))
+	notFound := apierrors.NewNotFound(v1alpha1.Resource("sandboxes"), "box")
+	conflict := apierrors.NewConflict(v1alpha1.Resource("sandboxes"), "box", errors.New("sandbox team/box: sandbox is paused (spec.paused); resume it first"))
+	noWebSocket := func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "no websocket here", http.StatusBadRequest)
+	}
+	for _, tc := range []struct {
+		name        string
+		status      *apierrors.StatusError
+		webSocket   bool // the WebSocket upgrade is answered with the Status, else refused as a plain 400
+		wantMethods []string
+	}{
+		{"forbidden, websocket then spdy", forbidden, true, []string{http.MethodGet, http.MethodPost}},
+		{"forbidden, spdy", forbidden, false, []string{http.MethodGet, http.MethodPost}},
+		{"not found, websocket", notFound, true, []string{http.MethodGet}},
+		{"not found, spdy", notFound, false, []string{http.MethodGet, http.MethodPost}},
+		{"conflict, websocket", conflict, true, []string{http.MethodGet}},
+		{"conflict, spdy", conflict, false, []string{http.MethodGet, http.MethodPost}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			answer := func(w http.ResponseWriter, _ *http.Request) { writeStatus(w, tc.status) }
+			get := noWebSocket
+			if tc.webSocket {
+				get = answer
+			}
+			c, rec := newTestClient(t, map[string]http.HandlerFunc{"GET exec": get, "POST exec": answer})
+			code, err := c.Exec(context.Background(), "team", "box", ExecOptions{Command: []string{"sh"}, Stdout: io.Discard})
+			status, ok := err.(*apierrors.StatusError)
+			if !ok || code != -1 {
+				t.Fatalf("exec: code %d, %T %v; want -1 and a *apierrors.StatusError", code, err, err)
+			}
+			want := tc.status.ErrStatus
+			if got := status.ErrStatus; got.Code != want.Code || got.Reason != want.Reason || got.Message != want.Message {
+				t.Errorf("status %d %s %q, want %d %s %q", got.Code, got.Reason, got.Message, want.Code, want.Reason, want.Message)
+			}
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			var methods []string
+			for _, r := range rec.requests {
+				methods = append(methods, r.method)
+			}
+			if !reflect.DeepEqual(methods, tc.wantMethods) {
+				t.Errorf("requests %v, want %v", methods, tc.wantMethods)
+			}
+		})
 	}
 }
 

@@ -30,7 +30,12 @@ import (
 //	cat        copies stdin to stdout
 //	fail N     writes "oops" to stderr and exits with N
 //	tty        writes whether it has a TTY and the first terminal size
+//	nosuchcmd  cannot be started, as the agent says it: a line on stderr, 127
+//	vanish     fails as the agent's exec in a sandbox that just finished
 type fakeExecutor struct{}
+
+// notFound is the agent's line for nosuchcmd.
+const notFound = `exec "nosuchcmd" in sandbox team/box: the command was not found: exec: "nosuchcmd": executable file not found in $PATH`
 
 func (fakeExecutor) ExecInContainer(_ context.Context, _, _, _ string, cmd []string, in io.Reader, out, errOut io.WriteCloser, tty bool, resize <-chan remotecommand.TerminalSize, _ time.Duration) error {
 	switch cmd[0] {
@@ -45,6 +50,11 @@ func (fakeExecutor) ExecInContainer(_ context.Context, _, _, _ string, cmd []str
 		size := <-resize
 		_, err := fmt.Fprintf(out, "tty=%t %dx%d", tty, size.Width, size.Height)
 		return err
+	case "nosuchcmd":
+		_, _ = io.WriteString(errOut, notFound+"\n")
+		return utilexec.CodeExitError{Err: errors.New(notFound), Code: 127}
+	case "vanish":
+		return errors.New("sandbox has finished")
 	}
 	return fmt.Errorf("unknown command %q", cmd[0])
 }
@@ -176,6 +186,22 @@ func TestExecStreams(t *testing.T) {
 				t.Errorf("tty: code %d, err %v, stdout %q", code, err, stdout.String())
 			}
 
+			// A command that cannot start: its code and the agent's line
+			// pass unchanged.
+			stdout.Reset()
+			stderr.Reset()
+			code, err = c.Exec(ctx, "team", "box", ExecOptions{Command: []string{"nosuchcmd"}, Stdout: &stdout, Stderr: &stderr})
+			if err != nil || code != 127 || stderr.String() != notFound+"\n" {
+				t.Errorf("nosuchcmd: code %d, err %v, stderr %q", code, err, stderr.String())
+			}
+
+			// A failure after the upgrade is said once (WebSocket: not
+			// wrapped twice as an Internal error).
+			code, err = c.Exec(ctx, "team", "box", ExecOptions{Command: []string{"vanish"}, Stdout: &stdout})
+			if want := `exec "vanish" in sandbox team/box: sandbox has finished`; err == nil || err.Error() != want || code != -1 {
+				t.Errorf("vanish: code %d, err %v, want -1 and %q", code, err, want)
+			}
+
 			stdout.Reset()
 			stderr.Reset()
 			if err := c.Attach(ctx, "team", "box", AttachOptions{Stdout: &stdout, Stderr: &stderr}); err != nil {
@@ -187,7 +213,7 @@ func TestExecStreams(t *testing.T) {
 
 			es.mu.Lock()
 			defer es.mu.Unlock()
-			want := strings.Repeat(tc.wantMethods+" ", 4)
+			want := strings.Repeat(tc.wantMethods+" ", 6)
 			if got := strings.Join(es.methods, " ") + " "; got != want {
 				t.Errorf("methods %q, want %q", got, want)
 			}
