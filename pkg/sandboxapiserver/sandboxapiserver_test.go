@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -19,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -29,7 +32,11 @@ import (
 	"k8s.io/apiserver/pkg/endpoints/handlers/responsewriters"
 	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+	clientremotecommand "k8s.io/client-go/tools/remotecommand"
+	"k8s.io/cri-streaming/pkg/streaming/remotecommand"
+	"k8s.io/klog/v2"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
@@ -142,6 +149,15 @@ func startFakeAgent(t *testing.T, p *pki, podName string) *fakeAgent {
 		a.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("POST "+api.PathExec, func(w http.ResponseWriter, r *http.Request) {
+		opts, err := remotecommand.NewOptions(r)
+		if err != nil {
+			fail(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		remotecommand.ServeExec(w, r, echoExecutor{}, "sb", r.PathValue("uid"), "", r.URL.Query()["command"], opts,
+			time.Minute, remotecommand.DefaultStreamCreationTimeout, remotecommand.SupportedStreamingProtocols)
+	})
 	mux.HandleFunc("GET "+api.PathLogs, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = io.WriteString(w, "line 1 tail="+r.URL.Query().Get("tailLines")+"\n")
@@ -170,6 +186,15 @@ func startFakeAgent(t *testing.T, p *pki, podName string) *fakeAgent {
 	a.server.StartTLS()
 	t.Cleanup(a.server.Close)
 	return a
+}
+
+// echoExecutor writes the command's arguments to stdout.
+type echoExecutor struct{}
+
+func (echoExecutor) ExecInContainer(_ context.Context, _, _, _ string, cmd []string, _ io.Reader, out, _ io.WriteCloser,
+	_ bool, _ <-chan remotecommand.TerminalSize, _ time.Duration) error {
+	_, err := io.WriteString(out, strings.Join(cmd[1:], " ")+"\n")
+	return err
 }
 
 func (a *fakeAgent) port(t *testing.T) int {
@@ -571,5 +596,90 @@ func TestStreamsRefusePausedAndFinished(t *testing.T) {
 				t.Errorf("%s %s: %v, want a Conflict %q", what, tc.name, err, tc.msg)
 			}
 		}
+	}
+}
+
+// logLines is a logger that keeps what it logs.
+type logLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logLines) logger() logr.Logger {
+	return funcr.New(func(prefix, args string) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.lines = append(l.lines, prefix+" "+args)
+	}, funcr.Options{Verbosity: 10})
+}
+
+func (l *logLines) get() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
+}
+
+// A WebSocket exec that ends normally logs no error: the translation
+// closes the client's connection after the status, and wsstream's reader
+// logged "use of closed network connection" at each end.
+func TestWebSocketStreamEndIsQuiet(t *testing.T) {
+	p := newPKI(t)
+	agent := startFakeAgent(t, p, agentPod)
+	r := newResolver(t, p.creds, agent.port(t), sandbox("ns1", "sb", agentPod, v1alpha1.SandboxRunning), agentPodObj(agentPod, "127.0.0.1"))
+	ex := &execREST{r: r, authz: authorizer.AuthorizerFunc(func(context.Context, authorizer.Attributes) (authorizer.Decision, string, error) {
+		return authorizer.DecisionAllow, "", nil
+	})}
+	logs := &logLines{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		ctx := klog.NewContext(reqCtx("ns1", "get", "exec", "sb"), logs.logger())
+		q := req.URL.Query()
+		h, err := ex.Connect(ctx, "sb", &subv1alpha1.SandboxExecOptions{Command: q["command"], Stdout: true}, testResponder{w})
+		if err != nil {
+			testResponder{w}.Error(err)
+			return
+		}
+		h.ServeHTTP(w, req.WithContext(ctx))
+	}))
+	t.Cleanup(srv.Close)
+
+	const execs = 5
+	for i := range execs {
+		ws, err := clientremotecommand.NewWebSocketExecutor(&rest.Config{Host: srv.URL}, http.MethodGet,
+			srv.URL+"?command=echo&command=hello&command="+strconv.Itoa(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var out strings.Builder
+		err = ws.StreamWithContext(ctx, clientremotecommand.StreamOptions{Stdout: &out})
+		cancel()
+		if want := "hello " + strconv.Itoa(i) + "\n"; err != nil || out.String() != want {
+			t.Fatalf("exec %d: %q, %v; want %q", i, out.String(), err, want)
+		}
+	}
+	// The server's side of the last stream may end after its client's.
+	time.Sleep(100 * time.Millisecond)
+	for _, line := range logs.get() {
+		if strings.Contains(line, `"error"=`) {
+			t.Errorf("logged at the normal end of %d streams: %s", execs, line)
+		}
+	}
+}
+
+// Only errors of a closed connection are dropped, also by the loggers
+// derived from the filtered one.
+func TestClosedConnFilter(t *testing.T) {
+	logs := &logLines{}
+	base := logs.logger()
+	logger := base.WithSink(withoutClosedConnErrors(base.GetSink())).WithName("n").WithValues("k", "v")
+	closed := &net.OpError{Op: "read", Net: "tcp", Err: net.ErrClosed}
+	logger.Error(closed, "Error on socket receive")
+	logger.Error(fmt.Errorf("reading: %w", closed), "wrapped")
+	logger.Error(io.ErrUnexpectedEOF, "a real error")
+	logger.Info("an info")
+	got := logs.get()
+	if len(got) != 2 || !strings.Contains(got[0], "a real error") || !strings.Contains(got[0], `"k"="v"`) ||
+		!strings.HasPrefix(got[0], "n ") || !strings.Contains(got[1], "an info") {
+		t.Errorf("logged %q, want the real error and the info, named and with values", got)
 	}
 }

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -19,6 +21,7 @@ import (
 	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/rest"
 	translator "k8s.io/apiserver/pkg/util/proxy"
+	"k8s.io/klog/v2"
 	"k8s.io/streaming/pkg/httpstream/wsstream"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
@@ -136,7 +139,62 @@ func streamHandler(t *target, location *url.URL, responder rest.Responder, opts 
 	upgrade := proxy.NewUpgradeAwareHandler(location, t.transport, false, true, agentResponder{t.agent, responder})
 	upgrade.RejectForwardingRedirects = true
 	translating := translator.NewStreamTranslatorHandler(location, t.transport, 0, opts)
-	return stripCredentials(translator.NewTranslatingHandler(upgrade, translating, wsstream.IsWebSocketRequestWithStreamCloseProtocol))
+	return stripCredentials(quietStreamEnd(translator.NewTranslatingHandler(upgrade, translating, wsstream.IsWebSocketRequestWithStreamCloseProtocol)))
+}
+
+// quietStreamEnd keeps the normal end of a translated WebSocket stream out
+// of the log. The translation closes the client's connection once it has
+// written the stream's status, while wsstream's reader still waits on it;
+// that reader then logs "Error on socket receive" with "use of closed
+// network connection", through the request context's logger. Errors that
+// are not our own close are logged as before.
+func quietStreamEnd(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		logger := klog.FromContext(req.Context())
+		if sink := logger.GetSink(); sink != nil {
+			logger = logger.WithSink(withoutClosedConnErrors(sink))
+		}
+		next.ServeHTTP(w, req.WithContext(klog.NewContext(req.Context(), logger)))
+	})
+}
+
+// closedConnFilter is a logr.LogSink that drops errors caused by a closed
+// connection (net.ErrClosed) and passes everything else to its sink.
+type closedConnFilter struct {
+	logr.LogSink
+}
+
+var _ logr.CallDepthLogSink = closedConnFilter{}
+
+// withoutClosedConnErrors filters sink; the filter's own frame is not taken
+// for the caller's.
+func withoutClosedConnErrors(sink logr.LogSink) logr.LogSink {
+	if cd, ok := sink.(logr.CallDepthLogSink); ok {
+		sink = cd.WithCallDepth(1)
+	}
+	return closedConnFilter{sink}
+}
+
+func (f closedConnFilter) Error(err error, msg string, keysAndValues ...any) {
+	if errors.Is(err, net.ErrClosed) {
+		return
+	}
+	f.LogSink.Error(err, msg, keysAndValues...)
+}
+
+func (f closedConnFilter) WithValues(keysAndValues ...any) logr.LogSink {
+	return closedConnFilter{f.LogSink.WithValues(keysAndValues...)}
+}
+
+func (f closedConnFilter) WithName(name string) logr.LogSink {
+	return closedConnFilter{f.LogSink.WithName(name)}
+}
+
+func (f closedConnFilter) WithCallDepth(depth int) logr.LogSink {
+	if cd, ok := f.LogSink.(logr.CallDepthLogSink); ok {
+		return closedConnFilter{cd.WithCallDepth(depth)}
+	}
+	return f
 }
 
 // logREST is sandboxes/log.
