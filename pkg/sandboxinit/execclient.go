@@ -101,20 +101,20 @@ type ExecProcess struct {
 func (c *ExecConn) Start(req ExecRequest, streams ExecStreams, deadline time.Time) (*ExecProcess, error) {
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("making an exec channel: %w", err)
+		return nil, fmt.Errorf("making an exec channel: %w: %w", ErrNotSent, err)
 	}
 	local := os.NewFile(uintptr(pair[0]), "exec-channel")
 	fc, err := net.FileConn(local)
 	_ = local.Close()
 	if err != nil {
 		_ = unix.Close(pair[1])
-		return nil, fmt.Errorf("making an exec channel: %w", err)
+		return nil, fmt.Errorf("making an exec channel: %w: %w", ErrNotSent, err)
 	}
 	ch, ok := fc.(*net.UnixConn)
 	if !ok {
 		_ = fc.Close()
 		_ = unix.Close(pair[1])
-		return nil, fmt.Errorf("making an exec channel: a %T", fc)
+		return nil, fmt.Errorf("making an exec channel: %w: a %T", ErrNotSent, fc)
 	}
 	fds := []int{pair[1]}
 	req.Stdin = false
@@ -140,7 +140,7 @@ func (c *ExecConn) Start(req ExecRequest, streams ExecStreams, deadline time.Tim
 	_ = unix.Close(pair[1])
 	if err != nil {
 		_ = ch.Close()
-		return nil, fmt.Errorf("sending the command to the exec server: %w", err)
+		return nil, fmt.Errorf("sending the command to the exec server: %w: %w", ErrNotSent, err)
 	}
 	p := &ExecProcess{ch: ch}
 	_ = ch.SetReadDeadline(deadline)
@@ -153,7 +153,11 @@ func (c *ExecConn) Start(req ExecRequest, streams ExecStreams, deadline time.Tim
 		if fd < 0 {
 			err = errors.New("no terminal")
 		} else if err = checkPTYMaster(fd); err == nil {
-			p.Master, fd = os.NewFile(uintptr(fd), "pty-master"), -1
+			// Non-blocking, so that the File is pollable: closing it ends
+			// a read that a process holding the terminal would block.
+			if err = unix.SetNonblock(fd, true); err == nil {
+				p.Master, fd = os.NewFile(uintptr(fd), "pty-master"), -1
+			}
 		}
 	}
 	if fd >= 0 {
@@ -190,7 +194,7 @@ func (p *ExecProcess) Wait(ctx context.Context) (int, error) {
 		}
 		if err != nil {
 			p.Close()
-			return -1, fmt.Errorf("waiting for the command: the exec server: %w", err)
+			return -1, err
 		}
 		if r.Exited {
 			p.Close()
@@ -203,6 +207,10 @@ func (p *ExecProcess) Wait(ctx context.Context) (int, error) {
 func (p *ExecProcess) Close() {
 	p.once.Do(func() { _ = p.ch.Close() })
 }
+
+// ErrNotSent is a command that Start could not send: the server never
+// had it.
+var ErrNotSent = errors.New("not sent")
 
 // errClosed is a connection the server closed.
 var errClosed = errors.New("closed the connection")

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -103,6 +104,9 @@ const (
 // agent until the agent closes the connection; then it kills the commands
 // still running and returns the exit code to use.
 func ServeExec(socket string) int {
+	// One P: the server's threads count against the sandbox's pids limit
+	// (and its environment, the sandbox's, may say otherwise).
+	runtime.GOMAXPROCS(1)
 	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: socket, Net: "unixpacket"})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fast-sandbox exec server: %v\n", err)
@@ -184,7 +188,7 @@ func closeFDs(fds []int) {
 // execChild is a command started for the agent.
 type execChild struct {
 	pid   int
-	pidfd int
+	pidfd *os.File // non-blocking, in the runtime's poller
 	mu    sync.Mutex
 	done  bool
 }
@@ -194,8 +198,11 @@ type execChild struct {
 func (c *execChild) kill() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.done {
-		_ = unix.PidfdSendSignal(c.pidfd, unix.SIGKILL, nil, 0)
+	if c.done {
+		return
+	}
+	if rc, err := c.pidfd.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _ = unix.PidfdSendSignal(int(fd), unix.SIGKILL, nil, 0) })
 	}
 }
 
@@ -243,7 +250,7 @@ func (s *execServer) exec(req ExecRequest, fds []int) {
 		_ = reply(ExecReply{Code: startFailedCode(err), Error: err.Error()}, -1)
 		return
 	}
-	defer func() { _ = unix.Close(child.pidfd) }()
+	defer func() { _ = child.pidfd.Close() }()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -330,23 +337,36 @@ func (s *execServer) start(req ExecRequest, fds []int) (*execChild, int, error) 
 	if err != nil {
 		return fail(fmt.Errorf("exec %q: %w", path, err))
 	}
-	return &execChild{pid: pid, pidfd: pidfd}, master, nil
+	// Non-blocking, so that os.NewFile puts it in the poller.
+	if err := unix.SetNonblock(pidfd, true); err != nil {
+		_ = unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
+		_, _ = unix.Wait4(pid, nil, 0, nil)
+		_ = unix.Close(pidfd)
+		return fail(fmt.Errorf("watching the command: %w", err))
+	}
+	return &execChild{pid: pid, pidfd: os.NewFile(uintptr(pidfd), "pidfd")}, master, nil
 }
 
 // wait reaps the command and returns its exit code (128 plus the signal
-// that killed it, as a shell says).
+// that killed it, as a shell says). It waits in the runtime's poller on
+// the pidfd (readable once the command exited), so that a command running
+// holds no thread of the server: the server's threads count against the
+// sandbox's pids limit.
 func (c *execChild) wait() int {
+	rc, err := c.pidfd.SyscallConn()
+	if err != nil {
+		return -1
+	}
 	// Wait without reaping, so that a kill racing the exit never reaches a
 	// reused pid; then mark it done and reap it.
-	var info unix.Siginfo
-	for {
-		err := unix.Waitid(unix.P_PIDFD, c.pidfd, &info, unix.WEXITED|unix.WNOWAIT, nil)
-		if err == nil {
-			break
-		}
-		if err != unix.EINTR {
-			return -1
-		}
+	var werr error
+	err = rc.Read(func(fd uintptr) bool {
+		var info unix.Siginfo
+		werr = unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOWAIT, nil)
+		return werr != unix.EAGAIN && werr != unix.EINTR
+	})
+	if err != nil || werr != nil {
+		return -1
 	}
 	c.mu.Lock()
 	c.done = true

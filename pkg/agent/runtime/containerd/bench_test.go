@@ -273,13 +273,18 @@ func BenchmarkExec(b *testing.B) {
 				})
 			})
 		}
-		for _, mode := range []string{"cold", "warm", "cold-no-userns", "warm-no-userns"} {
+		// warm: through the sandbox's exec server (execserver.go); cold
+		// and warm-runc: through the OCI runtime.
+		for _, mode := range []string{"cold", "warm", "warm-runc", "cold-no-userns", "warm-no-userns"} {
 			warm := strings.HasPrefix(mode, "warm")
 			b.Run(mode+"-"+limit, func(b *testing.B) {
 				rt := e.runtimeWith(b, warm, func(c *containerd.Config) {
 					c.Agent = "agent-bench-exec-" + mode + "-" + limit
 					if strings.HasSuffix(mode, "-no-userns") {
 						c.UserNamespaces = containerd.UserNamespacesDisabled
+					}
+					if mode == "warm-runc" {
+						c.ExecServerIdleTimeout = -1
 					}
 				})
 				defer rt.Close()

@@ -158,6 +158,10 @@ type Config struct {
 	// reason (e.g. the agent's egress settings did not parse): Egress
 	// sandboxes fail with it.
 	EgressError error
+	// ExecServerIdleTimeout is how long a sandbox's exec server stays after
+	// its last exec (default DefaultExecServerIdleTimeout); negative runs
+	// every exec through the OCI runtime (see execserver.go).
+	ExecServerIdleTimeout time.Duration
 	// HostProc is where the node's /proc is visible to the agent ("/proc"
 	// when empty, right when the agent runs in the node's PID namespace): a
 	// task's network namespace is <HostProc>/<PID>/ns/net, its PID being
@@ -212,6 +216,8 @@ type Runtime struct {
 	creating map[string]chan struct{}
 
 	cgroupWriteFailed sync.Once // logs the fallback once
+
+	execServers execServers
 }
 
 var _ runtime.Runtime = &Runtime{}
@@ -312,6 +318,7 @@ func (r *Runtime) Close() error {
 	if r.client != nil && r.warm.enabled {
 		r.discardAllWarm()
 	}
+	r.closeExecServers()
 	if r.cancel != nil {
 		r.cancel()
 	}
@@ -929,6 +936,7 @@ func (r *Runtime) DeleteSandbox(ctx context.Context, uid string) error {
 // snapshot, logs and warm directory, and what its user namespace held.
 func (r *Runtime) removeContainer(ctx context.Context, c client.Container) error {
 	id := c.ID()
+	r.dropExecServer(id)
 	info, err := c.Info(ctx, client.WithoutRefreshedMetadata)
 	if err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("reading container %s: %w", id, err)

@@ -32,3 +32,6 @@ func EgressEnabled(r *Runtime) bool { return r.egress != nil }
 
 // UserNamespacesOn says whether the runtime gives containers user namespaces.
 func UserNamespacesOn(r *Runtime) bool { return r.userns }
+
+// ExecServerID is the containerd exec ID of a container's exec server.
+const ExecServerID = execServerID

@@ -307,6 +307,16 @@ func (r *Runtime) Exec(ctx context.Context, uid string, opts runtime.ExecOptions
 	if len(opts.Command) == 0 || opts.Command[0] == "" {
 		return -1, errors.New("exec: no command")
 	}
+	// A running sandbox with an exec server takes no call to containerd.
+	if id, ok := r.knownRunningID(uid); ok {
+		if conn, release, ok := r.liveExecServer(id); ok {
+			code, err := r.execThrough(ctx, uid, conn, opts)
+			release()
+			if !errors.Is(err, sandboxinit.ErrNotSent) {
+				return code, r.explainExecError(ctx, uid, err)
+			}
+		}
+	}
 	ctx = r.nsCtx(ctx)
 	c, task, st, err := r.sandboxTask(ctx, uid)
 	if err != nil {
@@ -315,9 +325,21 @@ func (r *Runtime) Exec(ctx context.Context, uid string, opts runtime.ExecOptions
 	if st != client.Running {
 		return -1, fmt.Errorf("sandbox %s: %w", uid, runtime.ErrPaused)
 	}
-	proc, _, err := r.sandboxProcess(ctx, c)
+	proc, labels, err := r.sandboxProcess(ctx, c)
 	if err != nil {
 		return -1, err
+	}
+	if labels[LabelWarm] == "true" && r.cfg.ExecServerIdleTimeout >= 0 {
+		conn, release, err := r.execServer(ctx, c, task, proc)
+		if err == nil {
+			code, err := r.execThrough(ctx, uid, conn, opts)
+			release()
+			if !errors.Is(err, sandboxinit.ErrNotSent) {
+				return code, r.explainExecError(ctx, uid, err)
+			}
+		} else {
+			r.log.V(1).Info("exec through the OCI runtime: no exec server", "sandbox", uid, "err", err)
+		}
 	}
 	proc.Args, proc.CommandLine, proc.Terminal, proc.ConsoleSize = opts.Command, "", opts.TTY, nil
 	stdout, stderr := opts.Stdout, opts.Stderr
@@ -428,6 +450,32 @@ func (r *Runtime) Exec(ctx context.Context, uid string, opts runtime.ExecOptions
 	case <-ctx.Done():
 	}
 	return int(code), nil
+}
+
+// knownRunningID is the container ID of a sandbox this runtime knows
+// running.
+func (r *Runtime) knownRunningID(uid string) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st, ok := r.known[uid]
+	return st.ContainerID, ok && st.State == api.StateRunning && st.ContainerID != ""
+}
+
+// explainExecError explains an exec whose exec server went away: the
+// sandbox was paused or ended meanwhile; other errors are as they are.
+func (r *Runtime) explainExecError(ctx context.Context, uid string, err error) error {
+	if err == nil || !errors.Is(err, errServerGone) || ctx.Err() != nil {
+		return err
+	}
+	ctx = r.nsCtx(context.WithoutCancel(ctx))
+	_, _, st, serr := r.sandboxTask(ctx, uid)
+	switch {
+	case serr != nil && (errors.Is(serr, runtime.ErrFinished) || errors.Is(serr, runtime.ErrNotFound)):
+		return serr
+	case serr == nil && st != client.Running:
+		return fmt.Errorf("sandbox %s: %w", uid, runtime.ErrPaused)
+	}
+	return fmt.Errorf("exec in sandbox %s: %w", uid, err)
 }
 
 // eofReader closes eof once r reaches its end.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
 	"github.com/fast-sandbox/fast-sandbox/pkg/ociimage"
+	"github.com/fast-sandbox/fast-sandbox/pkg/sandboxinit"
 )
 
 // execResult is what an exec gave.
@@ -96,6 +98,25 @@ func (e *env) cgroupProcs(t *testing.T, id string) []int {
 		pids = append(pids, pid)
 	}
 	return pids
+}
+
+// isExecServer says whether host pid is a sandbox's exec server.
+func isExecServer(pid int) bool {
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return bytes.Equal(cmdline, []byte(sandboxinit.Binary+"\x00"+sandboxinit.ExecServerArg+"\x00"))
+}
+
+// sandboxProcs are the processes in a sandbox container's cgroup but its
+// exec server.
+func (e *env) sandboxProcs(t *testing.T, id string) []int {
+	t.Helper()
+	return slices.DeleteFunc(e.cgroupProcs(t, id), isExecServer)
+}
+
+// execServers are the exec servers in a sandbox container's cgroup.
+func (e *env) execServers(t *testing.T, id string) []int {
+	t.Helper()
+	return slices.DeleteFunc(e.cgroupProcs(t, id), func(pid int) bool { return !isExecServer(pid) })
 }
 
 // procStatus is a field of a host process's /proc/<pid>/status.
@@ -247,7 +268,7 @@ func TestExec(t *testing.T) {
 				if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
 					t.Errorf("cancelled exec: %v after %v", err, time.Since(start))
 				}
-				eventually(t, "the sandbox's one process", func() bool { return len(e.cgroupProcs(t, rootSt.ContainerID)) == 1 })
+				eventually(t, "the sandbox's one process", func() bool { return len(e.sandboxProcs(t, rootSt.ContainerID)) == 1 })
 			})
 
 			t.Run("a missing command", func(t *testing.T) {
@@ -274,7 +295,7 @@ func TestExec(t *testing.T) {
 					defer close(done)
 					_, _ = rt.Exec(ctx, root, runtime.ExecOptions{Command: []string{"sh", "-c", "id -u; exec sleep 100"}, Stdout: out})
 				}()
-				eventually(t, "the exec", func() bool { return out.String() == "0\n" && len(e.cgroupProcs(t, rootSt.ContainerID)) == 2 })
+				eventually(t, "the exec", func() bool { return out.String() == "0\n" && len(e.sandboxProcs(t, rootSt.ContainerID)) == 2 })
 				for _, pid := range e.cgroupProcs(t, rootSt.ContainerID) {
 					uids := procStatus(t, pid, "Uid")
 					if strings.Fields(uids)[0] == "0" && containerd.UserNamespacesOn(rt) {
@@ -321,7 +342,7 @@ func TestExec(t *testing.T) {
 			})
 
 			t.Run("nothing is left", func(t *testing.T) {
-				if pids := e.cgroupProcs(t, rootSt.ContainerID); len(pids) != 1 {
+				if pids := e.sandboxProcs(t, rootSt.ContainerID); len(pids) != 1 {
 					t.Errorf("processes in the sandbox: %v, want its one", pids)
 				}
 				fifos, _ := filepath.Glob(filepath.Join(e.state, "fifo", "*"))

@@ -1,0 +1,236 @@
+package containerd_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/errdefs"
+
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
+)
+
+// TestExecServer: execs into a warm sandbox go through one exec server,
+// which is the sandbox's process in all that the kernel knows of it, holds
+// no thread per running command, survives nothing the sandbox does to it
+// beyond the exec it broke, stops when idle, and is replaced, with the
+// process of the one a previous agent left, after a restart.
+func TestExecServer(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	newRuntime := func(t *testing.T, idle time.Duration) *containerd.Runtime {
+		return e.runtimeWith(t, true, func(c *containerd.Config) {
+			c.Agent = "agent-exec-server"
+			c.ExecServerIdleTimeout = idle
+		})
+	}
+	rt := newRuntime(t, 0)
+	create := func(t *testing.T, rt *containerd.Runtime, uid string) api.SandboxStatus {
+		t.Helper()
+		s := spec(uid, "sleep", "3600")
+		s.PidsLimit = 64
+		st := starter{rt: rt, warm: true}.create(t, s)
+		if st.State != api.StateRunning {
+			t.Fatalf("create %s: %+v", uid, st)
+		}
+		t.Cleanup(func() { _ = rt.DeleteSandbox(ctx, uid) })
+		return st
+	}
+	loadServer := func(t *testing.T, id string) error {
+		t.Helper()
+		dctx := e.d.Context()
+		c, err := e.d.Client.LoadContainer(dctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		task, err := c.Task(dctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = task.LoadProcess(dctx, containerd.ExecServerID, nil)
+		return err
+	}
+
+	uid := "exec-server"
+	st := create(t, rt, uid)
+	id := st.ContainerID
+	if servers := e.execServers(t, id); len(servers) != 0 {
+		t.Fatalf("exec servers before any exec: %v", servers)
+	}
+
+	t.Run("one server, which is the sandbox's process", func(t *testing.T) {
+		mustRun(t, rt, uid, "true")
+		servers := e.execServers(t, id)
+		if len(servers) != 1 {
+			t.Fatalf("exec servers: %v, want one", servers)
+		}
+		for range 5 {
+			mustRun(t, rt, uid, "true")
+		}
+		if again := e.execServers(t, id); len(again) != 1 || again[0] != servers[0] {
+			t.Errorf("exec servers after five more execs: %v, want %v", again, servers)
+		}
+		main := e.sandboxProcs(t, id)
+		if len(main) != 1 {
+			t.Fatalf("the sandbox's processes: %v", main)
+		}
+		for _, field := range []string{"Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters", "NSpid"} {
+			s, m := procStatus(t, servers[0], field), procStatus(t, main[0], field)
+			if field == "NSpid" { // the same pid namespace: the same depth
+				s, m = strconv.Itoa(len(strings.Fields(s))), strconv.Itoa(len(strings.Fields(m)))
+			}
+			if s != m {
+				t.Errorf("%s: the exec server's %q, the sandbox's %q", field, s, m)
+			}
+		}
+	})
+
+	t.Run("running commands hold no thread of the server", func(t *testing.T) {
+		server := e.execServers(t, id)[0]
+		before, _ := strconv.Atoi(procStatus(t, server, "Threads"))
+		cctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		for range 10 {
+			wg.Go(func() { _, _ = rt.Exec(cctx, uid, runtime.ExecOptions{Command: []string{"sleep", "60"}}) })
+		}
+		eventually(t, "ten commands", func() bool { return len(e.sandboxProcs(t, id)) == 11 })
+		during, _ := strconv.Atoi(procStatus(t, server, "Threads"))
+		cancel()
+		wg.Wait()
+		eventually(t, "the commands' end", func() bool { return len(e.sandboxProcs(t, id)) == 1 })
+		t.Logf("exec server threads: %d idle, %d with ten commands running", before, during)
+		if during > before+1 || during > 8 {
+			t.Errorf("exec server threads: %d idle, %d with ten commands running", before, during)
+		}
+	})
+
+	t.Run("a sandbox that kills its exec server", func(t *testing.T) {
+		old := e.execServers(t, id)
+		start := time.Now()
+		r := run(t, rt, uid, nil, "sh", "-c", "kill -9 $PPID; sleep 1; echo too late")
+		if r.err == nil && r.code != 128+9 {
+			t.Errorf("the exec whose server was killed: %+v", r)
+		}
+		t.Logf("the exec whose server was killed: code %d, %v, after %v", r.code, r.err, time.Since(start))
+		if got := mustRun(t, rt, uid, "echo", "next"); got != "next\n" {
+			t.Errorf("the next exec: %q", got)
+		}
+		if now := e.execServers(t, id); len(now) != 1 || now[0] == old[0] {
+			t.Errorf("exec servers: %v, before the kill %v; want one new", now, old)
+		}
+	})
+
+	t.Run("a restarted agent replaces its predecessor's", func(t *testing.T) {
+		old := e.execServers(t, id)
+		rt.Close()
+		eventually(t, "the old server's end", func() bool { return len(e.execServers(t, id)) == 0 })
+		if err := loadServer(t, id); err != nil {
+			t.Fatalf("the old server's process is gone already: %v", err)
+		}
+		rt = newRuntime(t, 0)
+		if _, err := rt.ListSandboxes(ctx); err != nil {
+			t.Fatal(err)
+		}
+		mustRun(t, rt, uid, "true")
+		if now := e.execServers(t, id); len(now) != 1 || now[0] == old[0] {
+			t.Errorf("exec servers: %v, before the restart %v; want one new", now, old)
+		}
+	})
+
+	t.Run("a leftover process of the server's ID", func(t *testing.T) {
+		// What a crashed agent's server may leave: a process of that ID
+		// still running.
+		rt.Close()
+		eventually(t, "the server's end", func() bool { return len(e.execServers(t, id)) == 0 })
+		dctx := e.d.Context()
+		c, err := e.d.Client.LoadContainer(dctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		task, err := c.Task(dctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, err := task.LoadProcess(dctx, containerd.ExecServerID, nil); err == nil {
+			if _, err := p.Delete(dctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		spec, err := c.Spec(dctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		proc := *spec.Process
+		proc.Args = []string{"sleep", "3600"}
+		p, err := task.Exec(dctx, containerd.ExecServerID, &proc, cio.NullIO)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Start(dctx); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the leftover", func() bool { return len(e.sandboxProcs(t, id)) == 2 })
+		rt = newRuntime(t, 0)
+		if _, err := rt.ListSandboxes(ctx); err != nil {
+			t.Fatal(err)
+		}
+		mustRun(t, rt, uid, "true")
+		if n := len(e.execServers(t, id)); n != 1 {
+			t.Errorf("exec servers: %d", n)
+		}
+		eventually(t, "the leftover's end", func() bool { return len(e.sandboxProcs(t, id)) == 1 })
+	})
+
+	t.Run("an idle server stops", func(t *testing.T) {
+		rt.Close()
+		rt = newRuntime(t, 300*time.Millisecond)
+		if _, err := rt.ListSandboxes(ctx); err != nil {
+			t.Fatal(err)
+		}
+		mustRun(t, rt, uid, "true")
+		eventually(t, "the idle server's end", func() bool { return len(e.execServers(t, id)) == 0 })
+		eventually(t, "its process removed", func() bool { return errdefs.IsNotFound(loadServer(t, id)) })
+		mustRun(t, rt, uid, "true")
+		if n := len(e.execServers(t, id)); n != 1 {
+			t.Errorf("exec servers after the next exec: %d", n)
+		}
+	})
+
+	t.Run("disabled", func(t *testing.T) {
+		rt.Close()
+		eventually(t, "the server's end", func() bool { return len(e.execServers(t, id)) == 0 })
+		rt = newRuntime(t, -1)
+		if _, err := rt.ListSandboxes(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := mustRun(t, rt, uid, "echo", "through runc"); got != "through runc\n" {
+			t.Errorf("exec: %q", got)
+		}
+		if n := len(e.execServers(t, id)); n != 0 {
+			t.Errorf("exec servers with exec servers disabled: %d", n)
+		}
+	})
+
+	t.Run("the sandbox's deletion removes it", func(t *testing.T) {
+		rt.Close()
+		rt = newRuntime(t, 0)
+		if _, err := rt.ListSandboxes(ctx); err != nil {
+			t.Fatal(err)
+		}
+		mustRun(t, rt, uid, "true")
+		if err := rt.DeleteSandbox(ctx, uid); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.Exec(ctx, uid, runtime.ExecOptions{Command: []string{"true"}}); !errors.Is(err, runtime.ErrNotFound) {
+			t.Errorf("exec after the deletion: %v", err)
+		}
+	})
+	rt.Close()
+}
