@@ -247,38 +247,44 @@ func sandboxStateError(err error) bool {
 	return errors.Is(err, runtime.ErrPaused) || errors.Is(err, runtime.ErrFinished) || errors.Is(err, runtime.ErrNotFound)
 }
 
-// Where the OCI runtime's own words start in its error for a process it
-// could not start (runc's, then any runtime's through containerd's shim),
-// and the gRPC code containerd appends.
+// What a runtime's error for a command it could not start says, by exit
+// code, before the cause (runtime/containerd's words, which say what it
+// tried in which container first).
+var notStartedWords = map[int]string{
+	exitCommandNotFound:      "the command was not found",
+	exitCommandNotExecutable: "the command cannot be run",
+}
+
+// Where the OCI runtime's own words start in the cause, for a process
+// containerd's shim could not start (runc's, then any runtime's), and the
+// gRPC code containerd appends to them.
 var (
 	ociMarkers   = []string{"unable to start container process: ", "OCI runtime exec failed: "}
 	grpcCodeTail = ": unknown"
 )
 
 // notStartedMessage is one line saying that command could not be started in
-// sandbox and why, in the OCI runtime's words when err holds them, e.g.
-// `exec "x" in sandbox ns/sb: the command was not found: exec: "x":
-// executable file not found in $PATH`.
+// sandbox and why, in the words of what tried to start it (runc, or the
+// sandbox's exec server), e.g. `exec "x" in sandbox ns/sb: the command was
+// not found: exec: "x": executable file not found in $PATH`.
 func notStartedMessage(command, sandbox string, code int, err error) string {
-	msg := err.Error()
-	i, marker := -1, ""
+	cause := err.Error()
+	words := notStartedWords[code]
+	if words != "" {
+		if _, after, ok := strings.Cut(cause, words+": "); ok {
+			cause = after
+		}
+	}
 	for _, m := range ociMarkers {
-		if i = strings.LastIndex(msg, m); i >= 0 {
-			marker = m
+		if i := strings.LastIndex(cause, m); i >= 0 {
+			cause = strings.TrimSuffix(cause[i+len(m):], grpcCodeTail)
 			break
 		}
 	}
-	if i < 0 {
-		return fmt.Sprintf("exec %q in sandbox %s: %s", command, sandbox, msg)
+	if words == "" {
+		return fmt.Sprintf("exec %q in sandbox %s: %s", command, sandbox, cause)
 	}
-	why := strings.TrimSuffix(msg[i+len(marker):], grpcCodeTail)
-	switch code {
-	case exitCommandNotFound:
-		return fmt.Sprintf("exec %q in sandbox %s: the command was not found: %s", command, sandbox, why)
-	case exitCommandNotExecutable:
-		return fmt.Sprintf("exec %q in sandbox %s: the command cannot be run: %s", command, sandbox, why)
-	}
-	return fmt.Sprintf("exec %q in sandbox %s: %s", command, sandbox, why)
+	return fmt.Sprintf("exec %q in sandbox %s: %s: %s", command, sandbox, words, cause)
 }
 
 // execError words a runtime error for the remote command's status.

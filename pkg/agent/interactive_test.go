@@ -256,8 +256,16 @@ func TestNotStartedMessage(t *testing.T) {
 		{"not executable", "/etc/passwd", 126,
 			`starting "/etc/passwd" in sandbox u: the command cannot be run: OCI runtime exec failed: exec failed: unable to start container process: exec /etc/passwd: permission denied: unknown`,
 			`exec "/etc/passwd" in sandbox ns/sb: the command cannot be run: exec /etc/passwd: permission denied`},
+		{"exec server, not in PATH", "x", 127,
+			`starting "x" in sandbox u: the command was not found: exec "x": executable file not found in $PATH`,
+			`exec "x" in sandbox ns/sb: the command was not found: exec "x": executable file not found in $PATH`},
+		{"exec server, not executable", "/etc/passwd", 126,
+			`starting "/etc/passwd" in sandbox u: the command cannot be run: exec "/etc/passwd": exec /etc/passwd: permission denied`,
+			`exec "/etc/passwd" in sandbox ns/sb: the command cannot be run: exec "/etc/passwd": exec /etc/passwd: permission denied`},
 		{"another runtime's words", "x", 127, "no such program x",
-			`exec "x" in sandbox ns/sb: no such program x`},
+			`exec "x" in sandbox ns/sb: the command was not found: no such program x`},
+		{"another code", "x", 2, "cannot start x",
+			`exec "x" in sandbox ns/sb: cannot start x`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := notStartedMessage(tc.cmd, "ns/sb", tc.code, errors.New(tc.err)); got != tc.want {
