@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -19,9 +20,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr/testr"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -30,9 +33,12 @@ import (
 	criremotecommand "k8s.io/cri-streaming/pkg/streaming/remotecommand"
 	utilexec "k8s.io/utils/exec"
 
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agentpki"
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
+	"github.com/fast-sandbox/fast-sandbox/pkg/client"
 	"github.com/fast-sandbox/fast-sandbox/pkg/sandboxapiserver"
 	"github.com/fast-sandbox/fast-sandbox/test/integration/framework"
 	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
@@ -114,6 +120,116 @@ func srFakeAgent(t *testing.T, creds *framework.AgentCredentials, podName string
 	}
 }
 
+// srRuntime is the runtime of a real agent (pkg/agent) with one running
+// sandbox: exec runs "echo", finds the sandbox finished for "vanish" (as
+// when it ends meanwhile) and fails to start any other command as
+// containerd's runc does (code 127 and its error), the runtime contract the
+// agent words for the user.
+type srRuntime struct {
+	sandbox api.SandboxStatus
+	exits   chan api.SandboxStatus
+}
+
+var _ runtime.Interactive = &srRuntime{}
+
+func (r *srRuntime) Initialize(context.Context) (runtime.Info, error) {
+	return runtime.Info{Runtime: "fake"}, nil
+}
+func (r *srRuntime) CreateSandbox(context.Context, api.SandboxSpec) api.SandboxStatus {
+	return r.sandbox
+}
+func (r *srRuntime) StopSandbox(context.Context, string) error   { return nil }
+func (r *srRuntime) DeleteSandbox(context.Context, string) error { return nil }
+func (r *srRuntime) ListSandboxes(context.Context) ([]api.SandboxStatus, error) {
+	return []api.SandboxStatus{r.sandbox}, nil
+}
+func (r *srRuntime) ListImages(context.Context) ([]api.Image, error) { return nil, nil }
+func (r *srRuntime) Logs(context.Context, string) (io.ReadCloser, error) {
+	return io.NopCloser(strings.NewReader("")), nil
+}
+func (r *srRuntime) Exits() <-chan api.SandboxStatus      { return r.exits }
+func (r *srRuntime) Close() error                         { return nil }
+func (r *srRuntime) Pause(context.Context, string) error  { return nil }
+func (r *srRuntime) Resume(context.Context, string) error { return nil }
+func (r *srRuntime) Root(context.Context, string) (*os.File, runtime.Owner, error) {
+	return nil, runtime.Owner{}, errors.New("no files here")
+}
+func (r *srRuntime) FollowLogs(context.Context, string, runtime.LogOptions, io.Writer) error {
+	return nil
+}
+
+func (r *srRuntime) Exec(_ context.Context, uid string, o runtime.ExecOptions) (int, error) {
+	switch o.Command[0] {
+	case "echo":
+		_, err := io.WriteString(o.Stdout, strings.Join(o.Command[1:], " ")+"\n")
+		return 0, err
+	case "vanish":
+		return -1, fmt.Errorf("sandbox %s: %w", uid, runtime.ErrFinished)
+	}
+	return 127, fmt.Errorf(`starting %q in sandbox %s: the command was not found: failed to start exec "exec-1": OCI runtime exec failed: `+
+		`exec failed: unable to start container process: exec: %q: executable file not found in $PATH: unknown`, o.Command[0], uid, o.Command[0])
+}
+
+// srRealAgent runs pkg/agent over srRuntime with sandbox sbx, serving the
+// agent API over its mutual TLS as podName, and returns its port.
+func srRealAgent(t *testing.T, creds *framework.AgentCredentials, podName string, sbx *v1alpha1.Sandbox) int {
+	t.Helper()
+	rt := &srRuntime{exits: make(chan api.SandboxStatus),
+		sandbox: api.SandboxStatus{UID: string(sbx.UID), Namespace: sbx.Namespace, Name: sbx.Name, State: api.StateRunning}}
+	a := agent.New(agent.Config{Info: api.AgentInfo{PodName: podName}, Capacity: api.Resources{Slots: 1}}, rt, testr.New(t).WithName(podName))
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(a.Handler())
+	srv.TLS = creds.ServerTLS(t, podName)
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().(*net.TCPAddr).Port
+}
+
+// srAgentPod creates agent Pod name at 127.0.0.1 with its API on port.
+func srAgentPod(t *testing.T, cp *framework.ControlPlane, name string, port int) *corev1.Pod {
+	t.Helper()
+	ctx := context.Background()
+	pod, err := cp.Kube.CoreV1().Pods(sysNS).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "agent", Image: "agent",
+			Ports: []corev1.ContainerPort{{Name: v1alpha1.AgentAPIPortName, ContainerPort: int32(port)}}}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Status.PodIP, pod.Status.PodIPs = "127.0.0.1", []corev1.PodIP{{IP: "127.0.0.1"}}
+	if pod, err = cp.Kube.CoreV1().Pods(sysNS).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return pod
+}
+
+// srNoWebSocket is a proxy to the server at base that refuses WebSocket
+// upgrades, as some proxies do, and passes everything else (SPDY upgrades
+// included): clients behind it fall back to SPDY.
+func srNoWebSocket(t *testing.T, base string) string {
+	t.Helper()
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := httputil.NewSingleHostReverseProxy(u)
+	p.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			http.Error(w, "no WebSocket here", http.StatusBadRequest)
+			return
+		}
+		p.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
 // srKubeconfig writes a kubeconfig of the test kube-apiserver's admin
 // acting as ServiceAccount namespace/name (if name is not empty).
 func srKubeconfig(t *testing.T, cfg *rest.Config, namespace, name string) string {
@@ -191,21 +307,19 @@ func TestSubresourcesServer(t *testing.T) {
 	}
 	agentPort, agentPeers := srFakeAgent(t, creds, "sr-agent")
 
-	// The agent Pod, at 127.0.0.1, and the sandboxes.
-	pod, err := cp.Kube.CoreV1().Pods(sysNS).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "sr-agent"},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "agent", Image: "agent"}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pod.Status.PodIP, pod.Status.PodIPs = "127.0.0.1", []corev1.PodIP{{IP: "127.0.0.1"}}
-	if pod, err = cp.Kube.CoreV1().Pods(sysNS).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	// The agent Pods, at 127.0.0.1 (their API on the port named in their
+	// spec), and the sandboxes: "real" runs on a real agent (pkg/agent, over
+	// a fake runtime), the others on the fake one.
+	pod := srAgentPod(t, cp, "sr-agent", agentPort)
 	running := bindSandbox(t, cp, kubetest.CreateSandbox(t, cp.Sandbox, ns1, kubetest.Sandbox("sb", "shared", "busybox", "sleep", "1d")), pod, v1alpha1.SandboxRunning)
 	kubetest.CreateSandbox(t, cp.Sandbox, ns1, kubetest.Sandbox("pending", "shared", "busybox", "true"))
 	bindSandbox(t, cp, kubetest.CreateSandbox(t, cp.Sandbox, ns2, kubetest.Sandbox("sb", "shared", "busybox", "true")), pod, v1alpha1.SandboxRunning)
+	pausedSpec := kubetest.Sandbox("paused", "shared", "busybox", "sleep", "1d")
+	pausedSpec.Spec.Paused = true
+	bindSandbox(t, cp, kubetest.CreateSandbox(t, cp.Sandbox, ns1, pausedSpec), pod, v1alpha1.SandboxPaused)
+	bindSandbox(t, cp, kubetest.CreateSandbox(t, cp.Sandbox, ns1, kubetest.Sandbox("done", "shared", "busybox", "true")), pod, v1alpha1.SandboxSucceeded)
+	realSbx := kubetest.CreateSandbox(t, cp.Sandbox, ns1, kubetest.Sandbox("real", "shared", "busybox", "sleep", "1d"))
+	bindSandbox(t, cp, realSbx, srAgentPod(t, cp, "sr-real-agent", srRealAgent(t, creds, "sr-real-agent", realSbx)), v1alpha1.SandboxRunning)
 
 	// Users: alice may do everything in ns1, bob only read logs, carol may
 	// GET exec but not create it.
@@ -234,7 +348,6 @@ func TestSubresourcesServer(t *testing.T) {
 	o.Recommended.CoreAPI.CoreAPIKubeconfigPath = kubeconfig
 	o.SystemNamespace = sysNS
 	o.AgentClientCertDir = certDir
-	o.AgentPort = agentPort
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -398,6 +511,65 @@ func TestSubresourcesServer(t *testing.T) {
 	// carol may GET exec (what a WebSocket client does) but not create it.
 	if _, err := run(carol, http.MethodGet, execURL(ns1, "echo x", false), ""); err == nil || !strings.Contains(err.Error(), "forbidden") {
 		t.Errorf("carol exec over WebSocket: %v, want forbidden", err)
+	}
+
+	// pkg/client (what kubectl sandbox runs) directly and behind a proxy
+	// that refuses WebSocket: what the server refuses before the stream is
+	// its *StatusError over both protocols, and a command that cannot start
+	// exits 127 with one line naming it and the sandbox.
+	for _, via := range []struct{ name, host string }{{"websocket", base}, {"spdy", srNoWebSocket(t, base)}} {
+		as := func(token string) *client.Client {
+			t.Helper()
+			c, err := client.New(&rest.Config{Host: via.host, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{Insecure: true}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+		execIn := func(c *client.Client, name string, command ...string) (int, string, error) {
+			t.Helper()
+			sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+			defer scancel()
+			var out, errOut bytes.Buffer
+			code, err := c.Exec(sctx, ns1, name, client.ExecOptions{Command: command, Stdout: &out, Stderr: &errOut})
+			return code, out.String() + errOut.String(), err
+		}
+		if code, out, err := execIn(as(alice), "real", "echo", "hi"); err != nil || code != 0 || out != "hi\n" {
+			t.Errorf("%s: alice exec echo hi: %d %q %v", via.name, code, out, err)
+		}
+		wantLine := fmt.Sprintf(`exec "nosuchcmd" in sandbox %s/real: the command was not found: exec: "nosuchcmd": executable file not found in $PATH`+"\n", ns1)
+		if code, out, err := execIn(as(alice), "real", "nosuchcmd"); err != nil || code != 127 || out != wantLine {
+			t.Errorf("%s: alice exec nosuchcmd: %d %q %v; want 127 and %q", via.name, code, out, err, wantLine)
+		}
+		wantErr := fmt.Sprintf(`exec "vanish" in sandbox %s/real: sandbox has finished`, ns1)
+		if code, _, err := execIn(as(alice), "real", "vanish"); err == nil || err.Error() != wantErr || code != -1 {
+			t.Errorf("%s: alice exec vanish: %d %v; want -1 and %q", via.name, code, err, wantErr)
+		}
+		for _, tc := range []struct {
+			who, token, sandbox string
+			code                int32
+			reason              metav1.StatusReason
+			message             string
+		}{
+			{"bob", bob, "sb", http.StatusForbidden, metav1.StatusReasonForbidden, fmt.Sprintf(
+				`sandboxes.subresources.fast-sandbox.io "sb" is forbidden: User "system:serviceaccount:%s:bob" cannot create resource "sandboxes/exec" in API group "subresources.fast-sandbox.io" in the namespace %q`, ns1, ns1)},
+			{"carol", carol, "sb", http.StatusForbidden, metav1.StatusReasonForbidden, fmt.Sprintf(
+				`sandboxes.subresources.fast-sandbox.io "sb" is forbidden: User "system:serviceaccount:%s:carol" cannot create resource "sandboxes/exec" in API group "subresources.fast-sandbox.io" in the namespace %q`, ns1, ns1)},
+			{"alice", alice, "missing", http.StatusNotFound, metav1.StatusReasonNotFound, `sandboxes.fast-sandbox.io "missing" not found`},
+			{"alice", alice, "paused", http.StatusConflict, metav1.StatusReasonConflict, fmt.Sprintf(`sandbox %s/paused: sandbox is paused (spec.paused); resume it first`, ns1)},
+			{"alice", alice, "done", http.StatusConflict, metav1.StatusReasonConflict, fmt.Sprintf(`sandbox %s/done: sandbox has finished`, ns1)},
+		} {
+			code, _, err := execIn(as(tc.token), tc.sandbox, "echo", "x")
+			status, ok := err.(*apierrors.StatusError)
+			if !ok || code != -1 {
+				t.Errorf("%s: %s exec in %s: %d, %T %v; want a *apierrors.StatusError", via.name, tc.who, tc.sandbox, code, err, err)
+				continue
+			}
+			t.Logf("%s: %s exec in %s: %v", via.name, tc.who, tc.sandbox, err)
+			if st := status.ErrStatus; st.Code != tc.code || st.Reason != tc.reason || st.Message != tc.message {
+				t.Errorf("%s: %s exec in %s: %d %s %q, want %d %s %q", via.name, tc.who, tc.sandbox, st.Code, st.Reason, st.Message, tc.code, tc.reason, tc.message)
+			}
+		}
 	}
 
 	for _, id := range agentPeers() {
