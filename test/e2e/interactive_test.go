@@ -227,8 +227,12 @@ func testExec(t *testing.T, e *interactive) {
 	})
 	t.Run("a missing command fails clearly", func(t *testing.T) {
 		r := e.sandbox("exec", "exec", "--", "/no/such/command")
-		if r.code == 0 || r.err != nil || !strings.Contains(r.stderr, "/no/such/command") {
-			t.Errorf("want a non-zero exit and an error naming the command:\n%s", r)
+		// One line, as a shell's: exit 127, the command and the sandbox
+		// named, then runc's (or the exec server's) words.
+		want := `exec "/no/such/command" in sandbox ` + e.ns + `/exec: the command was not found: `
+		if r.code != 127 || r.err != nil || !strings.HasPrefix(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 ||
+			strings.Contains(r.stderr, "Internal error") {
+			t.Errorf("want exit status 127 and one line starting %q:\n%s", want, r)
 		}
 		t.Logf("exit status %d: %s", r.code, strings.TrimSpace(r.stderr))
 	})
@@ -701,10 +705,15 @@ func testRBAC(t *testing.T, e *interactive) {
 	}
 	forbidden := func(t *testing.T, who string, r kubectlResult, subresource string) {
 		t.Helper()
-		// SPDY's upgrade errors carry the Status's message only: "...
-		// is forbidden: User ... cannot create resource ...".
 		if r.code == 0 || r.err != nil || !strings.Contains(strings.ToLower(r.stderr), "forbidden") || !strings.Contains(r.stderr, subresource) {
 			t.Errorf("%s: want Forbidden on %s:\n%s", who, subresource, r)
+		}
+		// exec's refused upgrade (WebSocket, then SPDY) is printed as
+		// kubectl prints a Pod's: "Error from server (Forbidden): ... is
+		// forbidden: User ... cannot create resource ...".
+		if subresource == "sandboxes/exec" && (!strings.HasPrefix(r.stderr, "Error from server (Forbidden): ") ||
+			!strings.Contains(r.stderr, `cannot create resource "sandboxes/exec"`)) {
+			t.Errorf("%s: want exec's Forbidden printed as kubectl prints it:\n%s", who, r)
 		}
 	}
 	// The RoleBindings take effect at once, but the token's first use may
@@ -728,7 +737,7 @@ func testRBAC(t *testing.T, e *interactive) {
 		forbidden(t, "editor", as(editor, "cp", payload, "guarded:/tmp/payload"), "sandboxes/files")
 		// In its own namespace it may exec, and finds no such sandbox.
 		r := e.kubectl(runOpts{kubeconfig: editor}, "sandbox", "-n", other, "exec", "guarded", "--", "true")
-		if r.code == 0 || !strings.Contains(r.stderr, "NotFound") {
+		if r.code == 0 || !strings.HasPrefix(r.stderr, "Error from server (NotFound): ") {
 			t.Errorf("editor in its own namespace: want NotFound:\n%s", r)
 		}
 	})
