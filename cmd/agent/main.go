@@ -57,6 +57,7 @@ type options struct {
 	logMaxBytes         int64
 	logMaxFiles         int
 	storageCheckPeriod  time.Duration
+	execServerIdle      time.Duration
 	readOnlyRootFS      bool
 	runAsNonRoot        bool
 	userNamespaces      string
@@ -148,6 +149,8 @@ func main() {
 				"files a sandbox's log keeps, the current one included: at most log-max-bytes times this on disk")
 			fs.DurationVar(&o.storageCheckPeriod, "storage-check-period", envDuration("SANDBOX_STORAGE_CHECK_PERIOD", containerd.DefaultStorageCheckPeriod),
 				"how often the ephemeral storage (writable layer and logs) of sandboxes with a limit is measured; one above its limit is stopped")
+			fs.DurationVar(&o.execServerIdle, "exec-server-idle-timeout", envDuration("SANDBOX_EXEC_SERVER_IDLE_TIMEOUT", containerd.DefaultExecServerIdleTimeout),
+				"how long a sandbox's exec server (which runs its execs without runc exec) stays after its last exec; negative runs every exec through runc exec")
 			fs.BoolVar(&o.readOnlyRootFS, "read-only-rootfs", envBool("SANDBOX_READ_ONLY_ROOTFS"),
 				fmt.Sprintf("mount every sandbox's root filesystem read-only, with a %d MiB tmpfs at /tmp", containerd.TmpSizeBytes>>20))
 			fs.BoolVar(&o.runAsNonRoot, "run-as-non-root", envBool("SANDBOX_RUN_AS_NON_ROOT"),
@@ -200,7 +203,7 @@ func run(ctx context.Context, log logr.Logger, o *options) error {
 		InitBinary: o.sandboxInit, WarmPerImage: o.warmPerImage, WarmImages: o.warmImages,
 		DefaultPidsLimit: o.defaultPidsLimit, LogMaxBytes: o.logMaxBytes, LogMaxFiles: o.logMaxFiles,
 		StorageCheckPeriod: o.storageCheckPeriod, ReadOnlyRootFilesystem: o.readOnlyRootFS, RunAsNonRoot: o.runAsNonRoot,
-		UserNamespaces: o.userNamespaces,
+		UserNamespaces: o.userNamespaces, ExecServerIdleTimeout: o.execServerIdle,
 		// The Manager works in the agent's own network namespace, the Pod's.
 		Egress: &egress, EgressError: egressErr, HostProc: o.hostProc,
 	}, log.WithName("containerd"))

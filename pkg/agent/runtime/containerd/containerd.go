@@ -556,13 +556,29 @@ func (r *Runtime) createCold(ctx context.Context, spec api.SandboxSpec) api.Sand
 	// Cold: the container is the sandbox's from the start: its labels, and
 	// its spec with its command, user, hostname, memory and pids limits.
 	now := time.Now()
-	container, err := r.newContainer(ctx, id, p, r.sandboxLabels(spec, now), r.specOpts(spec, p.config, p.user, id))
+	opts := r.specOpts(spec, p.config, p.user, id)
+	dir := ""
+	if r.warm.enabled {
+		// Cold: the init and a directory of its own, for an exec server
+		// (execserver.go), as a warm container has.
+		dir = r.warmDir(id)
+		if err := errors.Join(os.MkdirAll(dir, 0o711), os.Chmod(dir, 0o711)); err != nil {
+			_ = os.RemoveAll(dir)
+			return fail(fmt.Errorf("creating the container's directory: %w", err))
+		}
+		opts = append(opts, r.withInitMounts(dir))
+	}
+	container, err := r.newContainer(ctx, id, p, r.sandboxLabels(spec, now), opts)
 	if errdefs.IsAlreadyExists(err) {
 		// Made meanwhile by another runtime over the same containerd (this
-		// one's creates of a UID take turns): report what it made.
+		// one's creates of a UID take turns): report what it made, whose
+		// directory this is too.
 		return r.madeMeanwhile(ctx, spec, id)
 	}
 	if err != nil {
+		if dir != "" {
+			_ = os.RemoveAll(dir)
+		}
 		return fail(err)
 	}
 	if crashAt(stepColdContainer) {
@@ -1041,15 +1057,13 @@ func (r *Runtime) Logs(ctx context.Context, uid string) (io.ReadCloser, error) {
 	return rc, err
 }
 
-// removeFiles removes a container's logs and warm directory.
+// removeFiles removes a container's logs and directory.
 func (r *Runtime) removeFiles(id string) {
 	if err := sandboxlog.Remove(r.logPath(id)); err != nil {
 		r.log.Error(err, "removing sandbox logs", "container", id)
 	}
-	if strings.HasPrefix(id, warmIDPrefix) {
-		if err := os.RemoveAll(r.warmDir(id)); err != nil {
-			r.log.Error(err, "removing a warm container's directory", "container", id)
-		}
+	if err := os.RemoveAll(r.warmDir(id)); err != nil {
+		r.log.Error(err, "removing a container's directory", "container", id)
 	}
 }
 

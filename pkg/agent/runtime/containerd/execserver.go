@@ -26,9 +26,10 @@ import (
 // An exec through the OCI runtime (runc exec) compiles and loads the
 // container's seccomp filter in a new runc init inside the sandbox's CPU
 // quota: about 15 ms of CPU, so that a sandbox of 100m is throttled for the
-// rest of a CFS period (100 ms) at each exec. A sandbox in a warm container
-// (which has the init and the agent's socket directory mounted) therefore
-// gets, at its first exec, an exec server: the init run with runc exec as
+// rest of a CFS period (100 ms) at each exec. A sandbox whose container has
+// the init and its directory mounted (withInitMounts: a warm container, or
+// a cold one when warm containers are enabled, which prepare the
+// directories) therefore gets, at its first exec, an exec server: the init run with runc exec as
 // the sandbox's process, once; each exec is then a fork and execve of the
 // server's, which the command inherits everything from (user, groups,
 // working directory, environment, capabilities, seccomp filter, AppArmor

@@ -15,6 +15,7 @@ import (
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime/containerd"
+	"github.com/fast-sandbox/fast-sandbox/pkg/ociimage"
 )
 
 // TestExecServer: execs into a warm sandbox go through one exec server,
@@ -31,6 +32,7 @@ func TestExecServer(t *testing.T) {
 			c.ExecServerIdleTimeout = idle
 		})
 	}
+	e.importImage(t, nonRootImage, ociimage.Config{Cmd: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}, User: "1000:1000"})
 	rt := newRuntime(t, 0)
 	create := func(t *testing.T, rt *containerd.Runtime, uid string) api.SandboxStatus {
 		t.Helper()
@@ -77,6 +79,7 @@ func TestExecServer(t *testing.T) {
 		if again := e.execServers(t, id); len(again) != 1 || again[0] != servers[0] {
 			t.Errorf("exec servers after five more execs: %v, want %v", again, servers)
 		}
+		t.Logf("exec server: %s resident, %s threads", procStatus(t, servers[0], "VmRSS"), procStatus(t, servers[0], "Threads"))
 		main := e.sandboxProcs(t, id)
 		if len(main) != 1 {
 			t.Fatalf("the sandbox's processes: %v", main)
@@ -89,6 +92,24 @@ func TestExecServer(t *testing.T) {
 			if s != m {
 				t.Errorf("%s: the exec server's %q, the sandbox's %q", field, s, m)
 			}
+		}
+	})
+
+	t.Run("a cold container has one too", func(t *testing.T) {
+		// An image with no warm container yet starts cold.
+		uid := "exec-server-cold"
+		s := spec(uid, "sleep", "3600")
+		s.Image = nonRootImage
+		st := starter{rt: rt}.create(t, s)
+		if st.State != api.StateRunning || st.Start != api.StartCold {
+			t.Fatalf("create: %+v, want running, cold", st)
+		}
+		t.Cleanup(func() { _ = rt.DeleteSandbox(ctx, uid) })
+		if got := mustRun(t, rt, uid, "id", "-u"); got != "1000\n" {
+			t.Errorf("exec: %q", got)
+		}
+		if servers := e.execServers(t, st.ContainerID); len(servers) != 1 {
+			t.Errorf("exec servers: %v, want one", servers)
 		}
 	})
 

@@ -181,6 +181,18 @@ func TestExec(t *testing.T) {
 				}
 			})
 
+			// Warm: through the sandbox's exec server; cold, in a runtime
+			// without warm containers: through runc exec (execserver.go).
+			t.Run("through the exec server when warm", func(t *testing.T) {
+				want := 0
+				if mode == "warm" {
+					want = 1
+				}
+				if servers := e.execServers(t, rootSt.ContainerID); len(servers) != want {
+					t.Errorf("exec servers in the sandbox: %v, want %d", servers, want)
+				}
+			})
+
 			t.Run("stdin to its end", func(t *testing.T) {
 				in := strings.Repeat("0123456789abcdef", 64<<10) // 1 MiB: more than a pipe holds
 				r := run(t, rt, root, strings.NewReader(in), "sh", "-c", "wc -c; echo stdin closed")

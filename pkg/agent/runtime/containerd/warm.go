@@ -127,7 +127,9 @@ func (w *warmPool) notifyLocked() {
 	w.changed = make(chan struct{})
 }
 
-// warmDir is the per-container directory holding the init's socket.
+// warmDir is the per-container directory holding the init's and the exec
+// server's sockets (a cold container's too, with warm containers enabled,
+// which prepare their parent).
 func (r *Runtime) warmDir(id string) string {
 	return filepath.Join(podStateDir(r.cfg.StateDir, r.cfg.PodUID), "warm", id)
 }
@@ -537,10 +539,7 @@ func (r *Runtime) warmSpecOpts(id, dir, network string) []oci.SpecOpts {
 	return append(r.specOpts(placeholder, ocispec.ImageConfig{}, specs.User{}, id),
 		oci.WithProcessArgs(sandboxinit.Binary),
 		oci.WithEnv([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}),
-		oci.WithMounts([]specs.Mount{
-			{Destination: sandboxinit.Binary, Type: "bind", Source: r.initPath, Options: []string{"rbind", "ro", "nosuid", "nodev"}},
-			{Destination: sandboxinit.SocketDir, Type: "bind", Source: dir, Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}},
-		}),
+		r.withInitMounts(dir),
 		// The init sets the sandbox's hostname and then drops CAP_SYS_ADMIN
 		// from the bounding set before the exec. The seccomp profile was made
 		// for the sandbox's own capabilities; it gains sethostname only.
@@ -567,6 +566,17 @@ func (r *Runtime) startInit(ctx context.Context, c *warmContainer, ln *net.UnixL
 		return fmt.Errorf("waiting for the init to call: %w", err)
 	}
 	return nil
+}
+
+// withInitMounts mounts the init and the container's directory dir, read
+// only, at sandboxinit.Binary and sandboxinit.SocketDir: a warm container's
+// init calls the agent there, and every container's exec server
+// (execserver.go).
+func (r *Runtime) withInitMounts(dir string) oci.SpecOpts {
+	return oci.WithMounts([]specs.Mount{
+		{Destination: sandboxinit.Binary, Type: "bind", Source: r.initPath, Options: []string{"rbind", "ro", "nosuid", "nodev"}},
+		{Destination: sandboxinit.SocketDir, Type: "bind", Source: dir, Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}},
+	})
 }
 
 func withSeccompAllowed(names ...string) oci.SpecOpts {
