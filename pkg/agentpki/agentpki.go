@@ -12,7 +12,14 @@
 //     authentication only, and
 //   - one client certificate for the sandbox-apiserver, whose only URI SAN
 //     is APIServerIdentity and whose extended key usage is client
-//     authentication only.
+//     authentication only, and
+//   - one serving certificate for the sandbox-apiserver (IssueServing),
+//     whose SANs are the DNS names of its Service, with no URI SAN, and
+//     whose extended key usage is server authentication only.
+//     kube-apiserver's aggregation layer verifies it against this CA (the
+//     APIService's caBundle) and the name <service>.<namespace>.svc. Having
+//     no spiffe identity, it is neither an agent's nor a client's
+//     certificate to the agent API, and agent certificates name no host.
 //
 // Certificates are mounted into Pods from Secrets (keys KeyCert, KeyKey and
 // KeyCACert). The scheduler dials an agent Pod by IP, so host names prove
@@ -210,28 +217,66 @@ func (ca *CA) IssueAPIServer(now time.Time, validity time.Duration) (certPEM, ke
 	return certPEM, keyPEM, nil
 }
 
-func (ca *CA) issue(commonName, identity string, usage x509.ExtKeyUsage, now time.Time, validity time.Duration) ([]byte, []byte, error) {
-	if validity <= 0 {
-		return nil, nil, fmt.Errorf("validity %s is not positive", validity)
+// IssueServing issues a serving certificate for a server reached by host
+// name, such as the sandbox-apiserver behind its Service: its SANs are
+// dnsNames (the first is also its common name), its extended key usage is
+// server authentication only, and it carries no URI SAN, so it is no
+// identity of the agent API. It is valid from now (less a few minutes of
+// clock skew) for validity, but never beyond the CA itself. It returns the
+// certificate and a new private key in PEM form.
+func (ca *CA) IssueServing(dnsNames []string, now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	if len(dnsNames) == 0 {
+		return nil, nil, errors.New("agentpki: a serving certificate needs at least one DNS name")
 	}
+	for _, n := range dnsNames {
+		if !validDNSName(n) {
+			return nil, nil, fmt.Errorf("agentpki: invalid DNS name %q", n)
+		}
+	}
+	tmpl, err := ca.template(dnsNames[0], x509.ExtKeyUsageServerAuth, now, validity)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agentpki: issuing the serving certificate of %s: %w", dnsNames[0], err)
+	}
+	tmpl.DNSNames = append([]string(nil), dnsNames...)
+	certPEM, keyPEM, err = create(tmpl, ca.Cert, ca.Key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agentpki: issuing the serving certificate of %s: %w", dnsNames[0], err)
+	}
+	return certPEM, keyPEM, nil
+}
+
+func (ca *CA) issue(commonName, identity string, usage x509.ExtKeyUsage, now time.Time, validity time.Duration) ([]byte, []byte, error) {
 	id, err := url.Parse(identity)
 	if err != nil {
 		return nil, nil, fmt.Errorf("parsing identity %q: %w", identity, err)
+	}
+	tmpl, err := ca.template(commonName, usage, now, validity)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl.URIs = []*url.URL{id}
+	return create(tmpl, ca.Cert, ca.Key)
+}
+
+// template is the template of a leaf certificate of the CA with one
+// extended key usage, valid from now (less clockSkew) for validity but
+// never beyond the CA.
+func (ca *CA) template(commonName string, usage x509.ExtKeyUsage, now time.Time, validity time.Duration) (*x509.Certificate, error) {
+	if validity <= 0 {
+		return nil, fmt.Errorf("validity %s is not positive", validity)
 	}
 	notAfter := now.Add(validity)
 	if notAfter.After(ca.Cert.NotAfter) {
 		notAfter = ca.Cert.NotAfter
 	}
-	tmpl := &x509.Certificate{
+	return &x509.Certificate{
 		Subject:               pkix.Name{CommonName: commonName},
 		NotBefore:             now.Add(-clockSkew),
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{usage},
 		BasicConstraintsValid: true,
-		URIs:                  []*url.URL{id},
-	}
-	return create(tmpl, ca.Cert, ca.Key)
+	}, nil
 }
 
 // NeedsRenewal reports whether the PEM certificate should be replaced at now:
@@ -314,4 +359,23 @@ func parseKey(keyPEM []byte) (crypto.Signer, error) {
 // validName reports whether s can be a path segment of an identity.
 func validName(s string) bool {
 	return s != "" && !strings.ContainsAny(s, "/?#%: ")
+}
+
+// validDNSName reports whether s is a lower-case DNS name (RFC 1123 labels
+// separated by dots), as Kubernetes names Services.
+func validDNSName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '-' {
+				return false
+			}
+		}
+	}
+	return true
 }

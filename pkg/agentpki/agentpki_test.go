@@ -687,3 +687,68 @@ func TestParseCA(t *testing.T) {
 		})
 	}
 }
+
+// A serving certificate names the host names it is given, serves only, and
+// is no identity of the agent API: neither an agent nor a client.
+func TestIssueServing(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Second)
+	ca := newCA(t, now)
+	names := []string{"api", "api.sys", "api.sys.svc", "api.sys.svc.cluster.local"}
+	certPEM, keyPEM, err := ca.IssueServing(names, now, DefaultCertValidity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := mustParse(t, certPEM)
+	if c.Subject.CommonName != "api" || strings.Join(c.DNSNames, ",") != strings.Join(names, ",") || len(c.URIs) != 0 || c.IsCA {
+		t.Errorf("CN %q, DNS names %v, URIs %v, IsCA %v", c.Subject.CommonName, c.DNSNames, c.URIs, c.IsCA)
+	}
+	if len(c.ExtKeyUsage) != 1 || c.ExtKeyUsage[0] != x509.ExtKeyUsageServerAuth {
+		t.Errorf("ExtKeyUsage = %v, want server authentication only", c.ExtKeyUsage)
+	}
+	if !c.NotBefore.Equal(now.Add(-clockSkew)) || !c.NotAfter.Equal(now.Add(DefaultCertValidity)) {
+		t.Errorf("validity %s to %s", c.NotBefore, c.NotAfter)
+	}
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		t.Errorf("the key does not match: %v", err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	if _, err := c.Verify(x509.VerifyOptions{Roots: roots, DNSName: "api.sys.svc", CurrentTime: now}); err != nil {
+		t.Errorf("not valid for api.sys.svc: %v", err)
+	}
+	if _, err := c.Verify(x509.VerifyOptions{Roots: roots, DNSName: "other.sys.svc", CurrentTime: now}); err == nil {
+		t.Error("valid for a name it was not issued for")
+	}
+
+	// Not an identity of the agent API.
+	cs := tls.ConnectionState{PeerCertificates: []*x509.Certificate{c}, VerifiedChains: [][]*x509.Certificate{{c, ca.Cert}}}
+	if err := verifyClient(cs); err == nil {
+		t.Error("the agent accepts the serving certificate as a client")
+	}
+	if err := verifyAgent(cs, roots, AgentIdentity(ns, "api"), now); err == nil {
+		t.Error("the serving certificate passes as an agent's")
+	}
+	// And an agent's certificate names no host.
+	if a := mustParse(t, agentPair(t, ca, "api.sys.svc", now).cert); len(a.DNSNames) != 0 {
+		t.Errorf("agent certificate DNS names %v", a.DNSNames)
+	} else if _, err := a.Verify(x509.VerifyOptions{Roots: roots, DNSName: "api.sys.svc", CurrentTime: now}); err == nil {
+		t.Error("an agent certificate is valid for a host name")
+	}
+
+	// Never valid beyond the CA.
+	late, _, err := ca.IssueServing(names, now.Add(DefaultCAValidity-time.Hour), DefaultCertValidity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustParse(t, late).NotAfter; !got.Equal(ca.Cert.NotAfter) {
+		t.Errorf("NotAfter = %s, want the CA's %s", got, ca.Cert.NotAfter)
+	}
+	for _, bad := range [][]string{nil, {""}, {"API.sys"}, {"api..sys"}, {"-api"}, {"api/x"}, {"api", "a b"}} {
+		if _, _, err := ca.IssueServing(bad, now, time.Hour); err == nil {
+			t.Errorf("IssueServing(%q) succeeded", bad)
+		}
+	}
+	if _, _, err := ca.IssueServing(names, now, 0); err == nil {
+		t.Error("IssueServing with zero validity succeeded")
+	}
+}
