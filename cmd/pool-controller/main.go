@@ -1,4 +1,6 @@
-// Command pool-controller keeps the agent Pods of every SandboxPool.
+// Command pool-controller keeps the agent Pods of every SandboxPool, the
+// certificates of the agent API and the sandbox-apiserver's serving
+// certificate, and the caBundle of the sandbox-apiserver's APIService.
 package main
 
 import (
@@ -12,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/component-base/metrics/legacyregistry"
+	aggregatorclientset "k8s.io/kube-aggregator/pkg/client/clientset_generated/clientset"
 
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/cli"
@@ -31,6 +34,11 @@ type options struct {
 	leaderElectNamespace string
 	systemNamespace      string
 	metricsAddr          string
+	// The sandbox-apiserver's serving certificate and APIService.
+	apiServerService          string
+	apiServerServiceNamespace string
+	clusterDomain             string
+	apiService                string
 }
 
 func main() {
@@ -49,6 +57,14 @@ func main() {
 			fs.StringVar(&o.systemNamespace, "system-namespace", v1alpha1.DefaultSystemNamespace,
 				"namespace of the agent Pods, their cleanup Pods and Secrets (the only namespace where the controller reads or writes Pods and Secrets)")
 			fs.StringVar(&o.metricsAddr, "metrics-addr", ":8080", "address serving /healthz and /metrics; empty: none")
+			fs.StringVar(&o.apiServerService, "sandbox-apiserver-service", poolcontroller.DefaultSandboxAPIServerService,
+				"name of the sandbox-apiserver's Service: its serving certificate (Secret "+v1alpha1.SandboxAPIServerServingSecretName+
+					", issued from the agent API's CA) names <service>, <service>.<namespace>, <service>.<namespace>.svc and <service>.<namespace>.svc.<cluster-domain>")
+			fs.StringVar(&o.apiServerServiceNamespace, "sandbox-apiserver-service-namespace", "",
+				"namespace of the sandbox-apiserver's Service, where the serving certificate's Secret is written (the controller needs to write Secrets there); empty: --system-namespace")
+			fs.StringVar(&o.clusterDomain, "cluster-domain", poolcontroller.DefaultClusterDomain, "the cluster's DNS domain, for the serving certificate's longest name")
+			fs.StringVar(&o.apiService, "sandbox-apiserver-apiservice", poolcontroller.DefaultSandboxAPIServerAPIService,
+				"APIService whose spec.caBundle is kept equal to the CA of the sandbox-apiserver's serving certificate (the controller needs get, list, watch and patch on it); empty: none")
 		},
 		Run: func(ctx context.Context, logger logr.Logger) error { return run(ctx, logger, o) },
 	})
@@ -70,6 +86,17 @@ func run(ctx context.Context, logger logr.Logger, o *options) error {
 	if err != nil {
 		return fmt.Errorf("making the fast-sandbox client: %w", err)
 	}
+	apiServer := poolcontroller.SandboxAPIServerOptions{
+		ServiceName:      o.apiServerService,
+		ServiceNamespace: o.apiServerServiceNamespace,
+		ClusterDomain:    o.clusterDomain,
+		APIServiceName:   o.apiService,
+	}
+	if o.apiService != "" {
+		if apiServer.Client, err = aggregatorclientset.NewForConfig(cfg); err != nil {
+			return fmt.Errorf("making the apiregistration.k8s.io client: %w", err)
+		}
+	}
 
 	leaderHealth := leaderelection.NewLeaderHealthzAdaptor(20 * time.Second)
 	if o.metricsAddr != "" {
@@ -86,6 +113,9 @@ func run(ctx context.Context, logger logr.Logger, o *options) error {
 		c, err := poolcontroller.NewControllerWithInformers(ctx, kube, sandboxes, inf, o.systemNamespace, poolcontroller.Options{})
 		if err != nil {
 			return err
+		}
+		if err := c.SetSandboxAPIServer(apiServer); err != nil {
+			return fmt.Errorf("the sandbox-apiserver's options: %w", err)
 		}
 		inf.Start(ctx.Done())
 		defer inf.Shutdown()

@@ -1,9 +1,15 @@
 package poolcontroller
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,6 +31,11 @@ import (
 // (v1alpha1.SandboxAPIServerClientSecretName), and renews them before they
 // expire. There is no shared secret: a credential names one Pod or one
 // component.
+//
+// The same CA signs the sandbox-apiserver's serving certificate
+// (v1alpha1.SandboxAPIServerServingSecretName, naming its Service), which
+// kube-apiserver's aggregation layer verifies against the caBundle the
+// controller writes into the APIService (apiservice.go).
 
 // Event reasons of the credentials.
 const (
@@ -36,13 +47,30 @@ const (
 // for renewal.
 const credentialsCheckPeriod = 10 * time.Minute
 
-// credentials holds the CA once read or made, and since when (by the
+// servingCATransition is how long, from the NotBefore of a serving
+// certificate issued by a CA other than its predecessor's (a few minutes
+// before it was issued), the predecessor's CA stays in the Secret's ca.crt
+// and so in the APIService's caBundle. The sandbox-apiserver serves the old
+// certificate until kubelet has updated the mounted Secret (its sync period
+// plus its Secret cache's TTL, a minute each by default) and
+// k8s.io/apiserver has re-read the files (within a minute); meanwhile
+// kube-apiserver must trust both.
+const servingCATransition = 15 * time.Minute
+
+// credentials holds the CA once read or made, since when (by the
 // controller's clock) each agent certificate Secret has been seen without
-// its Pod.
+// its Pod, and what the sandbox-apiserver's serving certificate names.
 type credentials struct {
 	mu       sync.Mutex
 	ca       *agentpki.CA
 	orphaned map[string]map[string]time.Time // by pool, then Secret name and UID
+
+	// apiServer is set by SetSandboxAPIServer before Run; its zero value
+	// means the defaults.
+	apiServer SandboxAPIServerOptions
+	// apiService keeps the APIService's caBundle; nil when no client of
+	// apiregistration.k8s.io was given.
+	apiService *apiServiceKeeper
 }
 
 // ca returns the agent API's CA, reading its Secret or creating it.
@@ -167,12 +195,165 @@ func (c *Controller) ensureClientCredentials(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// ensureServingCredential makes sure the sandbox-apiserver's serving
+// certificate Secret exists, is issued by the current CA for the DNS names
+// of its Service and is not due for renewal, and that its ca.crt holds the
+// CA(s) that verify it: the current CA and, for servingCATransition after a
+// certificate from a new CA was issued, the one that signed its predecessor.
+func (c *Controller) ensureServingCredential(ctx context.Context) error {
+	ca, err := c.ca(ctx)
+	if err != nil {
+		return err
+	}
+	o := c.creds.apiServer.withDefaults(c.namespace)
+	ns, name := o.ServiceNamespace, v1alpha1.SandboxAPIServerServingSecretName
+	secrets := c.kubeClient.CoreV1().Secrets(ns)
+	cur, err := secrets.Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		cur, err = nil, nil
+	}
+	if err != nil {
+		return fmt.Errorf("getting Secret %s/%s: %w", ns, name, err)
+	}
+	data, reason, err := servingSecretData(ca, cur, o.DNSNames(), c.clock.Now())
+	if err != nil || data == nil {
+		return err
+	}
+	if cur == nil {
+		_, err = secrets.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Type:       corev1.SecretTypeTLS, Data: data,
+		}, metav1.CreateOptions{FieldManager: ControllerName})
+	} else {
+		updated := cur.DeepCopy()
+		updated.Data = data
+		_, err = secrets.Update(ctx, updated, metav1.UpdateOptions{FieldManager: ControllerName})
+	}
+	if err != nil {
+		return fmt.Errorf("writing Secret %s/%s: %w", ns, name, err)
+	}
+	logger := klog.FromContext(ctx)
+	if reason == "" {
+		logger.Info("Updated the CAs of the sandbox-apiserver's serving certificate", "secret", klog.KRef(ns, name))
+	} else {
+		logger.Info("Issued the sandbox-apiserver's serving certificate", "secret", klog.KRef(ns, name), "reason", reason, "dnsNames", o.DNSNames())
+	}
+	return nil
+}
+
+// servingSecretData is what the serving certificate Secret cur (nil when
+// missing) should hold at now, or nil when it holds it already. reason says
+// why a certificate is issued; it is empty when only ca.crt changes.
+func servingSecretData(ca *agentpki.CA, cur *corev1.Secret, dnsNames []string, now time.Time) (data map[string][]byte, reason string, err error) {
+	if cur == nil {
+		reason = "the Secret does not exist"
+	} else {
+		var leaf *x509.Certificate
+		if leaf, reason = servingRenewalReason(ca, cur.Data, dnsNames, now); reason == "" {
+			// Up to date: the previous CA goes once its transition is over.
+			bundle := ca.CertPEM
+			if now.Sub(leaf.NotBefore) < servingCATransition && holdsCert(cur.Data[agentpki.KeyCACert], ca.Cert) {
+				bundle = cur.Data[agentpki.KeyCACert]
+			}
+			if bytes.Equal(bundle, cur.Data[agentpki.KeyCACert]) {
+				return nil, "", nil
+			}
+			data = maps.Clone(cur.Data)
+			data[agentpki.KeyCACert] = bundle
+			return data, "", nil
+		}
+	}
+	certPEM, keyPEM, err := ca.IssueServing(dnsNames, now, agentpki.DefaultCertValidity)
+	if err != nil {
+		return nil, "", fmt.Errorf("issuing the serving certificate of the sandbox-apiserver: %w", err)
+	}
+	bundle := slices.Clone(ca.CertPEM)
+	if cur != nil {
+		bundle = append(bundle, previousSigners(ca, cur.Data, now)...)
+	}
+	return map[string][]byte{agentpki.KeyCert: certPEM, agentpki.KeyKey: keyPEM, agentpki.KeyCACert: bundle}, reason, nil
+}
+
+// servingRenewalReason says why the serving certificate in data must be
+// issued anew at now, or returns its leaf and "" when it need not.
+func servingRenewalReason(ca *agentpki.CA, data map[string][]byte, dnsNames []string, now time.Time) (*x509.Certificate, string) {
+	pair, err := tls.X509KeyPair(data[agentpki.KeyCert], data[agentpki.KeyKey])
+	if err != nil {
+		return nil, "it holds no certificate with its key"
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return nil, "its certificate does not parse"
+	}
+	if agentpki.NeedsRenewal(data[agentpki.KeyCert], now) {
+		return nil, "it is due for renewal"
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		return nil, "it is not issued by the current CA"
+	}
+	if !slices.Equal(slices.Sorted(slices.Values(leaf.DNSNames)), slices.Sorted(slices.Values(dnsNames))) {
+		return nil, "it names other DNS names"
+	}
+	return leaf, ""
+}
+
+// previousSigners are the PEM CA certificates of data's ca.crt, other than
+// ca, that signed data's certificate, while that certificate and they are
+// still valid at now: the CA the sandbox-apiserver serves from until the
+// new certificate reaches it.
+func previousSigners(ca *agentpki.CA, data map[string][]byte, now time.Time) []byte {
+	block, _ := pem.Decode(data[agentpki.KeyCert])
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil || !now.Before(leaf.NotAfter) {
+		return nil
+	}
+	var out []byte
+	for rest := data[agentpki.KeyCACert]; ; {
+		if block, rest = pem.Decode(rest); block == nil {
+			return out
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil || block.Type != "CERTIFICATE" || cert.Equal(ca.Cert) || !now.Before(cert.NotAfter) ||
+			leaf.CheckSignatureFrom(cert) != nil {
+			continue
+		}
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})...)
+	}
+}
+
+// holdsCert reports whether the PEM bundle holds cert.
+func holdsCert(bundle []byte, cert *x509.Certificate) bool {
+	for rest := bundle; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			return false
+		}
+		if c, err := x509.ParseCertificate(block.Bytes); err == nil && c.Equal(cert) {
+			return true
+		}
+	}
+}
+
 // runCredentials keeps the client certificates (the scheduler's and the
-// sandbox-apiserver's) until ctx ends.
+// sandbox-apiserver's), the sandbox-apiserver's serving certificate and,
+// when a client of apiregistration.k8s.io was given, its APIService's
+// caBundle, until ctx ends.
 func (c *Controller) runCredentials(ctx context.Context) {
+	if k := c.creds.apiService; k != nil {
+		go k.run(ctx, c)
+	}
 	for {
-		if err := c.ensureClientCredentials(ctx); err != nil {
-			klog.FromContext(ctx).Error(err, "Keeping the client certificates of the agent API; retrying")
+		err := errors.Join(c.ensureClientCredentials(ctx), c.ensureServingCredential(ctx))
+		// The caBundle follows the serving Secret (and is checked on this
+		// period even when nothing changed).
+		c.enqueueAPIService()
+		if err != nil {
+			klog.FromContext(ctx).Error(err, "Keeping the certificates of the agent API and the sandbox-apiserver; retrying")
 			select {
 			case <-ctx.Done():
 				return

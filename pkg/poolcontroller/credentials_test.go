@@ -3,8 +3,10 @@ package poolcontroller
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"slices"
 	"testing"
 	"time"
 
@@ -287,5 +289,179 @@ func TestAPIServerCredentials(t *testing.T) {
 	}
 	if got := identity(t, e.secret(v1alpha1.SandboxAPIServerClientSecretName).Data[agentpki.KeyCert], caPEM); got != agentpki.APIServerIdentity {
 		t.Errorf("reissued sandbox-apiserver identity %q", got)
+	}
+}
+
+// servingLeaf parses the serving certificate of s and checks it against
+// the CA bundle caPEM for host, as kube-apiserver does with the APIService's
+// caBundle.
+func servingLeaf(t *testing.T, s *corev1.Secret, caPEM []byte, host string, at time.Time) *x509.Certificate {
+	t.Helper()
+	if s.Type != corev1.SecretTypeTLS {
+		t.Errorf("Secret %s: type %q, want %q", s.Name, s.Type, corev1.SecretTypeTLS)
+	}
+	pair, err := tls.X509KeyPair(s.Data[agentpki.KeyCert], s.Data[agentpki.KeyKey])
+	if err != nil {
+		t.Fatalf("Secret %s: %v", s.Name, err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		t.Fatalf("no CA certificate in %q", caPEM)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, DNSName: host, CurrentTime: at,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		t.Errorf("the serving certificate does not verify for %s: %v", host, err)
+	}
+	if len(leaf.URIs) != 0 || len(leaf.ExtKeyUsage) != 1 || leaf.ExtKeyUsage[0] != x509.ExtKeyUsageServerAuth {
+		t.Errorf("URIs %v, ExtKeyUsage %v: want none and server authentication only", leaf.URIs, leaf.ExtKeyUsage)
+	}
+	return leaf
+}
+
+// The sandbox-apiserver's serving certificate is issued by the agent API's
+// CA for the DNS names of its Service, kept while not due, renewed once
+// due, and issued anew when the Service's names change or the Secret is
+// lost. Every write names the field manager.
+func TestServingCertificate(t *testing.T) {
+	kube := k8sfake.NewClientset()
+	e := newCredsEnv(t, kube, time.Now())
+	if err := e.c.ensureServingCredential(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	caPEM := e.secret(v1alpha1.AgentCASecretName).Data[agentpki.KeyCACert]
+	s0 := e.secret(v1alpha1.SandboxAPIServerServingSecretName)
+	if !bytes.Equal(s0.Data[agentpki.KeyCACert], caPEM) {
+		t.Errorf("ca.crt is not the CA:\n%s", s0.Data[agentpki.KeyCACert])
+	}
+	leaf := servingLeaf(t, s0, caPEM, "fast-sandbox-apiserver."+testSysNS+".svc", e.clock.Now())
+	want := []string{"fast-sandbox-apiserver", "fast-sandbox-apiserver." + testSysNS,
+		"fast-sandbox-apiserver." + testSysNS + ".svc", "fast-sandbox-apiserver." + testSysNS + ".svc.cluster.local"}
+	if !slices.Equal(leaf.DNSNames, want) {
+		t.Errorf("DNS names %v, want %v", leaf.DNSNames, want)
+	}
+
+	e.clock.Step(200 * 24 * time.Hour) // 165 of 365 days left
+	if err := e.c.ensureServingCredential(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(e.secret(v1alpha1.SandboxAPIServerServingSecretName).Data[agentpki.KeyCert], s0.Data[agentpki.KeyCert]) {
+		t.Error("renewed with more than a third of the lifetime left")
+	}
+	e.clock.Step(100 * 24 * time.Hour) // 65 days left
+	if err := e.c.ensureServingCredential(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	s1 := e.secret(v1alpha1.SandboxAPIServerServingSecretName)
+	if bytes.Equal(s1.Data[agentpki.KeyCert], s0.Data[agentpki.KeyCert]) || bytes.Equal(s1.Data[agentpki.KeyKey], s0.Data[agentpki.KeyKey]) {
+		t.Fatal("the serving certificate and key were not renewed")
+	}
+	if !bytes.Equal(s1.Data[agentpki.KeyCACert], caPEM) {
+		t.Error("a renewal from the same CA changed ca.crt")
+	}
+	servingLeaf(t, s1, caPEM, "fast-sandbox-apiserver."+testSysNS+".svc", e.clock.Now())
+
+	// Other names (the flags of cmd/pool-controller): issued anew for them.
+	if err := e.c.SetSandboxAPIServer(SandboxAPIServerOptions{ServiceName: "sbx-api", ClusterDomain: "example.org"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.ensureServingCredential(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	leaf = servingLeaf(t, e.secret(v1alpha1.SandboxAPIServerServingSecretName), caPEM, "sbx-api."+testSysNS+".svc", e.clock.Now())
+	want = []string{"sbx-api", "sbx-api." + testSysNS, "sbx-api." + testSysNS + ".svc", "sbx-api." + testSysNS + ".svc.example.org"}
+	if !slices.Equal(leaf.DNSNames, want) {
+		t.Errorf("DNS names %v, want %v", leaf.DNSNames, want)
+	}
+
+	// Lost: issued again.
+	if err := kube.CoreV1().Secrets(testSysNS).Delete(e.ctx, v1alpha1.SandboxAPIServerServingSecretName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.ensureServingCredential(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	servingLeaf(t, e.secret(v1alpha1.SandboxAPIServerServingSecretName), caPEM, "sbx-api."+testSysNS+".svc", e.clock.Now())
+
+	writes := 0
+	for _, a := range kube.Actions() {
+		if manager, ok := fieldManagerOf(a); ok && a.GetResource().Resource == "secrets" {
+			writes++
+			if manager != ControllerName {
+				t.Errorf("%s %s: field manager %q, want %q", describeAction(a), nameOf(a), manager, ControllerName)
+			}
+		}
+	}
+	if writes < 5 {
+		t.Errorf("%d Secret writes, want at least 5 (CA, issue, renewal, new names, reissue)", writes)
+	}
+	for _, bad := range []SandboxAPIServerOptions{{ServiceName: "Bad_Name"}, {ServiceNamespace: "a.b"}, {ClusterDomain: "-x"}} {
+		if err := (&Controller{namespace: testSysNS}).SetSandboxAPIServer(bad); err == nil {
+			t.Errorf("SetSandboxAPIServer(%+v) succeeded", bad)
+		}
+	}
+}
+
+// A serving certificate from another CA (the CA Secret was replaced) is
+// issued anew from the current one; its Secret's ca.crt holds both CAs
+// while the sandbox-apiserver may still serve the old certificate, then the
+// current one only.
+func TestServingCertificateFollowsANewCA(t *testing.T) {
+	now := time.Now()
+	oldCertPEM, oldKeyPEM, err := agentpki.NewCA("old CA", now.Add(-time.Hour), agentpki.DefaultCAValidity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldCA, err := agentpki.ParseCA(oldCertPEM, oldKeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := SandboxAPIServerOptions{}.withDefaults(testSysNS).DNSNames()
+	certPEM, keyPEM, err := oldCA.IssueServing(names, now.Add(-time.Hour), agentpki.DefaultCertValidity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kube := k8sfake.NewClientset(&corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.SandboxAPIServerServingSecretName, Namespace: testSysNS},
+		Type:       corev1.SecretTypeTLS,
+		Data:       map[string][]byte{agentpki.KeyCert: certPEM, agentpki.KeyKey: keyPEM, agentpki.KeyCACert: oldCA.CertPEM},
+	})
+	e := newCredsEnv(t, kube, now)
+	if err := e.c.ensureServingCredential(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	caPEM := e.secret(v1alpha1.AgentCASecretName).Data[agentpki.KeyCACert]
+	s := e.secret(v1alpha1.SandboxAPIServerServingSecretName)
+	host := "fast-sandbox-apiserver." + testSysNS + ".svc"
+	servingLeaf(t, s, caPEM, host, now)
+	bundle := s.Data[agentpki.KeyCACert]
+	if want := append(slices.Clone(caPEM), oldCA.CertPEM...); !bytes.Equal(bundle, want) {
+		t.Fatalf("ca.crt during the change of CA:\n%s\nwant the new CA, then the old one", bundle)
+	}
+	// The bundle verifies the old certificate too (still served until the
+	// Secret reaches the Pod).
+	servingLeaf(t, &corev1.Secret{Type: corev1.SecretTypeTLS, Data: map[string][]byte{agentpki.KeyCert: certPEM, agentpki.KeyKey: keyPEM}},
+		bundle, host, now)
+
+	e.clock.Step(servingCATransition / 2)
+	if err := e.c.ensureServingCredential(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.secret(v1alpha1.SandboxAPIServerServingSecretName).Data[agentpki.KeyCACert]; !bytes.Equal(got, bundle) {
+		t.Errorf("the old CA went before the transition ended:\n%s", got)
+	}
+	e.clock.Step(servingCATransition)
+	if err := e.c.ensureServingCredential(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	s2 := e.secret(v1alpha1.SandboxAPIServerServingSecretName)
+	if !bytes.Equal(s2.Data[agentpki.KeyCACert], caPEM) {
+		t.Errorf("ca.crt after the transition:\n%s\nwant the current CA only", s2.Data[agentpki.KeyCACert])
+	}
+	if !bytes.Equal(s2.Data[agentpki.KeyCert], s.Data[agentpki.KeyCert]) {
+		t.Error("the certificate was issued again when only ca.crt had to change")
 	}
 }

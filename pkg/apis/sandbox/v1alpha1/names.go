@@ -15,6 +15,13 @@ const (
 	// tls.key, ca.crt; identity agentpki.APIServerIdentity), which the pool
 	// controller issues and renews. Only the sandbox-apiserver reads it.
 	SandboxAPIServerClientSecretName = "fast-sandbox-apiserver-client"
+	// SandboxAPIServerServingSecretName is the Secret, in the namespace of
+	// the sandbox-apiserver's Service, holding its serving certificate
+	// (tls.crt, tls.key; SANs: the Service's DNS names) and the CA
+	// certificate(s) that verify it (ca.crt), which the pool controller
+	// issues and renews and also writes into the caBundle of the
+	// sandbox-apiserver's APIService. Only the sandbox-apiserver mounts it.
+	SandboxAPIServerServingSecretName = "fast-sandbox-apiserver-serving"
 	// AgentTLSSecretSuffix ends the name of the Secret holding an agent
 	// Pod's server certificate: "<agent Pod name>-tls". Only its agent Pod
 	// mounts it.
