@@ -1,7 +1,10 @@
 // Command sandbox-apiserver serves the interactive subresources of
 // Sandboxes (subresources.fast-sandbox.io: exec, attach, log, files) behind
 // kube-apiserver's aggregation layer, and proxies them to the agents over
-// mutual TLS. See pkg/sandboxapiserver and docs/interactive.md.
+// mutual TLS. It serves with the certificate the pool controller issues for
+// its Service (--tls-cert-file, --tls-private-key-file; re-read when
+// renewed), which kube-apiserver verifies against the APIService's caBundle.
+// See pkg/sandboxapiserver and docs/interactive.md.
 package main
 
 import (

@@ -93,8 +93,14 @@ func (o *Options) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Config makes the server's configuration from the options. It generates a
-// self-signed serving certificate when none is given.
+// Config makes the server's configuration from the options. The serving
+// certificate is --tls-cert-file and --tls-private-key-file: in a cluster,
+// the mounted Secret v1alpha1.SandboxAPIServerServingSecretName, which the
+// pool controller issues for the server's Service and renews, and whose CA
+// it writes into the APIService's caBundle; k8s.io/apiserver re-reads the
+// files when they change, so a renewed certificate is served without a
+// restart. Without them (a development run) it generates a self-signed
+// certificate, which kube-apiserver does not accept.
 func (o *Options) Config() (*Config, error) {
 	if err := o.Recommended.SecureServing.MaybeDefaultWithSelfSignedCerts("localhost", nil, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
 		return nil, fmt.Errorf("making a self-signed serving certificate: %w", err)
