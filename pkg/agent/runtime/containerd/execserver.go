@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -38,11 +39,12 @@ import (
 // found and removed.
 //
 // The server stays while it is used, and ExecServerIdleTimeout after its
-// last exec ended; it holds one pid of the sandbox's pids limit and its
-// memory is charged to the sandbox. A sandbox without one (a container
-// created for its sandbox, or a server that failed to start in the last
-// execServerRetry) is exec'd into through the OCI runtime, as is everything
-// with ExecServerIdleTimeout < 0. The server runs in the sandbox, so the
+// last exec ended; its threads (4, whatever the commands running) count
+// against the sandbox's pids limit and its memory against its memory
+// limit. A sandbox without one (a container made without the mounts, one
+// whose pids limit is below execServerMinPids, or one whose server failed
+// to start in the last execServerRetry) is exec'd into through the OCI
+// runtime, as is everything with ExecServerIdleTimeout < 0. The server runs in the sandbox, so the
 // agent trusts nothing it says (sandboxinit's execclient.go); code in the
 // sandbox can lie about, or fail, execs into that sandbox and nothing else.
 
@@ -65,6 +67,17 @@ const (
 	// execServerStopTimeout bounds the removal of a server's process.
 	execServerStopTimeout = 10 * time.Second
 )
+
+// execServerMinPids is the smallest pids limit of a sandbox given an exec
+// server: its threads (4) would take too much of a smaller one.
+const execServerMinPids = 32
+
+// roomForExecServer says whether the pids limit of a sandbox (its
+// container's labels) leaves room for an exec server.
+func roomForExecServer(labels map[string]string) bool {
+	limit, err := strconv.ParseInt(labels[LabelPids], 10, 64)
+	return err != nil || limit <= 0 || limit >= execServerMinPids
+}
 
 // execServers are the exec servers of a runtime's containers.
 type execServers struct {

@@ -113,6 +113,21 @@ func TestExecServer(t *testing.T) {
 		}
 	})
 
+	t.Run("none for a tight pids limit", func(t *testing.T) {
+		uid := "exec-server-pids"
+		s := spec(uid, "sleep", "3600")
+		s.PidsLimit = 16
+		st := starter{rt: rt, warm: true}.create(t, s)
+		if st.State != api.StateRunning {
+			t.Fatalf("create: %+v", st)
+		}
+		t.Cleanup(func() { _ = rt.DeleteSandbox(ctx, uid) })
+		mustRun(t, rt, uid, "true")
+		if servers := e.execServers(t, st.ContainerID); len(servers) != 0 {
+			t.Errorf("exec servers in a sandbox of 16 pids: %v", servers)
+		}
+	})
+
 	t.Run("running commands hold no thread of the server", func(t *testing.T) {
 		server := e.execServers(t, id)[0]
 		before, _ := strconv.Atoi(procStatus(t, server, "Threads"))

@@ -325,11 +325,11 @@ func (r *Runtime) Exec(ctx context.Context, uid string, opts runtime.ExecOptions
 	if st != client.Running {
 		return -1, fmt.Errorf("sandbox %s: %w", uid, runtime.ErrPaused)
 	}
-	proc, _, err := r.sandboxProcess(ctx, c)
+	proc, labels, err := r.sandboxProcess(ctx, c)
 	if err != nil {
 		return -1, err
 	}
-	if r.cfg.ExecServerIdleTimeout >= 0 && r.initPath != "" {
+	if r.cfg.ExecServerIdleTimeout >= 0 && r.initPath != "" && roomForExecServer(labels) {
 		conn, release, err := r.execServer(ctx, c, task, proc)
 		if err == nil {
 			code, err := r.execThrough(ctx, uid, conn, opts)
