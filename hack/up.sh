@@ -23,7 +23,9 @@ fi
 kubectl_ -n fast-sandbox-system rollout status deployment/fast-sandbox-scheduler --timeout=120s
 kubectl_ -n fast-sandbox-system rollout status deployment/fast-sandbox-pool-controller --timeout=120s
 # The sandbox-apiserver starts once the pool controller has issued its client
-# certificate; kube-apiserver then reaches it through the aggregation layer.
+# and serving certificates; kube-apiserver then reaches it through the
+# aggregation layer and verifies it with the APIService's caBundle, which the
+# pool controller sets (Available implies both).
 kubectl_ -n fast-sandbox-system rollout status deployment/fast-sandbox-apiserver --timeout=120s
 kubectl_ wait apiservice/v1alpha1.subresources.fast-sandbox.io --for=condition=Available --timeout=120s
 
