@@ -150,6 +150,7 @@ func (r *Runtime) execServer(ctx context.Context, c client.Container, task clien
 	conn, err := r.startExecServer(ctx, id, task, proc)
 	if err != nil {
 		sl.failed = time.Now()
+		r.log.Info("no exec server: execs go through the OCI runtime until it is tried again", "container", id, "retryAfter", execServerRetry, "err", err)
 		return nil, nil, err
 	}
 	sl.conn = conn
