@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -222,21 +220,12 @@ func (r *Runtime) startExecServer(ctx context.Context, id string, task client.Ta
 	if p, err := task.LoadProcess(sctx, execServerID, nil); err == nil {
 		r.deleteExec(p, false)
 	}
-	sock := filepath.Join(dir, sandboxinit.ExecSocketName)
-	_ = os.Remove(sock)
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	ln, err := listenIn(dir, sandboxinit.ExecSocketName, "unixpacket")
 	if err != nil {
 		return nil, fmt.Errorf("listening for the exec server: %w", err)
 	}
 	// Listened on only now: nothing in the sandbox can call later.
-	defer func() {
-		_ = ln.Close()
-		_ = os.Remove(sock)
-	}()
-	// The server may run as an unprivileged host user (listenInit).
-	if err := os.Chmod(sock, 0o666); err != nil {
-		return nil, fmt.Errorf("listening for the exec server: %w", err)
-	}
+	defer func() { _ = ln.Close() }()
 	sp := *proc
 	sp.Args, sp.CommandLine, sp.Terminal, sp.ConsoleSize = []string{sandboxinit.Binary, sandboxinit.ExecServerArg}, "", false, nil
 	p, err := task.Exec(sctx, execServerID, &sp, cio.NullIO)
@@ -259,7 +248,7 @@ func (r *Runtime) startExecServer(ctx context.Context, id string, task client.Ta
 	}
 	acceptCh := make(chan accepted, 1)
 	go func() {
-		conn, err := sandboxinit.AcceptExec(ln, deadline)
+		conn, err := sandboxinit.AcceptExec(ln.UnixListener, deadline)
 		acceptCh <- accepted{conn, err}
 	}()
 	var a accepted

@@ -3,6 +3,8 @@ package containerd_test
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,10 +28,20 @@ import (
 func TestExecServer(t *testing.T) {
 	e := setup(t)
 	ctx := context.Background()
+	// A state directory as deep as an agent Pod's (under its UID), so that
+	// the sockets' paths pass the 107 bytes of a bound socket's.
+	stateDir := filepath.Join(e.state, "pods", "dc1fc096-3f89-42e3-a98c-80582a105986")
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(e.state, 0o711); err != nil { // traversed by user-namespaced containers
+		t.Fatal(err)
+	}
 	newRuntime := func(t *testing.T, idle time.Duration) *containerd.Runtime {
 		return e.runtimeWith(t, true, func(c *containerd.Config) {
 			c.Agent = "agent-exec-server"
 			c.ExecServerIdleTimeout = idle
+			c.StateDir = stateDir
 		})
 	}
 	e.importImage(t, nonRootImage, ociimage.Config{Cmd: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}, User: "1000:1000"})

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
@@ -295,17 +297,50 @@ func (r *Runtime) initWaiting(id string) bool {
 // the directory can be traversed and the socket written by anyone: only
 // root reaches the directory's parent on the host, and only this
 // container has it mounted.
-func listenInit(dir string) (*net.UnixListener, error) {
-	sock := filepath.Join(dir, sandboxinit.SocketName)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+func listenInit(dir string) (*dirListener, error) {
+	return listenIn(dir, sandboxinit.SocketName, "unix")
+}
+
+// listenIn listens on a Unix socket name in a container's directory dir,
+// which anyone may connect to (see listenInit), and removes it when the
+// listener is closed. It binds the socket through the directory's
+// descriptor (/proc/self/fd/N/name): a socket's path is at most 107 bytes,
+// which a state directory under a Pod's UID and a container's ID pass.
+func listenIn(dir, name, network string) (*dirListener, error) {
+	d, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", dir, err)
+	}
+	ln, err := net.ListenUnix(network, &net.UnixAddr{Name: fmt.Sprintf("/proc/self/fd/%d/%s", d, name), Net: network})
+	_ = unix.Close(d)
 	if err != nil {
 		return nil, err
 	}
+	// Not through the descriptor's path, closed now: by the full one.
+	ln.SetUnlinkOnClose(false)
+	sock := filepath.Join(dir, name)
 	if err := errors.Join(os.Chmod(dir, 0o711), os.Chmod(sock, 0o666)); err != nil {
 		_ = ln.Close()
+		_ = os.Remove(sock)
 		return nil, err
 	}
-	return ln, nil
+	return &dirListener{UnixListener: ln, path: sock}, nil
+}
+
+// dirListener listens on a socket in a container's directory; Close
+// removes the socket too.
+type dirListener struct {
+	*net.UnixListener
+	path string
+}
+
+// Close stops listening and removes the socket.
+func (l *dirListener) Close() error {
+	err := l.UnixListener.Close()
+	if rerr := os.Remove(l.path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+		err = errors.Join(err, rerr)
+	}
+	return err
 }
 
 // keyOf is the warm key a sandbox needs.
@@ -516,7 +551,7 @@ func (r *Runtime) makeWarm(ctx context.Context, key warmKey) (*warmContainer, er
 
 // listenWarm makes a new warm container's directory and listens on its
 // socket (listenInit).
-func listenWarm(dir string) (*net.UnixListener, error) {
+func listenWarm(dir string) (*dirListener, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", dir, err)
 	}
@@ -550,7 +585,7 @@ func (r *Runtime) warmSpecOpts(id, dir, network string) []oci.SpecOpts {
 
 // startInit starts the task of a new warm container, its init, and waits
 // until the init calls on ln. On an error the caller removes the container.
-func (r *Runtime) startInit(ctx context.Context, c *warmContainer, ln *net.UnixListener) error {
+func (r *Runtime) startInit(ctx context.Context, c *warmContainer, ln *dirListener) error {
 	task, err := r.newTask(ctx, c.container)
 	if err != nil {
 		return err
