@@ -202,6 +202,15 @@ func testExec(t *testing.T, e *interactive) {
 			t.Errorf("want stdout \"out\\n\", stderr \"err\\n\", exit status 7:\n%s", r)
 		}
 	})
+	t.Run("through the sandbox's exec server", func(t *testing.T) {
+		// Its parent is the exec server, not runc (whose exec'd process
+		// has no parent in the sandbox's pid namespace): the agent's
+		// socket was reachable from its Pod, the server started.
+		r := e.sandbox("exec", "exec", "--", "sh", "-c", `tr '\0' ' ' < /proc/$PPID/cmdline`)
+		if r.code != 0 || r.err != nil || r.stdout != "/.fast-sandbox/init --exec-server " {
+			t.Errorf("want the exec server as the command's parent:\n%s", r)
+		}
+	})
 	t.Run("-i passes stdin", func(t *testing.T) {
 		r := e.kubectl(runOpts{stdin: strings.NewReader("a line through stdin\n")}, "sandbox", "-n", e.ns, "exec", "-i", "exec", "--", "cat")
 		if r.code != 0 || r.err != nil || r.stdout != "a line through stdin\n" {
