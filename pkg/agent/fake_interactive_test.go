@@ -87,11 +87,14 @@ func (f *fakeInteractive) Exec(ctx context.Context, uid string, o runtime.ExecOp
 		<-ctx.Done()
 		return 137, nil
 	case "nosuchcmd":
-		return 127, fmt.Errorf(`starting "nosuchcmd" in sandbox %s: the command was not found: failed to start exec "exec-1": `+
-			`OCI runtime exec failed: exec failed: unable to start container process: exec: "nosuchcmd": executable file not found in $PATH: unknown`, uid)
+		return 127, fmt.Errorf(`starting "nosuchcmd" in sandbox %s: %w`, uid,
+			&runtime.CommandError{Code: 127, Cause: `exec: "nosuchcmd": executable file not found in $PATH`})
 	case "/etc/passwd":
-		return 126, fmt.Errorf(`starting "/etc/passwd" in sandbox %s: the command cannot be run: failed to start exec "exec-2": `+
-			`OCI runtime exec failed: exec failed: unable to start container process: exec /etc/passwd: permission denied: unknown`, uid)
+		return 126, fmt.Errorf(`starting "/etc/passwd" in sandbox %s: %w`, uid,
+			&runtime.CommandError{Code: 126, Cause: `exec /etc/passwd: permission denied`})
+	case "unstartable":
+		return -1, fmt.Errorf(`starting "unstartable" in sandbox %s: %w`, uid,
+			&runtime.CommandError{Code: -1, Cause: `no command to run`})
 	case "vanish":
 		return -1, fmt.Errorf("sandbox %s: %w", uid, runtime.ErrFinished)
 	}

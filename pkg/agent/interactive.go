@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -148,13 +147,6 @@ func (a *Agent) sandboxName(uid string) string {
 	return uid
 }
 
-// Exit codes of a command that could not be started, as a shell's; the
-// runtime returns them with the error saying why (runtime.Interactive.Exec).
-const (
-	exitCommandNotExecutable = 126
-	exitCommandNotFound      = 127
-)
-
 // executor runs exec's command through the runtime.
 type executor struct {
 	rt  runtime.Interactive
@@ -206,7 +198,8 @@ func (e *executor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []st
 	close(done)
 	wg.Wait()
 	var notStarted error
-	if err != nil && code > 0 && ctx.Err() == nil && !sandboxStateError(err) {
+	var ce *runtime.CommandError
+	if errors.As(err, &ce) && ce.Code > 0 && ctx.Err() == nil {
 		// The command could not be started: say so as a shell would, on
 		// the command's stderr (its terminal with a TTY), and exit with
 		// the shell's code. An error status would reach the client wrapped
@@ -214,7 +207,7 @@ func (e *executor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []st
 		// WebSocket translation's) and without the code; output and exit
 		// codes pass both unchanged.
 		e.log.V(1).Info("exec could not start its command", "sandbox", e.sandbox, "uid", e.uid, "command", cmd[0], "code", code, "err", err)
-		notStarted = errors.New(notStartedMessage(cmd[0], e.sandbox, code, err))
+		notStarted = fmt.Errorf("exec %q in sandbox %s: %w", cmd[0], e.sandbox, ce)
 		switch {
 		case errOut != nil:
 			_, _ = fmt.Fprintf(errOut, "%v\n", notStarted)
@@ -239,52 +232,6 @@ func (e *executor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []st
 		return utilexec.CodeExitError{Err: fmt.Errorf("command terminated with exit code %d", code), Code: code}
 	}
 	return nil
-}
-
-// sandboxStateError says err is about the sandbox (paused, finished, gone)
-// rather than the command.
-func sandboxStateError(err error) bool {
-	return errors.Is(err, runtime.ErrPaused) || errors.Is(err, runtime.ErrFinished) || errors.Is(err, runtime.ErrNotFound)
-}
-
-// What a runtime's error for a command it could not start says, by exit
-// code, before the cause (runtime/containerd's words, which say what it
-// tried in which container first).
-var notStartedWords = map[int]string{
-	exitCommandNotFound:      "the command was not found",
-	exitCommandNotExecutable: "the command cannot be run",
-}
-
-// Where the OCI runtime's own words start in the cause, for a process
-// containerd's shim could not start (runc's, then any runtime's), and the
-// gRPC code containerd appends to them.
-var (
-	ociMarkers   = []string{"unable to start container process: ", "OCI runtime exec failed: "}
-	grpcCodeTail = ": unknown"
-)
-
-// notStartedMessage is one line saying that command could not be started in
-// sandbox and why, in the words of what tried to start it (runc, or the
-// sandbox's exec server), e.g. `exec "x" in sandbox ns/sb: the command was
-// not found: exec: "x": executable file not found in $PATH`.
-func notStartedMessage(command, sandbox string, code int, err error) string {
-	cause := err.Error()
-	words := notStartedWords[code]
-	if words != "" {
-		if _, after, ok := strings.Cut(cause, words+": "); ok {
-			cause = after
-		}
-	}
-	for _, m := range ociMarkers {
-		if i := strings.LastIndex(cause, m); i >= 0 {
-			cause = strings.TrimSuffix(cause[i+len(m):], grpcCodeTail)
-			break
-		}
-	}
-	if words == "" {
-		return fmt.Sprintf("exec %q in sandbox %s: %s", command, sandbox, cause)
-	}
-	return fmt.Sprintf("exec %q in sandbox %s: %s: %s", command, sandbox, words, cause)
 }
 
 // execError words a runtime error for the remote command's status.

@@ -212,6 +212,7 @@ func TestExecCommandNotStarted(t *testing.T) {
 		{name: "not found on a terminal", cmd: "nosuchcmd", tty: true, code: 127,
 			stdout: `exec "nosuchcmd" in sandbox ns/n-a: the command was not found: exec: "nosuchcmd": executable file not found in $PATH` + "\r\n"},
 		{name: "the sandbox finished meanwhile", cmd: "vanish", wantErrContains: "sandbox has finished"},
+		{name: "no exit code for the cause", cmd: "unstartable", wantErrContains: "the command could not be started: no command to run"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
@@ -233,43 +234,6 @@ func TestExecCommandNotStarted(t *testing.T) {
 			}
 			if out.String() != tc.stdout || errOut.String() != tc.stderr {
 				t.Errorf("stdout %q, stderr %q; want %q, %q", out.String(), errOut.String(), tc.stdout, tc.stderr)
-			}
-		})
-	}
-}
-
-func TestNotStartedMessage(t *testing.T) {
-	for _, tc := range []struct {
-		name, cmd string
-		code      int
-		err, want string
-	}{
-		{"runc, not in PATH", "x", 127,
-			`starting "x" in sandbox u: the command was not found: failed to start exec "e": OCI runtime exec failed: exec failed: unable to start container process: exec: "x": executable file not found in $PATH: unknown`,
-			`exec "x" in sandbox ns/sb: the command was not found: exec: "x": executable file not found in $PATH`},
-		{"runc, no such file", "/x", 127,
-			`starting "/x" in sandbox u: the command was not found: OCI runtime exec failed: exec failed: unable to start container process: exec: "/x": stat /x: no such file or directory: unknown`,
-			`exec "/x" in sandbox ns/sb: the command was not found: exec: "/x": stat /x: no such file or directory`},
-		{"crun", "x", 127,
-			"starting \"x\" in sandbox u: the command was not found: OCI runtime exec failed: executable file `x` not found in $PATH: No such file or directory: unknown",
-			"exec \"x\" in sandbox ns/sb: the command was not found: executable file `x` not found in $PATH: No such file or directory"},
-		{"not executable", "/etc/passwd", 126,
-			`starting "/etc/passwd" in sandbox u: the command cannot be run: OCI runtime exec failed: exec failed: unable to start container process: exec /etc/passwd: permission denied: unknown`,
-			`exec "/etc/passwd" in sandbox ns/sb: the command cannot be run: exec /etc/passwd: permission denied`},
-		{"exec server, not in PATH", "x", 127,
-			`starting "x" in sandbox u: the command was not found: exec "x": executable file not found in $PATH`,
-			`exec "x" in sandbox ns/sb: the command was not found: exec "x": executable file not found in $PATH`},
-		{"exec server, not executable", "/etc/passwd", 126,
-			`starting "/etc/passwd" in sandbox u: the command cannot be run: exec "/etc/passwd": exec /etc/passwd: permission denied`,
-			`exec "/etc/passwd" in sandbox ns/sb: the command cannot be run: exec "/etc/passwd": exec /etc/passwd: permission denied`},
-		{"another runtime's words", "x", 127, "no such program x",
-			`exec "x" in sandbox ns/sb: the command was not found: no such program x`},
-		{"another code", "x", 2, "cannot start x",
-			`exec "x" in sandbox ns/sb: cannot start x`},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := notStartedMessage(tc.cmd, "ns/sb", tc.code, errors.New(tc.err)); got != tc.want {
-				t.Errorf("got  %q\nwant %q", got, tc.want)
 			}
 		})
 	}

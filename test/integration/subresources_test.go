@@ -166,8 +166,8 @@ func (r *srRuntime) Exec(_ context.Context, uid string, o runtime.ExecOptions) (
 	case "vanish":
 		return -1, fmt.Errorf("sandbox %s: %w", uid, runtime.ErrFinished)
 	}
-	return 127, fmt.Errorf(`starting %q in sandbox %s: the command was not found: failed to start exec "exec-1": OCI runtime exec failed: `+
-		`exec failed: unable to start container process: exec: %q: executable file not found in $PATH: unknown`, o.Command[0], uid, o.Command[0])
+	return 127, fmt.Errorf("starting %q in sandbox %s: %w", o.Command[0], uid,
+		&runtime.CommandError{Code: 127, Cause: fmt.Sprintf(`exec: %q: executable file not found in $PATH`, o.Command[0])})
 }
 
 // srRealAgent runs pkg/agent over srRuntime with sandbox sbx, serving the

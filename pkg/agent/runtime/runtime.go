@@ -72,6 +72,36 @@ var (
 	ErrFinished = errors.New("sandbox has finished")
 )
 
+// Exit codes of a command that Exec could not start, as a shell's.
+const (
+	ExitCommandNotFound      = 127
+	ExitCommandNotExecutable = 126
+)
+
+// CommandError is Exec's error for a command that could not be started;
+// Exec returns its Code as the exit code.
+type CommandError struct {
+	// Code is ExitCommandNotFound, ExitCommandNotExecutable, or -1 for
+	// another cause.
+	Code int
+	// Cause is what the OCI runtime or the sandbox's exec server said, in
+	// its words (e.g. `exec: "x": executable file not found in $PATH`).
+	Cause string
+}
+
+func (e *CommandError) Error() string { return e.Problem() + ": " + e.Cause }
+
+// Problem says what kept the command from starting, by its code.
+func (e *CommandError) Problem() string {
+	switch e.Code {
+	case ExitCommandNotFound:
+		return "the command was not found"
+	case ExitCommandNotExecutable:
+		return "the command cannot be run"
+	}
+	return "the command could not be started"
+}
+
 // Interactive is a runtime whose running sandboxes can be talked to: a
 // process run in them, frozen and thawed, their files reached and their
 // output followed (see docs/interactive.md).

@@ -501,15 +501,7 @@ func resize(master *os.File, size runtime.TerminalSize) {
 	})
 }
 
-// startFailed is the error of a command the server could not start, in the
-// words of execFailed's.
+// startFailed is the error of a command the server could not start.
 func startFailed(uid, command string, se *sandboxinit.StartError) error {
-	what := fmt.Sprintf("starting %q", command)
-	switch se.Code {
-	case ExitCommandNotFound:
-		return fmt.Errorf("%s in sandbox %s: the command was not found: %w", what, uid, se)
-	case ExitCommandNotExecutable:
-		return fmt.Errorf("%s in sandbox %s: the command cannot be run: %w", what, uid, se)
-	}
-	return fmt.Errorf("%s in sandbox %s: %w", what, uid, se)
+	return fmt.Errorf("starting %q in sandbox %s: %w", command, uid, &runtime.CommandError{Code: se.Code, Cause: se.Message})
 }

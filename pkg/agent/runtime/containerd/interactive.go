@@ -288,8 +288,8 @@ const (
 
 // Exit codes of an exec whose command could not be started, as a shell's.
 const (
-	ExitCommandNotFound      = 127
-	ExitCommandNotExecutable = 126
+	ExitCommandNotFound      = runtime.ExitCommandNotFound
+	ExitCommandNotExecutable = runtime.ExitCommandNotExecutable
 )
 
 // Exec runs opts.Command in the sandbox (see above) and returns its exit
@@ -534,7 +534,8 @@ func (r *Runtime) deleteExec(p client.Process, exited bool) {
 }
 
 // execFailed explains an exec that containerd refused: the sandbox was
-// paused or ended meanwhile, or the command could not be started.
+// paused or ended meanwhile, or the command could not be started (a
+// runtime.CommandError in the OCI runtime's words).
 func (r *Runtime) execFailed(ctx context.Context, uid string, task client.Task, what string, err error) error {
 	st, serr := r.taskStatus(context.WithoutCancel(ctx), uid, task)
 	switch {
@@ -543,13 +544,29 @@ func (r *Runtime) execFailed(ctx context.Context, uid string, task client.Task, 
 	case serr == nil && st != client.Running:
 		return fmt.Errorf("sandbox %s: %w", uid, runtime.ErrPaused)
 	}
-	switch startFailedCode(err) {
-	case ExitCommandNotFound:
-		return fmt.Errorf("%s in sandbox %s: the command was not found: %w", what, uid, err)
-	case ExitCommandNotExecutable:
-		return fmt.Errorf("%s in sandbox %s: the command cannot be run: %w", what, uid, err)
+	if code := startFailedCode(err); code > 0 {
+		return fmt.Errorf("%s in sandbox %s: %w", what, uid, &runtime.CommandError{Code: code, Cause: ociCause(err)})
 	}
 	return fmt.Errorf("%s in sandbox %s: %w", what, uid, err)
+}
+
+// Where the OCI runtime's own words start in containerd's error for a
+// process its shim could not start (runc's, then any runtime's), and the
+// gRPC code containerd appends to them.
+var (
+	ociMarkers   = []string{"unable to start container process: ", "OCI runtime exec failed: "}
+	grpcCodeTail = ": unknown"
+)
+
+// ociCause is the OCI runtime's words in containerd's error err.
+func ociCause(err error) string {
+	cause := err.Error()
+	for _, m := range ociMarkers {
+		if i := strings.LastIndex(cause, m); i >= 0 {
+			return strings.TrimSuffix(cause[i+len(m):], grpcCodeTail)
+		}
+	}
+	return cause
 }
 
 // startFailedCode is the exit code a shell gives a command that failed to

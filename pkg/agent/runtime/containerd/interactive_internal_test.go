@@ -77,3 +77,30 @@ func TestInCgroup(t *testing.T) {
 		t.Errorf("systemd leaf %q", leaf)
 	}
 }
+
+func TestOCICause(t *testing.T) {
+	for _, tc := range []struct {
+		name, err, want string
+		code            int
+	}{
+		{"runc, not in PATH", `failed to start exec "e": OCI runtime exec failed: exec failed: unable to start container process: exec: "x": executable file not found in $PATH: unknown`,
+			`exec: "x": executable file not found in $PATH`, ExitCommandNotFound},
+		{"runc, no such file", `OCI runtime exec failed: exec failed: unable to start container process: exec: "/x": stat /x: no such file or directory: unknown`,
+			`exec: "/x": stat /x: no such file or directory`, ExitCommandNotFound},
+		{"crun", "OCI runtime exec failed: executable file `x` not found in $PATH: No such file or directory: unknown",
+			"executable file `x` not found in $PATH: No such file or directory", ExitCommandNotFound},
+		{"not executable", `OCI runtime exec failed: exec failed: unable to start container process: exec /etc/passwd: permission denied: unknown`,
+			`exec /etc/passwd: permission denied`, ExitCommandNotExecutable},
+		{"another runtime's words", "no such program x", "no such program x", -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := errors.New(tc.err)
+			if got := ociCause(err); got != tc.want {
+				t.Errorf("ociCause = %q, want %q", got, tc.want)
+			}
+			if got := startFailedCode(err); got != tc.code {
+				t.Errorf("startFailedCode = %d, want %d", got, tc.code)
+			}
+		})
+	}
+}
