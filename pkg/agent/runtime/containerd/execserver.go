@@ -93,7 +93,7 @@ type execSlot struct {
 	failed time.Time             // of the last failed start
 }
 
-// slot is container id's slot, made if need be.
+// execSlot is container id's slot, made if need be.
 func (r *Runtime) execSlot(id string) *execSlot {
 	s := &r.execServers
 	s.mu.Lock()
@@ -131,7 +131,7 @@ func (r *Runtime) liveExecServer(id string) (conn *sandboxinit.ExecConn, release
 
 // execServer returns the exec server of container c, starting one as proc
 // if it has none, marked in use until release is called.
-func (r *Runtime) execServer(ctx context.Context, c client.Container, task client.Task, proc *specs.Process) (*sandboxinit.ExecConn, func(), error) {
+func (r *Runtime) execServer(c client.Container, task client.Task, proc *specs.Process) (*sandboxinit.ExecConn, func(), error) {
 	id := c.ID()
 	sl := r.execSlot(id)
 	sl.mu.Lock()
@@ -145,7 +145,7 @@ func (r *Runtime) execServer(ctx context.Context, c client.Container, task clien
 	if time.Since(sl.failed) < execServerRetry {
 		return nil, nil, errors.New("its exec server failed to start a moment ago")
 	}
-	conn, err := r.startExecServer(ctx, id, task, proc)
+	conn, err := r.startExecServer(id, task, proc)
 	if err != nil {
 		sl.failed = time.Now()
 		r.log.Info("no exec server: execs go through the OCI runtime until it is tried again", "container", id, "retryAfter", execServerRetry, "err", err)
@@ -206,13 +206,14 @@ func (r *Runtime) use(id string, sl *execSlot) func() {
 
 // startExecServer starts container id's exec server as proc and waits for
 // it to call.
-func (r *Runtime) startExecServer(ctx context.Context, id string, task client.Task, proc *specs.Process) (*sandboxinit.ExecConn, error) {
+func (r *Runtime) startExecServer(id string, task client.Task, proc *specs.Process) (*sandboxinit.ExecConn, error) {
 	dir := r.warmDir(id)
 	if _, err := os.Stat(dir); err != nil {
 		return nil, fmt.Errorf("the container has no socket directory: %w", err)
 	}
-	// The calls outlive ctx: a server is never left started behind a
-	// cancelled call.
+	// The calls outlive the exec that asked for the server: a server is
+	// never left half started behind a cancelled call, and it serves the
+	// next exec.
 	sctx, cancel := context.WithTimeout(r.nsCtx(r.ctx), execServerStartTimeout+execServerStopTimeout)
 	defer cancel()
 	// One a previous agent started: it ended with that agent's connection,

@@ -330,7 +330,7 @@ func (r *Runtime) Exec(ctx context.Context, uid string, opts runtime.ExecOptions
 		return -1, err
 	}
 	if r.cfg.ExecServerIdleTimeout >= 0 && r.initPath != "" && roomForExecServer(labels) {
-		conn, release, err := r.execServer(ctx, c, task, proc)
+		conn, release, err := r.execServer(c, task, proc)
 		if err == nil {
 			code, err := r.execThrough(ctx, uid, conn, opts)
 			release()
