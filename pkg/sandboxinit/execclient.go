@@ -97,8 +97,10 @@ type ExecProcess struct {
 }
 
 // Start asks the server to run req, with streams or (req.TTY) on a new
-// terminal, and waits until it said that it started, by deadline.
-func (c *ExecConn) Start(req ExecRequest, streams ExecStreams, deadline time.Time) (*ExecProcess, error) {
+// terminal, and waits until it said that it started, by deadline or until
+// ctx ends (then the command is killed if it started, and ctx's error is
+// returned).
+func (c *ExecConn) Start(ctx context.Context, req ExecRequest, streams ExecStreams, deadline time.Time) (*ExecProcess, error) {
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("making an exec channel: %w: %w", ErrNotSent, err)
@@ -144,8 +146,13 @@ func (c *ExecConn) Start(req ExecRequest, streams ExecStreams, deadline time.Tim
 	}
 	p := &ExecProcess{ch: ch}
 	_ = ch.SetReadDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = ch.SetReadDeadline(time.Unix(1, 0)) })
 	var r ExecReply
 	fd, err := readReply(ch, &r)
+	stop()
+	if ctx.Err() != nil && err == nil {
+		err = ctx.Err() // the deadline may have been set after the read
+	}
 	if err == nil && !r.Started && r.Error == "" {
 		err = errors.New("neither started nor failed")
 	}
@@ -165,6 +172,9 @@ func (c *ExecConn) Start(req ExecRequest, streams ExecStreams, deadline time.Tim
 	}
 	if err != nil {
 		_ = ch.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		return nil, fmt.Errorf("reading the exec server's answer: %w", err)
 	}
 	if !r.Started {

@@ -84,7 +84,7 @@ type result struct {
 func run(t *testing.T, c *ExecConn, stdin io.Reader, args ...string) result {
 	t.Helper()
 	p := newPipes(t, stdin != nil)
-	proc, err := c.Start(ExecRequest{Args: args}, p.streams, time.Now().Add(5*time.Second))
+	proc, err := c.Start(context.Background(), ExecRequest{Args: args}, p.streams, time.Now().Add(5*time.Second))
 	p.sent()
 	if err != nil {
 		_ = p.stdout.Close()
@@ -180,7 +180,7 @@ func TestExecServerStartFailures(t *testing.T) {
 
 func TestExecServerTerminal(t *testing.T) {
 	c, _ := serveExec(t)
-	proc, err := c.Start(ExecRequest{Args: []string{"sh", "-c", "tty; stty size; echo $TERM; read x; stty size; echo got $x"}, TTY: true, Width: 100, Height: 40},
+	proc, err := c.Start(context.Background(), ExecRequest{Args: []string{"sh", "-c", "tty; stty size; echo $TERM; read x; stty size; echo got $x"}, TTY: true, Width: 100, Height: 40},
 		ExecStreams{}, time.Now().Add(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -240,7 +240,7 @@ func TestExecServerKills(t *testing.T) {
 	t.Run("a closed channel", func(t *testing.T) {
 		c, _ := serveExec(t)
 		p := newPipes(t, false)
-		proc, err := c.Start(ExecRequest{Args: []string{"sleep", "100"}}, p.streams, time.Now().Add(5*time.Second))
+		proc, err := c.Start(context.Background(), ExecRequest{Args: []string{"sleep", "100"}}, p.streams, time.Now().Add(5*time.Second))
 		p.sent()
 		if err != nil {
 			t.Fatal(err)
@@ -258,7 +258,7 @@ func TestExecServerKills(t *testing.T) {
 	t.Run("a cancelled wait", func(t *testing.T) {
 		c, _ := serveExec(t)
 		p := newPipes(t, false)
-		proc, err := c.Start(ExecRequest{Args: []string{"sleep", "100"}}, p.streams, time.Now().Add(5*time.Second))
+		proc, err := c.Start(context.Background(), ExecRequest{Args: []string{"sleep", "100"}}, p.streams, time.Now().Add(5*time.Second))
 		p.sent()
 		if err != nil {
 			t.Fatal(err)
@@ -273,7 +273,7 @@ func TestExecServerKills(t *testing.T) {
 	t.Run("a closed connection ends the server and its commands", func(t *testing.T) {
 		c, exited := serveExec(t)
 		p := newPipes(t, false)
-		proc, err := c.Start(ExecRequest{Args: []string{"sleep", "100"}}, p.streams, time.Now().Add(5*time.Second))
+		proc, err := c.Start(context.Background(), ExecRequest{Args: []string{"sleep", "100"}}, p.streams, time.Now().Add(5*time.Second))
 		p.sent()
 		if err != nil {
 			t.Fatal(err)
@@ -414,7 +414,7 @@ func TestExecClientDistrustsTheServer(t *testing.T) {
 				p = newPipes(t, false)
 				streams = p.streams
 			}
-			proc, err := c.Start(ExecRequest{Args: []string{"true"}, TTY: tc.tty}, streams, time.Now().Add(time.Second))
+			proc, err := c.Start(context.Background(), ExecRequest{Args: []string{"true"}, TTY: tc.tty}, streams, time.Now().Add(time.Second))
 			if p != nil {
 				p.sent()
 				_ = p.stdout.Close()
@@ -436,6 +436,18 @@ func TestExecClientDistrustsTheServer(t *testing.T) {
 			waitFor(t, fmt.Sprintf("the descriptors open before (%d)", before), func() bool { return openFDs(t) <= before })
 		})
 	}
+	t.Run("silence, until the caller gives up", func(t *testing.T) {
+		c := hostileServer(t, func(ch *net.UnixConn) { _, _ = io.Copy(io.Discard, ch) })
+		p := newPipes(t, false)
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := c.Start(ctx, ExecRequest{Args: []string{"true"}}, p.streams, time.Now().Add(time.Minute))
+		p.sent()
+		if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 5*time.Second {
+			t.Errorf("start: %v after %v, want the context's end", err, time.Since(start))
+		}
+	})
 	t.Run("a hello of another version", func(t *testing.T) {
 		sock := filepath.Join(t.TempDir(), ExecSocketName)
 		ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})

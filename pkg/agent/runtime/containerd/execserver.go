@@ -354,6 +354,38 @@ func (r *Runtime) closeExecServers() {
 	}
 }
 
+// execVia runs opts through container id's exec server conn, whose use
+// release ends. sent is false when the server could not be asked: nothing
+// ran, the caller may run the command another way. A server that failed an
+// exec it was asked (it died, or was stopped: something in the sandbox can
+// do both) is discarded, so that the next exec starts another.
+func (r *Runtime) execVia(ctx context.Context, uid, id string, conn *sandboxinit.ExecConn, release func(), opts runtime.ExecOptions) (code int, sent bool, err error) {
+	code, err = r.execThrough(ctx, uid, conn, opts)
+	release()
+	if errors.Is(err, sandboxinit.ErrNotSent) {
+		return code, false, err
+	}
+	if errors.Is(err, errServerGone) {
+		r.discardExecServer(id, conn)
+	}
+	return code, true, r.explainExecError(ctx, uid, err)
+}
+
+// discardExecServer stops container id's exec server if it is still conn.
+func (r *Runtime) discardExecServer(id string, conn *sandboxinit.ExecConn) {
+	r.execServers.mu.Lock()
+	sl := r.execServers.slots[id]
+	r.execServers.mu.Unlock()
+	if sl == nil {
+		return
+	}
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	if sl.conn == conn {
+		r.stopExecServer(id, sl)
+	}
+}
+
 // errServerGone is an exec the exec server could not take: it is gone.
 var errServerGone = errors.New("the exec server went away")
 
@@ -404,7 +436,7 @@ func (r *Runtime) execThrough(ctx context.Context, uid string, conn *sandboxinit
 			}
 		}
 	}
-	proc, err := conn.Start(req, streams, time.Now().Add(execStartTimeout))
+	proc, err := conn.Start(ctx, req, streams, time.Now().Add(execStartTimeout))
 	closeAll(streams.Stdout, streams.Stderr, streams.Stdin)
 	if err != nil {
 		closeAll(outR, errR, inW)
@@ -412,7 +444,7 @@ func (r *Runtime) execThrough(ctx context.Context, uid string, conn *sandboxinit
 		if errors.As(err, &se) {
 			return se.Code, startFailed(uid, opts.Command[0], se)
 		}
-		if errors.Is(err, sandboxinit.ErrNotSent) {
+		if errors.Is(err, sandboxinit.ErrNotSent) || ctx.Err() != nil {
 			return -1, err
 		}
 		return -1, fmt.Errorf("%w before the command started: %w", errServerGone, err)

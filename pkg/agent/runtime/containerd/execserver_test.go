@@ -175,6 +175,30 @@ func TestExecServer(t *testing.T) {
 		}
 	})
 
+	t.Run("a sandbox that stops its exec server", func(t *testing.T) {
+		old := e.execServers(t, id)
+		// The command's exit is never said: the exec ends with its caller.
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if _, err := rt.Exec(cctx, uid, runtime.ExecOptions{Command: []string{"sh", "-c", "kill -STOP $PPID"}}); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("the exec that stopped its server: %v", err)
+		}
+		// The next one finds it silent, fails after its deadline and
+		// discards it; the one after that has a new server.
+		start := time.Now()
+		r := run(t, rt, uid, nil, "true")
+		t.Logf("the exec into the stopped server: code %d, %v, after %v", r.code, r.err, time.Since(start))
+		if r.err == nil || time.Since(start) > 10*time.Second {
+			t.Errorf("the exec into the stopped server: %+v after %v", r, time.Since(start))
+		}
+		if got := mustRun(t, rt, uid, "echo", "next"); got != "next\n" {
+			t.Errorf("the next exec: %q", got)
+		}
+		if now := e.execServers(t, id); len(now) != 1 || now[0] == old[0] {
+			t.Errorf("exec servers: %v, the stopped one %v; want one new", now, old)
+		}
+	})
+
 	t.Run("a restarted agent replaces its predecessor's", func(t *testing.T) {
 		old := e.execServers(t, id)
 		rt.Close()
@@ -207,9 +231,11 @@ func TestExecServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		if p, err := task.LoadProcess(dctx, containerd.ExecServerID, nil); err == nil {
-			if _, err := p.Delete(dctx); err != nil {
-				t.Fatal(err)
-			}
+			// Its exit may not have reached containerd yet.
+			eventually(t, "the old server's process deleted", func() bool {
+				_, err := p.Delete(dctx)
+				return err == nil || errdefs.IsNotFound(err)
+			})
 		}
 		spec, err := c.Spec(dctx)
 		if err != nil {

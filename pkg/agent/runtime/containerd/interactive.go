@@ -310,10 +310,8 @@ func (r *Runtime) Exec(ctx context.Context, uid string, opts runtime.ExecOptions
 	// A running sandbox with an exec server takes no call to containerd.
 	if id, ok := r.knownRunningID(uid); ok {
 		if conn, release, ok := r.liveExecServer(id); ok {
-			code, err := r.execThrough(ctx, uid, conn, opts)
-			release()
-			if !errors.Is(err, sandboxinit.ErrNotSent) {
-				return code, r.explainExecError(ctx, uid, err)
+			if code, sent, err := r.execVia(ctx, uid, id, conn, release, opts); sent {
+				return code, err
 			}
 		}
 	}
@@ -332,10 +330,8 @@ func (r *Runtime) Exec(ctx context.Context, uid string, opts runtime.ExecOptions
 	if r.cfg.ExecServerIdleTimeout >= 0 && r.initPath != "" && roomForExecServer(labels) {
 		conn, release, err := r.execServer(c, task, proc)
 		if err == nil {
-			code, err := r.execThrough(ctx, uid, conn, opts)
-			release()
-			if !errors.Is(err, sandboxinit.ErrNotSent) {
-				return code, r.explainExecError(ctx, uid, err)
+			if code, sent, err := r.execVia(ctx, uid, c.ID(), conn, release, opts); sent {
+				return code, err
 			}
 		} else {
 			r.log.V(1).Info("exec through the OCI runtime: no exec server", "sandbox", uid, "err", err)
