@@ -178,9 +178,16 @@ func TestExecServer(t *testing.T) {
 	t.Run("a sandbox that stops its exec server", func(t *testing.T) {
 		old := e.execServers(t, id)
 		// The command's exit is never said: the exec ends with its caller.
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		cctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		if _, err := rt.Exec(cctx, uid, runtime.ExecOptions{Command: []string{"sh", "-c", "kill -STOP $PPID"}}); !errors.Is(err, context.DeadlineExceeded) {
+		stopped := make(chan error, 1)
+		go func() {
+			_, err := rt.Exec(cctx, uid, runtime.ExecOptions{Command: []string{"sh", "-c", "kill -STOP $PPID"}})
+			stopped <- err
+		}()
+		eventually(t, "the server stopped", func() bool { return strings.HasPrefix(procStatus(t, old[0], "State"), "T") })
+		cancel()
+		if err := <-stopped; !errors.Is(err, context.Canceled) {
 			t.Errorf("the exec that stopped its server: %v", err)
 		}
 		// The next one finds it silent, fails after its deadline and
