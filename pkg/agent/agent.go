@@ -709,6 +709,9 @@ func (a *Agent) Status(ctx context.Context) *api.Status {
 	}
 	a.metrics.setSandboxes(st.Sandboxes)
 	a.metrics.setWarm(st.Warm)
+	if ec, ok := a.rt.(runtime.ExecServerCounter); ok {
+		a.metrics.execServers.Set(float64(ec.ExecServers()))
+	}
 	return st
 }
 

@@ -88,7 +88,7 @@ func (a *Agent) serveExec(w http.ResponseWriter, r *http.Request) error {
 		return refuse(http.StatusBadRequest, "parameter %s is required", paramCommand)
 	}
 	return a.serveStream(w, r, uid, func(w http.ResponseWriter, r *http.Request, rt runtime.Interactive, opts *rcmd.Options) {
-		e := &executor{rt: rt, uid: uid, sandbox: a.sandboxName(uid), log: a.log}
+		e := &executor{rt: rt, uid: uid, sandbox: a.sandboxName(uid), log: a.log, metrics: a.metrics}
 		rcmd.ServeExec(w, r, e, uid, uid, "", cmd, opts,
 			streamIdleTimeout, rcmd.DefaultStreamCreationTimeout, rcmd.SupportedStreamingProtocols)
 	})
@@ -154,6 +154,7 @@ type executor struct {
 	// sandbox names the sandbox in messages ("namespace/name").
 	sandbox string
 	log     logr.Logger
+	metrics *metrics
 }
 
 func (e *executor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []string, in io.Reader, out, errOut io.WriteCloser,
@@ -194,11 +195,21 @@ func (e *executor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []st
 			}
 		}()
 	}
+	start := time.Now()
 	code, err := e.rt.Exec(ctx, e.uid, opts)
+	took := time.Since(start)
 	close(done)
 	wg.Wait()
 	var notStarted error
 	var ce *runtime.CommandError
+	switch {
+	case err == nil:
+		e.metrics.observeExec(execExited, took)
+	case errors.As(err, &ce):
+		e.metrics.observeExec(execNotStarted, took)
+	default:
+		e.metrics.observeExec(execFailed, took)
+	}
 	if errors.As(err, &ce) && ce.Code > 0 && ctx.Err() == nil {
 		// The command could not be started: say so as a shell would, on
 		// the command's stderr (its terminal with a TTY), and exit with

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -236,6 +237,34 @@ func TestExecCommandNotStarted(t *testing.T) {
 				t.Errorf("stdout %q, stderr %q; want %q, %q", out.String(), errOut.String(), tc.stdout, tc.stderr)
 			}
 		})
+	}
+}
+
+// TestExecMetrics: each exec is counted once, by outcome.
+func TestExecMetrics(t *testing.T) {
+	rt := newFakeInteractive(t, newFakeRuntime())
+	a, srv, _ := startInteractive(t, rt)
+	syncAs(t, srv, 1, sbx("a"))
+	for _, cmd := range []string{"echo", "fail", "nosuchcmd", "vanish"} {
+		_ = stream(t, srv, identityAPIServer, api.PathExec, "a", execQuery(cmd), remotecommand.StreamOptions{Stdout: io.Discard, Stderr: io.Discard})
+	}
+	families, err := a.metrics.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint64{}
+	for _, f := range families {
+		if f.GetName() != "fast_sandbox_agent_exec_duration_seconds" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			got[m.GetLabel()[0].GetValue()] = m.GetHistogram().GetSampleCount()
+		}
+	}
+	// echo and fail ran (exit codes 0 and 1), nosuchcmd did not start,
+	// vanish's sandbox finished.
+	if want := map[string]uint64{execExited: 2, execNotStarted: 1, execFailed: 1}; !maps.Equal(got, want) {
+		t.Errorf("execs by outcome: %v, want %v", got, want)
 	}
 }
 

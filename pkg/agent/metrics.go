@@ -17,6 +17,8 @@ type metrics struct {
 	sandboxes      *prometheus.GaugeVec
 	warm           prometheus.Gauge
 	requests       *prometheus.CounterVec
+	execDuration   *prometheus.HistogramVec
+	execServers    prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -44,14 +46,35 @@ func newMetrics() *metrics {
 			Name: "fast_sandbox_agent_http_requests_total",
 			Help: "API requests, by route and status code.",
 		}, []string{"route", "code"}),
+		execDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "fast_sandbox_agent_exec_duration_seconds",
+			Help: "Time from an exec's start in the runtime to its command's exit, by outcome (exited: the command ran, " +
+				"whatever its exit code; not_started: it could not be started; error: the exec failed or its client left).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18),
+		}, []string{"outcome"}),
+		execServers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "fast_sandbox_agent_exec_servers",
+			Help: "Exec servers running in this agent's sandboxes (each runs its sandbox's execs without runc exec).",
+		}),
 	}
-	m.registry.MustRegister(m.syncDuration, m.createDuration, m.sandboxes, m.warm, m.requests,
+	m.registry.MustRegister(m.syncDuration, m.createDuration, m.sandboxes, m.warm, m.requests, m.execDuration, m.execServers,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 func (m *metrics) observeCreate(st api.SandboxStatus, d time.Duration) {
 	m.createDuration.WithLabelValues(string(st.State), st.Start).Observe(d.Seconds())
+}
+
+// Outcomes of an exec (fast_sandbox_agent_exec_duration_seconds).
+const (
+	execExited     = "exited"
+	execNotStarted = "not_started"
+	execFailed     = "error"
+)
+
+func (m *metrics) observeExec(outcome string, d time.Duration) {
+	m.execDuration.WithLabelValues(outcome).Observe(d.Seconds())
 }
 
 func (m *metrics) setWarm(warm []api.WarmImage) {

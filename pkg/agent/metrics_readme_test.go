@@ -22,6 +22,8 @@ func TestReadmeListsServedMetrics(t *testing.T) {
 	m.setSandboxes(nil)
 	m.setWarm(nil)
 	m.requests.WithLabelValues("status", "200").Inc()
+	m.observeExec(execExited, time.Millisecond)
+	m.execServers.Set(1)
 	families, err := m.registry.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -72,6 +72,13 @@ var (
 	ErrFinished = errors.New("sandbox has finished")
 )
 
+// ExecServerCounter is a runtime whose execs may go through exec servers
+// in the sandboxes (package containerd's execserver.go).
+type ExecServerCounter interface {
+	// ExecServers counts the exec servers running.
+	ExecServers() int
+}
+
 // Exit codes of a command that Exec could not start, as a shell's.
 const (
 	ExitCommandNotFound      = 127

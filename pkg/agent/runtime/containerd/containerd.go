@@ -220,7 +220,10 @@ type Runtime struct {
 	execServers execServers
 }
 
-var _ runtime.Runtime = &Runtime{}
+var (
+	_ runtime.Runtime           = &Runtime{}
+	_ runtime.ExecServerCounter = &Runtime{}
+)
 
 // New returns a runtime; Initialize connects it.
 func New(cfg Config, log logr.Logger) *Runtime {

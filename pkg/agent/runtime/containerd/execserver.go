@@ -333,6 +333,25 @@ func (r *Runtime) dropExecServer(id string) {
 	r.stopExecServer(id, sl)
 }
 
+// ExecServers counts the exec servers running (runtime.ExecServerCounter).
+func (r *Runtime) ExecServers() int {
+	r.execServers.mu.Lock()
+	slots := make([]*execSlot, 0, len(r.execServers.slots))
+	for _, sl := range r.execServers.slots {
+		slots = append(slots, sl)
+	}
+	r.execServers.mu.Unlock()
+	n := 0
+	for _, sl := range slots {
+		sl.mu.Lock()
+		if sl.conn != nil && !isDone(sl.conn) {
+			n++
+		}
+		sl.mu.Unlock()
+	}
+	return n
+}
+
 // closeExecServers closes the connections of every exec server: they kill
 // their commands and exit, as when the agent stops; their processes are
 // left to the next agent to remove, as after a crash.

@@ -85,6 +85,9 @@ func TestExecServer(t *testing.T) {
 		if len(servers) != 1 {
 			t.Fatalf("exec servers: %v, want one", servers)
 		}
+		if n := rt.ExecServers(); n != 1 {
+			t.Errorf("ExecServers() = %d, want 1", n)
+		}
 		for range 5 {
 			mustRun(t, rt, uid, "true")
 		}
@@ -278,6 +281,9 @@ func TestExecServer(t *testing.T) {
 		mustRun(t, rt, uid, "true")
 		eventually(t, "the idle server's end", func() bool { return len(e.execServers(t, id)) == 0 })
 		eventually(t, "its process removed", func() bool { return errdefs.IsNotFound(loadServer(t, id)) })
+		if n := rt.ExecServers(); n != 0 {
+			t.Errorf("ExecServers() = %d after the idle one stopped, want 0", n)
+		}
 		mustRun(t, rt, uid, "true")
 		if n := len(e.execServers(t, id)); n != 1 {
 			t.Errorf("exec servers after the next exec: %d", n)
