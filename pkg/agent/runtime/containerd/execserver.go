@@ -16,6 +16,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/fast-sandbox/fast-sandbox/pkg/agent/api"
 	"github.com/fast-sandbox/fast-sandbox/pkg/agent/runtime"
 	"github.com/fast-sandbox/fast-sandbox/pkg/sandboxinit"
 )
@@ -37,7 +38,8 @@ import (
 // found and removed.
 //
 // The server stays while it is used, and ExecServerIdleTimeout after its
-// last exec ended; its threads (4, whatever the commands running) count
+// last exec ended (a paused sandbox's until it runs again: frozen, it could
+// not exit); its threads (4, whatever the commands running) count
 // against the sandbox's pids limit and its memory against its memory
 // limit. A sandbox without one (a container made without the mounts, one
 // whose pids limit is below execServerMinPids, or one whose server failed
@@ -193,15 +195,37 @@ func (r *Runtime) use(id string, sl *execSlot) func() {
 		if timeout == 0 {
 			timeout = DefaultExecServerIdleTimeout
 		}
-		sl.idle = time.AfterFunc(timeout, func() {
+		var idle func()
+		idle = func() {
 			sl.mu.Lock()
 			defer sl.mu.Unlock()
-			if sl.conn == conn && sl.active == 0 {
-				r.log.V(1).Info("stopping an idle exec server", "container", id)
-				r.stopExecServer(id, sl)
+			if sl.conn != conn || sl.active > 0 {
+				return
 			}
-		})
+			if r.pausedContainer(id) {
+				// Frozen, the server could not exit: it is stopped once its
+				// sandbox runs again.
+				sl.idle = time.AfterFunc(timeout, idle)
+				return
+			}
+			r.log.V(1).Info("stopping an idle exec server", "container", id)
+			r.stopExecServer(id, sl)
+		}
+		sl.idle = time.AfterFunc(timeout, idle)
 	}
+}
+
+// pausedContainer says whether container id is a sandbox's that this
+// runtime paused.
+func (r *Runtime) pausedContainer(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, st := range r.known {
+		if st.ContainerID == id {
+			return st.State == api.StatePaused
+		}
+	}
+	return false
 }
 
 // startExecServer starts container id's exec server as proc and waits for

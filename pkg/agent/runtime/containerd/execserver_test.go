@@ -290,6 +290,35 @@ func TestExecServer(t *testing.T) {
 		}
 	})
 
+	t.Run("a paused sandbox's idle server stops once it runs again", func(t *testing.T) {
+		rt.Close()
+		rt = newRuntime(t, 300*time.Millisecond)
+		if _, err := rt.ListSandboxes(ctx); err != nil {
+			t.Fatal(err)
+		}
+		mustRun(t, rt, uid, "true")
+		if err := rt.Pause(ctx, uid); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		if n := len(e.execServers(t, id)); n != 1 {
+			t.Errorf("exec servers of the paused sandbox: %d, want its frozen one", n)
+		}
+		if err := loadServer(t, id); err != nil {
+			t.Errorf("the paused sandbox's server's process: %v", err)
+		}
+		// Kept, not stopped while frozen (a kill would wait for the thaw).
+		if n := rt.ExecServers(); n != 1 {
+			t.Errorf("ExecServers() of the paused sandbox = %d, want 1", n)
+		}
+		if err := rt.Resume(ctx, uid); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the idle server's end", func() bool { return len(e.execServers(t, id)) == 0 })
+		eventually(t, "its process removed", func() bool { return errdefs.IsNotFound(loadServer(t, id)) })
+		mustRun(t, rt, uid, "true")
+	})
+
 	t.Run("disabled", func(t *testing.T) {
 		rt.Close()
 		eventually(t, "the server's end", func() bool { return len(e.execServers(t, id)) == 0 })
