@@ -505,19 +505,7 @@ func (r *Runtime) execThrough(ctx context.Context, uid string, conn *sandboxinit
 		inW = master
 		copies.Go(func() { _, _ = io.Copy(stdout, master) })
 		if opts.Resize != nil {
-			done.Go(func() {
-				for {
-					select {
-					case <-wctx.Done():
-						return
-					case size, ok := <-opts.Resize:
-						if !ok {
-							return
-						}
-						resize(master, size)
-					}
-				}
-			})
+			done.Go(func() { forwardResizes(wctx, opts.Resize, func(size runtime.TerminalSize) { resize(master, size) }) })
 		}
 	} else {
 		copies.Go(func() { _, _ = io.Copy(stdout, outR) })

@@ -391,19 +391,11 @@ func (r *Runtime) Exec(ctx context.Context, uid string, opts runtime.ExecOptions
 	defer cancel() // ends the goroutines below
 	if opts.TTY && opts.Resize != nil {
 		wg.Go(func() {
-			for {
-				select {
-				case <-wctx.Done():
-					return
-				case size, ok := <-opts.Resize:
-					if !ok {
-						return
-					}
-					if err := p.Resize(wctx, uint32(size.Width), uint32(size.Height)); err != nil && wctx.Err() == nil {
-						r.log.V(1).Info("resizing an exec's terminal", "sandbox", uid, "err", err)
-					}
+			forwardResizes(wctx, opts.Resize, func(size runtime.TerminalSize) {
+				if err := p.Resize(wctx, uint32(size.Width), uint32(size.Height)); err != nil && wctx.Err() == nil {
+					r.log.V(1).Info("resizing an exec's terminal", "sandbox", uid, "err", err)
 				}
-			}
+			})
 		})
 	}
 	if opts.Stdin != nil {
@@ -472,6 +464,22 @@ func (r *Runtime) explainExecError(ctx context.Context, uid string, err error) e
 		return fmt.Errorf("sandbox %s: %w", uid, runtime.ErrPaused)
 	}
 	return fmt.Errorf("exec in sandbox %s: %w", uid, err)
+}
+
+// forwardResizes applies each terminal size that sizes delivers until it
+// closes or ctx ends.
+func forwardResizes(ctx context.Context, sizes <-chan runtime.TerminalSize, apply func(runtime.TerminalSize)) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case size, ok := <-sizes:
+			if !ok {
+				return
+			}
+			apply(size)
+		}
+	}
 }
 
 // eofReader closes eof once r reaches its end.
