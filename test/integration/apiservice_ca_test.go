@@ -26,6 +26,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	genericoptions "k8s.io/apiserver/pkg/server/options"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2/ktesting"
@@ -39,7 +40,6 @@ import (
 	v1alpha1 "github.com/fast-sandbox/fast-sandbox/pkg/apis/sandbox/v1alpha1"
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
 	"github.com/fast-sandbox/fast-sandbox/pkg/poolcontroller"
-	"github.com/fast-sandbox/fast-sandbox/pkg/sandboxapiserver"
 	"github.com/fast-sandbox/fast-sandbox/test/integration/framework"
 	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
 )
@@ -288,36 +288,9 @@ func TestAPIServiceCABundle(t *testing.T) {
 	writeSecretDir(t, servingDir, serving, 1)
 	writeSecretDir(t, clientDir, kubetest.WaitSecret(t, cp.Kube, sysNS, v1alpha1.SandboxAPIServerClientSecretName, poll), 1)
 	kubeconfig := srKubeconfig(t, cp.Config, sysNS, "fast-sandbox-apiserver")
-	o := sandboxapiserver.NewOptions()
-	o.Recommended.SecureServing.Listener = ln
-	o.Recommended.SecureServing.BindPort = ln.Addr().(*net.TCPAddr).Port
-	o.Recommended.SecureServing.ServerCert.CertKey.CertFile = filepath.Join(servingDir, agentpki.KeyCert)
-	o.Recommended.SecureServing.ServerCert.CertKey.KeyFile = filepath.Join(servingDir, agentpki.KeyKey)
-	o.Recommended.Authentication.RemoteKubeConfigFile = kubeconfig
-	o.Recommended.Authorization.RemoteKubeConfigFile = kubeconfig
-	o.Recommended.CoreAPI.CoreAPIKubeconfigPath = kubeconfig
-	o.SystemNamespace = sysNS
-	o.AgentClientCertDir = clientDir
-	if err := o.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := o.Config()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := cfg.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("the sandbox-apiserver did not stop")
-		}
+	srStartServer(ctx, t, cancel, ln, kubeconfig, sysNS, clientDir, func(cert *genericoptions.GeneratableKeyCert) {
+		cert.CertKey.CertFile = filepath.Join(servingDir, agentpki.KeyCert)
+		cert.CertKey.KeyFile = filepath.Join(servingDir, agentpki.KeyKey)
 	})
 
 	// A client that trusts only the caBundle reaches /healthz by the

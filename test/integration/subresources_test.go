@@ -26,6 +26,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	genericoptions "k8s.io/apiserver/pkg/server/options"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -335,39 +336,12 @@ func TestSubresourcesServer(t *testing.T) {
 	// The sandbox-apiserver, delegating to the test kube-apiserver, as its
 	// ServiceAccount with the RBAC of manifests/default/rbac.yaml.
 	kubeconfig := srKubeconfig(t, cp.Config, sysNS, "fast-sandbox-apiserver")
-	o := sandboxapiserver.NewOptions()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	o.Recommended.SecureServing.Listener = ln
-	o.Recommended.SecureServing.BindPort = ln.Addr().(*net.TCPAddr).Port
-	o.Recommended.SecureServing.ServerCert.CertDirectory = t.TempDir()
-	o.Recommended.Authentication.RemoteKubeConfigFile = kubeconfig
-	o.Recommended.Authorization.RemoteKubeConfigFile = kubeconfig
-	o.Recommended.CoreAPI.CoreAPIKubeconfigPath = kubeconfig
-	o.SystemNamespace = sysNS
-	o.AgentClientCertDir = certDir
-	if err := o.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := o.Config()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := cfg.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("the sandbox-apiserver did not stop")
-		}
+	srStartServer(ctx, t, cancel, ln, kubeconfig, sysNS, certDir, func(cert *genericoptions.GeneratableKeyCert) {
+		cert.CertDirectory = t.TempDir() // self-signed
 	})
 	base := "https://" + ln.Addr().String()
 	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, Timeout: 30 * time.Second}
@@ -577,4 +551,43 @@ func TestSubresourcesServer(t *testing.T) {
 			t.Errorf("the agent saw client identity %q", id)
 		}
 	}
+}
+
+// srStartServer runs the sandbox-apiserver on ln until ctx ends (cancel
+// ends it when the test is done), as the ServiceAccount of kubeconfig,
+// reaching agents with the client certificate in clientDir; serving sets
+// its serving certificate.
+func srStartServer(ctx context.Context, t *testing.T, cancel context.CancelFunc, ln net.Listener, kubeconfig, sysNS, clientDir string,
+	serving func(*genericoptions.GeneratableKeyCert)) {
+	t.Helper()
+	o := sandboxapiserver.NewOptions()
+	o.Recommended.SecureServing.Listener = ln
+	o.Recommended.SecureServing.BindPort = ln.Addr().(*net.TCPAddr).Port
+	serving(&o.Recommended.SecureServing.ServerCert)
+	o.Recommended.Authentication.RemoteKubeConfigFile = kubeconfig
+	o.Recommended.Authorization.RemoteKubeConfigFile = kubeconfig
+	o.Recommended.CoreAPI.CoreAPIKubeconfigPath = kubeconfig
+	o.SystemNamespace = sysNS
+	o.AgentClientCertDir = clientDir
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := o.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := cfg.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("the sandbox-apiserver did not stop")
+		}
+	})
 }
