@@ -295,21 +295,29 @@ func TestExecServerKills(t *testing.T) {
 	})
 }
 
-// hostileServer accepts the agent's requests in place of an exec server
-// and answers each with answer.
-func hostileServer(t *testing.T, answer func(ch *net.UnixConn)) *ExecConn {
+// listenAndDial listens as the agent does on an exec socket and connects
+// to it as a server would; both are closed when the test ends.
+func listenAndDial(t *testing.T) (*net.UnixListener, *net.UnixConn) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), ExecSocketName)
 	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = ln.Close() }()
+	t.Cleanup(func() { _ = ln.Close() })
 	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: sock, Net: "unixpacket"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
+	return ln, conn
+}
+
+// hostileServer accepts the agent's requests in place of an exec server
+// and answers each with answer.
+func hostileServer(t *testing.T, answer func(ch *net.UnixConn)) *ExecConn {
+	t.Helper()
+	ln, conn := listenAndDial(t)
 	hello, _ := json.Marshal(Hello{Version: ExecProtocolVersion, Pid: 1})
 	if _, err := conn.Write(hello); err != nil {
 		t.Fatal(err)
@@ -449,17 +457,7 @@ func TestExecClientDistrustsTheServer(t *testing.T) {
 		}
 	})
 	t.Run("a hello of another version", func(t *testing.T) {
-		sock := filepath.Join(t.TempDir(), ExecSocketName)
-		ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = ln.Close() }()
-		conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: sock, Net: "unixpacket"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = conn.Close() }()
+		ln, conn := listenAndDial(t)
 		_, _ = conn.Write([]byte(`{"version":2}`))
 		if _, err := AcceptExec(ln, time.Now().Add(time.Second)); err == nil || !strings.Contains(err.Error(), "version 2") {
 			t.Errorf("accept: %v", err)
