@@ -286,26 +286,14 @@ func TestAPIServicePatchFailureIsRetried(t *testing.T) {
 // only; a renewal from the same CA leaves it alone.
 func TestAPIServiceCABundleFollowsANewCA(t *testing.T) {
 	now := time.Now()
-	oldCertPEM, oldKeyPEM, err := agentpki.NewCA("old CA", now.Add(-time.Hour), agentpki.DefaultCAValidity)
-	if err != nil {
-		t.Fatal(err)
-	}
-	oldCA, err := agentpki.ParseCA(oldCertPEM, oldKeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := SandboxAPIServerOptions{}.withDefaults(testSysNS).DNSNames()
-	certPEM, keyPEM, err := oldCA.IssueServing(names, now.Add(-time.Hour), agentpki.DefaultCertValidity)
-	if err != nil {
-		t.Fatal(err)
-	}
+	oldCertPEM, certPEM, keyPEM := servingFromOldCA(t, now)
 	old := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.SandboxAPIServerServingSecretName, Namespace: testSysNS},
 		Type:       corev1.SecretTypeTLS,
-		Data:       map[string][]byte{agentpki.KeyCert: certPEM, agentpki.KeyKey: keyPEM, agentpki.KeyCACert: oldCA.CertPEM},
+		Data:       map[string][]byte{agentpki.KeyCert: certPEM, agentpki.KeyKey: keyPEM, agentpki.KeyCACert: oldCertPEM},
 	}
 	svc := testAPIService()
-	svc.Spec.InsecureSkipTLSVerify, svc.Spec.CABundle = false, oldCA.CertPEM
+	svc.Spec.InsecureSkipTLSVerify, svc.Spec.CABundle = false, oldCertPEM
 	e := newAPIServiceEnv(t, k8sfake.NewClientset(old), now, svc)
 	e.process()
 	if n := len(e.patches()); n != 0 {

@@ -411,23 +411,11 @@ func TestServingCertificate(t *testing.T) {
 // current one only.
 func TestServingCertificateFollowsANewCA(t *testing.T) {
 	now := time.Now()
-	oldCertPEM, oldKeyPEM, err := agentpki.NewCA("old CA", now.Add(-time.Hour), agentpki.DefaultCAValidity)
-	if err != nil {
-		t.Fatal(err)
-	}
-	oldCA, err := agentpki.ParseCA(oldCertPEM, oldKeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := SandboxAPIServerOptions{}.withDefaults(testSysNS).DNSNames()
-	certPEM, keyPEM, err := oldCA.IssueServing(names, now.Add(-time.Hour), agentpki.DefaultCertValidity)
-	if err != nil {
-		t.Fatal(err)
-	}
+	oldCertPEM, certPEM, keyPEM := servingFromOldCA(t, now)
 	kube := k8sfake.NewClientset(&corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.SandboxAPIServerServingSecretName, Namespace: testSysNS},
 		Type:       corev1.SecretTypeTLS,
-		Data:       map[string][]byte{agentpki.KeyCert: certPEM, agentpki.KeyKey: keyPEM, agentpki.KeyCACert: oldCA.CertPEM},
+		Data:       map[string][]byte{agentpki.KeyCert: certPEM, agentpki.KeyKey: keyPEM, agentpki.KeyCACert: oldCertPEM},
 	})
 	e := newCredsEnv(t, kube, now)
 	if err := e.c.ensureServingCredential(e.ctx); err != nil {
@@ -438,7 +426,7 @@ func TestServingCertificateFollowsANewCA(t *testing.T) {
 	host := "fast-sandbox-apiserver." + testSysNS + ".svc"
 	servingLeaf(t, s, caPEM, host, now)
 	bundle := s.Data[agentpki.KeyCACert]
-	if want := append(slices.Clone(caPEM), oldCA.CertPEM...); !bytes.Equal(bundle, want) {
+	if want := append(slices.Clone(caPEM), oldCertPEM...); !bytes.Equal(bundle, want) {
 		t.Fatalf("ca.crt during the change of CA:\n%s\nwant the new CA, then the old one", bundle)
 	}
 	// The bundle verifies the old certificate too (still served until the
@@ -464,4 +452,25 @@ func TestServingCertificateFollowsANewCA(t *testing.T) {
 	if !bytes.Equal(s2.Data[agentpki.KeyCert], s.Data[agentpki.KeyCert]) {
 		t.Error("the certificate was issued again when only ca.crt had to change")
 	}
+}
+
+// servingFromOldCA makes a CA other than the controller's ("old CA", made
+// an hour ago) and a serving certificate from it for the sandbox-apiserver's
+// default names, as a replaced CA Secret leaves behind.
+func servingFromOldCA(t *testing.T, now time.Time) (caPEM, certPEM, keyPEM []byte) {
+	t.Helper()
+	caPEM, caKeyPEM, err := agentpki.NewCA("old CA", now.Add(-time.Hour), agentpki.DefaultCAValidity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := agentpki.ParseCA(caPEM, caKeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := SandboxAPIServerOptions{}.withDefaults(testSysNS).DNSNames()
+	certPEM, keyPEM, err = ca.IssueServing(names, now.Add(-time.Hour), agentpki.DefaultCertValidity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return caPEM, certPEM, keyPEM
 }
