@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
@@ -83,6 +84,9 @@ func roomForExecServer(labels map[string]string) bool {
 type execServers struct {
 	mu    sync.Mutex
 	slots map[string]*execSlot // by container ID
+	// live counts the slots with a server (conn set), read without their
+	// locks: a slot's is held while its server starts or stops (seconds).
+	live atomic.Int64
 }
 
 // execSlot is one container's exec server: its mutex orders the server's
@@ -154,6 +158,7 @@ func (r *Runtime) execServer(c client.Container, task client.Task, proc *specs.P
 		return nil, nil, err
 	}
 	sl.conn = conn
+	r.execServers.live.Add(1)
 	go func() {
 		<-conn.Done()
 		// The server is gone (its sandbox ended, or something in the
@@ -310,6 +315,7 @@ func (r *Runtime) stopExecServer(id string, sl *execSlot) {
 	}
 	_ = sl.conn.Close()
 	sl.conn = nil
+	r.execServers.live.Add(-1)
 	ctx, cancel := context.WithTimeout(r.nsCtx(context.Background()), execServerStopTimeout)
 	defer cancel()
 	if err := r.deleteExecServerProcess(ctx, id); err != nil {
@@ -357,24 +363,10 @@ func (r *Runtime) dropExecServer(id string) {
 	r.stopExecServer(id, sl)
 }
 
-// ExecServers counts the exec servers running (runtime.ExecServerCounter).
-func (r *Runtime) ExecServers() int {
-	r.execServers.mu.Lock()
-	slots := make([]*execSlot, 0, len(r.execServers.slots))
-	for _, sl := range r.execServers.slots {
-		slots = append(slots, sl)
-	}
-	r.execServers.mu.Unlock()
-	n := 0
-	for _, sl := range slots {
-		sl.mu.Lock()
-		if sl.conn != nil && !isDone(sl.conn) {
-			n++
-		}
-		sl.mu.Unlock()
-	}
-	return n
-}
+// ExecServers counts the exec servers running (runtime.ExecServerCounter):
+// started and not stopped yet (one that died is counted until its slot
+// notices, at once).
+func (r *Runtime) ExecServers() int { return int(r.execServers.live.Load()) }
 
 // closeExecServers closes the connections of every exec server: they kill
 // their commands and exit, as when the agent stops; their processes are
@@ -392,6 +384,7 @@ func (r *Runtime) closeExecServers() {
 		if sl.conn != nil {
 			_ = sl.conn.Close()
 			sl.conn = nil
+			r.execServers.live.Add(-1)
 		}
 		sl.mu.Unlock()
 	}
