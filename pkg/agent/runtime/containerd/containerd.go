@@ -366,8 +366,8 @@ func (r *Runtime) installInit() error {
 		r.log.Info("no sandbox-init binary: warm containers are off, and sandbox logs are written by the shim, unbounded")
 		return nil
 	}
-	dst := filepath.Join(r.cfg.StateDir, "bin", "sandbox-init")
-	if err := installFile(r.cfg.InitBinary, dst); err != nil {
+	dst, err := installFile(r.cfg.InitBinary, filepath.Join(r.cfg.StateDir, "bin"), "sandbox-init")
+	if err != nil {
 		return fmt.Errorf("installing the sandbox init: %w", err)
 	}
 	r.initPath = dst

@@ -3,6 +3,7 @@ package containerd
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -209,22 +210,31 @@ func searchable(dirs ...string) error {
 	return nil
 }
 
-// installFile copies src to dst atomically, executable. Agents on a node
-// share the state directory: each writes a file of its own, then renames
-// it, so a process started from dst never runs a half-written file.
-func installFile(src, dst string) error {
+// installFile installs src in dir as name-<digest of its content>,
+// executable, and returns its path. Agents on a node share the state
+// directory, and containers bind-mount the file (and shims run it) while
+// other agents start: an installed file is never replaced, since a bind
+// mount of a file renamed over (unlinked) fails with ENOENT. A file of that
+// name is that content already; a new one is written aside and linked into
+// place, which fails, harmlessly, if another agent linked it first.
+func installFile(src, dir, name string) (string, error) {
 	data, err := os.ReadFile(src)
 	if err != nil {
-		return err
+		return "", err
 	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
+	sum := sha256.Sum256(data)
+	dst := filepath.Join(dir, name+"-"+hex.EncodeToString(sum[:8]))
+	if fi, err := os.Stat(dst); err == nil && fi.Mode().IsRegular() && fi.Size() == int64(len(data)) {
+		return dst, nil
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(dir, "."+name+".*")
 	if err != nil {
-		return err
+		return "", err
 	}
-	defer func() { _ = os.Remove(tmp.Name()) }() // once renamed, removes nothing
+	defer func() { _ = os.Remove(tmp.Name()) }()
 	_, err = tmp.Write(data)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
@@ -233,9 +243,12 @@ func installFile(src, dst string) error {
 		err = os.Chmod(tmp.Name(), 0o755)
 	}
 	if err != nil {
-		return err
+		return "", err
 	}
-	return os.Rename(tmp.Name(), dst)
+	if err := os.Link(tmp.Name(), dst); err != nil && !errors.Is(err, fs.ErrExist) {
+		return "", err
+	}
+	return dst, nil
 }
 
 // cleanupWarm removes the unclaimed warm containers of a previous agent.
