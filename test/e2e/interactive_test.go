@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -684,6 +685,11 @@ func serviceAccount(t *testing.T, ns, name, clusterRole string) {
 	if _, err := cluster.Kube.RbacV1().RoleBindings(ns).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The binding takes effect a moment later; both roles give get on
+	// sandboxes.
+	user, groups := kubetest.ServiceAccountUser(ns, name)
+	kubetest.WaitAllowed(t, cluster.Kube, user, groups, authorizationv1.ResourceAttributes{Namespace: ns,
+		Verb: "get", Group: v1alpha1.GroupName, Resource: "sandboxes"})
 }
 
 func testRBAC(t *testing.T, e *interactive) {

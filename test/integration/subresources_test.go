@@ -22,6 +22,7 @@ import (
 
 	"github.com/go-logr/logr/testr"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -277,6 +278,12 @@ func srUser(t *testing.T, cp *framework.ControlPlane, ns, name string, rules []r
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The binding takes effect a moment later: wait until its first rule
+	// holds (the Role is read with the binding, so then all of them do).
+	user, groups := kubetest.ServiceAccountUser(ns, name)
+	resource, subresource, _ := strings.Cut(rules[0].Resources[0], "/")
+	kubetest.WaitAllowed(t, cp.Kube, user, groups, authorizationv1.ResourceAttributes{Namespace: ns,
+		Verb: rules[0].Verbs[0], Group: rules[0].APIGroups[0], Resource: resource, Subresource: subresource})
 	tr, err := cp.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("token of %s/%s: %v", ns, name, err)

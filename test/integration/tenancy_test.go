@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -50,6 +51,8 @@ func bind(t *testing.T, cp *framework.ControlPlane, ns, user, role string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Both roles give get on sandboxes.
+	kubetest.WaitAllowed(t, cp.Kube, user, nil, authorizationv1.ResourceAttributes{Verb: "get", Group: v1alpha1.GroupName, Resource: "sandboxes", Namespace: ns})
 }
 
 // check asserts that err is Forbidden when forbidden, and anything but

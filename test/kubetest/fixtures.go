@@ -2,8 +2,11 @@ package kubetest
 
 import (
 	"context"
+	"fmt"
 	"testing"
+	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -97,4 +100,38 @@ func defaultServiceAccount(tb testing.TB, kube kubernetes.Interface, ns string) 
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		tb.Fatalf("creating the default ServiceAccount of namespace %s: %v", ns, err)
 	}
+}
+
+// WaitAllowed waits until kube-apiserver's authorizer lets user (in
+// groups, and system:authenticated) do what attrs says, as a
+// SubjectAccessReview answers. The RBAC authorizer reads roles and
+// bindings through an informer, so a binding takes effect a moment after
+// it is created: a test that binds and then acts as the subject waits
+// here first.
+func WaitAllowed(tb testing.TB, kube kubernetes.Interface, user string, groups []string, attrs authorizationv1.ResourceAttributes) {
+	tb.Helper()
+	Eventually(tb, Poll{Interval: 20 * time.Millisecond, Timeout: 30 * time.Second},
+		fmt.Sprintf("%s allowed to %s %s in %q", user, attrs.Verb, attrs.Resource, attrs.Namespace),
+		func(ctx context.Context) error {
+			sar, err := kube.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+				Spec: authorizationv1.SubjectAccessReviewSpec{
+					User:               user,
+					Groups:             append([]string{"system:authenticated"}, groups...),
+					ResourceAttributes: &attrs,
+				},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				return err
+			}
+			if !sar.Status.Allowed {
+				return fmt.Errorf("not yet allowed: %s", sar.Status.Reason)
+			}
+			return nil
+		})
+}
+
+// ServiceAccountUser is the user name and groups that a ServiceAccount's
+// token authenticates as.
+func ServiceAccountUser(ns, name string) (string, []string) {
+	return "system:serviceaccount:" + ns + ":" + name, []string{"system:serviceaccounts", "system:serviceaccounts:" + ns}
 }

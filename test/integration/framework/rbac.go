@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -27,6 +28,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/fast-sandbox/fast-sandbox/pkg/generated/clientset/versioned"
+	"github.com/fast-sandbox/fast-sandbox/test/kubetest"
 )
 
 // StartWithRBAC runs kube-apiserver with the RBAC authorizer (Start's
@@ -57,8 +59,41 @@ func StartWithRBAC(t *testing.T) *ControlPlane {
 			t.Fatalf("applying %s: %v", f, err)
 		}
 	}
-	cp.SystemNamespace(t)
+	cp.waitRBACSettled(t, cp.SystemNamespace(t))
 	return cp
+}
+
+// waitRBACSettled waits until kube-apiserver's RBAC authorizer has seen
+// every role and binding applied so far. The authorizer reads them
+// through informers, one watch per kind, each in the order of writes: so
+// once a Role, RoleBinding, ClusterRole and ClusterRoleBinding made last
+// are in effect, so is everything made before them.
+func (cp *ControlPlane) waitRBACSettled(t *testing.T, ns string) {
+	t.Helper()
+	ctx := context.Background()
+	const user, group = "rbac-settled", "test.fast-sandbox.io"
+	rules := func(resource string) []rbacv1.PolicyRule {
+		return []rbacv1.PolicyRule{{APIGroups: []string{group}, Resources: []string{resource}, Verbs: []string{"get"}}}
+	}
+	subjects := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}}
+	meta := metav1.ObjectMeta{Name: user, Namespace: ns}
+	if _, err := cp.Kube.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: user}, Rules: rules("clusterwide")}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.Kube.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: user},
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: user}, Subjects: subjects}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.Kube.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: meta, Rules: rules("namespaced")}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cp.Kube.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: meta,
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: user}, Subjects: subjects}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, resource := range []string{"clusterwide", "namespaced"} {
+		kubetest.WaitAllowed(t, cp.Kube, user, nil, authorizationv1.ResourceAttributes{Verb: "get", Group: group, Resource: resource, Namespace: ns})
+	}
 }
 
 // Impersonate returns clients that act as user in groups.
