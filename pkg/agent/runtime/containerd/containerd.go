@@ -297,6 +297,11 @@ func (r *Runtime) Initialize(ctx context.Context) (runtime.Info, error) {
 	if err := r.initUserNS(ctx); err != nil {
 		return runtime.Info{}, err
 	}
+	// Before any creation of this process: the leases its predecessor took
+	// for creations it did not finish.
+	if r.cfg.Agent != "" {
+		r.sweepCreateLeases(ctx, fmt.Sprintf("labels.%q==%q", LabelAgent, r.cfg.Agent))
+	}
 	// Before the warm containers: they are removed or made with their networks.
 	r.initEgress(ctx)
 	if err := r.initWarm(ctx); err != nil {

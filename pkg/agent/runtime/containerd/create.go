@@ -2,6 +2,7 @@ package containerd
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -109,18 +111,49 @@ func injectAfter(step string, err error) error {
 	return nil
 }
 
+// createLeasePrefix names the lease a creation holds (withLease).
+const createLeasePrefix = "fast-sandbox-create-"
+
 // withLease keeps containerd's GC away from what a creation uses until the
-// container references it.
+// container references it. The lease carries the agent's labels, so that
+// the leases of an agent that died while creating are deleted when it is
+// gone (sweepCreateLeases): until then they hold what they held (a
+// snapshot made for a container never created), and containerd's GC,
+// which runs after a deletion, not when a lease expires, could leave that
+// for good.
 func (r *Runtime) withLease(ctx context.Context) (context.Context, func(context.Context) error, error) {
 	expiry := time.Minute
 	if r.userns {
 		expiry = 10 * time.Minute // the remapped copy of a large image takes a while
 	}
-	ctx, done, err := r.client.WithLease(ctx, leases.WithRandomID(), leases.WithExpiration(expiry))
+	ctx, done, err := r.client.WithLease(ctx, leases.WithID(createLeasePrefix+rand.Text()), leases.WithExpiration(expiry),
+		leases.WithLabels(r.ownLabels(map[string]string{})))
 	if err != nil {
 		return ctx, nil, fmt.Errorf("taking a containerd lease: %w", err)
 	}
 	return ctx, done, nil
+}
+
+// sweepCreateLeases deletes the creation leases matching filter, which
+// names an agent that no longer runs (the previous process of this one, or
+// an agent Pod that is gone), and waits for containerd's GC to remove what
+// only they held.
+func (r *Runtime) sweepCreateLeases(ctx context.Context, filter string) {
+	ls := r.client.LeasesService()
+	all, err := ls.List(ctx, filter)
+	if err != nil {
+		r.log.Error(err, "listing the leases of creations")
+		return
+	}
+	for _, l := range all {
+		if !strings.HasPrefix(l.ID, createLeasePrefix) {
+			continue
+		}
+		r.log.Info("deleting the lease of a creation its agent did not finish", "lease", l.ID, "agent", l.Labels[LabelAgent], "agentPodUID", l.Labels[LabelAgentPodUID])
+		if err := ls.Delete(ctx, l, leases.SynchronousDelete); err != nil && !errdefs.IsNotFound(err) {
+			r.log.Error(err, "deleting the lease of a creation its agent did not finish", "lease", l.ID)
+		}
+	}
 }
 
 // containerPlan is what a container is made from, read and checked before

@@ -120,9 +120,12 @@ func (r *Runtime) removeAgentPodContainers(ctx context.Context, podUID, why stri
 		}
 		removed++
 	}
-	// Ranges of user ids its agent took for containers it never made.
+	// Ranges of user ids its agent took for containers it never made, and
+	// the leases of its creations (with what they held: a snapshot made for
+	// a container it never made).
 	if len(errs) == 0 && podUID != r.cfg.PodUID {
 		r.sweepRangeLeases(ctx, fmt.Sprintf("labels.%q==%q", LabelAgentPodUID, podUID))
+		r.sweepCreateLeases(ctx, fmt.Sprintf("labels.%q==%q", LabelAgentPodUID, podUID))
 	}
 	// Whatever else of the Pod's files is left (no container names it any
 	// more). Never this agent's own, while it runs.
