@@ -141,15 +141,7 @@ func leftovers(t *testing.T, d *containerdtest.Daemon, r *Runtime, agentNS strin
 	t.Helper()
 	ctx := d.Context()
 	var out []string
-	// A synchronous lease deletion runs the GC before it returns.
-	ls := d.Client.LeasesService()
-	gc, err := ls.Create(ctx, leases.WithRandomID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ls.Delete(ctx, gc, leases.SynchronousDelete); err != nil {
-		t.Fatal(err)
-	}
+	ls := collectGarbage(t, d)
 	cs, err := d.Client.Containers(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -202,12 +194,12 @@ func leftovers(t *testing.T, d *containerdtest.Daemon, r *Runtime, agentNS strin
 // TestDeathWhileMaking plays an agent that dies after making a container's
 // root filesystem and before the container (its connection to containerd
 // gone, nothing cleaned up), cold and warm, with user namespaces and
-// without. The snapshot is then held by
-// nothing but the creation's lease, and containerd's GC runs after
-// deletions, not when a lease expires: the chaos e2e found such a snapshot
-// left on the node for good. Whoever comes next must remove it: the
-// agent's next process (same agent), or, when the agent Pod is gone,
-// CleanupAgentPod (which the orphan sweep of any other agent shares).
+// without. The snapshot is then held by nothing but the creation's lease,
+// and containerd's GC runs after deletions, not when a lease expires: the
+// chaos e2e found such a snapshot left on the node for good. Whoever comes
+// next must remove it: the agent's next process (same agent), or, when
+// the agent Pod is gone, CleanupAgentPod (which the orphan sweep of any
+// other agent shares).
 func TestDeathWhileMaking(t *testing.T) {
 	d := startContainerd(t)
 	t.Cleanup(func() { failStep.Store(nil) })
@@ -282,14 +274,7 @@ func TestDeathWhileMaking(t *testing.T) {
 func createLeftovers(t *testing.T, d *containerdtest.Daemon, snapshotter string) []string {
 	t.Helper()
 	ctx := d.Context()
-	ls := d.Client.LeasesService()
-	gc, err := ls.Create(ctx, leases.WithRandomID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ls.Delete(ctx, gc, leases.SynchronousDelete); err != nil {
-		t.Fatal(err)
-	}
+	ls := collectGarbage(t, d)
 	var out []string
 	all, err := ls.List(ctx)
 	if err != nil {
@@ -311,4 +296,19 @@ func createLeftovers(t *testing.T, d *containerdtest.Daemon, snapshotter string)
 	}
 	slices.Sort(out)
 	return out
+}
+
+// collectGarbage runs containerd's GC (a synchronous lease deletion runs it
+// before it returns) and returns the leases service.
+func collectGarbage(t *testing.T, d *containerdtest.Daemon) leases.Manager {
+	t.Helper()
+	ls := d.Client.LeasesService()
+	gc, err := ls.Create(d.Context(), leases.WithRandomID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ls.Delete(d.Context(), gc, leases.SynchronousDelete); err != nil {
+		t.Fatal(err)
+	}
+	return ls
 }
