@@ -46,6 +46,16 @@ func TestExecServer(t *testing.T) {
 	}
 	e.importImage(t, nonRootImage, ociimage.Config{Cmd: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}, User: "1000:1000"})
 	rt := newRuntime(t, 0)
+	// adopting is a new agent's runtime, which has found the sandboxes
+	// (as a restarted agent does).
+	adopting := func(t *testing.T, idle time.Duration) *containerd.Runtime {
+		t.Helper()
+		rt := newRuntime(t, idle)
+		if _, err := rt.ListSandboxes(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return rt
+	}
 	create := func(t *testing.T, rt *containerd.Runtime, uid string) api.SandboxStatus {
 		t.Helper()
 		s := spec(uid, "sleep", "3600")
@@ -216,10 +226,7 @@ func TestExecServer(t *testing.T) {
 		if err := loadServer(t, id); err != nil {
 			t.Fatalf("the old server's process is gone already: %v", err)
 		}
-		rt = newRuntime(t, 0)
-		if _, err := rt.ListSandboxes(ctx); err != nil {
-			t.Fatal(err)
-		}
+		rt = adopting(t, 0)
 		mustRun(t, rt, uid, "true")
 		if now := e.execServers(t, id); len(now) != 1 || now[0] == old[0] {
 			t.Errorf("exec servers: %v, before the restart %v; want one new", now, old)
@@ -261,10 +268,7 @@ func TestExecServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		eventually(t, "the leftover", func() bool { return len(e.sandboxProcs(t, id)) == 2 })
-		rt = newRuntime(t, 0)
-		if _, err := rt.ListSandboxes(ctx); err != nil {
-			t.Fatal(err)
-		}
+		rt = adopting(t, 0)
 		mustRun(t, rt, uid, "true")
 		if n := len(e.execServers(t, id)); n != 1 {
 			t.Errorf("exec servers: %d", n)
@@ -274,10 +278,7 @@ func TestExecServer(t *testing.T) {
 
 	t.Run("an idle server stops", func(t *testing.T) {
 		rt.Close()
-		rt = newRuntime(t, 300*time.Millisecond)
-		if _, err := rt.ListSandboxes(ctx); err != nil {
-			t.Fatal(err)
-		}
+		rt = adopting(t, 300*time.Millisecond)
 		mustRun(t, rt, uid, "true")
 		eventually(t, "the idle server's end", func() bool { return len(e.execServers(t, id)) == 0 })
 		eventually(t, "its process removed", func() bool { return errdefs.IsNotFound(loadServer(t, id)) })
@@ -292,10 +293,7 @@ func TestExecServer(t *testing.T) {
 
 	t.Run("a paused sandbox's idle server stops once it runs again", func(t *testing.T) {
 		rt.Close()
-		rt = newRuntime(t, 300*time.Millisecond)
-		if _, err := rt.ListSandboxes(ctx); err != nil {
-			t.Fatal(err)
-		}
+		rt = adopting(t, 300*time.Millisecond)
 		mustRun(t, rt, uid, "true")
 		if err := rt.Pause(ctx, uid); err != nil {
 			t.Fatal(err)
@@ -322,10 +320,7 @@ func TestExecServer(t *testing.T) {
 	t.Run("disabled", func(t *testing.T) {
 		rt.Close()
 		eventually(t, "the server's end", func() bool { return len(e.execServers(t, id)) == 0 })
-		rt = newRuntime(t, -1)
-		if _, err := rt.ListSandboxes(ctx); err != nil {
-			t.Fatal(err)
-		}
+		rt = adopting(t, -1)
 		if got := mustRun(t, rt, uid, "echo", "through runc"); got != "through runc\n" {
 			t.Errorf("exec: %q", got)
 		}
@@ -336,10 +331,7 @@ func TestExecServer(t *testing.T) {
 
 	t.Run("the sandbox's deletion removes it", func(t *testing.T) {
 		rt.Close()
-		rt = newRuntime(t, 0)
-		if _, err := rt.ListSandboxes(ctx); err != nil {
-			t.Fatal(err)
-		}
+		rt = adopting(t, 0)
 		mustRun(t, rt, uid, "true")
 		if err := rt.DeleteSandbox(ctx, uid); err != nil {
 			t.Fatal(err)
